@@ -1,0 +1,363 @@
+//! What a Thinkific event is: the envelope every webhook shares, and the
+//! decoded change that a handled topic makes to the fleet's state.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::parse;
+
+/// The fields every Thinkific webhook body carries, checked at intake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The event id: Thinkific's idempotency key.
+    pub id: String,
+    pub resource: String,
+    pub action: String,
+    /// The school, when the body names it.
+    pub tenant_id: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// Why a body is not a Thinkific event; the intake answers 400 with it.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("body lacks `{0}` (a non-empty string)")]
+    MissingField(&'static str),
+    #[error("`{0}` is longer than {MAX_ENVELOPE_FIELD_LEN} characters")]
+    FieldTooLong(&'static str),
+    #[error("`created_at` is not a timestamp")]
+    BadCreatedAt,
+}
+
+const MAX_ENVELOPE_FIELD_LEN: usize = 128;
+
+impl Envelope {
+    /// Parses the envelope of a raw webhook body.
+    pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
+        let value: Value = serde_json::from_slice(body)?;
+        let object = value.as_object().ok_or(EnvelopeError::NotAnObject)?;
+        let field = |name: &'static str| -> Result<String, EnvelopeError> {
+            let text = object
+                .get(name)
+                .and_then(parse::string_or_number)
+                .ok_or(EnvelopeError::MissingField(name))?;
+            if text.len() > MAX_ENVELOPE_FIELD_LEN {
+                return Err(EnvelopeError::FieldTooLong(name));
+            }
+            Ok(text)
+        };
+        let id = field("id")?;
+        let resource = field("resource")?;
+        let action = field("action")?;
+        let tenant_id = match object.get("tenant_id") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(field("tenant_id")?),
+        };
+        let created_at = match object.get("created_at") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => {
+                Some(parse::parse_timestamp(text).ok_or(EnvelopeError::BadCreatedAt)?)
+            }
+            Some(_) => return Err(EnvelopeError::BadCreatedAt),
+        };
+        Ok(Self { id, resource, action, tenant_id, created_at })
+    }
+
+    /// `resource.action`, e.g. `enrollment.progress`.
+    pub fn topic(&self) -> String {
+        format!("{}.{}", self.resource, self.action)
+    }
+}
+
+/// An event decoded from a stream entry, ready to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub topic: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub stream_entry_id: String,
+    pub change: Change,
+}
+
+/// What an event changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Enrollment(Enrollment),
+    User(User),
+    Order(Order),
+    Course(Course),
+    /// A topic the fleet records but does not apply.
+    Unhandled,
+}
+
+/// Why a stream entry can never be applied: the event's own fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("invalid {topic} payload: {source}")]
+    Payload { topic: String, source: serde_json::Error },
+    #[error("{topic} event has no payload object")]
+    MissingPayload { topic: String },
+}
+
+/// The order of the states of one record. A write lands only over a smaller
+/// version, so the greatest version wins whatever the arrival order.
+///
+/// Fields compare in declaration order: a full record outranks a stub copied
+/// from another resource's payload, then the payload's `updated_at`, then the
+/// envelope's `created_at`, then the event id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub rank: i16,
+    pub updated_at: DateTime<Utc>,
+    pub event_created_at: DateTime<Utc>,
+    pub event_id: String,
+}
+
+impl Version {
+    pub const STUB: i16 = 0;
+    pub const FULL: i16 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Enrollment {
+    #[serde(deserialize_with = "parse::id")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "parse::optional_id")]
+    pub course_id: Option<i64>,
+    #[serde(default, deserialize_with = "parse::optional_id")]
+    pub user_id: Option<i64>,
+    pub course: Option<EmbeddedCourse>,
+    pub user: Option<EmbeddedUser>,
+    #[serde(default, deserialize_with = "parse::percentage")]
+    pub percentage_completed: f64,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub activated_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub expiry_date: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub free_trial: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EmbeddedCourse {
+    #[serde(deserialize_with = "parse::id")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EmbeddedUser {
+    #[serde(deserialize_with = "parse::id")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub email: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub first_name: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub last_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct User {
+    #[serde(deserialize_with = "parse::id")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub email: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub first_name: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub last_name: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub company: Option<String>,
+    #[serde(default)]
+    pub roles: Option<Value>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Course {
+    #[serde(deserialize_with = "parse::id")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub slug: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Set from the envelope for `course.deleted`, never read from the payload.
+    #[serde(skip)]
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Order {
+    #[serde(deserialize_with = "parse::id")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub order_number: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub payment_type: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_id")]
+    pub amount_cents: Option<i64>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub billing_name: Option<String>,
+    #[serde(default, deserialize_with = "parse::optional_id")]
+    pub product_id: Option<i64>,
+    #[serde(default, deserialize_with = "parse::optional_text")]
+    pub product_name: Option<String>,
+    #[serde(default)]
+    pub coupon: Option<Value>,
+    #[serde(default)]
+    pub items: Option<Value>,
+    #[serde(default, deserialize_with = "parse::optional_id")]
+    pub user_id: Option<i64>,
+    pub user: Option<EmbeddedUser>,
+    #[serde(default, deserialize_with = "parse::optional_timestamp")]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    payload: Option<Value>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(payload: Value, topic: &str) -> Result<T, DecodeError> {
+    serde_json::from_value(payload)
+        .map_err(|source| DecodeError::Payload { topic: topic.to_owned(), source })
+}
+
+impl Event {
+    /// Decodes a raw webhook body as the intake queued it.
+    ///
+    /// `tenant_id` is the tenant the intake recorded (the envelope's, or the
+    /// subdomain header's); the worker trusts it over the body.
+    pub fn decode(
+        body: &[u8],
+        tenant_id: &str,
+        received_at: DateTime<Utc>,
+        stream_entry_id: &str,
+    ) -> Result<Self, DecodeError> {
+        let envelope = Envelope::parse(body)?;
+        let topic = envelope.topic();
+        let payload = || -> Result<Value, DecodeError> {
+            let body: Body = serde_json::from_slice(body)
+                .map_err(|source| DecodeError::Payload { topic: topic.clone(), source })?;
+            match body.payload {
+                Some(payload @ Value::Object(_)) => Ok(payload),
+                _ => Err(DecodeError::MissingPayload { topic: topic.clone() }),
+            }
+        };
+        let change = match (envelope.resource.as_str(), envelope.action.as_str()) {
+            ("enrollment", "created" | "progress" | "completed" | "trial") => {
+                let enrollment: Enrollment = typed(payload()?, &topic)?;
+                if enrollment.course_id.or(enrollment.course.as_ref().map(|c| c.id)).is_none()
+                    || enrollment.user_id.or(enrollment.user.as_ref().map(|u| u.id)).is_none()
+                {
+                    return Err(DecodeError::Payload {
+                        topic,
+                        source: serde::de::Error::custom("enrollment names no course or no user"),
+                    });
+                }
+                Change::Enrollment(enrollment)
+            }
+            ("user", "signup" | "updated") => Change::User(typed(payload()?, &topic)?),
+            ("order", "created") => Change::Order(typed(payload()?, &topic)?),
+            ("course", "created" | "updated" | "deleted") => {
+                let mut course: Course = typed(payload()?, &topic)?;
+                course.deleted = envelope.action == "deleted";
+                Change::Course(course)
+            }
+            _ => Change::Unhandled,
+        };
+        Ok(Self {
+            tenant_id: tenant_id.to_owned(),
+            event_id: envelope.id,
+            topic,
+            created_at: envelope.created_at,
+            received_at,
+            stream_entry_id: stream_entry_id.to_owned(),
+            change,
+        })
+    }
+
+    /// The version of the record this event writes (see [`Version`]).
+    pub fn version(&self, rank: i16, payload_updated_at: Option<DateTime<Utc>>) -> Version {
+        let event_created_at = self.created_at.unwrap_or(DateTime::UNIX_EPOCH);
+        Version {
+            rank,
+            updated_at: payload_updated_at.unwrap_or(event_created_at),
+            event_created_at,
+            event_id: self.event_id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str) -> Result<Event, DecodeError> {
+        Event::decode(body.as_bytes(), "t", Utc::now(), "1-0")
+    }
+
+    #[test]
+    fn envelope_requires_id_resource_action() {
+        assert!(matches!(Envelope::parse(b"[]"), Err(EnvelopeError::NotAnObject)));
+        assert!(matches!(Envelope::parse(b"{"), Err(EnvelopeError::NotJson(_))));
+        assert!(matches!(
+            Envelope::parse(br#"{"resource":"user","action":"signup"}"#),
+            Err(EnvelopeError::MissingField("id"))
+        ));
+        assert!(matches!(
+            Envelope::parse(br#"{"id":"1","resource":"","action":"signup"}"#),
+            Err(EnvelopeError::MissingField("resource"))
+        ));
+        let envelope = Envelope::parse(br#"{"id":12,"resource":"lesson","action":"completed","tenant_id":7}"#);
+        let envelope = envelope.expect("a numeric id and tenant are accepted");
+        assert_eq!((envelope.id.as_str(), envelope.topic().as_str()), ("12", "lesson.completed"));
+        assert_eq!(envelope.tenant_id.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn unknown_topics_decode_as_unhandled() {
+        let event = decode(r#"{"id":"1","resource":"quiz","action":"attempted","payload":{}}"#);
+        assert_eq!(event.map(|e| e.change).ok(), Some(Change::Unhandled));
+    }
+
+    #[test]
+    fn handled_topic_with_bad_payload_is_the_events_fault() {
+        let missing = decode(r#"{"id":"1","resource":"enrollment","action":"created"}"#);
+        assert!(matches!(missing, Err(DecodeError::MissingPayload { .. })));
+        let bad = decode(
+            r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":"x"}}"#,
+        );
+        assert!(matches!(bad, Err(DecodeError::Payload { .. })));
+        let courseless = decode(
+            r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":5,"user":{"id":1}}}"#,
+        );
+        assert!(matches!(courseless, Err(DecodeError::Payload { .. })));
+    }
+}

@@ -1,0 +1,170 @@
+//! Lenient field parsers for Thinkific payloads.
+//!
+//! Thinkific's payloads are not strict about types: ids arrive as numbers or
+//! strings, `percentage_completed` is a string on either a 0–1 or a 0–100
+//! scale, and dates come with or without a time. These helpers accept every
+//! form seen in the wild and reject anything else with a message that names
+//! the value.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+fn describe(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(40).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// A string or a number, as a string (envelope ids, tenant ids).
+pub fn string_or_number(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// An integer id given as a number or a string of digits.
+pub fn id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    parse_id(&value).ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
+}
+
+/// Like [`id`], for optional fields; `null` and absence are `None`.
+pub fn optional_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    parse_id(&value)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
+}
+
+fn parse_id(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(number) => number.as_i64().or_else(|| {
+            number
+                .as_f64()
+                .filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15)
+                .map(|float| float as i64)
+        }),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A string, number or null as an optional string (order numbers, slugs).
+pub fn optional_text<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    Ok(match value {
+        Value::Null => None,
+        Value::String(text) => Some(text),
+        other => Some(other.to_string()),
+    })
+}
+
+/// `percentage_completed` on the fleet's single scale, 0–100.
+///
+/// Thinkific documents a 0.0–1.0 fraction but has been seen sending `"24.0"`:
+/// a value above 1 is taken as a percentage already, anything else as a
+/// fraction. Negative, non-finite or above-100 values are rejected.
+pub fn percentage<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    let raw = match &value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        Value::Null => Some(0.0),
+        _ => None,
+    };
+    let invalid =
+        || serde::de::Error::custom(format!("invalid percentage_completed {}", describe(&value)));
+    let raw = raw.filter(|raw| raw.is_finite() && *raw >= 0.0).ok_or_else(invalid)?;
+    let percent = if raw > 1.0 { raw } else { raw * 100.0 };
+    if percent > 100.0 {
+        return Err(invalid());
+    }
+    // Rounded to a millionth so 0.07 * 100 and "7.0" store the same number.
+    Ok((percent * 1e6).round() / 1e6)
+}
+
+/// A timestamp: RFC 3339, a naive date-time taken as UTC, or a bare date.
+pub fn optional_timestamp<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    match &value {
+        Value::Null => Ok(None),
+        Value::String(text) if text.trim().is_empty() => Ok(None),
+        Value::String(text) => parse_timestamp(text.trim())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))),
+        _ => Err(serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))),
+    }
+}
+
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(stamp) = DateTime::parse_from_rfc3339(text) {
+        return Some(stamp.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(naive.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|naive| naive.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Deserialize)]
+    struct Percent(#[serde(deserialize_with = "percentage")] f64);
+
+    fn percent(value: Value) -> Result<f64, serde_json::Error> {
+        serde_json::from_value::<Percent>(value).map(|p| p.0)
+    }
+
+    #[test]
+    fn percentage_accepts_both_scales() {
+        assert_eq!(percent(json!("0.4")).unwrap_or_default(), 40.0);
+        assert_eq!(percent(json!("1.0")).unwrap_or_default(), 100.0);
+        assert_eq!(percent(json!("24.0")).unwrap_or_default(), 24.0);
+        assert_eq!(percent(json!(0.07)).unwrap_or_default(), 7.0);
+        assert_eq!(percent(json!(null)).unwrap_or(-1.0), 0.0);
+    }
+
+    #[test]
+    fn percentage_rejects_nonsense() {
+        for bad in [json!("abc"), json!("-0.5"), json!("100.5"), json!("NaN"), json!(true)] {
+            assert!(percent(bad.clone()).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn timestamps_in_every_seen_form() {
+        let expect = |text: &str, rfc: &str| {
+            assert_eq!(
+                parse_timestamp(text),
+                DateTime::parse_from_rfc3339(rfc).ok().map(|t| t.with_timezone(&Utc)),
+                "{text}"
+            )
+        };
+        expect("2025-03-14T15:30:11.902Z", "2025-03-14T15:30:11.902Z");
+        expect("2025-03-14T08:30:11-07:00", "2025-03-14T15:30:11Z");
+        expect("2025-03-14 15:30:11", "2025-03-14T15:30:11Z");
+        expect("2025-12-31", "2025-12-31T00:00:00Z");
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+}

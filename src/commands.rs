@@ -1,0 +1,207 @@
+//! The `fleet` subcommands: wiring configuration to the library and waiting
+//! for SIGTERM or Ctrl-C.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Command, DevArgs, IntakeArgs, IntakeSettings, WebhookSecrets, WorkerArgs, WorkerSettings};
+use crate::local_services::{LocalPostgres, LocalRedis};
+use crate::stream::{self, Keys};
+use crate::worker::Worker;
+use crate::{db, intake};
+
+/// The body `fleet dev` offers to send: Thinkific's documented example.
+pub const EXAMPLE_WEBHOOK: &str = include_str!("../tests/fixtures/thinkific/enrollment.created.json");
+const DEV_SECRET: &str = "fleet-dev-secret";
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate(args) => {
+            let pool = connect_postgres(args.database.database_url.as_str()).await?;
+            db::migrate(&pool).await.context("migration failed")?;
+            tracing::info!("database is up to date");
+            Ok(())
+        }
+        Command::Intake(args) => run_intake(args).await,
+        Command::Worker(args) => run_worker(args).await,
+        Command::Dev(args) => run_dev(args).await,
+    }
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C).
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for SIGTERM; stop with Ctrl-C");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+            () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
+    db::connect(url)
+        .await
+        .context("cannot connect to Postgres; check DATABASE_URL and that the server is up")
+}
+
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
+    stream::connect(url, Duration::from_secs(2))
+        .await
+        .context("cannot connect to Redis; check REDIS_URL and that the server is up")
+}
+
+/// Refuses to run against a schema older than this binary.
+async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let newest = fleet_jobs::MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None);
+    if applied.unwrap_or(0) < newest {
+        anyhow::bail!("the database schema is behind this binary; run `fleet migrate` first");
+    }
+    Ok(())
+}
+
+async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
+    let address = args.listen.address()?;
+    let keys = Keys::new(&args.redis.key_prefix.value);
+    let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+    stream::ensure_group(&mut redis, &keys).await.context("cannot create the consumer group")?;
+    let settings = IntakeSettings::new(args.secrets.value, &args.tuning);
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(%address, stream = %keys.events(), "intake listening");
+    let shutdown = shutdown_on_signals();
+    intake::serve(listener, intake::router(redis, keys, settings), shutdown).await?;
+    tracing::info!("intake stopped");
+    Ok(())
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let settings = WorkerSettings::new(&args.tuning)?;
+    let pool = connect_postgres(args.database.database_url.as_str()).await?;
+    check_schema(&pool).await?;
+    let keys = Keys::new(&args.redis.key_prefix.value);
+    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys, settings)
+        .await
+        .context("cannot connect to Redis; check REDIS_URL and that the server is up")?;
+    worker.run(shutdown_on_signals()).await;
+    Ok(())
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let data_dir = std::env::current_dir()?.join(&args.data_dir);
+    let mut local_redis = None;
+    let redis_url = match &args.redis_url {
+        Some(url) => url.as_str().to_owned(),
+        None => {
+            let redis = LocalRedis::start(&data_dir.join("redis"), false).await?;
+            let url = redis.url();
+            local_redis = Some(redis);
+            url
+        }
+    };
+    let mut local_postgres = None;
+    let database_url = match &args.database_url {
+        Some(url) => url.as_str().to_owned(),
+        None => {
+            let postgres = LocalPostgres::start(&data_dir.join("postgres"), false).await?;
+            create_database_if_missing(&postgres.url("postgres"), "fleet").await?;
+            let url = postgres.url("fleet");
+            local_postgres = Some(postgres);
+            url
+        }
+    };
+    let pool = connect_postgres(&database_url).await?;
+    db::migrate(&pool).await.context("migration failed")?;
+
+    let secrets = match args.secrets.clone() {
+        Some(secrets) => secrets,
+        None => DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?,
+    };
+    let keys = Keys::new(&args.key_prefix.value);
+    let shutdown = shutdown_on_signals();
+
+    let worker_settings = WorkerSettings::new(&args.worker)?;
+    let worker = Worker::connect(pool, &redis_url, keys.clone(), worker_settings).await?;
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+
+    let address = args.listen.address()?;
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let address = listener.local_addr()?;
+    let redis = connect_redis(&redis_url).await?;
+    let app = intake::router(redis, keys, IntakeSettings::new(secrets.clone(), &args.intake));
+    let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
+
+    let example = data_dir.join("enrollment.created.json");
+    std::fs::create_dir_all(&data_dir)?;
+    std::fs::write(&example, EXAMPLE_WEBHOOK.trim_end())?;
+    // A URL given by the user may hold a password: show it redacted.
+    let shown_redis = args.redis_url.as_ref().map_or(redis_url.clone(), ToString::to_string);
+    let shown_database = args.database_url.as_ref().map_or(database_url.clone(), ToString::to_string);
+    print_welcome(&address.to_string(), &shown_redis, &shown_database, &secrets, args.secrets.is_none(), &example);
+
+    let intake_result = intake_task.await;
+    shutdown.cancel();
+    let _ = worker_task.await;
+    drop(local_redis);
+    drop(local_postgres);
+    intake_result.context("intake task failed")??;
+    Ok(())
+}
+
+async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+    }
+    Ok(())
+}
+
+fn print_welcome(address: &str, redis_url: &str, database_url: &str, secrets: &WebhookSecrets, dev_secret: bool, example: &Path) {
+    let body = EXAMPLE_WEBHOOK.trim_end();
+    let signature = intake::sign(secrets.signing_key(), body.as_bytes());
+    let secret_note = if dev_secret {
+        format!("{DEV_SECRET} (the development default; set THINKIFIC_WEBHOOK_SECRET to change it)")
+    } else {
+        "from THINKIFIC_WEBHOOK_SECRET".to_owned()
+    };
+    println!(
+        "\nfleet dev is running (Ctrl-C stops it)\n\
+         \x20 webhooks:  http://{address}/webhooks/thinkific\n\
+         \x20 redis:     {redis_url}\n\
+         \x20 postgres:  {database_url}\n\
+         \x20 secret:    {secret_note}\n\n\
+         Send a signed example webhook:\n\
+         \x20 curl -sS http://{address}/webhooks/thinkific -H 'Content-Type: application/json' \
+         -H 'X-Thinkific-Hmac-Sha256: {signature}' --data-binary @{example}\n\n\
+         Then see the enrollment in Postgres:\n\
+         \x20 psql '{database_url}' -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n",
+        example = example.display(),
+    );
+}

@@ -1,0 +1,411 @@
+//! Command-line and environment configuration, validated at start.
+//!
+//! Every setting is an environment variable and also a flag (`--redis-url` or
+//! `REDIS_URL`). A bad value stops the process with a message naming the
+//! variable. Secrets (the webhook keys and the passwords inside URLs) are
+//! wrapped in types whose `Debug` and `Display` never print them, and clap is
+//! told never to echo their values in `--help`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, about = "Thinkific webhooks into a Redis Stream, applied to Postgres by a fleet of workers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the embedded database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Serve the webhook endpoint: verify, deduplicate, append to the stream.
+    Intake(IntakeArgs),
+    /// Consume the events stream and apply batches to Postgres.
+    Worker(WorkerArgs),
+    /// Run everything on this machine: throwaway Redis and Postgres, intake and a worker.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: DatabaseUrl,
+}
+
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis connection URL.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: RedisUrl,
+    #[command(flatten)]
+    pub key_prefix: KeyPrefixArg,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyPrefixArg {
+    /// Prefix of every Redis key and stream the fleet owns.
+    #[arg(long = "key-prefix", env = "FLEET_KEY_PREFIX", default_value = "fleet:")]
+    pub value: KeyPrefix,
+}
+
+#[derive(Debug, Args)]
+pub struct IntakeArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub secrets: SecretsArg,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub tuning: IntakeTuning,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArg {
+    /// Thinkific webhook signing key; several comma-separated keys are all accepted (rotation).
+    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true)]
+    pub value: WebhookSecrets,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IntakeTuning {
+    /// Largest accepted webhook body, in bytes; larger bodies get 413.
+    #[arg(long, env = "FLEET_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: u32,
+    /// How long an accepted event id is remembered to answer its redeliveries as duplicates, in seconds.
+    #[arg(long, env = "FLEET_DEDUP_WINDOW_SECS", default_value_t = 72 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..=90 * 24 * 3600))]
+    pub dedup_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address to listen on, e.g. 0.0.0.0:8080. Default 127.0.0.1:8080.
+    #[arg(long, env = "FLEET_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Port to listen on, on all interfaces (the platform convention of Heroku-like hosts).
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+}
+
+impl ListenArgs {
+    /// The address to bind: `FLEET_LISTEN`, else `0.0.0.0:$PORT`, else
+    /// `127.0.0.1:8080`. Setting both is refused as ambiguous.
+    pub fn address(&self) -> Result<SocketAddr, ConfigError> {
+        match (self.listen, self.port) {
+            (Some(_), Some(_)) => Err(ConfigError::ListenAndPort),
+            (Some(listen), None) => Ok(listen),
+            (None, Some(port)) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+            (None, None) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub tuning: WorkerTuning,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerTuning {
+    /// This worker's consumer name in the group. Default: host name and process id.
+    #[arg(long, env = "FLEET_CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+    /// Most stream entries read and applied in one batch (one transaction).
+    #[arg(long, env = "FLEET_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// How long one read waits for new entries, in milliseconds; also the
+    /// longest a shutdown waits for the read in flight.
+    #[arg(long, env = "FLEET_BLOCK_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub block_ms: u64,
+    /// Entries the events stream keeps once acknowledged; unacknowledged entries are never trimmed.
+    #[arg(long, env = "FLEET_STREAM_MAXLEN", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_max_len: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Use this Redis instead of starting a throwaway one.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<RedisUrl>,
+    /// Use this Postgres instead of starting a throwaway one.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+    /// Webhook signing key(s); default: a fixed development key, printed at start.
+    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true)]
+    pub secrets: Option<WebhookSecrets>,
+    /// Where the throwaway servers keep their data.
+    #[arg(long, env = "FLEET_DEV_DIR", default_value = ".fleet/dev")]
+    pub data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub key_prefix: KeyPrefixArg,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub intake: IntakeTuning,
+    #[command(flatten)]
+    pub worker: WorkerTuning,
+}
+
+/// Configuration errors found after parsing.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("set either FLEET_LISTEN (--listen) or PORT (--port), not both")]
+    ListenAndPort,
+    #[error("FLEET_CONSUMER_NAME must be 1 to 200 characters without spaces")]
+    ConsumerName,
+}
+
+/// A Redis URL; its password never reaches a log.
+#[derive(Clone)]
+pub struct RedisUrl(url::Url);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parsed = url::Url::parse(text)
+            .map_err(|err| format!("not a URL ({err}); expected redis://host:port/db"))?;
+        if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+            return Err(format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()));
+        }
+        redis::Client::open(text).map_err(|err| format!("not a Redis URL: {err}"))?;
+        Ok(Self(parsed))
+    }
+}
+
+/// A Postgres URL; its password never reaches a log.
+#[derive(Clone)]
+pub struct DatabaseUrl(url::Url);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parsed = url::Url::parse(text)
+            .map_err(|err| format!("not a URL ({err}); expected postgres://user@host:port/db"))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(format!("scheme `{}` is not postgres://", parsed.scheme()));
+        }
+        sqlx::postgres::PgConnectOptions::from_str(text)
+            .map_err(|err| format!("not a Postgres URL: {err}"))?;
+        Ok(Self(parsed))
+    }
+}
+
+fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Setting a password on a URL that already has one cannot fail.
+        let _ = shown.set_password(Some("REDACTED"));
+    }
+    shown.to_string()
+}
+
+macro_rules! show_redacted {
+    ($($type:ty),*) => {$(
+        impl fmt::Debug for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redacted(&self.0))
+            }
+        }
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&redacted(&self.0))
+            }
+        }
+    )*};
+}
+show_redacted!(RedisUrl, DatabaseUrl);
+
+/// The prefix of every Redis key the fleet owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KeyPrefix {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || text.len() > 64 {
+            return Err("must be 1 to 64 characters".into());
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[') {
+            return Err("must not contain spaces, control characters or glob characters (* ? [)".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+/// The keys that may sign a webhook. Several keys let one be rotated
+/// without dropping deliveries signed with the other.
+#[derive(Clone)]
+pub struct WebhookSecrets(Vec<Vec<u8>>);
+
+impl WebhookSecrets {
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(Vec::as_slice)
+    }
+
+    /// The first key: the one the fleet itself signs with (in `fleet dev`).
+    pub fn signing_key(&self) -> &[u8] {
+        self.0.first().map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+impl FromStr for WebhookSecrets {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // Empty items between commas are skipped rather than reported, so an
+        // error message can never quote a key.
+        let keys: Vec<Vec<u8>> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(|key| key.as_bytes().to_vec())
+            .collect();
+        if keys.is_empty() {
+            return Err("no key given: set one key, or several separated by commas".into());
+        }
+        Ok(Self(keys))
+    }
+}
+
+impl fmt::Debug for WebhookSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookSecrets([REDACTED; {} key(s)])", self.0.len())
+    }
+}
+
+/// Intake settings in their validated form.
+#[derive(Debug, Clone)]
+pub struct IntakeSettings {
+    pub secrets: WebhookSecrets,
+    pub max_body_bytes: usize,
+    pub dedup_window: Duration,
+}
+
+impl IntakeSettings {
+    pub fn new(secrets: WebhookSecrets, tuning: &IntakeTuning) -> Self {
+        Self {
+            secrets,
+            max_body_bytes: tuning.max_body_bytes as usize,
+            dedup_window: Duration::from_secs(tuning.dedup_window_secs),
+        }
+    }
+}
+
+/// Worker settings in their validated form.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub consumer_name: String,
+    pub batch_size: usize,
+    pub block: Duration,
+    pub stream_max_len: u64,
+}
+
+impl WorkerSettings {
+    pub fn new(tuning: &WorkerTuning) -> Result<Self, ConfigError> {
+        let consumer_name = match &tuning.consumer_name {
+            Some(name) => {
+                if name.is_empty() || name.len() > 200 || name.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::ConsumerName);
+                }
+                name.clone()
+            }
+            None => default_consumer_name(),
+        };
+        Ok(Self {
+            consumer_name,
+            batch_size: tuning.batch_size as usize,
+            block: Duration::from_millis(tuning.block_ms),
+            stream_max_len: tuning.stream_max_len,
+        })
+    }
+}
+
+/// Host name and process id: unique among live workers without any set-up.
+pub fn default_consumer_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let secrets: WebhookSecrets = "old-key, new-key".parse().expect("two keys");
+        assert_eq!(secrets.keys().count(), 2);
+        let shown = format!("{secrets:?}");
+        assert!(!shown.contains("old-key") && !shown.contains("new-key"), "{shown}");
+        assert!(" , ".parse::<WebhookSecrets>().is_err());
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        let url: DatabaseUrl = "postgres://fleet:hunter2@db:5432/fleet".parse().expect("valid");
+        assert_eq!(format!("{url:?}"), "postgres://fleet:REDACTED@db:5432/fleet");
+        let url: RedisUrl = "redis://:hunter2@cache:6379/0".parse().expect("valid");
+        assert!(!url.to_string().contains("hunter2"));
+        assert!("http://db".parse::<DatabaseUrl>().is_err());
+        assert!("mysql://db".parse::<RedisUrl>().is_err());
+    }
+
+    #[test]
+    fn listen_address_resolution() {
+        let listen = |listen: Option<&str>, port| ListenArgs {
+            listen: listen.map(|l| l.parse().expect("address")),
+            port,
+        };
+        assert_eq!(listen(None, None).address().ok(), "127.0.0.1:8080".parse().ok());
+        assert_eq!(listen(None, Some(5000)).address().ok(), "0.0.0.0:5000".parse().ok());
+        assert_eq!(listen(Some("10.0.0.1:1"), None).address().ok(), "10.0.0.1:1".parse().ok());
+        assert!(listen(Some("10.0.0.1:1"), Some(2)).address().is_err());
+    }
+
+    #[test]
+    fn key_prefix_rules() {
+        assert!("fleet:".parse::<KeyPrefix>().is_ok());
+        for bad in ["", "a b", "fleet*", &"x".repeat(65)] {
+            assert!(bad.parse::<KeyPrefix>().is_err(), "{bad:?}");
+        }
+    }
+}

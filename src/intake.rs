@@ -1,0 +1,211 @@
+//! The webhook endpoint: verify, deduplicate, append to the stream, answer.
+//!
+//! Nothing is parsed before the signature is checked, and nothing is
+//! acknowledged (2xx) before the event is in the stream: when Redis cannot
+//! take it, Thinkific gets a 503 and retries later.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use axum::body::Bytes;
+use chrono::Utc;
+use fleet_jobs::{Envelope, EnvelopeError};
+use hmac::{Hmac, Mac};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{IntakeSettings, WebhookSecrets};
+use crate::stream::{self, Enqueued, Keys, NewEntry};
+
+/// The header carrying the hex HMAC-SHA256 of the raw body.
+pub const SIGNATURE_HEADER: &str = "x-thinkific-hmac-sha256";
+/// The optional header naming the school; used when the body has no tenant.
+pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
+
+#[derive(Clone)]
+struct IntakeState {
+    redis: ConnectionManager,
+    keys: Keys,
+    settings: IntakeSettings,
+}
+
+/// The intake's routes, ready to serve.
+pub fn router(redis: ConnectionManager, keys: Keys, settings: IntakeSettings) -> Router {
+    let body_limit = settings.max_body_bytes;
+    let state = IntakeState { redis, keys, settings };
+    Router::new()
+        .route("/webhooks/thinkific", post(receive))
+        .route("/api/webhooks/enrollment", post(receive))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then stops accepting
+/// and finishes the requests in flight.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Signs `body` the way Thinkific does: lowercase hex HMAC-SHA256.
+pub fn sign(key: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks `signature` against every key, each in constant time.
+fn verify(secrets: &WebhookSecrets, body: &[u8], signature: &str) -> bool {
+    let Ok(expected) = hex::decode(signature.trim()) else { return false };
+    secrets.keys().fold(false, |matched, key| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+        mac.update(body);
+        // No early exit: the answer takes as long whichever key matched.
+        mac.verify_slice(&expected).is_ok() | matched
+    })
+}
+
+/// Why a webhook was not accepted; each maps to one status code.
+#[derive(Debug, thiserror::Error)]
+enum IntakeError {
+    #[error("body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("could not read the body: {0}")]
+    BadBody(String),
+    #[error("missing X-Thinkific-Hmac-Sha256 header")]
+    MissingSignature,
+    #[error("signature does not match")]
+    BadSignature,
+    #[error(transparent)]
+    BadEnvelope(#[from] EnvelopeError),
+    #[error("the queue is unavailable; retry later")]
+    QueueUnavailable(#[source] redis::RedisError),
+}
+
+impl IntoResponse for IntakeError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadBody(_) | Self::BadEnvelope(_) => StatusCode::BAD_REQUEST,
+            Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut response = (status, Json(json!({ "status": "rejected", "error": self.to_string() }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+async fn receive(
+    State(state): State<IntakeState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, IntakeError> {
+    let received_at = Utc::now();
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            tracing::warn!(limit = state.settings.max_body_bytes, "webhook rejected: body too large");
+            IntakeError::TooLarge(state.settings.max_body_bytes)
+        } else {
+            IntakeError::BadBody(rejection.body_text())
+        }
+    })?;
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| {
+            tracing::warn!("webhook rejected: no signature header; is the sender Thinkific?");
+            IntakeError::MissingSignature
+        })?;
+    if !verify(&state.settings.secrets, &body, signature) {
+        tracing::warn!(
+            body_bytes = body.len(),
+            "webhook rejected: bad signature; if deliveries keep failing, check that \
+             THINKIFIC_WEBHOOK_SECRET holds the key the webhook was created with"
+        );
+        return Err(IntakeError::BadSignature);
+    }
+    let envelope = Envelope::parse(&body).inspect_err(|err| {
+        tracing::warn!(error = %err, "signed webhook rejected: not a Thinkific event");
+    })?;
+    let topic = envelope.topic();
+    let subdomain = headers.get(SUBDOMAIN_HEADER).and_then(|value| value.to_str().ok());
+    let tenant_id = envelope
+        .tenant_id
+        .as_deref()
+        .or(subdomain.filter(|s| !s.is_empty()))
+        .unwrap_or("unknown");
+    let entry = NewEntry {
+        body: &body,
+        topic: &topic,
+        tenant_id,
+        event_id: &envelope.id,
+        received_at,
+    };
+    let mut redis = state.redis.clone();
+    let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
+        .await
+        .map_err(|err| {
+            tracing::error!(
+                error = %err, event_id = %envelope.id, %topic,
+                "could not queue webhook, answered 503 (Thinkific will retry); check that Redis is up and REDIS_URL is right"
+            );
+            IntakeError::QueueUnavailable(err)
+        })?;
+    let (status, entry_id) = match enqueued {
+        Enqueued::Accepted(id) => ("accepted", id),
+        Enqueued::Duplicate(id) => ("duplicate", id),
+    };
+    tracing::info!(event_id = %envelope.id, %topic, tenant_id, status, stream_entry_id = %entry_id, "webhook received");
+    Ok(Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id })))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<IntakeState>) -> Response {
+    let mut redis = state.redis.clone();
+    let ping = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async::<String>(&mut redis)).await;
+    match ping {
+        Ok(Ok(_)) => Json(json!({ "status": "ready", "redis": "ok" })).into_response(),
+        Ok(Err(err)) => not_ready(err.to_string()),
+        Err(_) => not_ready("timed out".into()),
+    }
+}
+
+fn not_ready(reason: String) -> Response {
+    tracing::warn!(%reason, "not ready: Redis unreachable");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "redis": reason }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_accepts_any_configured_key() {
+        let secrets: WebhookSecrets = "old,new".parse().expect("keys");
+        let body = br#"{"id":"1"}"#;
+        assert!(verify(&secrets, body, &sign(b"old", body)));
+        assert!(verify(&secrets, body, &sign(b"new", body)));
+        assert!(verify(&secrets, body, &sign(b"new", body).to_uppercase()));
+        assert!(!verify(&secrets, body, &sign(b"other", body)));
+        assert!(!verify(&secrets, body, "not hex"));
+        assert!(!verify(&secrets, b"tampered", &sign(b"old", body)));
+    }
+}

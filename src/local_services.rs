@@ -1,0 +1,326 @@
+//! Throwaway `redis-server` and PostgreSQL processes on this machine, for
+//! `fleet dev` and for the test suite.
+//!
+//! Each server runs under a small `sh` guard that holds the read end of a
+//! pipe from this process. When this process exits, however it exits (even
+//! SIGKILL), the pipe closes, and the guard stops its server and, if asked,
+//! deletes its data. So no run leaves servers behind.
+//!
+//! PostgreSQL refuses to run as root; when this process is root, initdb and
+//! the server run as the `postgres` user (or `nobody`).
+
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a local server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalServiceError {
+    #[error("`{0}` was not found; install it (Debian: apt-get install redis-server postgresql) or set REDIS_URL / DATABASE_URL")]
+    NotInstalled(&'static str),
+    #[error("{what} failed: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("{what} did not become ready within {seconds} s; its log:\n{log}")]
+    NotReady { what: &'static str, seconds: u64, log: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A server process under a guard; stopping is closing the guard's pipe.
+struct Guarded {
+    guard: Child,
+    lifeline: Option<ChildStdin>,
+}
+
+impl Guarded {
+    /// Runs `program args…` under the guard; on release it is sent `signal`
+    /// and waited for, and `cleanup` (a directory) is deleted if given.
+    fn spawn(
+        program: &Path,
+        args: &[String],
+        signal: &str,
+        cleanup: Option<&Path>,
+        log: &Path,
+        run_as: Option<(u32, u32)>,
+    ) -> io::Result<Self> {
+        let script = r#"
+            signal="$1"; cleanup="$2"; log="$3"; shift 3
+            "$@" >>"$log" 2>&1 &
+            server=$!
+            read -r _ || true
+            kill -s "$signal" "$server" 2>/dev/null
+            wait "$server" 2>/dev/null
+            if [ -n "$cleanup" ]; then rm -rf "$cleanup"; fi
+        "#;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg("fleet-guard")
+            .arg(signal)
+            .arg(cleanup.map(Path::as_os_str).unwrap_or_default())
+            .arg(log)
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = run_as {
+            command.uid(uid).gid(gid);
+        }
+        // The guard must not take the terminal's Ctrl-C: this process
+        // decides when the server stops.
+        command.process_group(0);
+        let mut guard = command.spawn()?;
+        let lifeline = guard.stdin.take();
+        Ok(Self { guard, lifeline })
+    }
+
+    /// Stops the server and waits until it has exited.
+    fn stop(&mut self) {
+        self.lifeline.take();
+        let _ = self.guard.wait();
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it next).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn find_program(name: &'static str, extra_dirs: &[PathBuf]) -> Result<PathBuf, LocalServiceError> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .iter()
+        .chain(extra_dirs)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or(LocalServiceError::NotInstalled(name))
+}
+
+/// A throwaway Redis.
+pub struct LocalRedis {
+    server: Guarded,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl LocalRedis {
+    /// Starts Redis on a free port with its files in `dir`; `dir` is deleted
+    /// when the server stops if `ephemeral`.
+    pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        Self::start_on(dir, free_port()?, ephemeral).await
+    }
+
+    /// Starts Redis on `port` (e.g. again, after [`LocalRedis::stop`]).
+    pub async fn start_on(dir: &Path, port: u16, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        let program = find_program("redis-server", &[])?;
+        std::fs::create_dir_all(dir)?;
+        let args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            if ephemeral { "no" } else { "yes" }.into(),
+        ];
+        let log = dir.join("redis.log");
+        let cleanup = ephemeral.then_some(dir);
+        let server = Guarded::spawn(&program, &args, "KILL", cleanup, &log, None)?;
+        let redis = Self { server, port, dir: dir.to_owned() };
+        redis.wait_ready(&log).await?;
+        Ok(redis)
+    }
+
+    async fn wait_ready(&self, log: &Path) -> Result<(), LocalServiceError> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(LocalServiceError::NotReady { what: "redis-server", seconds: 20, log: tail(log) })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+}
+
+/// A throwaway PostgreSQL cluster.
+pub struct LocalPostgres {
+    server: Guarded,
+    port: u16,
+}
+
+impl LocalPostgres {
+    /// Initialises (if needed) and starts a cluster in `dir` on a free port.
+    ///
+    /// An `ephemeral` cluster trades durability for speed (no fsync) and is
+    /// deleted when it stops; otherwise the data stays for the next start.
+    pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        let bin_dir = postgres_bin_dir()?;
+        let run_as = unprivileged_user_if_root()?;
+        std::fs::create_dir_all(dir)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        }
+        let data = dir.join("data");
+        if !data.join("PG_VERSION").exists() {
+            let mut initdb = Command::new(bin_dir.join("initdb"));
+            initdb.args(["-D"]).arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]);
+            if ephemeral {
+                initdb.arg("--no-sync");
+            }
+            if let Some((uid, gid)) = run_as {
+                initdb.uid(uid).gid(gid);
+            }
+            let output = initdb.output()?;
+            if !output.status.success() {
+                return Err(LocalServiceError::Failed {
+                    what: "initdb".into(),
+                    detail: String::from_utf8_lossy(&output.stderr).into_owned(),
+                });
+            }
+        }
+        let port = free_port()?;
+        let mut args: Vec<String> = vec!["-D".into(), data.display().to_string(), "-p".into(), port.to_string()];
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1".to_owned(),
+            format!("unix_socket_directories={}", dir.display()),
+            "max_connections=400".to_owned(),
+        ];
+        if ephemeral {
+            settings.extend(["fsync=off", "synchronous_commit=off", "full_page_writes=off"].map(String::from));
+        }
+        for setting in settings {
+            args.push("-c".into());
+            args.push(setting);
+        }
+        let log = dir.join("postgres.log");
+        // Fast shutdown keeps a kept cluster clean; a throwaway one is just killed.
+        let (signal, cleanup) = if ephemeral { ("QUIT", Some(dir)) } else { ("INT", None) };
+        let server = Guarded::spawn(&bin_dir.join("postgres"), &args, signal, cleanup, &log, run_as)?;
+        let postgres = Self { server, port };
+        postgres.wait_ready(&log).await?;
+        Ok(postgres)
+    }
+
+    async fn wait_ready(&self, log: &Path) -> Result<(), LocalServiceError> {
+        use sqlx::Connection;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(conn) = sqlx::PgConnection::connect(&self.url("postgres")).await {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(LocalServiceError::NotReady { what: "postgres", seconds: 60, log: tail(log) })
+    }
+
+    /// A URL for `database` as the superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+}
+
+/// Where PostgreSQL's server binaries are: next to a `postgres` on PATH, or
+/// the newest `/usr/lib/postgresql/*/bin`, or other usual install places.
+fn postgres_bin_dir() -> Result<PathBuf, LocalServiceError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for root in ["/usr/lib/postgresql", "/opt/homebrew/opt", "/usr/local/opt"] {
+        if let Ok(entries) = std::fs::read_dir(root) {
+            let mut versions: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path().join("bin"))
+                .filter(|bin| bin.join("postgres").is_file())
+                .collect();
+            // Newest first: "16" sorts after "15" and "9.6" is long gone.
+            versions.sort_by_key(|bin| {
+                let version = bin.parent().and_then(Path::file_name).and_then(|name| name.to_str()).unwrap_or("");
+                let digits: String = version.chars().filter(char::is_ascii_digit).collect();
+                std::cmp::Reverse(digits.parse::<u64>().unwrap_or(0))
+            });
+            candidates.extend(versions);
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/pgsql/bin"));
+    let postgres = find_program("postgres", &candidates)?;
+    // Resolve a symlink on PATH to the real directory, where initdb also is.
+    let real = std::fs::canonicalize(&postgres).unwrap_or(postgres);
+    let dir = real.parent().map(Path::to_path_buf).ok_or(LocalServiceError::NotInstalled("postgres"))?;
+    if !dir.join("initdb").is_file() {
+        return Err(LocalServiceError::NotInstalled("initdb"));
+    }
+    Ok(dir)
+}
+
+/// PostgreSQL will not run as root: when we are root, the uid and gid of
+/// `postgres` (or `nobody`) to run it as.
+fn unprivileged_user_if_root() -> Result<Option<(u32, u32)>, LocalServiceError> {
+    let running_as_root = std::fs::metadata("/proc/self").map(|meta| meta.uid() == 0).unwrap_or(false);
+    if !running_as_root {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    for name in ["postgres", "nobody"] {
+        for line in passwd.lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() > 3 && fields[0] == name {
+                if let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse()) {
+                    return Ok(Some((uid, gid)));
+                }
+            }
+        }
+    }
+    Err(LocalServiceError::Failed {
+        what: "finding an unprivileged user for PostgreSQL".into(),
+        detail: "running as root and neither `postgres` nor `nobody` exists".into(),
+    })
+}
