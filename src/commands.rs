@@ -85,10 +85,10 @@ async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
 
 async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let address = args.listen.address()?;
-    let keys = Keys::new(&args.redis.key_prefix.value);
+    let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
     stream::ensure_group(&mut redis, &keys).await.context("cannot create the consumer group")?;
-    let settings = IntakeSettings::new(args.secrets.value, &args.tuning);
+    let settings = IntakeSettings::new(args.secrets.webhook_secrets, &args.tuning);
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, stream = %keys.events(), "intake listening");
     let shutdown = shutdown_on_signals();
@@ -101,7 +101,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = WorkerSettings::new(&args.tuning)?;
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
-    let keys = Keys::new(&args.redis.key_prefix.value);
+    let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys, settings)
         .await
         .context("cannot connect to Redis; check REDIS_URL and that the server is up")?;
@@ -139,7 +139,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         Some(secrets) => secrets,
         None => DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?,
     };
-    let keys = Keys::new(&args.key_prefix.value);
+    let keys = Keys::new(&args.key_prefix.key_prefix);
     let shutdown = shutdown_on_signals();
 
     let worker_settings = WorkerSettings::new(&args.worker)?;

@@ -41,14 +41,14 @@ pub struct MigrateArgs {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
     pub database_url: DatabaseUrl,
 }
 
 #[derive(Debug, Args)]
 pub struct RedisArgs {
     /// Redis connection URL.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: RedisUrl,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
@@ -57,8 +57,8 @@ pub struct RedisArgs {
 #[derive(Debug, Args)]
 pub struct KeyPrefixArg {
     /// Prefix of every Redis key and stream the fleet owns.
-    #[arg(long = "key-prefix", env = "FLEET_KEY_PREFIX", default_value = "fleet:")]
-    pub value: KeyPrefix,
+    #[arg(long = "key-prefix", env = "FLEET_KEY_PREFIX", default_value = "fleet:", value_name = "FLEET_KEY_PREFIX")]
+    pub key_prefix: KeyPrefix,
 }
 
 #[derive(Debug, Args)]
@@ -76,29 +76,29 @@ pub struct IntakeArgs {
 #[derive(Debug, Args)]
 pub struct SecretsArg {
     /// Thinkific webhook signing key; several comma-separated keys are all accepted (rotation).
-    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true)]
-    pub value: WebhookSecrets,
+    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true, value_name = "THINKIFIC_WEBHOOK_SECRET")]
+    pub webhook_secrets: WebhookSecrets,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct IntakeTuning {
     /// Largest accepted webhook body, in bytes; larger bodies get 413.
     #[arg(long, env = "FLEET_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
-          value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024))]
+          value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024), value_name = "FLEET_MAX_BODY_BYTES")]
     pub max_body_bytes: u32,
     /// How long an accepted event id is remembered to answer its redeliveries as duplicates, in seconds.
     #[arg(long, env = "FLEET_DEDUP_WINDOW_SECS", default_value_t = 72 * 3600,
-          value_parser = clap::value_parser!(u64).range(60..=90 * 24 * 3600))]
+          value_parser = clap::value_parser!(u64).range(60..=90 * 24 * 3600), value_name = "FLEET_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
     /// Address to listen on, e.g. 0.0.0.0:8080. Default 127.0.0.1:8080.
-    #[arg(long, env = "FLEET_LISTEN")]
+    #[arg(long, env = "FLEET_LISTEN", value_name = "FLEET_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Port to listen on, on all interfaces (the platform convention of Heroku-like hosts).
-    #[arg(long, env = "PORT")]
+    #[arg(long, env = "PORT", value_name = "PORT")]
     pub port: Option<u16>,
 }
 
@@ -128,36 +128,36 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerTuning {
     /// This worker's consumer name in the group. Default: host name and process id.
-    #[arg(long, env = "FLEET_CONSUMER_NAME")]
+    #[arg(long, env = "FLEET_CONSUMER_NAME", value_name = "FLEET_CONSUMER_NAME")]
     pub consumer_name: Option<String>,
     /// Most stream entries read and applied in one batch (one transaction).
     #[arg(long, env = "FLEET_BATCH_SIZE", default_value_t = 500,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+          value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "FLEET_BATCH_SIZE")]
     pub batch_size: u32,
     /// How long one read waits for new entries, in milliseconds; also the
     /// longest a shutdown waits for the read in flight.
     #[arg(long, env = "FLEET_BLOCK_MS", default_value_t = 2000,
-          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+          value_parser = clap::value_parser!(u64).range(10..=60_000), value_name = "FLEET_BLOCK_MS")]
     pub block_ms: u64,
     /// Entries the events stream keeps once acknowledged; unacknowledged entries are never trimmed.
     #[arg(long, env = "FLEET_STREAM_MAXLEN", default_value_t = 1_000_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..), value_name = "FLEET_STREAM_MAXLEN")]
     pub stream_max_len: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Use this Redis instead of starting a throwaway one.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: Option<RedisUrl>,
     /// Use this Postgres instead of starting a throwaway one.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
     pub database_url: Option<DatabaseUrl>,
     /// Webhook signing key(s); default: a fixed development key, printed at start.
-    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true, value_name = "THINKIFIC_WEBHOOK_SECRET")]
     pub secrets: Option<WebhookSecrets>,
     /// Where the throwaway servers keep their data.
-    #[arg(long, env = "FLEET_DEV_DIR", default_value = ".fleet/dev")]
+    #[arg(long, env = "FLEET_DEV_DIR", default_value = ".fleet/dev", value_name = "FLEET_DEV_DIR")]
     pub data_dir: std::path::PathBuf,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
@@ -369,6 +369,12 @@ pub fn default_consumer_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn secrets_never_show_in_debug() {

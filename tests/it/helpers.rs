@@ -1,0 +1,302 @@
+//! The test harness: real Redis and Postgres, a database and key prefix per
+//! test, and the fleet's own intake and worker run in-process.
+//!
+//! Servers: when `REDIS_URL` / `DATABASE_URL` are set they are used;
+//! otherwise the harness starts a throwaway `redis-server` and PostgreSQL
+//! once per test binary (see `fleet::local_services`), which stop when the
+//! test process exits. Every test gets its own database and key prefix, so
+//! tests run in parallel and in any order; both are removed when the test's
+//! [`TestContext`] is dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet::config::{IntakeSettings, KeyPrefix, WebhookSecrets, WorkerSettings};
+use fleet::local_services::{LocalPostgres, LocalRedis};
+use fleet::stream::{self, Keys, GROUP};
+use fleet::worker::Worker;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use sqlx::{Connection, PgPool};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-webhook-secret";
+
+struct Services {
+    redis_url: String,
+    /// A database the harness may connect to to create and drop others.
+    admin_url: String,
+    _redis: Option<LocalRedis>,
+    _postgres: Option<LocalPostgres>,
+}
+
+static SERVICES: OnceCell<Services> = OnceCell::const_new();
+
+/// A fresh directory under the system temp dir.
+pub fn scratch_dir(purpose: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fleet-{purpose}-{}", uuid::Uuid::new_v4().simple()))
+}
+
+async fn services() -> &'static Services {
+    SERVICES
+        .get_or_init(|| async {
+            let mut local_redis = None;
+            let redis_url = match std::env::var("REDIS_URL") {
+                Ok(url) => url,
+                Err(_) => {
+                    let redis = LocalRedis::start(&scratch_dir("redis"), true).await.expect("start redis-server");
+                    let url = redis.url();
+                    local_redis = Some(redis);
+                    url
+                }
+            };
+            let mut local_postgres = None;
+            let admin_url = match std::env::var("DATABASE_URL") {
+                Ok(url) => url,
+                Err(_) => {
+                    let postgres = LocalPostgres::start(&scratch_dir("postgres"), true).await.expect("start postgres");
+                    let url = postgres.url("postgres");
+                    local_postgres = Some(postgres);
+                    url
+                }
+            };
+            Services { redis_url, admin_url, _redis: local_redis, _postgres: local_postgres }
+        })
+        .await
+}
+
+/// Replaces the database name in a Postgres URL.
+fn with_database(url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(url).expect("DATABASE_URL is a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// One test's world: its own database (migrated) and its own key prefix.
+pub struct TestContext {
+    pub db: PgPool,
+    pub database_url: String,
+    pub redis_url: String,
+    pub prefix: KeyPrefix,
+    pub keys: Keys,
+    pub redis: ConnectionManager,
+    database: String,
+    admin_url: String,
+}
+
+pub async fn context() -> TestContext {
+    let services = services().await;
+    context_on(&services.redis_url).await
+}
+
+/// Like [`context`], with Redis at `redis_url` (e.g. a test's own server).
+pub async fn context_on(redis_url: &str) -> TestContext {
+    let services = services().await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let database = format!("fleet_test_{id}");
+    let mut admin = sqlx::PgConnection::connect(&services.admin_url).await.expect("connect to Postgres");
+    sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await.expect("create database");
+    admin.close().await.ok();
+    let database_url = with_database(&services.admin_url, &database);
+    let db = fleet::db::connect(&database_url).await.expect("connect to the test database");
+    fleet::db::migrate(&db).await.expect("migrate");
+    let prefix: KeyPrefix = format!("test:{id}:").parse().expect("valid prefix");
+    let keys = Keys::new(&prefix);
+    let redis = stream::connect(redis_url, Duration::from_secs(5)).await.expect("connect to Redis");
+    TestContext {
+        db,
+        database_url,
+        redis_url: redis_url.to_owned(),
+        prefix,
+        keys,
+        redis,
+        database,
+        admin_url: services.admin_url.clone(),
+    }
+}
+
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        let database = self.database.clone();
+        let admin_url = self.admin_url.clone();
+        let redis_url = self.redis_url.clone();
+        let pattern = format!("{}*", self.prefix.as_str());
+        // Dropped inside the test's runtime: clean up on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+                let Ok(client) = redis::Client::open(redis_url) else { return };
+                let connect = client.get_multiplexed_async_connection();
+                let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await else { return };
+                let mut keys: Vec<String> = Vec::new();
+                if let Ok(mut iter) = conn.scan_match::<_, String>(&pattern).await {
+                    while let Some(Ok(key)) = iter.next_item().await {
+                        keys.push(key);
+                    }
+                }
+                if !keys.is_empty() {
+                    let _: Result<(), _> = conn.del(keys).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// An intake served in-process on a free port.
+pub struct IntakeServer {
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl IntakeServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn intake_settings(secrets: &str) -> IntakeSettings {
+    IntakeSettings {
+        secrets: secrets.parse::<WebhookSecrets>().expect("secrets"),
+        max_body_bytes: 1024 * 1024,
+        dedup_window: Duration::from_secs(72 * 3600),
+    }
+}
+
+impl TestContext {
+    pub async fn spawn_intake(&self) -> IntakeServer {
+        self.spawn_intake_with(intake_settings(SECRET)).await
+    }
+
+    pub async fn spawn_intake_with(&self, settings: IntakeSettings) -> IntakeServer {
+        let mut redis = stream::connect(&self.redis_url, Duration::from_secs(2)).await.expect("connect to Redis");
+        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let app = fleet::intake::router(redis, self.keys.clone(), settings);
+        let task = tokio::spawn(fleet::intake::serve(listener, app, shutdown.clone()));
+        IntakeServer { address, shutdown, task }
+    }
+
+    pub fn worker_settings(&self, consumer: &str) -> WorkerSettings {
+        WorkerSettings {
+            consumer_name: consumer.to_owned(),
+            batch_size: 100,
+            block: Duration::from_millis(100),
+            stream_max_len: 1_000_000,
+        }
+    }
+
+    /// Runs a worker in-process until the returned handle is stopped.
+    pub async fn spawn_worker(&self, settings: WorkerSettings) -> WorkerHandle {
+        let worker = Worker::connect(self.db.clone(), &self.redis_url, self.keys.clone(), settings)
+            .await
+            .expect("worker connects");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        WorkerHandle { shutdown, task }
+    }
+
+    /// Runs one worker until the group has nothing left to deliver or
+    /// acknowledge, then stops it.
+    pub async fn drain(&self) {
+        let worker = self.spawn_worker(self.worker_settings("drain")).await;
+        self.wait_until_drained().await;
+        worker.stop().await;
+    }
+
+    /// Waits until every entry has been delivered and acknowledged.
+    pub async fn wait_until_drained(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (lag, pending) = self.group_backlog().await;
+            if lag == 0 && pending == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "stream not drained: lag {lag}, pending {pending}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// (entries not yet delivered, entries delivered but not acknowledged).
+    /// An unknown lag (Redis cannot tell after some trims) counts as 1.
+    pub async fn group_backlog(&self) -> (u64, u64) {
+        let mut redis = self.redis.clone();
+        let reply: redis::streams::StreamInfoGroupsReply =
+            redis.xinfo_groups(self.keys.events()).await.expect("XINFO GROUPS");
+        let group = reply.groups.into_iter().find(|group| group.name == GROUP).expect("the fleet's group exists");
+        (group.lag.map_or(1, |lag| lag as u64), group.pending as u64)
+    }
+
+    pub async fn stream_len(&self, key: &str) -> u64 {
+        let mut redis = self.redis.clone();
+        redis.xlen(key).await.expect("XLEN")
+    }
+}
+
+pub struct WorkerHandle {
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("worker stops within 30 s")
+            .expect("worker task did not panic");
+    }
+}
+
+/// A Thinkific example body from `tests/fixtures/thinkific`.
+pub fn fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/thinkific").join(format!("{name}.json"));
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display())).trim_end().to_owned()
+}
+
+/// An example body with fields of its envelope or payload replaced.
+pub fn event(name: &str, envelope: serde_json::Value, payload: serde_json::Value) -> String {
+    let mut body: serde_json::Value = serde_json::from_str(&fixture(name)).expect("fixture is JSON");
+    merge(&mut body, envelope);
+    merge(&mut body["payload"], payload);
+    body.to_string()
+}
+
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    if let (Some(target), serde_json::Value::Object(patch)) = (target.as_object_mut(), patch) {
+        for (key, value) in patch {
+            target.insert(key, value);
+        }
+    }
+}
+
+/// POSTs `body` signed with `key` to the intake.
+pub async fn post_signed(intake: &IntakeServer, body: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(intake.url("/webhooks/thinkific"))
+        .header("content-type", "application/json")
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
+        .body(body.to_owned())
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("request completes")
+}

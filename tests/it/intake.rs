@@ -1,0 +1,289 @@
+//! The intake's answers, one per kind of input, against real Redis.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+
+use crate::helpers::{context, context_on, event, fixture, intake_settings, post_signed, scratch_dir, SECRET};
+
+async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON answer")
+}
+
+#[tokio::test]
+async fn a_signed_event_is_appended_with_its_raw_body_and_metadata() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("enrollment.progress");
+
+    let response = post_signed(&intake, &body, SECRET).await;
+    assert_eq!(response.status(), 200);
+    let answer = json_of(response).await;
+    assert_eq!(answer["status"], "accepted");
+    let entry_id = answer["stream_entry_id"].as_str().expect("an entry id").to_owned();
+
+    let mut redis = ctx.redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    assert_eq!(reply.ids.len(), 1);
+    let entry = &reply.ids[0];
+    assert_eq!(entry.id, entry_id);
+    let field = |name: &str| -> String { entry.get(name).unwrap_or_else(|| panic!("field {name}")) };
+    assert_eq!(field("body"), body, "the raw body, byte for byte");
+    assert_eq!(field("topic"), "enrollment.progress");
+    assert_eq!(field("tenant"), "184532");
+    assert_eq!(field("event_id"), "20250316091544118200417");
+    let received = chrono::DateTime::parse_from_rfc3339(&field("received_at")).expect("an RFC 3339 time");
+    assert!((chrono::Utc::now() - received.to_utc()).num_seconds().abs() < 60);
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn the_seed_dashboard_path_is_answered_too() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("user.signup");
+    let response = reqwest::Client::new()
+        .post(intake.url("/api/webhooks/enrollment"))
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["status"], "accepted");
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 1);
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_a_duplicate_and_not_appended_again() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("enrollment.created");
+    let first = json_of(post_signed(&intake, &body, SECRET).await).await;
+    let response = post_signed(&intake, &body, SECRET).await;
+    assert_eq!(response.status(), 200);
+    let second = json_of(response).await;
+    assert_eq!(first["status"], "accepted");
+    assert_eq!(second["status"], "duplicate");
+    assert_eq!(second["stream_entry_id"], first["stream_entry_id"]);
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_redeliveries_append_exactly_once() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("enrollment.completed");
+    let signature = fleet::intake::sign(SECRET.as_bytes(), body.as_bytes());
+    let client = reqwest::Client::new();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..25 {
+        let request = client
+            .post(intake.url("/webhooks/thinkific"))
+            .header("x-thinkific-hmac-sha256", signature.clone())
+            .body(body.clone());
+        requests.spawn(async move { request.send().await.expect("request") });
+    }
+    let mut accepted = 0;
+    while let Some(response) = requests.join_next().await {
+        let response = response.expect("task");
+        assert_eq!(response.status(), 200);
+        if json_of(response).await["status"] == "accepted" {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 1);
+}
+
+#[tokio::test]
+async fn the_dedup_window_is_configurable() {
+    let ctx = context().await;
+    let mut settings = intake_settings(SECRET);
+    settings.dedup_window = Duration::from_secs(1);
+    let intake = ctx.spawn_intake_with(settings).await;
+    let body = fixture("order.created");
+    assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "accepted");
+    assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "duplicate");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "accepted");
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
+}
+
+#[tokio::test]
+async fn the_same_event_id_in_two_schools_is_two_events() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let school_a = event("enrollment.created", json!({"tenant_id": "A"}), json!({}));
+    let school_b = event("enrollment.created", json!({"tenant_id": "B"}), json!({}));
+    assert_eq!(json_of(post_signed(&intake, &school_a, SECRET).await).await["status"], "accepted");
+    assert_eq!(json_of(post_signed(&intake, &school_b, SECRET).await).await["status"], "accepted");
+}
+
+#[tokio::test]
+async fn missing_or_wrong_signatures_get_401_and_queue_nothing() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("enrollment.created");
+    let client = reqwest::Client::new();
+    let cases: Vec<(&str, Option<String>, String)> = vec![
+        ("no header", None, body.clone()),
+        ("empty header", Some(String::new()), body.clone()),
+        ("not hex", Some("zz-not-hex".into()), body.clone()),
+        ("another key", Some(fleet::intake::sign(b"someone-else", body.as_bytes())), body.clone()),
+        ("tampered body", Some(fleet::intake::sign(SECRET.as_bytes(), body.as_bytes())), body.replace("0.0", "1.0")),
+        ("truncated signature", Some(fleet::intake::sign(SECRET.as_bytes(), body.as_bytes())[..32].to_owned()), body.clone()),
+    ];
+    for (case, signature, sent) in cases {
+        let mut request = client.post(intake.url("/webhooks/thinkific")).body(sent);
+        if let Some(signature) = signature {
+            request = request.header("x-thinkific-hmac-sha256", signature);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 401, "{case}");
+        assert_eq!(json_of(response).await["status"], "rejected", "{case}");
+    }
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+}
+
+#[tokio::test]
+async fn signature_is_checked_before_the_body_is_parsed() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let response = reqwest::Client::new()
+        .post(intake.url("/webhooks/thinkific"))
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(b"wrong", b"not json"))
+        .body("not json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401, "an unsigned bad body is a 401, not a 400");
+}
+
+#[tokio::test]
+async fn rotated_keys_are_all_accepted() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake_with(intake_settings("old-key,new-key")).await;
+    let old = event("enrollment.created", json!({"id": "1"}), json!({}));
+    let new = event("enrollment.created", json!({"id": "2"}), json!({}));
+    let other = event("enrollment.created", json!({"id": "3"}), json!({}));
+    assert_eq!(post_signed(&intake, &old, "old-key").await.status(), 200);
+    assert_eq!(post_signed(&intake, &new, "new-key").await.status(), 200);
+    assert_eq!(post_signed(&intake, &other, "retired-key").await.status(), 401);
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_events_get_400() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let cases = [
+        ("not JSON", "{\"id\": ".to_owned()),
+        ("not an object", "[1, 2]".to_owned()),
+        ("empty", String::new()),
+        ("no id", json!({"resource": "enrollment", "action": "created", "payload": {}}).to_string()),
+        ("no resource", json!({"id": "1", "action": "created", "payload": {}}).to_string()),
+        ("no action", json!({"id": "1", "resource": "enrollment", "payload": {}}).to_string()),
+        ("empty id", json!({"id": "", "resource": "enrollment", "action": "created"}).to_string()),
+        ("id is an object", json!({"id": {}, "resource": "enrollment", "action": "created"}).to_string()),
+        ("bad created_at", json!({"id": "1", "resource": "user", "action": "signup", "created_at": "soon"}).to_string()),
+    ];
+    for (case, body) in cases {
+        let response = post_signed(&intake, &body, SECRET).await;
+        assert_eq!(response.status(), 400, "{case}");
+        let answer = json_of(response).await;
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: {answer}");
+    }
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let padding = "x".repeat(1024 * 1024);
+    let body = event("user.signup", json!({"padding": padding}), json!({}));
+    let response = post_signed(&intake, &body, SECRET).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+
+    let just_under = event("user.signup", json!({"padding": "x".repeat(1000 * 1000)}), json!({}));
+    assert_eq!(post_signed(&intake, &just_under, SECRET).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_signed_event_of_an_unknown_topic_is_accepted() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = json!({"id": "20250401000000000000001", "resource": "quiz", "action": "attempted",
+                      "tenant_id": "184532", "created_at": "2025-04-01T00:00:00.000Z", "payload": {"score": 3}})
+    .to_string();
+    let response = post_signed(&intake, &body, SECRET).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["status"], "accepted");
+}
+
+#[tokio::test]
+async fn the_subdomain_header_names_the_school_when_the_body_does_not() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let mut body: Value = serde_json::from_str(&fixture("user.signup")).expect("JSON");
+    body.as_object_mut().expect("object").remove("tenant_id");
+    let body = body.to_string();
+    let response = reqwest::Client::new()
+        .post(intake.url("/webhooks/thinkific"))
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
+        .header("x-thinkific-subdomain", "watercolor-school")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let mut redis = ctx.redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    assert_eq!(reply.ids[0].get::<String>("tenant").as_deref(), Some("watercolor-school"));
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
+    let ready = reqwest::get(intake.url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert_eq!(json_of(ready).await["redis"], "ok");
+}
+
+#[tokio::test]
+async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
+    let dir = scratch_dir("redis-outage");
+    let mut redis = fleet::local_services::LocalRedis::start(&dir, true).await.expect("own redis");
+    let port = redis.port();
+    let ctx = context_on(&redis.url()).await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("enrollment.created");
+
+    redis.stop();
+    let started = std::time::Instant::now();
+    let response = post_signed(&intake, &body, SECRET).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(8), "answered without hanging");
+    assert_eq!(reqwest::get(intake.url("/readyz")).await.expect("readyz").status(), 503);
+    assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
+
+    let _redis = fleet::local_services::LocalRedis::start_on(&dir, port, true).await.expect("redis again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = post_signed(&intake, &body, SECRET).await;
+        if response.status() == 200 {
+            assert_eq!(json_of(response).await["status"], "accepted", "the 503 queued nothing");
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "intake did not reconnect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    intake.stop().await;
+}

@@ -1,0 +1,5 @@
+//! One integration-test binary (one set of throwaway servers) for the whole
+//! suite; each module covers one part of the fleet.
+
+mod helpers;
+mod intake;
