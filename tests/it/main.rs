@@ -3,3 +3,5 @@
 
 mod helpers;
 mod intake;
+mod properties;
+mod worker;
