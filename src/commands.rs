@@ -9,14 +9,17 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Command, DevArgs, IntakeArgs, IntakeSettings, WebhookSecrets, WorkerArgs, WorkerSettings};
+use crate::config::{
+    Command, DevArgs, IntakeArgs, IntakeSettings, WebhookSecrets, WorkerArgs, WorkerSettings,
+};
 use crate::local_services::{LocalPostgres, LocalRedis};
 use crate::stream::{self, Keys};
 use crate::worker::Worker;
 use crate::{db, intake};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
-pub const EXAMPLE_WEBHOOK: &str = include_str!("../tests/fixtures/thinkific/enrollment.created.json");
+pub const EXAMPLE_WEBHOOK: &str =
+    include_str!("../tests/fixtures/thinkific/enrollment.created.json");
 const DEV_SECRET: &str = "fleet-dev-secret";
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -72,11 +75,16 @@ async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManage
 
 /// Refuses to run against a schema older than this binary.
 async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
-    let newest = fleet_jobs::MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
-    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(None);
+    let newest = fleet_jobs::MIGRATOR
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(None);
     if applied.unwrap_or(0) < newest {
         anyhow::bail!("the database schema is behind this binary; run `fleet migrate` first");
     }
@@ -87,9 +95,13 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let address = args.listen.address()?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
-    stream::ensure_group(&mut redis, &keys).await.context("cannot create the consumer group")?;
+    stream::ensure_group(&mut redis, &keys)
+        .await
+        .context("cannot create the consumer group")?;
     let settings = IntakeSettings::new(args.secrets.webhook_secrets, &args.tuning);
-    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, stream = %keys.events(), "intake listening");
     let shutdown = shutdown_on_signals();
     intake::serve(listener, intake::router(redis, keys, settings), shutdown).await?;
@@ -137,7 +149,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
     let secrets = match args.secrets.clone() {
         Some(secrets) => secrets,
-        None => DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?,
+        None => DEV_SECRET
+            .parse::<WebhookSecrets>()
+            .map_err(anyhow::Error::msg)?,
     };
     let keys = Keys::new(&args.key_prefix.key_prefix);
     let shutdown = shutdown_on_signals();
@@ -147,19 +161,38 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let address = args.listen.address()?;
-    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis = connect_redis(&redis_url).await?;
-    let app = intake::router(redis, keys, IntakeSettings::new(secrets.clone(), &args.intake));
+    let app = intake::router(
+        redis,
+        keys,
+        IntakeSettings::new(secrets.clone(), &args.intake),
+    );
     let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
     std::fs::create_dir_all(&data_dir)?;
     std::fs::write(&example, EXAMPLE_WEBHOOK.trim_end())?;
     // A URL given by the user may hold a password: show it redacted.
-    let shown_redis = args.redis_url.as_ref().map_or(redis_url.clone(), ToString::to_string);
-    let shown_database = args.database_url.as_ref().map_or(database_url.clone(), ToString::to_string);
-    print_welcome(&address.to_string(), &shown_redis, &shown_database, &secrets, args.secrets.is_none(), &example);
+    let shown_redis = args
+        .redis_url
+        .as_ref()
+        .map_or(redis_url.clone(), ToString::to_string);
+    let shown_database = args
+        .database_url
+        .as_ref()
+        .map_or(database_url.clone(), ToString::to_string);
+    print_welcome(
+        &address.to_string(),
+        &shown_redis,
+        &shown_database,
+        &secrets,
+        args.secrets.is_none(),
+        &example,
+    );
 
     let intake_result = intake_task.await;
     shutdown.cancel();
@@ -173,17 +206,27 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await?;
     }
     Ok(())
 }
 
-fn print_welcome(address: &str, redis_url: &str, database_url: &str, secrets: &WebhookSecrets, dev_secret: bool, example: &Path) {
+fn print_welcome(
+    address: &str,
+    redis_url: &str,
+    database_url: &str,
+    secrets: &WebhookSecrets,
+    dev_secret: bool,
+    example: &Path,
+) {
     let body = EXAMPLE_WEBHOOK.trim_end();
     let signature = intake::sign(secrets.signing_key(), body.as_bytes());
     let secret_note = if dev_secret {

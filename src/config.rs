@@ -14,7 +14,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleet", version, about = "Thinkific webhooks into a Redis Stream, applied to Postgres by a fleet of workers")]
+#[command(
+    name = "fleet",
+    version,
+    about = "Thinkific webhooks into a Redis Stream, applied to Postgres by a fleet of workers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,14 +45,24 @@ pub struct MigrateArgs {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Postgres connection URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "DATABASE_URL"
+    )]
     pub database_url: DatabaseUrl,
 }
 
 #[derive(Debug, Args)]
 pub struct RedisArgs {
     /// Redis connection URL.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        value_name = "REDIS_URL"
+    )]
     pub redis_url: RedisUrl,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
@@ -57,7 +71,12 @@ pub struct RedisArgs {
 #[derive(Debug, Args)]
 pub struct KeyPrefixArg {
     /// Prefix of every Redis key and stream the fleet owns.
-    #[arg(long = "key-prefix", env = "FLEET_KEY_PREFIX", default_value = "fleet:", value_name = "FLEET_KEY_PREFIX")]
+    #[arg(
+        long = "key-prefix",
+        env = "FLEET_KEY_PREFIX",
+        default_value = "fleet:",
+        value_name = "FLEET_KEY_PREFIX"
+    )]
     pub key_prefix: KeyPrefix,
 }
 
@@ -76,7 +95,12 @@ pub struct IntakeArgs {
 #[derive(Debug, Args)]
 pub struct SecretsArg {
     /// Thinkific webhook signing key; several comma-separated keys are all accepted (rotation).
-    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true, value_name = "THINKIFIC_WEBHOOK_SECRET")]
+    #[arg(
+        long = "webhook-secret",
+        env = "THINKIFIC_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "THINKIFIC_WEBHOOK_SECRET"
+    )]
     pub webhook_secrets: WebhookSecrets,
 }
 
@@ -148,16 +172,36 @@ pub struct WorkerTuning {
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Use this Redis instead of starting a throwaway one.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        value_name = "REDIS_URL"
+    )]
     pub redis_url: Option<RedisUrl>,
     /// Use this Postgres instead of starting a throwaway one.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        value_name = "DATABASE_URL"
+    )]
     pub database_url: Option<DatabaseUrl>,
     /// Webhook signing key(s); default: a fixed development key, printed at start.
-    #[arg(long = "webhook-secret", env = "THINKIFIC_WEBHOOK_SECRET", hide_env_values = true, value_name = "THINKIFIC_WEBHOOK_SECRET")]
+    #[arg(
+        long = "webhook-secret",
+        env = "THINKIFIC_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_name = "THINKIFIC_WEBHOOK_SECRET"
+    )]
     pub secrets: Option<WebhookSecrets>,
     /// Where the throwaway servers keep their data.
-    #[arg(long, env = "FLEET_DEV_DIR", default_value = ".fleet/dev", value_name = "FLEET_DEV_DIR")]
+    #[arg(
+        long,
+        env = "FLEET_DEV_DIR",
+        default_value = ".fleet/dev",
+        value_name = "FLEET_DEV_DIR"
+    )]
     pub data_dir: std::path::PathBuf,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
@@ -194,7 +238,10 @@ impl FromStr for RedisUrl {
         let parsed = url::Url::parse(text)
             .map_err(|err| format!("not a URL ({err}); expected redis://host:port/db"))?;
         if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-            return Err(format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()));
+            return Err(format!(
+                "scheme `{}` is not redis:// or rediss://",
+                parsed.scheme()
+            ));
         }
         redis::Client::open(text).map_err(|err| format!("not a Redis URL: {err}"))?;
         Ok(Self(parsed))
@@ -266,8 +313,13 @@ impl FromStr for KeyPrefix {
         if text.is_empty() || text.len() > 64 {
             return Err("must be 1 to 64 characters".into());
         }
-        if text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[') {
-            return Err("must not contain spaces, control characters or glob characters (* ? [)".into());
+        if text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[')
+        {
+            return Err(
+                "must not contain spaces, control characters or glob characters (* ? [)".into(),
+            );
         }
         Ok(Self(text.to_owned()))
     }
@@ -362,7 +414,9 @@ impl WorkerSettings {
 
 /// Host name and process id: unique among live workers without any set-up.
 pub fn default_consumer_name() -> String {
-    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
+    let host = gethostname::gethostname()
+        .to_string_lossy()
+        .replace(char::is_whitespace, "-");
     format!("{host}-{}", std::process::id())
 }
 
@@ -381,14 +435,22 @@ mod tests {
         let secrets: WebhookSecrets = "old-key, new-key".parse().expect("two keys");
         assert_eq!(secrets.keys().count(), 2);
         let shown = format!("{secrets:?}");
-        assert!(!shown.contains("old-key") && !shown.contains("new-key"), "{shown}");
+        assert!(
+            !shown.contains("old-key") && !shown.contains("new-key"),
+            "{shown}"
+        );
         assert!(" , ".parse::<WebhookSecrets>().is_err());
     }
 
     #[test]
     fn url_passwords_are_redacted() {
-        let url: DatabaseUrl = "postgres://fleet:hunter2@db:5432/fleet".parse().expect("valid");
-        assert_eq!(format!("{url:?}"), "postgres://fleet:REDACTED@db:5432/fleet");
+        let url: DatabaseUrl = "postgres://fleet:hunter2@db:5432/fleet"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            format!("{url:?}"),
+            "postgres://fleet:REDACTED@db:5432/fleet"
+        );
         let url: RedisUrl = "redis://:hunter2@cache:6379/0".parse().expect("valid");
         assert!(!url.to_string().contains("hunter2"));
         assert!("http://db".parse::<DatabaseUrl>().is_err());
@@ -401,9 +463,18 @@ mod tests {
             listen: listen.map(|l| l.parse().expect("address")),
             port,
         };
-        assert_eq!(listen(None, None).address().ok(), "127.0.0.1:8080".parse().ok());
-        assert_eq!(listen(None, Some(5000)).address().ok(), "0.0.0.0:5000".parse().ok());
-        assert_eq!(listen(Some("10.0.0.1:1"), None).address().ok(), "10.0.0.1:1".parse().ok());
+        assert_eq!(
+            listen(None, None).address().ok(),
+            "127.0.0.1:8080".parse().ok()
+        );
+        assert_eq!(
+            listen(None, Some(5000)).address().ok(),
+            "0.0.0.0:5000".parse().ok()
+        );
+        assert_eq!(
+            listen(Some("10.0.0.1:1"), None).address().ok(),
+            "10.0.0.1:1".parse().ok()
+        );
         assert!(listen(Some("10.0.0.1:1"), Some(2)).address().is_err());
     }
 

@@ -32,7 +32,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &KeyPrefix) -> Self {
-        Self { prefix: prefix.as_str().to_owned() }
+        Self {
+            prefix: prefix.as_str().to_owned(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -59,7 +61,10 @@ impl Keys {
 ///
 /// Commands fail after `response_timeout` instead of hanging, and a broken
 /// connection is re-established on the next command.
-pub async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
+pub async fn connect(
+    url: &str,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, RedisError> {
     let client = redis::Client::open(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -72,7 +77,8 @@ pub async fn connect(url: &str, response_timeout: Duration) -> Result<Connection
 /// Creates the consumer group if it is missing, reading from the start of
 /// the stream so that entries appended before any worker ran are consumed.
 pub async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
-    let created: Result<(), RedisError> = conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
+    let created: Result<(), RedisError> =
+        conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
     match created {
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
@@ -130,10 +136,18 @@ pub async fn enqueue(
         .arg("event_id")
         .arg(entry.event_id)
         .arg("received_at")
-        .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .arg(
+            entry
+                .received_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        )
         .invoke_async(conn)
         .await?;
-    Ok(if appended == 1 { Enqueued::Accepted(id) } else { Enqueued::Duplicate(id) })
+    Ok(if appended == 1 {
+        Enqueued::Accepted(id)
+    } else {
+        Enqueued::Duplicate(id)
+    })
 }
 
 /// One stream entry as a worker reads it.
@@ -149,7 +163,8 @@ impl Entry {
     }
 
     pub fn text(&self, name: &str) -> Option<&str> {
-        self.field(name).and_then(|bytes| std::str::from_utf8(bytes).ok())
+        self.field(name)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
     }
 }
 
@@ -172,7 +187,9 @@ pub async fn read_group(
     count: usize,
     block: Duration,
 ) -> Result<Vec<Entry>, RedisError> {
-    let mut options = StreamReadOptions::default().group(GROUP, consumer).count(count);
+    let mut options = StreamReadOptions::default()
+        .group(GROUP, consumer)
+        .count(count);
     let id = match from {
         ReadFrom::OwnPending => "0",
         ReadFrom::New => {
@@ -180,8 +197,12 @@ pub async fn read_group(
             ">"
         }
     };
-    let reply: Option<StreamReadReply> = conn.xread_options(&[keys.events()], &[id], &options).await?;
-    let Some(reply) = reply else { return Ok(Vec::new()) };
+    let reply: Option<StreamReadReply> = conn
+        .xread_options(&[keys.events()], &[id], &options)
+        .await?;
+    let Some(reply) = reply else {
+        return Ok(Vec::new());
+    };
     Ok(reply
         .keys
         .into_iter()
@@ -202,7 +223,11 @@ pub async fn read_group(
 }
 
 /// Acknowledges entries whose effect is committed.
-pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
+pub async fn ack(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    ids: &[&str],
+) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -290,5 +315,9 @@ return redis.call('XTRIM', key, 'MINID', cut)
 
 /// Trims acknowledged entries beyond `keep`; returns how many went.
 pub async fn trim(conn: &mut ConnectionManager, keys: &Keys, keep: u64) -> Result<u64, RedisError> {
-    Script::new(TRIM_SCRIPT).key(keys.events()).arg(keep).invoke_async(conn).await
+    Script::new(TRIM_SCRIPT)
+        .key(keys.events())
+        .arg(keep)
+        .invoke_async(conn)
+        .await
 }

@@ -58,7 +58,13 @@ impl Worker {
         let reader = stream::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
         let mut redis = stream::connect(redis_url, Duration::from_secs(5)).await?;
         stream::ensure_group(&mut redis, &keys).await?;
-        Ok(Self { db, reader, redis, keys, settings })
+        Ok(Self {
+            db,
+            reader,
+            redis,
+            keys,
+            settings,
+        })
     }
 
     /// Consumes until `shutdown` fires, then finishes the batch in hand and
@@ -112,10 +118,13 @@ impl Worker {
             }
             if last_trim.elapsed() >= TRIM_INTERVAL {
                 last_trim = Instant::now();
-                match stream::trim(&mut self.redis, &self.keys, self.settings.stream_max_len).await {
+                match stream::trim(&mut self.redis, &self.keys, self.settings.stream_max_len).await
+                {
                     Ok(0) => {}
                     Ok(trimmed) => tracing::debug!(trimmed, "trimmed acknowledged entries"),
-                    Err(err) => tracing::warn!(error = %err, "could not trim the events stream; will retry"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not trim the events stream; will retry")
+                    }
                 }
             }
             if last_report.elapsed() >= REPORT_INTERVAL {
@@ -145,7 +154,11 @@ impl Worker {
 
         let letters: Vec<DeadLetter<'_>> = rejected
             .iter()
-            .map(|(entry, reason)| DeadLetter { entry, error_kind: "malformed", error: reason })
+            .map(|(entry, reason)| DeadLetter {
+                entry,
+                error_kind: "malformed",
+                error: reason,
+            })
             .collect();
         for (entry, reason) in &rejected {
             tracing::warn!(
@@ -155,7 +168,10 @@ impl Worker {
             );
         }
         stream::dead_letter(&mut self.redis, &self.keys, &letters).await?;
-        let ids: Vec<&str> = events.iter().map(|event| event.stream_entry_id.as_str()).collect();
+        let ids: Vec<&str> = events
+            .iter()
+            .map(|event| event.stream_entry_id.as_str())
+            .collect();
         stream::ack(&mut self.redis, &self.keys, &ids).await?;
         tracing::debug!(?report, dead_lettered = letters.len(), "batch applied");
         Ok(entries.len())
@@ -164,7 +180,9 @@ impl Worker {
 
 /// Decodes an entry; the error says why it can never be applied.
 fn decode(entry: &Entry) -> Result<Event, String> {
-    let body = entry.field("body").ok_or("stream entry has no body (deleted or not written by the intake)")?;
+    let body = entry
+        .field("body")
+        .ok_or("stream entry has no body (deleted or not written by the intake)")?;
     let tenant = entry.text("tenant").unwrap_or("unknown");
     let received_at = entry
         .text("received_at")

@@ -65,7 +65,13 @@ impl Envelope {
             }
             Some(_) => return Err(EnvelopeError::BadCreatedAt),
         };
-        Ok(Self { id, resource, action, tenant_id, created_at })
+        Ok(Self {
+            id,
+            resource,
+            action,
+            tenant_id,
+            created_at,
+        })
     }
 
     /// `resource.action`, e.g. `enrollment.progress`.
@@ -103,7 +109,10 @@ pub enum DecodeError {
     #[error("invalid envelope: {0}")]
     Envelope(#[from] EnvelopeError),
     #[error("invalid {topic} payload: {source}")]
-    Payload { topic: String, source: serde_json::Error },
+    Payload {
+        topic: String,
+        source: serde_json::Error,
+    },
     #[error("{topic} event has no payload object")]
     MissingPayload { topic: String },
 }
@@ -245,8 +254,10 @@ struct Body {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(payload: Value, topic: &str) -> Result<T, DecodeError> {
-    serde_json::from_value(payload)
-        .map_err(|source| DecodeError::Payload { topic: topic.to_owned(), source })
+    serde_json::from_value(payload).map_err(|source| DecodeError::Payload {
+        topic: topic.to_owned(),
+        source,
+    })
 }
 
 impl Event {
@@ -263,18 +274,29 @@ impl Event {
         let envelope = Envelope::parse(body)?;
         let topic = envelope.topic();
         let payload = || -> Result<Value, DecodeError> {
-            let body: Body = serde_json::from_slice(body)
-                .map_err(|source| DecodeError::Payload { topic: topic.clone(), source })?;
+            let body: Body =
+                serde_json::from_slice(body).map_err(|source| DecodeError::Payload {
+                    topic: topic.clone(),
+                    source,
+                })?;
             match body.payload {
                 Some(payload @ Value::Object(_)) => Ok(payload),
-                _ => Err(DecodeError::MissingPayload { topic: topic.clone() }),
+                _ => Err(DecodeError::MissingPayload {
+                    topic: topic.clone(),
+                }),
             }
         };
         let change = match (envelope.resource.as_str(), envelope.action.as_str()) {
             ("enrollment", "created" | "progress" | "completed" | "trial") => {
                 let enrollment: Enrollment = typed(payload()?, &topic)?;
-                if enrollment.course_id.or(enrollment.course.as_ref().map(|c| c.id)).is_none()
-                    || enrollment.user_id.or(enrollment.user.as_ref().map(|u| u.id)).is_none()
+                if enrollment
+                    .course_id
+                    .or(enrollment.course.as_ref().map(|c| c.id))
+                    .is_none()
+                    || enrollment
+                        .user_id
+                        .or(enrollment.user.as_ref().map(|u| u.id))
+                        .is_none()
                 {
                     return Err(DecodeError::Payload {
                         topic,
@@ -325,8 +347,14 @@ mod tests {
 
     #[test]
     fn envelope_requires_id_resource_action() {
-        assert!(matches!(Envelope::parse(b"[]"), Err(EnvelopeError::NotAnObject)));
-        assert!(matches!(Envelope::parse(b"{"), Err(EnvelopeError::NotJson(_))));
+        assert!(matches!(
+            Envelope::parse(b"[]"),
+            Err(EnvelopeError::NotAnObject)
+        ));
+        assert!(matches!(
+            Envelope::parse(b"{"),
+            Err(EnvelopeError::NotJson(_))
+        ));
         assert!(matches!(
             Envelope::parse(br#"{"resource":"user","action":"signup"}"#),
             Err(EnvelopeError::MissingField("id"))
@@ -335,9 +363,13 @@ mod tests {
             Envelope::parse(br#"{"id":"1","resource":"","action":"signup"}"#),
             Err(EnvelopeError::MissingField("resource"))
         ));
-        let envelope = Envelope::parse(br#"{"id":12,"resource":"lesson","action":"completed","tenant_id":7}"#);
+        let envelope =
+            Envelope::parse(br#"{"id":12,"resource":"lesson","action":"completed","tenant_id":7}"#);
         let envelope = envelope.expect("a numeric id and tenant are accepted");
-        assert_eq!((envelope.id.as_str(), envelope.topic().as_str()), ("12", "lesson.completed"));
+        assert_eq!(
+            (envelope.id.as_str(), envelope.topic().as_str()),
+            ("12", "lesson.completed")
+        );
         assert_eq!(envelope.tenant_id.as_deref(), Some("7"));
     }
 

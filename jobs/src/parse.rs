@@ -31,7 +31,8 @@ pub fn string_or_number(value: &Value) -> Option<String> {
 /// An integer id given as a number or a string of digits.
 pub fn id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     let value = Value::deserialize(deserializer)?;
-    parse_id(&value).ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
+    parse_id(&value)
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
 }
 
 /// Like [`id`], for optional fields; `null` and absence are `None`.
@@ -85,7 +86,9 @@ pub fn percentage<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::
     };
     let invalid =
         || serde::de::Error::custom(format!("invalid percentage_completed {}", describe(&value)));
-    let raw = raw.filter(|raw| raw.is_finite() && *raw >= 0.0).ok_or_else(invalid)?;
+    let raw = raw
+        .filter(|raw| raw.is_finite() && *raw >= 0.0)
+        .ok_or_else(invalid)?;
     let percent = if raw > 1.0 { raw } else { raw * 100.0 };
     if percent > 100.0 {
         return Err(invalid());
@@ -102,10 +105,13 @@ pub fn optional_timestamp<'de, D: Deserializer<'de>>(
     match &value {
         Value::Null => Ok(None),
         Value::String(text) if text.trim().is_empty() => Ok(None),
-        Value::String(text) => parse_timestamp(text.trim())
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))),
-        _ => Err(serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))),
+        Value::String(text) => parse_timestamp(text.trim()).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))
+        }),
+        _ => Err(serde::de::Error::custom(format!(
+            "invalid timestamp {}",
+            describe(&value)
+        ))),
     }
 }
 
@@ -147,7 +153,13 @@ mod tests {
 
     #[test]
     fn percentage_rejects_nonsense() {
-        for bad in [json!("abc"), json!("-0.5"), json!("100.5"), json!("NaN"), json!(true)] {
+        for bad in [
+            json!("abc"),
+            json!("-0.5"),
+            json!("100.5"),
+            json!("NaN"),
+            json!(true),
+        ] {
             assert!(percent(bad.clone()).is_err(), "{bad} was accepted");
         }
     }
@@ -157,7 +169,9 @@ mod tests {
         let expect = |text: &str, rfc: &str| {
             assert_eq!(
                 parse_timestamp(text),
-                DateTime::parse_from_rfc3339(rfc).ok().map(|t| t.with_timezone(&Utc)),
+                DateTime::parse_from_rfc3339(rfc)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
                 "{text}"
             )
         };

@@ -3,5 +3,6 @@
 
 mod helpers;
 mod intake;
+mod processes;
 mod properties;
 mod worker;
