@@ -94,6 +94,15 @@ impl Worker {
                     Ok(0)
                 }
                 Ok(entries) => self.process(&entries).await,
+                Err(err) if err.code() == Some("NOGROUP") => {
+                    // Redis lost the stream or the group (restarted without
+                    // persistence, or an operator deleted it): recreate it.
+                    tracing::warn!("consumer group missing; recreating it");
+                    stream::ensure_group(&mut self.redis, &self.keys)
+                        .await
+                        .map(|()| 0)
+                        .map_err(BatchError::Redis)
+                }
                 Err(err) => Err(BatchError::Redis(err)),
             };
             match outcome {

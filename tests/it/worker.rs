@@ -381,3 +381,53 @@ async fn pending_ids(ctx: &TestContext) -> Vec<String> {
         .expect("XPENDING");
     pending.ids.into_iter().map(|p| p.id).collect()
 }
+
+#[tokio::test]
+async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
+    let ctx = context().await;
+    let worker = ctx.spawn_worker(ctx.worker_settings("survivor")).await;
+    let mut redis = ctx.redis.clone();
+    // As if Redis restarted without its data.
+    let _: i64 = redis.del(ctx.keys.events()).await.expect("DEL");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // An event appended to the new stream, which has no group yet.
+    let body = fixture("enrollment.created");
+    let entry = fleet::stream::NewEntry {
+        body: body.as_bytes(),
+        topic: "enrollment.created",
+        tenant_id: "184532",
+        event_id: "20250314153012345678901",
+        received_at: chrono::Utc::now(),
+    };
+    fleet::stream::enqueue(
+        &mut redis,
+        &ctx.keys,
+        &entry,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("enqueue");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !redis
+        .exists::<_, bool>(ctx.keys.events())
+        .await
+        .expect("EXISTS")
+        || redis
+            .xinfo_groups::<_, redis::streams::StreamInfoGroupsReply>(ctx.keys.events())
+            .await
+            .map_or(true, |reply| reply.groups.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not recreate the group"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ctx.wait_until_drained().await;
+    worker.stop().await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&ctx.db)
+        .await
+        .expect("count");
+    assert_eq!(applied, 1);
+}

@@ -1,0 +1,235 @@
+//! Throughput and latency of the real intake and worker, on this machine.
+//!
+//! `cargo bench --bench throughput` starts throwaway Redis and PostgreSQL (or
+//! uses `REDIS_URL` / `DATABASE_URL`, where it creates a scratch database),
+//! then measures:
+//! - intake: signed POSTs answered per second and the latency distribution,
+//!   over HTTP on loopback;
+//! - worker: events applied per second by one worker draining a backlog of
+//!   enrollment events spread over many enrollments and courses.
+//!
+//! Sizes: `BENCH_EVENTS` (default 50,000), `BENCH_REQUESTS` (default 5,000),
+//! `FLEET_BATCH_SIZE` (default 500).
+
+use std::time::{Duration, Instant};
+
+use fleet::config::{KeyPrefix, WorkerSettings};
+use fleet::local_services::{LocalPostgres, LocalRedis};
+use fleet::stream::{self, Keys};
+use serde_json::json;
+use sqlx::Connection;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn enrollment_event(n: usize) -> String {
+    let updated = chrono::DateTime::parse_from_rfc3339("2025-03-16T00:00:00Z").expect("time")
+        + chrono::Duration::milliseconds(n as i64);
+    let enrollment = n % 20_000;
+    let course = enrollment % 500;
+    json!({
+        "id": format!("2025{n:019}"), "resource": "enrollment", "action": "progress", "tenant_id": "bench",
+        "created_at": updated.to_rfc3339(),
+        "payload": {
+            "id": enrollment, "course_id": course, "course": {"id": course, "name": format!("Course {course}")},
+            "user": {"id": enrollment, "email": format!("learner{enrollment}@example.com"), "first_name": "A", "last_name": "B"},
+            "percentage_completed": format!("{:.2}", (n % 100) as f64 / 100.0),
+            "started_at": "2025-03-01T00:00:00Z", "activated_at": "2025-03-01T00:00:00Z",
+            "completed_at": null, "expiry_date": null, "created_at": "2025-03-01T00:00:00Z",
+            "updated_at": updated.to_rfc3339(), "free_trial": false
+        }
+    })
+    .to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let events = env_number("BENCH_EVENTS", 50_000);
+    let requests = env_number("BENCH_REQUESTS", 5_000);
+    let batch_size = env_number("FLEET_BATCH_SIZE", 500);
+    let scratch =
+        std::env::temp_dir().join(format!("fleet-bench-{}", uuid::Uuid::new_v4().simple()));
+
+    let (_redis, redis_url) = match std::env::var("REDIS_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let redis = LocalRedis::start(&scratch.join("redis"), true).await?;
+            let url = redis.url();
+            (Some(redis), url)
+        }
+    };
+    let (_postgres, admin_url) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let postgres = LocalPostgres::start(
+                &std::env::temp_dir()
+                    .join(format!("fleet-bench-pg-{}", uuid::Uuid::new_v4().simple())),
+                true,
+            )
+            .await?;
+            let url = postgres.url("postgres");
+            (Some(postgres), url)
+        }
+    };
+    let database = format!("fleet_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+        .execute(&mut admin)
+        .await?;
+    let mut database_url = url::Url::parse(&admin_url)?;
+    database_url.set_path(&format!("/{database}"));
+    let db = fleet::db::connect(database_url.as_str()).await?;
+    fleet::db::migrate(&db).await?;
+    let prefix: KeyPrefix = format!("bench:{}:", uuid::Uuid::new_v4().simple())
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let keys = Keys::new(&prefix);
+    let mut redis = stream::connect(&redis_url, Duration::from_secs(10)).await?;
+    stream::ensure_group(&mut redis, &keys).await?;
+
+    // --- intake: sequential latency, then concurrent throughput
+    let secret = "bench-secret";
+    let settings = fleet::config::IntakeSettings {
+        secrets: secret.parse().map_err(anyhow::Error::msg)?,
+        max_body_bytes: 1024 * 1024,
+        dedup_window: Duration::from_secs(3600),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let app = fleet::intake::router(redis.clone(), keys.clone(), settings);
+    let server = tokio::spawn(fleet::intake::serve(listener, app, shutdown.clone()));
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/webhooks/thinkific");
+    let bodies: Vec<(String, String)> = (0..requests)
+        .map(|n| {
+            let body = enrollment_event(1_000_000_000 + n);
+            let signature = fleet::intake::sign(secret.as_bytes(), body.as_bytes());
+            (body, signature)
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(requests / 2);
+    for (body, signature) in &bodies[..requests / 2] {
+        let started = Instant::now();
+        let response = client
+            .post(&url)
+            .header("x-thinkific-hmac-sha256", signature)
+            .body(body.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "intake answered {}",
+            response.status()
+        );
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let concurrent = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in bodies[requests / 2..].chunks((requests / 2).div_ceil(32).max(1)) {
+        let (client, url, chunk) = (client.clone(), url.clone(), chunk.to_vec());
+        tasks.spawn(async move {
+            for (body, signature) in chunk {
+                let response = client
+                    .post(&url)
+                    .header("x-thinkific-hmac-sha256", signature)
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status() == 200,
+                    "intake answered {}",
+                    response.status()
+                );
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    let concurrent_elapsed = concurrent.elapsed();
+    shutdown.cancel();
+    server.await??;
+    println!(
+        "intake: {} sequential requests: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    println!(
+        "intake: {} requests from 32 concurrent clients: {:.0} requests/s",
+        requests - requests / 2,
+        (requests - requests / 2) as f64 / concurrent_elapsed.as_secs_f64()
+    );
+
+    // --- worker: drain a backlog of `events` enrollment events
+    let mut pipe = redis::pipe();
+    for n in 0..events {
+        pipe.xadd(
+            keys.events(),
+            "*",
+            &[
+                ("body", enrollment_event(n)),
+                ("topic", "enrollment.progress".into()),
+                ("tenant", "bench".into()),
+                ("event_id", format!("2025{n:019}")),
+                ("received_at", chrono::Utc::now().to_rfc3339()),
+            ],
+        )
+        .ignore();
+        if n % 5_000 == 4_999 {
+            pipe.query_async::<()>(&mut redis).await?;
+            pipe = redis::pipe();
+        }
+    }
+    pipe.query_async::<()>(&mut redis).await?;
+    let settings = WorkerSettings {
+        consumer_name: "bench".into(),
+        batch_size,
+        block: Duration::from_millis(100),
+        stream_max_len: 10_000_000,
+    };
+    let worker =
+        fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let expected = (events + requests) as i64;
+    loop {
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&db)
+            .await?;
+        if applied >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    task.await?;
+    println!(
+        "worker: {} events (20,000 enrollments, 500 courses) applied in {:.2} s by one worker, batch {}: {:.0} events/s",
+        expected,
+        elapsed.as_secs_f64(),
+        batch_size,
+        expected as f64 / elapsed.as_secs_f64()
+    );
+
+    db.close().await;
+    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
