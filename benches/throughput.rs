@@ -174,26 +174,20 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // --- worker: drain a backlog of `events` enrollment events
-    let mut pipe = redis::pipe();
-    for n in 0..events {
-        pipe.xadd(
-            keys.events(),
-            "*",
-            &[
+    for chunk in (0..events).collect::<Vec<_>>().chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for &n in chunk {
+            let fields = [
                 ("body", enrollment_event(n)),
                 ("topic", "enrollment.progress".into()),
                 ("tenant", "bench".into()),
                 ("event_id", format!("2025{n:019}")),
                 ("received_at", chrono::Utc::now().to_rfc3339()),
-            ],
-        )
-        .ignore();
-        if n % 5_000 == 4_999 {
-            pipe.query_async::<()>(&mut redis).await?;
-            pipe = redis::pipe();
+            ];
+            pipe.xadd(keys.events(), "*", &fields).ignore();
         }
+        pipe.query_async::<()>(&mut redis).await?;
     }
-    pipe.query_async::<()>(&mut redis).await?;
     let settings = WorkerSettings {
         consumer_name: "bench".into(),
         batch_size,
@@ -226,6 +220,20 @@ async fn main() -> anyhow::Result<()> {
         expected as f64 / elapsed.as_secs_f64()
     );
 
+    let mut keys_to_delete: Vec<String> = Vec::new();
+    {
+        let mut iter = redis::AsyncCommands::scan_match::<_, String>(
+            &mut redis,
+            format!("{}*", prefix.as_str()),
+        )
+        .await?;
+        while let Some(key) = iter.next_item().await {
+            keys_to_delete.push(key?);
+        }
+    }
+    for chunk in keys_to_delete.chunks(1_000) {
+        redis::AsyncCommands::del::<_, ()>(&mut redis, chunk).await?;
+    }
     db.close().await;
     sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
         .execute(&mut admin)
