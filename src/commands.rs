@@ -15,7 +15,7 @@ use crate::config::{
 use crate::local_services::{LocalPostgres, LocalRedis};
 use crate::stream::{self, Keys};
 use crate::worker::Worker;
-use crate::{db, intake};
+use crate::{db, health, intake, operator};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
 pub const EXAMPLE_WEBHOOK: &str =
@@ -33,6 +33,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Intake(args) => run_intake(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Dev(args) => run_dev(args).await,
+        Command::Status(args) => {
+            let keys = Keys::new(&args.redis.key_prefix.key_prefix);
+            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            operator::status(&mut redis, &keys, args.json).await
+        }
+        Command::Dlq(args) => {
+            let keys = Keys::new(&args.redis.key_prefix.key_prefix);
+            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            operator::dlq(&mut redis, &keys, args.command).await
+        }
     }
 }
 
@@ -114,10 +124,20 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys, settings)
-        .await
-        .context("cannot connect to Redis; check REDIS_URL and that the server is up")?;
-    worker.run(shutdown_on_signals()).await;
+    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys, settings).await?;
+    let shutdown = shutdown_on_signals();
+    if let Some(address) = args.tuning.health_listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (FLEET_HEALTH_LISTEN)"))?;
+        tracing::info!(%address, "worker health on /healthz and /readyz");
+        tokio::spawn(intake::serve(
+            listener,
+            health::router(worker.health()),
+            shutdown.clone(),
+        ));
+    }
+    worker.run(shutdown).await?;
     Ok(())
 }
 
@@ -196,7 +216,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
     let intake_result = intake_task.await;
     shutdown.cancel();
-    let _ = worker_task.await;
+    if let Ok(Err(err)) = worker_task.await {
+        tracing::error!(error = %err, "worker stopped with an error");
+    }
     drop(local_redis);
     drop(local_postgres);
     intake_result.context("intake task failed")??;

@@ -34,6 +34,116 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run everything on this machine: throwaway Redis and Postgres, intake and a worker.
     Dev(DevArgs),
+    /// Show the fleet: stream backlog, consumers, scheduled retries, dead letters.
+    Status(StatusArgs),
+    /// Inspect, replay and purge dead letters.
+    Dlq(DlqArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one dead letter whole, its body pretty-printed.
+    Show {
+        /// The dead letter's id (first column of `fleet dlq list`).
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back on the events stream with fresh attempts.
+    Replay {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// Print what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// Confirm the deletion; without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqFilter {
+    /// Only dead letters of this topic, e.g. enrollment.progress.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Only dead letters that failed since this time: RFC 3339, or an age such as 30m, 12h, 7d.
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DlqSelection {
+    /// Dead-letter ids.
+    #[arg(required_unless_present = "all")]
+    pub ids: Vec<String>,
+    /// Every dead letter that matches --topic and --since.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    #[command(flatten)]
+    pub filter: DlqFilter,
+}
+
+/// A point in time: RFC 3339, or an age (`90s`, `30m`, `12h`, `7d`) before now.
+pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(stamp) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(stamp.with_timezone(&chrono::Utc));
+    }
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: i64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a time (2025-04-02T18:48:07Z) or an age (30m, 12h, 7d)")
+    })?;
+    let age = match unit {
+        "s" => chrono::Duration::seconds(number),
+        "m" => chrono::Duration::minutes(number),
+        "h" => chrono::Duration::hours(number),
+        "d" => chrono::Duration::days(number),
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(chrono::Utc::now() - age)
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +277,51 @@ pub struct WorkerTuning {
     #[arg(long, env = "FLEET_STREAM_MAXLEN", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1..), value_name = "FLEET_STREAM_MAXLEN")]
     pub stream_max_len: u64,
+    /// How long an entry may sit unacknowledged with a consumer before another worker takes it
+    /// over (XAUTOCLAIM), in milliseconds. Keep it above the longest batch time.
+    #[arg(long, env = "FLEET_CLAIM_IDLE_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000), value_name = "FLEET_CLAIM_IDLE_MS")]
+    pub claim_idle_ms: u64,
+    /// How long a worker's claim on its consumer name outlives its last heartbeat, in
+    /// milliseconds; a second live worker with the same name is refused.
+    #[arg(long, env = "FLEET_CONSUMER_LEASE_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(300..=600_000), value_name = "FLEET_CONSUMER_LEASE_MS")]
+    pub lease_ms: u64,
+    /// Serve the worker's /healthz and /readyz on this address (off when unset).
+    #[arg(long, env = "FLEET_HEALTH_LISTEN", value_name = "FLEET_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub retry: RetryTuning,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetryTuning {
+    /// Delay before the first retry of an event that failed, in milliseconds.
+    #[arg(long, env = "FLEET_RETRY_BASE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000), value_name = "FLEET_RETRY_BASE_MS")]
+    pub retry_base_ms: u64,
+    /// Each retry waits this many times longer than the one before.
+    #[arg(long, env = "FLEET_RETRY_FACTOR", default_value_t = 2.0, value_parser = parse_factor,
+          value_name = "FLEET_RETRY_FACTOR")]
+    pub retry_factor: f32,
+    /// Longest delay between two retries, in milliseconds.
+    #[arg(long, env = "FLEET_RETRY_CAP_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000), value_name = "FLEET_RETRY_CAP_MS")]
+    pub retry_cap_ms: u64,
+    /// Attempts (including crashes of the worker holding the event) before an event is dead-lettered.
+    #[arg(long, env = "FLEET_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "FLEET_MAX_ATTEMPTS")]
+    pub max_attempts: u32,
+}
+
+fn parse_factor(text: &str) -> Result<f32, String> {
+    let factor: f32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if !(1.0..=10.0).contains(&factor) {
+        return Err("must be between 1 and 10".into());
+    }
+    Ok(factor)
 }
 
 #[derive(Debug, Args)]
@@ -390,6 +545,9 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     pub block: Duration,
     pub stream_max_len: u64,
+    pub claim_idle: Duration,
+    pub lease: Duration,
+    pub retry: crate::retry::RetryPolicy,
 }
 
 impl WorkerSettings {
@@ -408,6 +566,14 @@ impl WorkerSettings {
             batch_size: tuning.batch_size as usize,
             block: Duration::from_millis(tuning.block_ms),
             stream_max_len: tuning.stream_max_len,
+            claim_idle: Duration::from_millis(tuning.claim_idle_ms),
+            lease: Duration::from_millis(tuning.lease_ms),
+            retry: crate::retry::RetryPolicy {
+                base: Duration::from_millis(tuning.retry.retry_base_ms),
+                factor: tuning.retry.retry_factor,
+                cap: Duration::from_millis(tuning.retry.retry_cap_ms),
+                max_attempts: tuning.retry.max_attempts,
+            },
         })
     }
 }

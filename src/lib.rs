@@ -8,8 +8,11 @@
 pub mod commands;
 pub mod config;
 pub mod db;
+pub mod health;
 pub mod intake;
 pub mod local_services;
+pub mod operator;
+pub mod retry;
 pub mod stream;
 pub mod telemetry;
 pub mod worker;

@@ -1,40 +1,66 @@
-//! The worker: consume the events stream in batches and apply each batch to
-//! Postgres in one transaction.
+//! The worker: consume the events stream in batches, apply each batch to
+//! Postgres in one transaction, and settle every entry: applied, scheduled
+//! for a retry, or dead-lettered.
 //!
-//! Each batch is read with `XREADGROUP`, decoded, applied with set-based
-//! statements, committed, and only then acknowledged. A crash anywhere
-//! before the `XACK` leaves the entries pending; they are applied again on
-//! the next read, which changes nothing because every write is versioned
-//! (see `fleet_jobs::apply_batch`). On start a worker first re-reads its own
-//! pending entries, then new ones.
-//!
-//! An entry that can never be applied (not an event, or a handled topic whose
-//! payload does not parse) goes to the dead-letter stream at once.
+//! The loop, in order of what can go wrong:
+//! - Each batch is read with `XREADGROUP`, applied, committed, and only then
+//!   acknowledged. A crash before the `XACK` leaves the entries pending; they
+//!   are applied again later, which changes nothing because every write is
+//!   versioned (see `fleet_jobs::apply_batch`).
+//! - **The event's fault** (Postgres refuses its rows): the batch is split in
+//!   halves until the refused events are isolated, so the others commit. A
+//!   refused event costs one attempt and is scheduled for a retry with
+//!   exponential backoff and jitter (`crate::retry`); after the last attempt
+//!   it is dead-lettered. An entry that is not an applicable event at all is
+//!   dead-lettered at once.
+//! - **The infrastructure's fault** (Postgres or Redis unreachable, timeouts,
+//!   deadlocks): no attempt is spent. The worker keeps the batch in hand and
+//!   retries it with backoff (`backon`) until the dependency is back, resets
+//!   the entries' idle time so no other worker mistakes the wait for a crash,
+//!   and reports the outage in its logs and on `/readyz`.
+//! - **Crashes**: entries idle on a consumer for `claim_idle` are taken over
+//!   with `XAUTOCLAIM`. An entry's delivery count is its number of attempts
+//!   across crashes, so a poison entry that kills workers is dead-lettered
+//!   after `max_attempts` instead of looping forever.
+//! - **One name, one worker**: a worker holds a lease on its consumer name,
+//!   renewed by a heartbeat; a second live worker with the same name is
+//!   refused.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
-use fleet_jobs::Event;
+use fleet_jobs::{ApplyError, Event};
 use redis::aio::ConnectionManager;
+use redis::RedisError;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerSettings;
-use crate::stream::{self, DeadLetter, Entry, Keys, ReadFrom};
+use crate::health::{Dependency, Health};
+use crate::stream::{self, Entry, Failure, FailureKind, Keys, ReadFrom};
 
 /// How often the stream is trimmed, at most.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// How often progress is logged at info level.
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
+/// The longest pause between two tries of an unavailable dependency.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 
-/// Errors that stop a batch; the batch stays pending and is read again.
 #[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error("Postgres: {0}")]
-    Postgres(#[from] sqlx::Error),
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
+pub enum WorkerError {
+    #[error(
+        "consumer name `{0}` is held by another live worker; give this one a different \
+         FLEET_CONSUMER_NAME, or stop the other one first"
+    )]
+    ConsumerNameInUse(String),
+    #[error("another worker took consumer name `{0}` while this one could not renew it; stopped so the two do not share entries")]
+    ConsumerNameLost(String),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
 }
 
 pub struct Worker {
@@ -45,145 +71,578 @@ pub struct Worker {
     redis: ConnectionManager,
     keys: Keys,
     settings: WorkerSettings,
+    health: Health,
+    lease_token: String,
+}
+
+/// Entries of one batch, decoded, with the attempts they already cost.
+struct Decoded<'a> {
+    entries: Vec<&'a Entry>,
+    events: Vec<Event>,
+    prior_attempts: Vec<u32>,
 }
 
 impl Worker {
-    /// Connects to Redis and makes sure the consumer group exists.
+    /// Connects to Redis, makes sure the consumer group exists, and takes
+    /// the lease on the consumer name. A name whose holder died is free
+    /// again once its lease runs out, so this waits up to one lease period
+    /// before refusing.
     pub async fn connect(
         db: PgPool,
         redis_url: &str,
         keys: Keys,
         settings: WorkerSettings,
-    ) -> Result<Self, redis::RedisError> {
+    ) -> Result<Self, WorkerError> {
         let reader = stream::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
         let mut redis = stream::connect(redis_url, Duration::from_secs(5)).await?;
         stream::ensure_group(&mut redis, &keys).await?;
+        let lease_token = uuid::Uuid::new_v4().to_string();
+        let consumer = &settings.consumer_name;
+        let deadline = Instant::now() + settings.lease + Duration::from_millis(500);
+        let mut warned = false;
+        while !stream::hold_consumer_lease(
+            &mut redis,
+            &keys,
+            consumer,
+            &lease_token,
+            settings.lease,
+        )
+        .await?
+        {
+            if Instant::now() >= deadline {
+                return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
+            }
+            if !warned {
+                tracing::warn!(%consumer, "consumer name is held; waiting for its lease to run out");
+                warned = true;
+            }
+            tokio::time::sleep((settings.lease / 5).min(Duration::from_millis(500))).await;
+        }
         Ok(Self {
             db,
             reader,
             redis,
             keys,
             settings,
+            health: Health::default(),
+            lease_token,
         })
     }
 
-    /// Consumes until `shutdown` fires, then finishes the batch in hand and
-    /// returns.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let consumer = self.settings.consumer_name.clone();
-        tracing::info!(%consumer, group = stream::GROUP, stream = %self.keys.events(), "worker started");
-        let mut from = ReadFrom::OwnPending;
-        let mut backoff = infrastructure_backoff();
-        let mut last_trim = Instant::now();
-        let mut last_report = Instant::now();
-        let mut applied_since_report = 0usize;
+    /// The worker's health, for `/readyz`.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
 
-        while !shutdown.is_cancelled() {
+    /// Consumes until `shutdown` fires, then finishes the batch in hand
+    /// (unless a dependency is down: then it stays pending) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let consumer = self.settings.consumer_name.clone();
+        let stop = shutdown.child_token();
+        let heartbeat = tokio::spawn(heartbeat(
+            self.redis.clone(),
+            self.keys.clone(),
+            consumer.clone(),
+            self.lease_token.clone(),
+            self.settings.lease,
+            stop.clone(),
+        ));
+        tracing::info!(
+            %consumer, group = stream::GROUP, stream = %self.keys.events(),
+            max_attempts = self.settings.retry.max_attempts, claim_idle_ms = self.settings.claim_idle.as_millis() as u64,
+            "worker started"
+        );
+        self.consume(&stop).await;
+        stop.cancel();
+        let lost = heartbeat.await.unwrap_or(false);
+        let mut redis = self.redis.clone();
+        if let Err(err) =
+            stream::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token)
+                .await
+        {
+            tracing::warn!(error = %err, %consumer, "could not release the consumer name; it frees itself when the lease runs out");
+        }
+        tracing::info!(%consumer, "worker stopped");
+        if lost {
+            return Err(WorkerError::ConsumerNameLost(consumer));
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, stop: &CancellationToken) {
+        let consumer = &self.settings.consumer_name;
+        // Entries this name holds from an earlier life were interrupted:
+        // their deliveries count as attempts. Later re-reads of our own
+        // pending entries (after a failed read) do not.
+        let mut read_from = ReadFrom::OwnPending;
+        let mut count_deliveries = true;
+        let mut read_backoff = infrastructure_backoff();
+        let mut maintenance = Maintenance::new(&self.settings);
+
+        while !stop.is_cancelled() {
+            maintenance.run(self, stop).await;
+            let mut reader = self.reader.clone();
             let read = stream::read_group(
-                &mut self.reader,
+                &mut reader,
                 &self.keys,
-                &consumer,
-                from,
+                consumer,
+                read_from,
                 self.settings.batch_size,
                 self.settings.block,
             )
             .await;
-            let outcome = match read {
-                Ok(entries) if entries.is_empty() => {
-                    from = ReadFrom::New;
-                    Ok(0)
+            match read {
+                Ok(entries) => {
+                    read_backoff = infrastructure_backoff();
+                    self.health.available();
+                    if entries.is_empty() {
+                        if read_from == ReadFrom::OwnPending {
+                            read_from = ReadFrom::New;
+                            count_deliveries = false;
+                        }
+                        continue;
+                    }
+                    if let Some(settled) = self.settle(&entries, count_deliveries, stop).await {
+                        maintenance.settled += settled;
+                    }
                 }
-                Ok(entries) => self.process(&entries).await,
                 Err(err) if err.code() == Some("NOGROUP") => {
                     // Redis lost the stream or the group (restarted without
-                    // persistence, or an operator deleted it): recreate it.
+                    // persistence, or deleted by hand): recreate it.
                     tracing::warn!("consumer group missing; recreating it");
-                    stream::ensure_group(&mut self.redis, &self.keys)
-                        .await
-                        .map(|()| 0)
-                        .map_err(BatchError::Redis)
-                }
-                Err(err) => Err(BatchError::Redis(err)),
-            };
-            match outcome {
-                Ok(count) => {
-                    backoff = infrastructure_backoff();
-                    applied_since_report += count;
+                    let mut redis = self.redis.clone();
+                    if let Err(err) = stream::ensure_group(&mut redis, &self.keys).await {
+                        self.health.unavailable(Dependency::Redis, &err);
+                    }
                 }
                 Err(err) => {
-                    let pause = backoff.next().unwrap_or(MAX_PAUSE);
-                    tracing::error!(
-                        error = %err, %consumer, retry_in_ms = pause.as_millis() as u64,
-                        "batch not applied; its entries stay pending and are retried. \
-                         If this repeats, check that Postgres and Redis are reachable"
-                    );
-                    from = ReadFrom::OwnPending;
+                    self.health.unavailable(Dependency::Redis, &err);
+                    // The lost reply may have delivered entries to us.
+                    read_from = ReadFrom::OwnPending;
+                    let pause = read_backoff.next().unwrap_or(MAX_PAUSE);
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = stop.cancelled() => {}
                         () = tokio::time::sleep(pause) => {}
                     }
-                    continue;
                 }
             }
-            if last_trim.elapsed() >= TRIM_INTERVAL {
-                last_trim = Instant::now();
-                match stream::trim(&mut self.redis, &self.keys, self.settings.stream_max_len).await
-                {
-                    Ok(0) => {}
-                    Ok(trimmed) => tracing::debug!(trimmed, "trimmed acknowledged entries"),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "could not trim the events stream; will retry")
+        }
+    }
+
+    /// Settles a batch: applies what can be applied, schedules retries and
+    /// dead-letters the rest, then acknowledges. Returns the number of
+    /// entries settled, or `None` when stopped while a dependency was down
+    /// (the entries stay pending).
+    async fn settle(
+        &self,
+        entries: &[Entry],
+        count_deliveries: bool,
+        stop: &CancellationToken,
+    ) -> Option<usize> {
+        let consumer = &self.settings.consumer_name;
+        let policy = &self.settings.retry;
+        let deliveries = if count_deliveries {
+            let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+            self.redis_op(stop, |mut redis| {
+                let ids = &ids;
+                async move { stream::delivery_counts(&mut redis, &self.keys, consumer, ids).await }
+            })
+            .await?
+        } else {
+            HashMap::new()
+        };
+
+        let mut dead: Vec<Failure<'_>> = Vec::new();
+        let mut exhausted: Vec<(&Entry, Event, u32)> = Vec::new();
+        let mut batch = Decoded {
+            entries: Vec::new(),
+            events: Vec::new(),
+            prior_attempts: Vec::new(),
+        };
+        for entry in entries {
+            let interrupted = deliveries
+                .get(&entry.id)
+                .map_or(0, |count| count.saturating_sub(1));
+            let prior = entry.attempts() + interrupted;
+            match decode(entry) {
+                Err(reason) => dead.push(Failure {
+                    entry,
+                    kind: FailureKind::Malformed,
+                    error: reason,
+                    attempts: prior + 1,
+                }),
+                Ok(event) if !policy.allows_another(prior) => exhausted.push((entry, event, prior)),
+                Ok(event) => {
+                    batch.entries.push(entry);
+                    batch.events.push(event);
+                    batch.prior_attempts.push(prior);
+                }
+            }
+        }
+
+        let mut acks: Vec<&str> = Vec::new();
+        if !exhausted.is_empty() {
+            // Out of attempts through crashes. If the event was applied and
+            // only its acknowledgement was lost, there is nothing to give up.
+            let keys: Vec<(String, String)> = exhausted
+                .iter()
+                .map(|(_, event, _)| (event.tenant_id.clone(), event.event_id.clone()))
+                .collect();
+            let applied = self
+                .postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys))
+                .await?;
+            for (entry, event, prior) in exhausted {
+                if applied.contains(&(event.tenant_id.clone(), event.event_id.clone())) {
+                    acks.push(&entry.id);
+                    continue;
+                }
+                let last = entry
+                    .text("error")
+                    .map(|error| format!("; last error: {error}"))
+                    .unwrap_or_default();
+                dead.push(Failure {
+                    entry,
+                    kind: FailureKind::Crashed,
+                    error: format!("gave up after {prior} attempts; the workers holding it stopped before finishing it{last}"),
+                    attempts: prior,
+                });
+            }
+        }
+
+        let refused = self.apply_splitting(&batch, stop).await?;
+        let refused_at: HashSet<usize> = refused.iter().map(|(index, _)| *index).collect();
+        let mut retries: Vec<(Failure<'_>, DateTime<Utc>)> = Vec::new();
+        for (index, error) in refused {
+            let entry = batch.entries[index];
+            let attempts = batch.prior_attempts[index] + 1;
+            let failure = Failure {
+                entry,
+                kind: FailureKind::Event,
+                error,
+                attempts,
+            };
+            if policy.allows_another(attempts) {
+                let delay = policy.delay(attempts);
+                tracing::warn!(
+                    stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
+                    topic = entry.text("topic").unwrap_or("?"), attempts, max_attempts = policy.max_attempts,
+                    retry_in_ms = delay.as_millis() as u64, error = %failure.error,
+                    "event refused by Postgres; retry scheduled"
+                );
+                let due =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                retries.push((failure, due));
+            } else {
+                dead.push(failure);
+            }
+        }
+        acks.extend(
+            batch
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| !refused_at.contains(index))
+                .map(|(_, entry)| entry.id.as_str()),
+        );
+
+        for failure in &dead {
+            tracing::warn!(
+                stream_entry_id = %failure.entry.id, event_id = failure.entry.text("event_id").unwrap_or("?"),
+                topic = failure.entry.text("topic").unwrap_or("?"), kind = failure.kind.as_str(),
+                attempts = failure.attempts, error = %failure.error,
+                "event moved to dead letters; inspect with `fleet dlq show`, replay with `fleet dlq replay` once the cause is fixed"
+            );
+        }
+        let dead = &dead;
+        self.redis_op(stop, |mut redis| async move {
+            stream::dead_letter(&mut redis, &self.keys, dead).await
+        })
+        .await?;
+        let retries = &retries;
+        self.redis_op(stop, |mut redis| async move {
+            stream::schedule_retries(&mut redis, &self.keys, retries).await
+        })
+        .await?;
+        let acks = &acks;
+        self.redis_op(stop, |mut redis| async move {
+            stream::ack(&mut redis, &self.keys, acks).await
+        })
+        .await?;
+        tracing::debug!(
+            entries = entries.len(),
+            dead = dead.len(),
+            retries = retries.len(),
+            "batch settled"
+        );
+        Some(entries.len())
+    }
+
+    /// Applies `batch`, splitting it to isolate the events Postgres refuses;
+    /// returns (index, error) for each refused event. Waits out outages.
+    async fn apply_splitting(
+        &self,
+        batch: &Decoded<'_>,
+        stop: &CancellationToken,
+    ) -> Option<Vec<(usize, String)>> {
+        let held: Vec<&str> = batch
+            .entries
+            .iter()
+            .map(|entry| entry.id.as_str())
+            .collect();
+        let mut refused = Vec::new();
+        let mut ranges: Vec<Range<usize>> = vec![0..batch.events.len()];
+        while let Some(range) = ranges.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let events = &batch.events[range.clone()];
+            let applied = self
+                .postgres_op(stop, &held, || async { apply_once(&self.db, events).await })
+                .await?;
+            match applied {
+                Ok(()) => {}
+                Err(error) if range.len() == 1 => refused.push((range.start, error)),
+                Err(_) => {
+                    let middle = range.start + range.len() / 2;
+                    ranges.push(middle..range.end);
+                    ranges.push(range.start..middle);
+                }
+            }
+        }
+        Some(refused)
+    }
+
+    /// Runs a Redis operation until it succeeds; `None` if stopped first.
+    async fn redis_op<T, F, Fut>(&self, stop: &CancellationToken, mut op: F) -> Option<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let mut backoff = infrastructure_backoff();
+        loop {
+            match op(self.redis.clone()).await {
+                Ok(value) => return Some(value),
+                Err(err) => {
+                    self.health.unavailable(Dependency::Redis, &err);
+                    let pause = backoff.next().unwrap_or(MAX_PAUSE);
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(pause) => {}
                     }
                 }
             }
-            if last_report.elapsed() >= REPORT_INTERVAL {
-                tracing::info!(%consumer, events = applied_since_report, seconds = last_report.elapsed().as_secs(), "progress");
-                last_report = Instant::now();
-                applied_since_report = 0;
-            }
         }
-        tracing::info!(%consumer, "worker stopped");
     }
 
-    /// Applies one batch and acknowledges it; returns how many entries it
-    /// settled (applied or dead-lettered).
-    async fn process(&mut self, entries: &[Entry]) -> Result<usize, BatchError> {
-        let mut events = Vec::with_capacity(entries.len());
-        let mut rejected = Vec::new();
-        for entry in entries {
-            match decode(entry) {
-                Ok(event) => events.push(event),
-                Err(reason) => rejected.push((entry, reason)),
+    /// Runs a Postgres operation until it does not fail for infrastructure
+    /// reasons, keeping `held` entries from looking abandoned meanwhile.
+    /// The result carries the event's fault, if any, as a message.
+    async fn postgres_op<T, F, Fut>(
+        &self,
+        stop: &CancellationToken,
+        held: &[&str],
+        mut op: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApplyError>>,
+        T: PostgresOutcome,
+    {
+        let mut backoff = infrastructure_backoff();
+        let mut waited = false;
+        loop {
+            match op().await {
+                Ok(value) => {
+                    if waited {
+                        self.health.available();
+                    }
+                    return Some(value);
+                }
+                Err(ApplyError::Event(err)) => return Some(T::refused(err.to_string())),
+                Err(ApplyError::Infrastructure(err)) => {
+                    waited = true;
+                    self.health.unavailable(Dependency::Postgres, &err);
+                    let mut redis = self.redis.clone();
+                    if let Err(err) =
+                        stream::touch(&mut redis, &self.keys, &self.settings.consumer_name, held)
+                            .await
+                    {
+                        tracing::debug!(error = %err, "could not refresh held entries");
+                    }
+                    let pause = backoff.next().unwrap_or(MAX_PAUSE);
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
         }
+    }
+}
 
-        let mut tx = self.db.begin().await?;
-        let report = fleet_jobs::apply_batch(&mut tx, &events).await?;
-        tx.commit().await?;
+/// How a Postgres operation's result carries "the event's fault".
+trait PostgresOutcome {
+    fn refused(error: String) -> Self;
+}
 
-        let letters: Vec<DeadLetter<'_>> = rejected
-            .iter()
-            .map(|(entry, reason)| DeadLetter {
-                entry,
-                error_kind: "malformed",
-                error: reason,
-            })
-            .collect();
-        for (entry, reason) in &rejected {
-            tracing::warn!(
-                stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
-                topic = entry.text("topic").unwrap_or("?"), %reason,
-                "event can never be applied; moved to dead letters for an operator to inspect"
-            );
+impl PostgresOutcome for Result<(), String> {
+    fn refused(error: String) -> Self {
+        Err(error)
+    }
+}
+
+impl PostgresOutcome for HashSet<(String, String)> {
+    /// A lookup cannot be refused for its data; treat as "none applied".
+    fn refused(_: String) -> Self {
+        HashSet::new()
+    }
+}
+
+/// One transaction for a slice of a batch; `Ok(Err(_))` is the events'
+/// fault, `Err(_)` the infrastructure's.
+async fn apply_once(db: &PgPool, events: &[Event]) -> Result<Result<(), String>, ApplyError> {
+    let mut tx = db.begin().await?;
+    match fleet_jobs::apply_batch(&mut tx, events).await {
+        Ok(_) => {
+            tx.commit().await?;
+            Ok(Ok(()))
         }
-        stream::dead_letter(&mut self.redis, &self.keys, &letters).await?;
-        let ids: Vec<&str> = events
-            .iter()
-            .map(|event| event.stream_entry_id.as_str())
-            .collect();
-        stream::ack(&mut self.redis, &self.keys, &ids).await?;
-        tracing::debug!(?report, dead_lettered = letters.len(), "batch applied");
-        Ok(entries.len())
+        Err(ApplyError::Event(err)) => Ok(Err(err.to_string())),
+        Err(err) => Err(err),
+    }
+}
+
+/// Timed chores between reads: due retries back onto the stream, entries of
+/// dead consumers taken over, the stream trimmed, progress logged.
+struct Maintenance {
+    next_promote: Instant,
+    promote_every: Duration,
+    next_claim: Instant,
+    claim_every: Duration,
+    claim_cursor: String,
+    next_trim: Instant,
+    next_report: Instant,
+    settled: usize,
+}
+
+impl Maintenance {
+    fn new(settings: &WorkerSettings) -> Self {
+        let now = Instant::now();
+        Self {
+            next_promote: now,
+            promote_every: (settings.retry.base / 2)
+                .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            next_claim: now,
+            claim_every: (settings.claim_idle / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(15)),
+            claim_cursor: "0-0".to_owned(),
+            next_trim: now + TRIM_INTERVAL,
+            next_report: now + REPORT_INTERVAL,
+            settled: 0,
+        }
+    }
+
+    async fn run(&mut self, worker: &Worker, stop: &CancellationToken) {
+        let now = Instant::now();
+        let consumer = &worker.settings.consumer_name;
+        let mut redis = worker.redis.clone();
+        if now >= self.next_promote {
+            self.next_promote = now + self.promote_every;
+            match stream::promote_due_retries(&mut redis, &worker.keys, worker.settings.batch_size)
+                .await
+            {
+                Ok(0) => {}
+                Ok(moved) => tracing::debug!(moved, "due retries moved back onto the stream"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not move due retries; will try again")
+                }
+            }
+        }
+        if now >= self.next_claim {
+            self.next_claim = now + self.claim_every;
+            let claimed = stream::autoclaim(
+                &mut redis,
+                &worker.keys,
+                consumer,
+                worker.settings.claim_idle,
+                &self.claim_cursor,
+                worker.settings.batch_size,
+            )
+            .await;
+            match claimed {
+                Ok(claimed) => {
+                    self.claim_cursor = claimed.cursor;
+                    if !claimed.deleted.is_empty() {
+                        tracing::error!(
+                            ids = ?claimed.deleted,
+                            "pending entries were deleted from the stream before being applied; recorded in dead letters"
+                        );
+                        let deleted = &claimed.deleted;
+                        worker
+                            .redis_op(stop, |mut redis| async move {
+                                stream::dead_letter_deleted(&mut redis, &worker.keys, deleted).await
+                            })
+                            .await;
+                    }
+                    if !claimed.entries.is_empty() {
+                        tracing::info!(
+                            entries = claimed.entries.len(), %consumer,
+                            "took over entries idle on a consumer that stopped responding"
+                        );
+                        if let Some(settled) = worker.settle(&claimed.entries, true, stop).await {
+                            self.settled += settled;
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not claim idle entries; will try again")
+                }
+            }
+        }
+        if now >= self.next_trim {
+            self.next_trim = now + TRIM_INTERVAL;
+            match stream::trim(&mut redis, &worker.keys, worker.settings.stream_max_len).await {
+                Ok(0) => {}
+                Ok(trimmed) => tracing::debug!(trimmed, "trimmed acknowledged entries"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not trim the events stream; will try again")
+                }
+            }
+        }
+        if now >= self.next_report {
+            tracing::info!(%consumer, events = self.settled, seconds = REPORT_INTERVAL.as_secs(), "progress");
+            self.next_report = now + REPORT_INTERVAL;
+            self.settled = 0;
+        }
+    }
+}
+
+/// Renews the consumer-name lease until `stop`; returns true if another
+/// worker took the name (and then stops the worker).
+async fn heartbeat(
+    mut redis: ConnectionManager,
+    keys: Keys,
+    consumer: String,
+    token: String,
+    lease: Duration,
+    stop: CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(lease / 3) => {}
+        }
+        match stream::hold_consumer_lease(&mut redis, &keys, &consumer, &token, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(%consumer, "another worker holds this consumer name; stopping");
+                stop.cancel();
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, %consumer, "could not renew the consumer-name lease; will retry")
+            }
+        }
     }
 }
 
@@ -191,7 +650,8 @@ impl Worker {
 fn decode(entry: &Entry) -> Result<Event, String> {
     let body = entry
         .field("body")
-        .ok_or("stream entry has no body (deleted or not written by the intake)")?;
+        .filter(|body| !body.is_empty())
+        .ok_or("stream entry has no body (deleted, or not written by the intake)")?;
     let tenant = entry.text("tenant").unwrap_or("unknown");
     let received_at = entry
         .text("received_at")
@@ -200,10 +660,8 @@ fn decode(entry: &Entry) -> Result<Event, String> {
     Event::decode(body, tenant, received_at, &entry.id).map_err(|err| err.to_string())
 }
 
-const MAX_PAUSE: Duration = Duration::from_secs(30);
-
-/// Pauses after a failed batch: 100 ms doubling to 30 s, with jitter so
-/// that a fleet of workers does not retry in lockstep.
+/// Pauses while a dependency is down: 100 ms doubling to 30 s, with jitter
+/// so that a fleet of workers does not retry in lockstep.
 fn infrastructure_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))

@@ -73,6 +73,38 @@ struct EnrollmentRow {
     topic: String,
 }
 
+/// Why a batch could not be applied, told apart by who is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The data: a value Postgres refuses (a constraint, a value out of
+    /// range). Some event of the batch can not be applied as it is.
+    #[error("an event was refused by Postgres: {0}")]
+    Event(#[source] sqlx::Error),
+    /// Postgres itself: unreachable, timed out, shutting down, a deadlock,
+    /// a missing table. Nothing is wrong with the events; try again later.
+    #[error("Postgres failed: {0}")]
+    Infrastructure(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(err: sqlx::Error) -> Self {
+        // SQLSTATE class 22 is "data exception", class 23 "integrity
+        // constraint violation": the rows we tried to write are at fault.
+        // Everything else (connection loss, pool timeouts, 40xxx
+        // serialization failures and deadlocks, 57xxx shutdowns, 42xxx
+        // missing objects after a bad deploy) is not the event's fault.
+        let data_fault = err
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23"));
+        if data_fault {
+            Self::Event(err)
+        } else {
+            Self::Infrastructure(err)
+        }
+    }
+}
+
 /// Applies `events` on `conn` (inside the caller's transaction).
 ///
 /// Idempotent and order-insensitive: applying the same events again, or in
@@ -80,7 +112,7 @@ struct EnrollmentRow {
 pub async fn apply_batch(
     conn: &mut PgConnection,
     events: &[Event],
-) -> Result<BatchReport, sqlx::Error> {
+) -> Result<BatchReport, ApplyError> {
     let mut courses = Latest::new();
     let mut users = Latest::new();
     let mut enrollments = Latest::new();
@@ -490,4 +522,25 @@ async fn upsert_orders(conn: &mut PgConnection, rows: Latest<Order>) -> Result<u
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// Which of `events` (tenant id, event id) are recorded as applied.
+pub async fn already_applied(
+    db: &sqlx::PgPool,
+    events: &[(String, String)],
+) -> Result<std::collections::HashSet<(String, String)>, ApplyError> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) = events
+        .iter()
+        .map(|(tenant, id)| (tenant.as_str(), id.as_str()))
+        .unzip();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT e.tenant_id, e.event_id FROM events e
+         JOIN UNNEST($1::text[], $2::text[]) AS wanted(tenant_id, event_id)
+           ON e.tenant_id = wanted.tenant_id AND e.event_id = wanted.event_id",
+    )
+    .bind(tenants)
+    .bind(ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -10,7 +10,7 @@ mod apply;
 mod event;
 mod parse;
 
-pub use apply::{apply_batch, BatchReport};
+pub use apply::{already_applied, apply_batch, ApplyError, BatchReport};
 pub use event::{
     Change, Course, DecodeError, Enrollment, Envelope, EnvelopeError, Event, Order, User, Version,
 };

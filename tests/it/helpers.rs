@@ -241,6 +241,9 @@ impl TestContext {
             batch_size: 100,
             block: Duration::from_millis(100),
             stream_max_len: 1_000_000,
+            claim_idle: Duration::from_secs(60),
+            lease: Duration::from_secs(2),
+            retry: fleet::retry::RetryPolicy::default(),
         }
     }
 
@@ -307,7 +310,7 @@ impl TestContext {
 
 pub struct WorkerHandle {
     shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), fleet::worker::WorkerError>>,
 }
 
 impl WorkerHandle {
@@ -316,7 +319,8 @@ impl WorkerHandle {
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
             .expect("worker stops within 30 s")
-            .expect("worker task did not panic");
+            .expect("worker task did not panic")
+            .expect("worker stopped cleanly");
     }
 }
 
