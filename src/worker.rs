@@ -390,7 +390,7 @@ impl Worker {
             .map(|entry| entry.id.as_str())
             .collect();
         let mut refused = Vec::new();
-        let mut ranges: Vec<Range<usize>> = vec![0..batch.events.len()];
+        let mut ranges: Vec<Range<usize>> = Vec::from([0..batch.events.len()]);
         while let Some(range) = ranges.pop() {
             if range.is_empty() {
                 continue;
