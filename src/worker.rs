@@ -390,7 +390,9 @@ impl Worker {
             .map(|entry| entry.id.as_str())
             .collect();
         let mut refused = Vec::new();
-        let mut ranges: Vec<Range<usize>> = Vec::from([0..batch.events.len()]);
+        // A stack of slices still to apply; a refused slice is split in two.
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        ranges.push(0..batch.events.len());
         while let Some(range) = ranges.pop() {
             if range.is_empty() {
                 continue;
