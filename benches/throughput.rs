@@ -193,6 +193,9 @@ async fn main() -> anyhow::Result<()> {
         batch_size,
         block: Duration::from_millis(100),
         stream_max_len: 10_000_000,
+        claim_idle: Duration::from_secs(60),
+        lease: Duration::from_secs(15),
+        retry: fleet::retry::RetryPolicy::default(),
     };
     let worker =
         fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;
@@ -211,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     stop.cancel();
-    task.await?;
+    task.await??;
     println!(
         "worker: {} events (20,000 enrollments, 500 courses) applied in {:.2} s by one worker, batch {}: {:.0} events/s",
         expected,
