@@ -367,3 +367,223 @@ pub async fn post_signed(intake: &IntakeServer, body: &str, key: &str) -> reqwes
         .await
         .expect("request completes")
 }
+
+/// Polls `check` until it holds; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl TestContext {
+    pub async fn dead_letters(&self) -> Vec<redis::streams::StreamId> {
+        let mut redis = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis
+            .xrange_all(self.keys.dead_letters())
+            .await
+            .expect("XRANGE");
+        reply.ids
+    }
+
+    pub async fn applied_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.db)
+            .await
+            .expect("count")
+    }
+
+    pub async fn scheduled_retries(&self) -> u64 {
+        let mut redis = self.redis.clone();
+        redis.zcard(self.keys.retries()).await.expect("ZCARD")
+    }
+
+    /// A worker configuration with a fast retry schedule for tests.
+    pub fn fast_retry_settings(&self, consumer: &str, max_attempts: u32) -> WorkerSettings {
+        WorkerSettings {
+            retry: fleet::retry::RetryPolicy {
+                base: Duration::from_millis(100),
+                factor: 2.0,
+                cap: Duration::from_millis(400),
+                max_attempts,
+            },
+            ..self.worker_settings(consumer)
+        }
+    }
+
+    /// Makes Postgres refuse any write of enrollment 666, as a constraint would.
+    pub async fn refuse_enrollment_666(&self) {
+        sqlx::query(
+            "CREATE FUNCTION refuse_666() RETURNS trigger AS $$
+             BEGIN
+               IF NEW.enrollment_id = 666 THEN
+                 RAISE EXCEPTION 'enrollment 666 is refused by the test' USING ERRCODE = 'check_violation';
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql",
+        )
+        .execute(&self.db)
+        .await
+        .expect("function");
+        sqlx::query("CREATE TRIGGER refuse_666 BEFORE INSERT OR UPDATE ON enrollments FOR EACH ROW EXECUTE FUNCTION refuse_666()")
+            .execute(&self.db)
+            .await
+            .expect("trigger");
+    }
+
+    pub async fn accept_enrollment_666(&self) {
+        sqlx::query("DROP TRIGGER refuse_666 ON enrollments")
+            .execute(&self.db)
+            .await
+            .expect("drop trigger");
+    }
+
+    /// Appends a webhook body straight to the stream, as the intake would.
+    pub async fn enqueue(&self, body: &str) -> String {
+        let envelope = fleet::jobs::Envelope::parse(body.as_bytes()).expect("an event");
+        let topic = envelope.topic();
+        let entry = stream::NewEntry {
+            body: body.as_bytes(),
+            topic: &topic,
+            tenant_id: envelope.tenant_id.as_deref().unwrap_or("unknown"),
+            event_id: &envelope.id,
+            received_at: chrono::Utc::now(),
+        };
+        let mut redis = self.redis.clone();
+        stream::ensure_group(&mut redis, &self.keys)
+            .await
+            .expect("group");
+        match stream::enqueue(&mut redis, &self.keys, &entry, Duration::from_secs(3600))
+            .await
+            .expect("enqueue")
+        {
+            stream::Enqueued::Accepted(id) | stream::Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A TCP proxy that a test can cut (drop every connection and refuse new
+/// ones) and restore, to stage a network or server outage.
+pub struct Proxy {
+    pub port: u16,
+    target: String,
+    accept: std::sync::Mutex<Option<JoinHandle<()>>>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Proxies 127.0.0.1:<new port> to the host and port of `url`.
+    pub async fn start(url: &str) -> Self {
+        let url = url::Url::parse(url).expect("a URL");
+        let target = format!(
+            "{}:{}",
+            url.host_str().expect("host"),
+            url.port().expect("port")
+        );
+        let port = fleet::local_services::free_port().expect("port");
+        let proxy = Self {
+            port,
+            target,
+            accept: std::sync::Mutex::new(None),
+            connections: std::sync::Arc::default(),
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// `url` with its port replaced by the proxy's.
+    pub fn url(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).expect("a URL");
+        url.set_port(Some(self.port)).expect("port");
+        url.to_string()
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        if let Some(accept) = self.accept.lock().expect("lock").take() {
+            accept.abort();
+        }
+        for connection in self.connections.lock().expect("lock").drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub async fn restore(&self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let target = self.target.clone();
+        let connections = self.connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        *self.accept.lock().expect("lock") = Some(accept);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// The real `fleet` binary, configured for this test's servers and prefix.
+pub fn fleet(ctx: &TestContext, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("REDIS_URL", &ctx.redis_url)
+        .env("DATABASE_URL", &ctx.database_url)
+        .env("FLEET_KEY_PREFIX", ctx.prefix.as_str())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("the process is running");
+    let status = std::process::Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+pub async fn wait_exit(child: &mut tokio::process::Child) -> (std::process::ExitStatus, String) {
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the process exits within 20 s")
+        .expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
+            .await
+            .expect("stderr");
+    }
+    (status, stderr)
+}

@@ -1,8 +1,10 @@
 //! One integration-test binary (one set of throwaway servers) for the whole
 //! suite; each module covers one part of the fleet.
 
+mod chaos;
 mod helpers;
 mod intake;
 mod processes;
 mod properties;
+mod recovery;
 mod worker;

@@ -1,54 +1,13 @@
 //! The real `fleet` binary as operators run it: signals, exit codes,
 //! configuration errors, and what reaches the logs.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use fleet::stream::{self, NewEntry};
 use redis::AsyncCommands;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
 
-use crate::helpers::{context, fixture, TestContext};
-
-fn fleet(ctx: &TestContext, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleet"));
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("REDIS_URL", &ctx.redis_url)
-        .env("DATABASE_URL", &ctx.database_url)
-        .env("FLEET_KEY_PREFIX", ctx.prefix.as_str())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
-}
-
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("the process is running");
-    let status = std::process::Command::new("kill")
-        .args(["-s", name, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut Child) -> (std::process::ExitStatus, String) {
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("the process exits within 20 s")
-        .expect("wait");
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        pipe.read_to_string(&mut stderr).await.expect("stderr");
-    }
-    (status, stderr)
-}
+use crate::helpers::{context, fixture, fleet, signal, wait_exit, TestContext};
 
 async fn applied(ctx: &TestContext) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM events")
@@ -58,7 +17,7 @@ async fn applied(ctx: &TestContext) -> i64 {
 }
 
 /// Enrollment `n % 50` progressing to `n`: the last event per enrollment wins.
-fn progress_event(n: usize) -> String {
+pub fn progress_event(n: usize) -> String {
     let updated = chrono::DateTime::parse_from_rfc3339("2025-03-16T00:00:00Z").expect("time")
         + chrono::Duration::seconds(n as i64);
     let mut body: serde_json::Value =
