@@ -4,6 +4,7 @@
 mod chaos;
 mod helpers;
 mod intake;
+mod operator;
 mod processes;
 mod properties;
 mod recovery;
