@@ -1,6 +1,7 @@
 //! Property: any permutation of an event history, with duplicates and any
 //! split into batches, ends in the same Postgres state as the history
-//! applied once, in order, one event at a time.
+//! applied once, in order, one event at a time; and the statistics kept by
+//! deltas equal a from-scratch recount.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -162,6 +163,48 @@ async fn state(db: &PgPool, tenant: &str) -> Vec<Value> {
     state
 }
 
+/// (statistics as stored, statistics recounted from the enrollments), per
+/// course and for the school, tenant-free.
+async fn statistics(db: &PgPool, tenant: &str) -> (Value, Value) {
+    let stored: Value = sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+            'courses', (SELECT coalesce(jsonb_agg(jsonb_build_array(course_id, enrollments, active, completed,
+                               percentage_sum, round(completion_rate::numeric, 9), round(average_percentage::numeric, 9))
+                               ORDER BY course_id), '[]')
+                        FROM course_statistics WHERE tenant_id = $1 AND enrollments > 0),
+            'idle_courses', (SELECT count(*) FROM course_statistics
+                             WHERE tenant_id = $1 AND enrollments = 0 AND (active, completed, percentage_sum) <> (0, 0, 0)),
+            'school', coalesce((SELECT jsonb_build_array(enrollments, active, completed, percentage_sum)
+                                FROM tenant_statistics WHERE tenant_id = $1),
+                               jsonb_build_array(0, 0, 0, 0::numeric(24, 6))))",
+    )
+    .bind(tenant)
+    .fetch_one(db)
+    .await
+    .expect("stored statistics");
+    let recounted: Value = sqlx::query_scalar(
+        "WITH per_course AS (
+            SELECT course_id, count(*) AS enrollments,
+                   count(*) FILTER (WHERE enrollment_is_active(started_at, completed_at, percentage_completed)) AS active,
+                   count(*) FILTER (WHERE enrollment_is_completed(completed_at, percentage_completed)) AS completed,
+                   sum(percentage_completed::numeric(24, 6)) AS percentage_sum
+            FROM enrollments WHERE tenant_id = $1 GROUP BY course_id)
+         SELECT jsonb_build_object(
+            'courses', (SELECT coalesce(jsonb_agg(jsonb_build_array(course_id, enrollments, active, completed, percentage_sum,
+                               round(completed::numeric / enrollments, 9), round(percentage_sum / enrollments, 9))
+                               ORDER BY course_id), '[]') FROM per_course),
+            'idle_courses', 0,
+            'school', (SELECT jsonb_build_array(coalesce(sum(enrollments), 0), coalesce(sum(active), 0),
+                               coalesce(sum(completed), 0), coalesce(sum(percentage_sum), 0)::numeric(24, 6))
+                       FROM per_course))",
+    )
+    .bind(tenant)
+    .fetch_one(db)
+    .await
+    .expect("recount");
+    (stored, recounted)
+}
+
 #[test]
 fn any_delivery_order_with_duplicates_ends_in_the_in_order_state() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -189,6 +232,8 @@ fn any_delivery_order_with_duplicates_ends_in_the_in_order_state() {
             (state(&ctx.db, &in_order).await, state(&ctx.db, &shuffled).await)
         });
         prop_assert_eq!(expected, actual);
+        let (stored, recounted) = runtime.block_on(statistics(&ctx.db, &shuffled));
+        prop_assert_eq!(stored, recounted);
     });
     runtime.block_on(async move { drop(ctx) });
 }
