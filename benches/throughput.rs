@@ -196,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         claim_idle: Duration::from_secs(60),
         lease: Duration::from_secs(15),
         retry: fleet::retry::RetryPolicy::default(),
+        cache_ttls: fleet::cache::Ttls::default(),
     };
     let worker =
         fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;

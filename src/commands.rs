@@ -9,13 +9,16 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::CacheKeys;
 use crate::config::{
-    Command, DevArgs, IntakeArgs, IntakeSettings, WebhookSecrets, WorkerArgs, WorkerSettings,
+    ApiArgs, ApiTuning, CacheCommand, Command, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs,
+    WebhookSecrets, WorkerArgs, WorkerSettings,
 };
 use crate::local_services::{LocalPostgres, LocalRedis};
+use crate::revalidate::Revalidator;
 use crate::stream::{self, Keys};
 use crate::worker::Worker;
-use crate::{db, health, intake, operator};
+use crate::{api, db, health, intake, operator};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
 pub const EXAMPLE_WEBHOOK: &str =
@@ -33,6 +36,22 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Intake(args) => run_intake(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Dev(args) => run_dev(args).await,
+        Command::Api(args) => run_api(args).await,
+        Command::Cache(args) => {
+            let keys = CacheKeys::new(&Keys::new(&args.redis.key_prefix.key_prefix));
+            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            match args.command {
+                CacheCommand::Stats { json, reset } => {
+                    operator::cache_stats(&mut redis, &keys, json, reset).await
+                }
+                CacheCommand::Clear {
+                    kind,
+                    tag,
+                    tenant_id,
+                    pattern,
+                } => operator::cache_clear(&mut redis, &keys, kind, tag, tenant_id, pattern).await,
+            }
+        }
         Command::Status(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
@@ -124,7 +143,15 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys, settings).await?;
+    let worker =
+        Worker::connect(pool, args.redis.redis_url.as_str(), keys.clone(), settings).await?;
+    let worker = with_revalidation(
+        worker,
+        &args.tuning.revalidate,
+        args.redis.redis_url.as_str(),
+        &keys,
+    )
+    .await?;
     let shutdown = shutdown_on_signals();
     if let Some(address) = args.tuning.health_listen {
         let listener = TcpListener::bind(address)
@@ -138,6 +165,77 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         ));
     }
     worker.run(shutdown).await?;
+    Ok(())
+}
+
+/// Attaches the revalidation hook when `REVALIDATE_URL` is set.
+async fn with_revalidation(
+    worker: Worker,
+    args: &RevalidateArgs,
+    redis_url: &str,
+    keys: &Keys,
+) -> anyhow::Result<Worker> {
+    let Some(url) = args.revalidate_url.clone() else {
+        return Ok(worker);
+    };
+    let redis = connect_redis(redis_url).await?;
+    tracing::info!(host = url.host_str().unwrap_or("?"), "revalidation hook on");
+    Ok(worker.with_revalidator(Revalidator::spawn(
+        url,
+        args.revalidate_secret.clone(),
+        redis,
+        CacheKeys::new(keys),
+    )))
+}
+
+/// The read API's state: Redis is optional (routes bypass the cache until
+/// it is reachable), Postgres is not.
+pub async fn api_state(
+    pool: PgPool,
+    redis_url: &str,
+    keys: &Keys,
+    ttls: crate::cache::Ttls,
+    tuning: ApiTuning,
+) -> api::ApiState {
+    let redis = std::sync::Arc::new(tokio::sync::OnceCell::new());
+    let cell = redis.clone();
+    let url = redis_url.to_owned();
+    tokio::spawn(async move {
+        loop {
+            match stream::connect(&url, Duration::from_secs(1)).await {
+                Ok(conn) => {
+                    let _ = cell.set(conn);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "read API cannot reach Redis; answering from Postgres until it can");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    });
+    api::ApiState::new(pool, redis, CacheKeys::new(keys), ttls, tuning)
+}
+
+async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    let address = args.address()?;
+    let pool = connect_postgres(args.database.database_url.as_str()).await?;
+    check_schema(&pool).await?;
+    let keys = Keys::new(&args.redis.key_prefix.key_prefix);
+    let state = api_state(
+        pool,
+        args.redis.redis_url.as_str(),
+        &keys,
+        args.cache.ttls(),
+        args.api.clone(),
+    )
+    .await;
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(%address, "read API listening");
+    intake::serve(listener, api::app(state), shutdown_on_signals()).await?;
+    tracing::info!("read API stopped");
     Ok(())
 }
 
@@ -177,7 +275,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
 
     let worker_settings = WorkerSettings::new(&args.worker)?;
-    let worker = Worker::connect(pool, &redis_url, keys.clone(), worker_settings).await?;
+    let worker = Worker::connect(pool.clone(), &redis_url, keys.clone(), worker_settings).await?;
+    let worker = with_revalidation(worker, &args.worker.revalidate, &redis_url, &keys).await?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let address = args.listen.address()?;
@@ -186,11 +285,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis = connect_redis(&redis_url).await?;
+    let api = api_state(
+        pool,
+        &redis_url,
+        &keys,
+        args.worker.cache.ttls(),
+        args.api.clone(),
+    )
+    .await;
     let app = intake::router(
         redis,
         keys,
         IntakeSettings::new(secrets.clone(), &args.intake),
-    );
+    )
+    .merge(api::routes(api));
     let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");

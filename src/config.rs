@@ -34,10 +34,187 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run everything on this machine: throwaway Redis and Postgres, intake and a worker.
     Dev(DevArgs),
+    /// Serve the dashboard's cached read API.
+    Api(ApiArgs),
+    /// Inspect or clear the dashboard cache.
+    Cache(CacheArgs),
     /// Show the fleet: stream backlog, consumers, scheduled retries, dead letters.
     Status(StatusArgs),
     /// Inspect, replay and purge dead letters.
     Dlq(DlqArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address the read API listens on. Default 127.0.0.1:8081 (or 0.0.0.0:$PORT).
+    #[arg(long, env = "FLEET_API_LISTEN", value_name = "FLEET_API_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Port to listen on, on all interfaces.
+    #[arg(long, env = "PORT", value_name = "PORT")]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub api: ApiTuning,
+    #[command(flatten)]
+    pub cache: CacheTuning,
+}
+
+impl ApiArgs {
+    pub fn address(&self) -> Result<SocketAddr, ConfigError> {
+        ListenArgs {
+            listen: self.listen,
+            port: self.port,
+        }
+        .address()
+        .map(|address| {
+            if self.listen.is_none() && self.port.is_none() {
+                SocketAddr::new(address.ip(), 8081)
+            } else {
+                address
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiTuning {
+    /// Requests one client may make per window; more get 429.
+    #[arg(long, env = "RATE_LIMIT_API_REQUESTS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..), value_name = "RATE_LIMIT_API_REQUESTS")]
+    pub rate_limit_requests: u64,
+    /// The rate-limit window, in milliseconds.
+    #[arg(long, env = "RATE_LIMIT_WINDOW_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000), value_name = "RATE_LIMIT_WINDOW_MS")]
+    pub rate_limit_window_ms: u64,
+    /// Require `Authorization: Bearer <token>` on the read API (off when unset).
+    #[arg(
+        long,
+        env = "FLEET_API_TOKEN",
+        hide_env_values = true,
+        value_name = "FLEET_API_TOKEN"
+    )]
+    pub api_token: Option<ApiToken>,
+    /// The school a request without `tenant_id` is about (required when unset).
+    #[arg(
+        long,
+        env = "FLEET_DEFAULT_TENANT",
+        value_name = "FLEET_DEFAULT_TENANT"
+    )]
+    pub default_tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CacheTuning {
+    /// Seconds a cached page of enrollments stays fresh.
+    #[arg(long, env = "CACHE_TTL_ENROLLMENTS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400), value_name = "CACHE_TTL_ENROLLMENTS")]
+    pub ttl_enrollments: u64,
+    /// Seconds cached course statistics stay fresh.
+    #[arg(long, env = "CACHE_TTL_STATISTICS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400), value_name = "CACHE_TTL_STATISTICS")]
+    pub ttl_statistics: u64,
+    /// Seconds a cached school dashboard stays fresh.
+    #[arg(long, env = "CACHE_TTL_DASHBOARD", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400), value_name = "CACHE_TTL_DASHBOARD")]
+    pub ttl_dashboard: u64,
+}
+
+impl CacheTuning {
+    pub fn ttls(&self) -> crate::cache::Ttls {
+        crate::cache::Ttls {
+            enrollments: Duration::from_secs(self.ttl_enrollments),
+            statistics: Duration::from_secs(self.ttl_statistics),
+            dashboard: Duration::from_secs(self.ttl_dashboard),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RevalidateArgs {
+    /// POST the invalidated cache tags here after each batch (e.g. a Next.js revalidation route).
+    #[arg(long, env = "REVALIDATE_URL", value_name = "REVALIDATE_URL")]
+    pub revalidate_url: Option<url::Url>,
+    /// Sent as `X-Revalidate-Secret` with each revalidation call.
+    #[arg(
+        long,
+        env = "REVALIDATE_SECRET",
+        hide_env_values = true,
+        value_name = "REVALIDATE_SECRET"
+    )]
+    pub revalidate_secret: Option<ApiToken>,
+}
+
+/// A bearer token or shared secret; never printed.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ApiToken {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Self(text.trim().to_owned()))
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Keys and memory by kind, hits and misses, tags.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Start the hit and miss counts again from zero.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Remove cached keys (with SCAN, only under the fleet's prefix).
+    Clear {
+        /// What to clear: all, enrollments, statistics or dashboard.
+        #[arg(value_enum, required_unless_present_any = ["tag", "pattern"])]
+        kind: Option<CacheKind>,
+        /// Invalidate one tag, e.g. course:2871345 (in every school, or in --tenant-id).
+        #[arg(long, conflicts_with_all = ["kind", "pattern"])]
+        tag: Option<String>,
+        /// The school whose tag to invalidate.
+        #[arg(long, requires = "tag")]
+        tenant_id: Option<String>,
+        /// Remove cache keys matching this glob (under `<prefix>cache:`), e.g. '184532:*'.
+        #[arg(long, conflicts_with_all = ["kind", "tag"])]
+        pattern: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheKind {
+    All,
+    Enrollments,
+    Statistics,
+    Dashboard,
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +469,10 @@ pub struct WorkerTuning {
     pub health_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub retry: RetryTuning,
+    #[command(flatten)]
+    pub cache: CacheTuning,
+    #[command(flatten)]
+    pub revalidate: RevalidateArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -366,6 +547,8 @@ pub struct DevArgs {
     pub intake: IntakeTuning,
     #[command(flatten)]
     pub worker: WorkerTuning,
+    #[command(flatten)]
+    pub api: ApiTuning,
 }
 
 /// Configuration errors found after parsing.
@@ -548,6 +731,7 @@ pub struct WorkerSettings {
     pub claim_idle: Duration,
     pub lease: Duration,
     pub retry: crate::retry::RetryPolicy,
+    pub cache_ttls: crate::cache::Ttls,
 }
 
 impl WorkerSettings {
@@ -574,6 +758,7 @@ impl WorkerSettings {
                 cap: Duration::from_millis(tuning.retry.retry_cap_ms),
                 max_attempts: tuning.retry.max_attempts,
             },
+            cache_ttls: tuning.cache.ttls(),
         })
     }
 }

@@ -5,6 +5,8 @@
 //! very same intake and worker in-process. The Thinkific event model and the
 //! Postgres handlers live in the `fleet-jobs` crate.
 
+pub mod api;
+pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod db;
@@ -12,7 +14,9 @@ pub mod health;
 pub mod intake;
 pub mod local_services;
 pub mod operator;
+pub mod read_model;
 pub mod retry;
+pub mod revalidate;
 pub mod stream;
 pub mod telemetry;
 pub mod worker;

@@ -439,3 +439,145 @@ pub async fn status(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> a
     }
     Ok(())
 }
+
+/// Every key matching `pattern`, found with SCAN (never KEYS).
+async fn scan(redis: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut iter = redis.scan_match::<_, String>(pattern).await?;
+    while let Some(key) = iter.next_item().await {
+        found.push(key?);
+    }
+    Ok(found)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+/// `fleet cache stats`: keys and memory by kind, hits and misses, tags.
+pub async fn cache_stats(
+    redis: &mut ConnectionManager,
+    keys: &crate::cache::CacheKeys,
+    json: bool,
+    reset: bool,
+) -> anyhow::Result<()> {
+    use crate::cache::Kind;
+    if reset {
+        let _: () = redis.del(keys.metrics()).await?;
+    }
+    let cached = scan(redis, &format!("{}*", keys.namespace())).await?;
+    let mut per_kind: std::collections::BTreeMap<&'static str, (u64, u64)> = Kind::ALL
+        .iter()
+        .map(|kind| (kind.as_str(), (0, 0)))
+        .collect();
+    for chunk in cached.chunks(500) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("MEMORY").arg("USAGE").arg(key);
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(redis).await?;
+        for (key, size) in chunk.iter().zip(sizes) {
+            if let Some(kind) = keys.kind_of(key) {
+                let slot = per_kind.entry(kind.as_str()).or_default();
+                slot.0 += 1;
+                slot.1 += size.unwrap_or(0);
+            }
+        }
+    }
+    let tags = scan(redis, &keys.tags_pattern()).await?.len();
+    let metrics: std::collections::HashMap<String, String> = redis.hgetall(keys.metrics()).await?;
+    let number = |name: &str| {
+        metrics
+            .get(name)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (hits, misses, stale, bypass) = (
+        number("hits"),
+        number("misses"),
+        number("stale"),
+        number("bypass"),
+    );
+    let served = hits + stale + misses;
+    let hit_rate = if served > 0 {
+        (hits + stale) as f64 / served as f64
+    } else {
+        0.0
+    };
+    let since = metrics.get("since").cloned();
+    if json {
+        let kinds: serde_json::Map<String, Value> = per_kind
+            .iter()
+            .map(|(kind, (count, bytes))| {
+                (
+                    (*kind).to_owned(),
+                    json!({ "keys": count, "memory_bytes": bytes }),
+                )
+            })
+            .collect();
+        return print_json(&json!({
+            "kinds": kinds, "tags": tags, "hits": hits, "misses": misses, "stale": stale, "bypass": bypass,
+            "hit_rate": hit_rate, "since": since, "revalidate_failures": number("revalidate_failures"),
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<12} {:>8} {:>12}", "KIND", "KEYS", "MEMORY")?;
+    for (kind, (count, bytes)) in &per_kind {
+        writeln!(out, "{kind:<12} {count:>8} {:>12}", human_bytes(*bytes))?;
+    }
+    writeln!(out, "tags         {tags}")?;
+    writeln!(
+        out,
+        "reads        {hits} hits, {stale} stale, {misses} misses, {bypass} bypassed; hit rate {:.1}% since {}",
+        hit_rate * 100.0,
+        since.as_deref().unwrap_or("the first read")
+    )?;
+    writeln!(
+        out,
+        "revalidation failures {}",
+        number("revalidate_failures")
+    )?;
+    Ok(())
+}
+
+/// `fleet cache clear`: removes cached keys under the fleet's prefix only.
+pub async fn cache_clear(
+    redis: &mut ConnectionManager,
+    keys: &crate::cache::CacheKeys,
+    kind: Option<crate::config::CacheKind>,
+    tag: Option<String>,
+    tenant: Option<String>,
+    pattern: Option<String>,
+) -> anyhow::Result<()> {
+    use crate::cache::Kind;
+    use crate::config::CacheKind;
+    let removed = if let Some(tag) = tag {
+        let tag_keys = scan(redis, &keys.tag(tenant.as_deref().unwrap_or("*"), &tag)).await?;
+        crate::cache::invalidate(redis, &tag_keys).await?
+    } else {
+        let patterns: Vec<String> = match (kind, pattern) {
+            (_, Some(pattern)) => vec![format!("{}{pattern}", keys.namespace())],
+            (Some(CacheKind::All), None) => {
+                vec![format!("{}*", keys.namespace()), keys.tags_pattern()]
+            }
+            (Some(CacheKind::Enrollments), None) => vec![keys.pattern(Kind::Enrollments)],
+            (Some(CacheKind::Statistics), None) => vec![keys.pattern(Kind::Statistics)],
+            (Some(CacheKind::Dashboard), None) => vec![keys.pattern(Kind::Dashboard)],
+            (None, None) => Vec::new(),
+        };
+        let mut removed = 0;
+        for pattern in patterns {
+            for chunk in scan(redis, &pattern).await?.chunks(500) {
+                let gone: u64 = redis.unlink(chunk).await?;
+                removed += gone;
+            }
+        }
+        removed
+    };
+    println!("removed {removed} keys");
+    Ok(())
+}

@@ -39,8 +39,10 @@ use redis::RedisError;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::{self, CacheKeys, Touched};
 use crate::config::WorkerSettings;
 use crate::health::{Dependency, Health};
+use crate::revalidate::Revalidator;
 use crate::stream::{self, Entry, Failure, FailureKind, Keys, ReadFrom};
 
 /// How often the stream is trimmed, at most.
@@ -73,6 +75,8 @@ pub struct Worker {
     settings: WorkerSettings,
     health: Health,
     lease_token: String,
+    cache_keys: CacheKeys,
+    revalidator: Option<Revalidator>,
 }
 
 /// Entries of one batch, decoded, with the attempts they already cost.
@@ -122,11 +126,19 @@ impl Worker {
             db,
             reader,
             redis,
+            cache_keys: CacheKeys::new(&keys),
             keys,
             settings,
             health: Health::default(),
             lease_token,
+            revalidator: None,
         })
+    }
+
+    /// Also POST each batch's invalidated tags to the revalidation hook.
+    pub fn with_revalidator(mut self, revalidator: Revalidator) -> Self {
+        self.revalidator = Some(revalidator);
+        self
     }
 
     /// The worker's health, for `/readyz`.
@@ -344,6 +356,15 @@ impl Worker {
                 .filter(|(index, _)| !refused_at.contains(index))
                 .map(|(_, entry)| entry.id.as_str()),
         );
+        let applied: Vec<Event> = batch
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !refused_at.contains(index))
+            .map(|(_, event)| event.clone())
+            .collect();
+        // Before the acknowledgement, so a crash here redoes the cache work.
+        self.refresh_cache(&Touched::of(&applied), stop).await?;
 
         for failure in &dead {
             tracing::warn!(
@@ -375,6 +396,42 @@ impl Worker {
             "batch settled"
         );
         Some(entries.len())
+    }
+
+    /// After a batch commits: invalidates the union of its tags once, writes
+    /// the values the dashboard will read (statistics, first pages,
+    /// dashboards), and queues the revalidation hook.
+    async fn refresh_cache(&self, touched: &Touched, stop: &CancellationToken) -> Option<()> {
+        if touched.is_empty() {
+            return Some(());
+        }
+        let tag_keys: Vec<String> = touched
+            .tags
+            .iter()
+            .map(|(tenant, tag)| self.cache_keys.tag(tenant, tag))
+            .collect();
+        let tag_keys = &tag_keys;
+        self.redis_op(stop, |mut redis| async move {
+            cache::invalidate(&mut redis, tag_keys).await
+        })
+        .await?;
+        let ttls = &self.settings.cache_ttls;
+        let entries = self
+            .postgres_op(stop, &[], || async {
+                cache::prewarm_entries(&self.db, &self.cache_keys, ttls, touched)
+                    .await
+                    .map_err(ApplyError::from)
+            })
+            .await?;
+        let entries = &entries;
+        self.redis_op(stop, |mut redis| async move {
+            cache::put(&mut redis, entries).await
+        })
+        .await?;
+        if let Some(revalidator) = &self.revalidator {
+            revalidator.notify(touched.tag_names());
+        }
+        Some(())
     }
 
     /// Applies `batch`, splitting it to isolate the events Postgres refuses;
@@ -490,6 +547,13 @@ trait PostgresOutcome {
 impl PostgresOutcome for Result<(), String> {
     fn refused(error: String) -> Self {
         Err(error)
+    }
+}
+
+impl PostgresOutcome for Vec<cache::Entry> {
+    /// A read cannot be refused for its data; prewarm nothing.
+    fn refused(_: String) -> Self {
+        Vec::new()
     }
 }
 

@@ -244,6 +244,7 @@ impl TestContext {
             claim_idle: Duration::from_secs(60),
             lease: Duration::from_secs(2),
             retry: fleet::retry::RetryPolicy::default(),
+            cache_ttls: fleet::cache::Ttls::default(),
         }
     }
 

@@ -264,10 +264,14 @@ async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
 #[tokio::test]
 async fn a_worker_refuses_an_unmigrated_database_until_fleet_migrate_runs() {
     let ctx = context().await;
-    sqlx::query("DROP TABLE _sqlx_migrations, events, enrollments, users, courses, orders")
+    sqlx::query("DROP SCHEMA public CASCADE")
         .execute(&ctx.db)
         .await
         .expect("unmigrate");
+    sqlx::query("CREATE SCHEMA public")
+        .execute(&ctx.db)
+        .await
+        .expect("empty schema");
     let output = fleet(&ctx, &["worker"]).output().await.expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("fleet migrate"));

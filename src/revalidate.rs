@@ -1,0 +1,92 @@
+//! The optional revalidation hook: after each batch, POST the cache tags it
+//! invalidated to `REVALIDATE_URL` (a Next.js route calling `revalidateTag`,
+//! say), with `X-Revalidate-Secret`.
+//!
+//! Calls are coalesced per batch (one POST with the union of its tags),
+//! retried with backoff, and made by a background task behind a bounded
+//! queue: the event path never waits for the hook and never fails because
+//! of it. Failures are counted (`fleet cache stats`) and logged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::cache::{self, CacheKeys};
+use crate::config::ApiToken;
+
+/// The header carrying the shared secret.
+pub const SECRET_HEADER: &str = "x-revalidate-secret";
+/// Batches of tags waiting for the hook, at most; more are dropped (and counted).
+const QUEUE: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct Revalidator {
+    queue: mpsc::Sender<Vec<String>>,
+    failures: Arc<AtomicU64>,
+}
+
+impl Revalidator {
+    /// Starts the background task that calls `url`.
+    pub fn spawn(
+        url: url::Url,
+        secret: Option<ApiToken>,
+        redis: ConnectionManager,
+        keys: CacheKeys,
+    ) -> Self {
+        let (queue, mut batches) = mpsc::channel::<Vec<String>>(QUEUE);
+        let failures = Arc::new(AtomicU64::new(0));
+        let counted = failures.clone();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            while let Some(tags) = batches.recv().await {
+                let call = || async {
+                    let mut request = client.post(url.clone()).json(&json!({ "tags": tags }));
+                    if let Some(secret) = &secret {
+                        request = request.header(SECRET_HEADER, secret.expose());
+                    }
+                    request.send().await?.error_for_status()
+                };
+                let schedule = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_jitter()
+                    .with_max_times(3);
+                if let Err(err) = call.retry(schedule).sleep(tokio::time::sleep).await {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    let mut redis = redis.clone();
+                    let _ = cache::count_revalidation_failure(&mut redis, &keys).await;
+                    tracing::warn!(
+                        error = %err, tags = tags.len(),
+                        "revalidation hook failed after retries; the dashboard may show cached pages until their TTL. \
+                         Check REVALIDATE_URL and that the dashboard is up"
+                    );
+                }
+            }
+        });
+        Self { queue, failures }
+    }
+
+    /// Queues one call with `tags`; never waits.
+    pub fn notify(&self, tags: Vec<String>) {
+        if tags.is_empty() {
+            return;
+        }
+        if self.queue.try_send(tags).is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("revalidation queue full; a batch's tags were not sent");
+        }
+    }
+
+    /// Calls that failed (after retries) or were dropped, since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
