@@ -315,6 +315,13 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// Runs a connected worker until stopped.
+    pub fn run(worker: Worker) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        Self { shutdown, task }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task)
@@ -587,4 +594,81 @@ pub async fn wait_exit(child: &mut tokio::process::Child) -> (std::process::Exit
             .expect("stderr");
     }
     (status, stderr)
+}
+
+/// The read API served in-process.
+pub struct ApiServer {
+    pub address: SocketAddr,
+    pub state: fleet::api::ApiState,
+    shutdown: CancellationToken,
+}
+
+impl ApiServer {
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.address)
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(self.url(path_and_query))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("request completes")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn api_tuning() -> fleet::config::ApiTuning {
+    fleet::config::ApiTuning {
+        rate_limit_requests: 10_000,
+        rate_limit_window_ms: 60_000,
+        api_token: None,
+        default_tenant: None,
+    }
+}
+
+impl TestContext {
+    pub async fn spawn_api(&self, tuning: fleet::config::ApiTuning) -> ApiServer {
+        self.spawn_api_with(tuning, fleet::cache::Ttls::default())
+            .await
+    }
+
+    pub async fn spawn_api_with(
+        &self,
+        tuning: fleet::config::ApiTuning,
+        ttls: fleet::cache::Ttls,
+    ) -> ApiServer {
+        let redis = stream::connect(&self.redis_url, Duration::from_secs(1))
+            .await
+            .expect("connect to Redis");
+        let redis = std::sync::Arc::new(OnceCell::new_with(Some(redis)));
+        let state = fleet::api::ApiState::new(
+            self.db.clone(),
+            redis,
+            fleet::cache::CacheKeys::new(&self.keys),
+            ttls,
+            tuning,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(fleet::intake::serve(
+            listener,
+            fleet::api::app(state.clone()),
+            shutdown.clone(),
+        ));
+        ApiServer {
+            address,
+            state,
+            shutdown,
+        }
+    }
 }

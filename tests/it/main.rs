@@ -2,6 +2,7 @@
 //! suite; each module covers one part of the fleet.
 
 mod chaos;
+mod dashboard;
 mod helpers;
 mod intake;
 mod operator;
