@@ -353,14 +353,17 @@ async fn a_stale_value_is_served_while_one_request_recomputes_it() {
     assert_eq!(api.state.postgres_queries(), 1);
 }
 
+/// (X-Revalidate-Secret, body) of each call a receiver got.
+type Calls = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
 /// An HTTP receiver standing in for a Next.js revalidation route.
 struct Receiver {
     url: String,
-    calls: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    calls: Calls,
 }
 
 async fn receiver(status: u16) -> Receiver {
-    let calls: Arc<Mutex<Vec<(Option<String>, Value)>>> = Arc::default();
+    let calls: Calls = Arc::default();
     let recorded = calls.clone();
     let app = axum::Router::new().route(
         "/api/revalidate",
