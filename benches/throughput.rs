@@ -20,10 +20,7 @@ use serde_json::json;
 use sqlx::Connection;
 
 fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }
 
 fn enrollment_event(n: usize) -> String {
@@ -55,8 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let events = env_number("BENCH_EVENTS", 50_000);
     let requests = env_number("BENCH_REQUESTS", 5_000);
     let batch_size = env_number("FLEET_BATCH_SIZE", 500);
-    let scratch =
-        std::env::temp_dir().join(format!("fleet-bench-{}", uuid::Uuid::new_v4().simple()));
+    let scratch = std::env::temp_dir().join(format!("fleet-bench-{}", uuid::Uuid::new_v4().simple()));
 
     let (_redis, redis_url) = match std::env::var("REDIS_URL") {
         Ok(url) => (None, url),
@@ -70,8 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(url) => (None, url),
         Err(_) => {
             let postgres = LocalPostgres::start(
-                &std::env::temp_dir()
-                    .join(format!("fleet-bench-pg-{}", uuid::Uuid::new_v4().simple())),
+                &std::env::temp_dir().join(format!("fleet-bench-pg-{}", uuid::Uuid::new_v4().simple())),
                 true,
             )
             .await?;
@@ -81,16 +76,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let database = format!("fleet_bench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{database}\""))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await?;
     let mut database_url = url::Url::parse(&admin_url)?;
     database_url.set_path(&format!("/{database}"));
     let db = fleet::db::connect(database_url.as_str()).await?;
     fleet::db::migrate(&db).await?;
-    let prefix: KeyPrefix = format!("bench:{}:", uuid::Uuid::new_v4().simple())
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    let prefix: KeyPrefix = format!("bench:{}:", uuid::Uuid::new_v4().simple()).parse().map_err(anyhow::Error::msg)?;
     let keys = Keys::new(&prefix);
     let mut redis = stream::connect(&redis_url, Duration::from_secs(10)).await?;
     stream::ensure_group(&mut redis, &keys).await?;
@@ -119,17 +110,8 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(requests / 2);
     for (body, signature) in &bodies[..requests / 2] {
         let started = Instant::now();
-        let response = client
-            .post(&url)
-            .header("x-thinkific-hmac-sha256", signature)
-            .body(body.clone())
-            .send()
-            .await?;
-        anyhow::ensure!(
-            response.status() == 200,
-            "intake answered {}",
-            response.status()
-        );
+        let response = client.post(&url).header("x-thinkific-hmac-sha256", signature).body(body.clone()).send().await?;
+        anyhow::ensure!(response.status() == 200, "intake answered {}", response.status());
         latencies.push(started.elapsed());
     }
     latencies.sort();
@@ -139,17 +121,8 @@ async fn main() -> anyhow::Result<()> {
         let (client, url, chunk) = (client.clone(), url.clone(), chunk.to_vec());
         tasks.spawn(async move {
             for (body, signature) in chunk {
-                let response = client
-                    .post(&url)
-                    .header("x-thinkific-hmac-sha256", signature)
-                    .body(body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    response.status() == 200,
-                    "intake answered {}",
-                    response.status()
-                );
+                let response = client.post(&url).header("x-thinkific-hmac-sha256", signature).body(body).send().await?;
+                anyhow::ensure!(response.status() == 200, "intake answered {}", response.status());
             }
             anyhow::Ok(())
         });
@@ -198,16 +171,13 @@ async fn main() -> anyhow::Result<()> {
         retry: fleet::retry::RetryPolicy::default(),
         cache_ttls: fleet::cache::Ttls::default(),
     };
-    let worker =
-        fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;
+    let worker = fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(worker.run(stop.clone()));
     let expected = (events + requests) as i64;
     loop {
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&db)
-            .await?;
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db).await?;
         if applied >= expected {
             break;
         }
@@ -226,11 +196,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut keys_to_delete: Vec<String> = Vec::new();
     {
-        let mut iter = redis::AsyncCommands::scan_match::<_, String>(
-            &mut redis,
-            format!("{}*", prefix.as_str()),
-        )
-        .await?;
+        let mut iter =
+            redis::AsyncCommands::scan_match::<_, String>(&mut redis, format!("{}*", prefix.as_str())).await?;
         while let Some(key) = iter.next_item().await {
             keys_to_delete.push(key?);
         }
@@ -239,9 +206,7 @@ async fn main() -> anyhow::Result<()> {
         redis::AsyncCommands::del::<_, ()>(&mut redis, chunk).await?;
     }
     db.close().await;
-    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)")).execute(&mut admin).await?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

@@ -61,14 +61,7 @@ impl ApiState {
         ttls: Ttls,
         tuning: ApiTuning,
     ) -> Self {
-        Self {
-            db,
-            redis,
-            keys,
-            ttls,
-            tuning,
-            queries: Arc::default(),
-        }
+        Self { db, redis, keys, ttls, tuning, queries: Arc::default() }
     }
 
     /// Postgres queries the routes have sent (cache misses and bypasses).
@@ -95,10 +88,7 @@ pub fn routes(state: ApiState) -> Router {
 /// The routes plus `/healthz` and `/readyz` (Postgres reachable).
 pub fn app(state: ApiState) -> Router {
     let health = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .with_state(state.clone());
     routes(state).merge(health)
@@ -106,9 +96,7 @@ pub fn app(state: ApiState) -> Router {
 
 async fn readyz(State(state): State<ApiState>) -> Response {
     match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => {
-            Json(json!({ "status": "ready", "redis": state.redis.get().is_some() })).into_response()
-        }
+        Ok(_) => Json(json!({ "status": "ready", "redis": state.redis.get().is_some() })).into_response(),
         Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("postgres: {err}")),
     }
 }
@@ -146,9 +134,7 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
             .unwrap_or_default();
         if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
             let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
     }
@@ -165,29 +151,14 @@ async fn rate_limit(
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let slot = now / window;
     if let Some(mut redis) = state.redis() {
-        let key = format!(
-            "{}ratelimit:{}:{slot}",
-            state.keys.namespace().trim_end_matches("cache:"),
-            peer.ip()
-        );
-        let counted: Result<(u64,), _> = redis::pipe()
-            .incr(&key, 1)
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(window * 2)
-            .ignore()
-            .query_async(&mut redis)
-            .await;
+        let key = format!("{}ratelimit:{}:{slot}", state.keys.namespace().trim_end_matches("cache:"), peer.ip());
+        let counted: Result<(u64,), _> =
+            redis::pipe().incr(&key, 1).cmd("PEXPIRE").arg(&key).arg(window * 2).ignore().query_async(&mut redis).await;
         match counted {
             Ok((count,)) if count > state.tuning.rate_limit_requests => {
                 let retry_after = ((slot + 1) * window - now).div_ceil(1000).max(1);
-                let mut response = error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate limit exceeded; retry later",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded; retry later");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 return response;
             }
             Ok(_) => {}
@@ -215,29 +186,16 @@ impl Params {
             .ok_or_else(|| ApiError::BadRequest("tenant_id is required".into()))
     }
 
-    fn number(
-        value: Option<&str>,
-        name: &str,
-        default: Option<i64>,
-        max: i64,
-    ) -> Result<i64, ApiError> {
+    fn number(value: Option<&str>, name: &str, default: Option<i64>, max: i64) -> Result<i64, ApiError> {
         let parsed = match value {
             None | Some("") => default,
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|number| (1..=max).contains(number)),
+            Some(text) => text.parse::<i64>().ok().filter(|number| (1..=max).contains(number)),
         };
-        parsed.ok_or_else(|| {
-            ApiError::BadRequest(format!("{name} must be an integer from 1 to {max}"))
-        })
+        parsed.ok_or_else(|| ApiError::BadRequest(format!("{name} must be an integer from 1 to {max}")))
     }
 }
 
-async fn statistics(
-    State(state): State<ApiState>,
-    Query(params): Query<Params>,
-) -> Result<Response, ApiError> {
+async fn statistics(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
     let tenant = params.tenant(&state)?;
     let course = Params::number(params.course_id.as_deref(), "course_id", None, i64::MAX)?;
     let key = state.keys.statistics(&tenant, course);
@@ -247,8 +205,7 @@ async fn statistics(
         let tenant = tenant.clone();
         async move {
             state.queries.fetch_add(1, Ordering::Relaxed);
-            let mut rows =
-                read_model::course_statistics(&state.db, &[(tenant.clone(), course)]).await?;
+            let mut rows = read_model::course_statistics(&state.db, &[(tenant.clone(), course)]).await?;
             let (_, value) = rows.pop().ok_or(sqlx::Error::RowNotFound)?;
             Ok(Entry {
                 key: state.keys.statistics(&tenant, course),
@@ -261,10 +218,7 @@ async fn statistics(
     .await)
 }
 
-async fn dashboard(
-    State(state): State<ApiState>,
-    Query(params): Query<Params>,
-) -> Result<Response, ApiError> {
+async fn dashboard(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
     let tenant = params.tenant(&state)?;
     let key = state.keys.dashboard(&tenant);
     let compute_state = state.clone();
@@ -286,20 +240,12 @@ async fn dashboard(
     .await)
 }
 
-async fn enrollments(
-    State(state): State<ApiState>,
-    Query(params): Query<Params>,
-) -> Result<Response, ApiError> {
+async fn enrollments(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
     let page = PageRequest {
         tenant_id: params.tenant(&state)?,
         course_id: Params::number(params.course_id.as_deref(), "course_id", None, i64::MAX)?,
         page: Params::number(params.page.as_deref(), "page", Some(1), 1_000_000)?,
-        per_page: Params::number(
-            params.per_page.as_deref(),
-            "per_page",
-            Some(DEFAULT_PER_PAGE),
-            MAX_PER_PAGE,
-        )?,
+        per_page: Params::number(params.per_page.as_deref(), "per_page", Some(DEFAULT_PER_PAGE), MAX_PER_PAGE)?,
     };
     let key = state.keys.enrollments(&page);
     let compute_state = state.clone();
@@ -308,8 +254,7 @@ async fn enrollments(
         let page = page.clone();
         async move {
             state.queries.fetch_add(1, Ordering::Relaxed);
-            let mut pages =
-                read_model::enrollment_pages(&state.db, std::slice::from_ref(&page)).await?;
+            let mut pages = read_model::enrollment_pages(&state.db, std::slice::from_ref(&page)).await?;
             let value = pages.pop().ok_or(sqlx::Error::RowNotFound)?;
             Ok(cache::page_entry(&state.keys, &state.ttls, &page, value))
         }
@@ -319,18 +264,13 @@ async fn enrollments(
 
 fn answer(value: &Value, outcome: Outcome) -> Response {
     let mut response = Json(value.clone()).into_response();
-    response
-        .headers_mut()
-        .insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    response.headers_mut().insert("x-cache", HeaderValue::from_static(outcome.as_str()));
     response
 }
 
 fn unavailable(err: &sqlx::Error) -> Response {
     tracing::error!(error = %err, "read API cannot reach Postgres; check DATABASE_URL and the database");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the database is unavailable; retry later",
-    )
+    error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; retry later")
 }
 
 /// Cache-aside with stale-while-revalidate and single-flight; see the module.
@@ -361,8 +301,7 @@ where
         }
         Lookup::Stale(value) => {
             count(Outcome::Stale);
-            if let Ok(Some(token)) = cache::try_lock(&mut redis, &state.keys, &key, LOCK_HOLD).await
-            {
+            if let Ok(Some(token)) = cache::try_lock(&mut redis, &state.keys, &key, LOCK_HOLD).await {
                 let keys = state.keys.clone();
                 tokio::spawn(async move {
                     if let Ok(entry) = compute().await {

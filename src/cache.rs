@@ -68,9 +68,7 @@ pub struct CacheKeys {
 
 impl CacheKeys {
     pub fn new(keys: &Keys) -> Self {
-        Self {
-            prefix: keys.prefix().to_owned(),
-        }
+        Self { prefix: keys.prefix().to_owned() }
     }
 
     /// Every cache key starts with this.
@@ -102,9 +100,7 @@ impl CacheKeys {
     pub fn kind_of(&self, key: &str) -> Option<Kind> {
         let rest = key.strip_prefix(&self.namespace())?;
         let (_tenant, rest) = rest.split_once(':')?;
-        Kind::ALL
-            .into_iter()
-            .find(|kind| rest.starts_with(kind.as_str()))
+        Kind::ALL.into_iter().find(|kind| rest.starts_with(kind.as_str()))
     }
 
     pub fn tag(&self, tenant: &str, tag: &str) -> String {
@@ -116,11 +112,7 @@ impl CacheKeys {
     }
 
     fn lock(&self, key: &str) -> String {
-        format!(
-            "{}lock:{}",
-            self.prefix,
-            key.strip_prefix(&self.prefix).unwrap_or(key)
-        )
+        format!("{}lock:{}", self.prefix, key.strip_prefix(&self.prefix).unwrap_or(key))
     }
 
     pub fn metrics(&self) -> String {
@@ -169,16 +161,10 @@ impl Touched {
                 Change::Enrollment(enrollment) => {
                     tag(tags::enrollment(enrollment.id));
                     tag(tags::DASHBOARD.to_owned());
-                    if let Some(user) = enrollment
-                        .user_id
-                        .or(enrollment.user.as_ref().map(|user| user.id))
-                    {
+                    if let Some(user) = enrollment.user_id.or(enrollment.user.as_ref().map(|user| user.id)) {
                         tag(tags::user(user));
                     }
-                    if let Some(course) = enrollment
-                        .course_id
-                        .or(enrollment.course.as_ref().map(|course| course.id))
-                    {
+                    if let Some(course) = enrollment.course_id.or(enrollment.course.as_ref().map(|course| course.id)) {
                         tag(tags::course(course));
                         touched.courses.insert((tenant.clone(), course));
                     }
@@ -211,10 +197,7 @@ impl Touched {
 
     /// `<tenant>:<tag>`, as the revalidation hook receives them.
     pub fn tag_names(&self) -> Vec<String> {
-        self.tags
-            .iter()
-            .map(|(tenant, tag)| format!("{tenant}:{tag}"))
-            .collect()
+        self.tags.iter().map(|(tenant, tag)| format!("{tenant}:{tag}")).collect()
     }
 }
 
@@ -284,17 +267,11 @@ return removed
 
 /// Invalidates tag sets (full key names) atomically; returns how many
 /// cached keys went.
-pub async fn invalidate(
-    conn: &mut ConnectionManager,
-    tag_keys: &[String],
-) -> Result<u64, RedisError> {
+pub async fn invalidate(conn: &mut ConnectionManager, tag_keys: &[String]) -> Result<u64, RedisError> {
     if tag_keys.is_empty() {
         return Ok(0);
     }
-    Script::new(INVALIDATE_SCRIPT)
-        .key(tag_keys)
-        .invoke_async(conn)
-        .await
+    Script::new(INVALIDATE_SCRIPT).key(tag_keys).invoke_async(conn).await
 }
 
 /// What the cache holds for a key.
@@ -307,13 +284,7 @@ pub enum Lookup {
 
 pub async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Lookup, RedisError> {
     let (version, body, fresh_until): (Option<i64>, Option<String>, Option<i64>) =
-        redis::cmd("HMGET")
-            .arg(key)
-            .arg("version")
-            .arg("body")
-            .arg("fresh_until")
-            .query_async(conn)
-            .await?;
+        redis::cmd("HMGET").arg(key).arg("version").arg("body").arg("fresh_until").query_async(conn).await?;
     let (Some(version), Some(body), Some(fresh_until)) = (version, body, fresh_until) else {
         return Ok(Lookup::Missing);
     };
@@ -321,11 +292,7 @@ pub async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Lookup, Redi
         return Ok(Lookup::Missing);
     };
     let value = Versioned { version, body };
-    Ok(if Utc::now().timestamp_millis() < fresh_until {
-        Lookup::Fresh(value)
-    } else {
-        Lookup::Stale(value)
-    })
+    Ok(if Utc::now().timestamp_millis() < fresh_until { Lookup::Fresh(value) } else { Lookup::Stale(value) })
 }
 
 /// Takes the single-flight lock of `key` for `hold`; the token releases it.
@@ -352,17 +319,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
-pub async fn unlock(
-    conn: &mut ConnectionManager,
-    keys: &CacheKeys,
-    key: &str,
-    token: &str,
-) -> Result<(), RedisError> {
-    let _: i64 = Script::new(UNLOCK_SCRIPT)
-        .key(keys.lock(key))
-        .arg(token)
-        .invoke_async(conn)
-        .await?;
+pub async fn unlock(conn: &mut ConnectionManager, keys: &CacheKeys, key: &str, token: &str) -> Result<(), RedisError> {
+    let _: i64 = Script::new(UNLOCK_SCRIPT).key(keys.lock(key)).arg(token).invoke_async(conn).await?;
     Ok(())
 }
 
@@ -396,11 +354,7 @@ impl Outcome {
 }
 
 /// Counts one read; the first count sets `since`.
-pub async fn count(
-    conn: &mut ConnectionManager,
-    keys: &CacheKeys,
-    outcome: Outcome,
-) -> Result<(), RedisError> {
+pub async fn count(conn: &mut ConnectionManager, keys: &CacheKeys, outcome: Outcome) -> Result<(), RedisError> {
     let mut pipe = redis::pipe();
     pipe.hset_nx(keys.metrics(), "since", Utc::now().to_rfc3339())
         .ignore()
@@ -410,10 +364,7 @@ pub async fn count(
 }
 
 /// Counts a failed revalidation call.
-pub async fn count_revalidation_failure(
-    conn: &mut ConnectionManager,
-    keys: &CacheKeys,
-) -> Result<(), RedisError> {
+pub async fn count_revalidation_failure(conn: &mut ConnectionManager, keys: &CacheKeys) -> Result<(), RedisError> {
     conn.hincr(keys.metrics(), "revalidate_failures", 1).await
 }
 
@@ -446,10 +397,7 @@ pub async fn prewarm_entries(
                 per_page: DEFAULT_PER_PAGE,
             })
             .collect();
-        for (page, value) in pages
-            .iter()
-            .zip(crate::read_model::enrollment_pages(db, &pages).await?)
-        {
+        for (page, value) in pages.iter().zip(crate::read_model::enrollment_pages(db, &pages).await?) {
             entries.push(page_entry(keys, ttls, page, value));
         }
     }
@@ -481,10 +429,5 @@ pub fn page_entry(keys: &CacheKeys, ttls: &Ttls, page: &PageRequest, value: Vers
             }
         }
     }
-    Entry {
-        key: keys.enrollments(page),
-        tags: entry_tags,
-        ttl: ttls.enrollments,
-        value,
-    }
+    Entry { key: keys.enrollments(page), tags: entry_tags, ttl: ttls.enrollments, value }
 }

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheKeys;
 use crate::config::{
-    ApiArgs, ApiTuning, CacheCommand, Command, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs,
-    WebhookSecrets, WorkerArgs, WorkerSettings,
+    ApiArgs, ApiTuning, CacheCommand, Command, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs, WebhookSecrets,
+    WorkerArgs, WorkerSettings,
 };
 use crate::local_services::{LocalPostgres, LocalRedis};
 use crate::revalidate::Revalidator;
@@ -21,8 +21,7 @@ use crate::worker::Worker;
 use crate::{api, db, health, intake, operator};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
-pub const EXAMPLE_WEBHOOK: &str =
-    include_str!("../tests/fixtures/thinkific/enrollment.created.json");
+pub const EXAMPLE_WEBHOOK: &str = include_str!("../tests/fixtures/thinkific/enrollment.created.json");
 const DEV_SECRET: &str = "fleet-dev-secret";
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -41,15 +40,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let keys = CacheKeys::new(&Keys::new(&args.redis.key_prefix.key_prefix));
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
             match args.command {
-                CacheCommand::Stats { json, reset } => {
-                    operator::cache_stats(&mut redis, &keys, json, reset).await
+                CacheCommand::Stats { json, reset } => operator::cache_stats(&mut redis, &keys, json, reset).await,
+                CacheCommand::Clear { kind, tag, tenant_id, pattern } => {
+                    operator::cache_clear(&mut redis, &keys, kind, tag, tenant_id, pattern).await
                 }
-                CacheCommand::Clear {
-                    kind,
-                    tag,
-                    tenant_id,
-                    pattern,
-                } => operator::cache_clear(&mut redis, &keys, kind, tag, tenant_id, pattern).await,
             }
         }
         Command::Status(args) => {
@@ -91,9 +85,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 }
 
 async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
-    db::connect(url)
-        .await
-        .context("cannot connect to Postgres; check DATABASE_URL and that the server is up")
+    db::connect(url).await.context("cannot connect to Postgres; check DATABASE_URL and that the server is up")
 }
 
 async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
@@ -104,16 +96,11 @@ async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManage
 
 /// Refuses to run against a schema older than this binary.
 async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
-    let newest = fleet_jobs::MIGRATOR
-        .iter()
-        .map(|migration| migration.version)
-        .max()
-        .unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .unwrap_or(None);
+    let newest = fleet_jobs::MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None);
     if applied.unwrap_or(0) < newest {
         anyhow::bail!("the database schema is behind this binary; run `fleet migrate` first");
     }
@@ -124,13 +111,9 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let address = args.listen.address()?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
-    stream::ensure_group(&mut redis, &keys)
-        .await
-        .context("cannot create the consumer group")?;
+    stream::ensure_group(&mut redis, &keys).await.context("cannot create the consumer group")?;
     let settings = IntakeSettings::new(args.secrets.webhook_secrets, &args.tuning);
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, stream = %keys.events(), "intake listening");
     let shutdown = shutdown_on_signals();
     intake::serve(listener, intake::router(redis, keys, settings), shutdown).await?;
@@ -143,26 +126,15 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let worker =
-        Worker::connect(pool, args.redis.redis_url.as_str(), keys.clone(), settings).await?;
-    let worker = with_revalidation(
-        worker,
-        &args.tuning.revalidate,
-        args.redis.redis_url.as_str(),
-        &keys,
-    )
-    .await?;
+    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys.clone(), settings).await?;
+    let worker = with_revalidation(worker, &args.tuning.revalidate, args.redis.redis_url.as_str(), &keys).await?;
     let shutdown = shutdown_on_signals();
     if let Some(address) = args.tuning.health_listen {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address} (FLEET_HEALTH_LISTEN)"))?;
         tracing::info!(%address, "worker health on /healthz and /readyz");
-        tokio::spawn(intake::serve(
-            listener,
-            health::router(worker.health()),
-            shutdown.clone(),
-        ));
+        tokio::spawn(intake::serve(listener, health::router(worker.health()), shutdown.clone()));
     }
     worker.run(shutdown).await?;
     Ok(())
@@ -180,12 +152,7 @@ async fn with_revalidation(
     };
     let redis = connect_redis(redis_url).await?;
     tracing::info!(host = url.host_str().unwrap_or("?"), "revalidation hook on");
-    Ok(worker.with_revalidator(Revalidator::spawn(
-        url,
-        args.revalidate_secret.clone(),
-        redis,
-        CacheKeys::new(keys),
-    )))
+    Ok(worker.with_revalidator(Revalidator::spawn(url, args.revalidate_secret.clone(), redis, CacheKeys::new(keys))))
 }
 
 /// The read API's state: Redis is optional (routes bypass the cache until
@@ -222,17 +189,8 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let state = api_state(
-        pool,
-        args.redis.redis_url.as_str(),
-        &keys,
-        args.cache.ttls(),
-        args.api.clone(),
-    )
-    .await;
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
+    let state = api_state(pool, args.redis.redis_url.as_str(), &keys, args.cache.ttls(), args.api.clone()).await;
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, "read API listening");
     intake::serve(listener, api::app(state), shutdown_on_signals()).await?;
     tracing::info!("read API stopped");
@@ -267,9 +225,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
     let secrets = match args.secrets.clone() {
         Some(secrets) => secrets,
-        None => DEV_SECRET
-            .parse::<WebhookSecrets>()
-            .map_err(anyhow::Error::msg)?,
+        None => DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?,
     };
     let keys = Keys::new(&args.key_prefix.key_prefix);
     let shutdown = shutdown_on_signals();
@@ -280,47 +236,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let address = args.listen.address()?;
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address}"))?;
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis = connect_redis(&redis_url).await?;
-    let api = api_state(
-        pool,
-        &redis_url,
-        &keys,
-        args.worker.cache.ttls(),
-        args.api.clone(),
-    )
-    .await;
-    let app = intake::router(
-        redis,
-        keys,
-        IntakeSettings::new(secrets.clone(), &args.intake),
-    )
-    .merge(api::routes(api));
+    let api = api_state(pool, &redis_url, &keys, args.worker.cache.ttls(), args.api.clone()).await;
+    let app = intake::router(redis, keys, IntakeSettings::new(secrets.clone(), &args.intake)).merge(api::routes(api));
     let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
     std::fs::create_dir_all(&data_dir)?;
     std::fs::write(&example, EXAMPLE_WEBHOOK.trim_end())?;
     // A URL given by the user may hold a password: show it redacted.
-    let shown_redis = args
-        .redis_url
-        .as_ref()
-        .map_or(redis_url.clone(), ToString::to_string);
-    let shown_database = args
-        .database_url
-        .as_ref()
-        .map_or(database_url.clone(), ToString::to_string);
-    print_welcome(
-        &address.to_string(),
-        &shown_redis,
-        &shown_database,
-        &secrets,
-        args.secrets.is_none(),
-        &example,
-    );
+    let shown_redis = args.redis_url.as_ref().map_or(redis_url.clone(), ToString::to_string);
+    let shown_database = args.database_url.as_ref().map_or(database_url.clone(), ToString::to_string);
+    print_welcome(&address.to_string(), &shown_redis, &shown_database, &secrets, args.secrets.is_none(), &example);
 
     let intake_result = intake_task.await;
     shutdown.cancel();
@@ -336,15 +265,12 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
     if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
     }
     Ok(())
 }

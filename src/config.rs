@@ -64,12 +64,7 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     pub fn address(&self) -> Result<SocketAddr, ConfigError> {
-        ListenArgs {
-            listen: self.listen,
-            port: self.port,
-        }
-        .address()
-        .map(|address| {
+        ListenArgs { listen: self.listen, port: self.port }.address().map(|address| {
             if self.listen.is_none() && self.port.is_none() {
                 SocketAddr::new(address.ip(), 8081)
             } else {
@@ -90,19 +85,10 @@ pub struct ApiTuning {
           value_parser = clap::value_parser!(u64).range(100..=86_400_000), value_name = "RATE_LIMIT_WINDOW_MS")]
     pub rate_limit_window_ms: u64,
     /// Require `Authorization: Bearer <token>` on the read API (off when unset).
-    #[arg(
-        long,
-        env = "FLEET_API_TOKEN",
-        hide_env_values = true,
-        value_name = "FLEET_API_TOKEN"
-    )]
+    #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true, value_name = "FLEET_API_TOKEN")]
     pub api_token: Option<ApiToken>,
     /// The school a request without `tenant_id` is about (required when unset).
-    #[arg(
-        long,
-        env = "FLEET_DEFAULT_TENANT",
-        value_name = "FLEET_DEFAULT_TENANT"
-    )]
+    #[arg(long, env = "FLEET_DEFAULT_TENANT", value_name = "FLEET_DEFAULT_TENANT")]
     pub default_tenant: Option<String>,
 }
 
@@ -138,12 +124,7 @@ pub struct RevalidateArgs {
     #[arg(long, env = "REVALIDATE_URL", value_name = "REVALIDATE_URL")]
     pub revalidate_url: Option<url::Url>,
     /// Sent as `X-Revalidate-Secret` with each revalidation call.
-    #[arg(
-        long,
-        env = "REVALIDATE_SECRET",
-        hide_env_values = true,
-        value_name = "REVALIDATE_SECRET"
-    )]
+    #[arg(long, env = "REVALIDATE_SECRET", hide_env_values = true, value_name = "REVALIDATE_SECRET")]
     pub revalidate_secret: Option<ApiToken>,
 }
 
@@ -306,13 +287,10 @@ pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> 
     if let Ok(stamp) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(stamp.with_timezone(&chrono::Utc));
     }
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let number: i64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a time (2025-04-02T18:48:07Z) or an age (30m, 12h, 7d)")
-    })?;
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a time (2025-04-02T18:48:07Z) or an age (30m, 12h, 7d)"))?;
     let age = match unit {
         "s" => chrono::Duration::seconds(number),
         "m" => chrono::Duration::minutes(number),
@@ -332,24 +310,14 @@ pub struct MigrateArgs {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Postgres connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        value_name = "DATABASE_URL"
-    )]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
     pub database_url: DatabaseUrl,
 }
 
 #[derive(Debug, Args)]
 pub struct RedisArgs {
     /// Redis connection URL.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        hide_env_values = true,
-        value_name = "REDIS_URL"
-    )]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: RedisUrl,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
@@ -358,12 +326,7 @@ pub struct RedisArgs {
 #[derive(Debug, Args)]
 pub struct KeyPrefixArg {
     /// Prefix of every Redis key and stream the fleet owns.
-    #[arg(
-        long = "key-prefix",
-        env = "FLEET_KEY_PREFIX",
-        default_value = "fleet:",
-        value_name = "FLEET_KEY_PREFIX"
-    )]
+    #[arg(long = "key-prefix", env = "FLEET_KEY_PREFIX", default_value = "fleet:", value_name = "FLEET_KEY_PREFIX")]
     pub key_prefix: KeyPrefix,
 }
 
@@ -496,9 +459,7 @@ pub struct RetryTuning {
 }
 
 fn parse_factor(text: &str) -> Result<f32, String> {
-    let factor: f32 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number"))?;
+    let factor: f32 = text.parse().map_err(|_| format!("`{text}` is not a number"))?;
     if !(1.0..=10.0).contains(&factor) {
         return Err("must be between 1 and 10".into());
     }
@@ -508,20 +469,10 @@ fn parse_factor(text: &str) -> Result<f32, String> {
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Use this Redis instead of starting a throwaway one.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        hide_env_values = true,
-        value_name = "REDIS_URL"
-    )]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: Option<RedisUrl>,
     /// Use this Postgres instead of starting a throwaway one.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        value_name = "DATABASE_URL"
-    )]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
     pub database_url: Option<DatabaseUrl>,
     /// Webhook signing key(s); default: a fixed development key, printed at start.
     #[arg(
@@ -532,12 +483,7 @@ pub struct DevArgs {
     )]
     pub secrets: Option<WebhookSecrets>,
     /// Where the throwaway servers keep their data.
-    #[arg(
-        long,
-        env = "FLEET_DEV_DIR",
-        default_value = ".fleet/dev",
-        value_name = "FLEET_DEV_DIR"
-    )]
+    #[arg(long, env = "FLEET_DEV_DIR", default_value = ".fleet/dev", value_name = "FLEET_DEV_DIR")]
     pub data_dir: std::path::PathBuf,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
@@ -573,13 +519,10 @@ impl RedisUrl {
 impl FromStr for RedisUrl {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let parsed = url::Url::parse(text)
-            .map_err(|err| format!("not a URL ({err}); expected redis://host:port/db"))?;
+        let parsed =
+            url::Url::parse(text).map_err(|err| format!("not a URL ({err}); expected redis://host:port/db"))?;
         if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-            return Err(format!(
-                "scheme `{}` is not redis:// or rediss://",
-                parsed.scheme()
-            ));
+            return Err(format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()));
         }
         redis::Client::open(text).map_err(|err| format!("not a Redis URL: {err}"))?;
         Ok(Self(parsed))
@@ -599,13 +542,12 @@ impl DatabaseUrl {
 impl FromStr for DatabaseUrl {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let parsed = url::Url::parse(text)
-            .map_err(|err| format!("not a URL ({err}); expected postgres://user@host:port/db"))?;
+        let parsed =
+            url::Url::parse(text).map_err(|err| format!("not a URL ({err}); expected postgres://user@host:port/db"))?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(format!("scheme `{}` is not postgres://", parsed.scheme()));
         }
-        sqlx::postgres::PgConnectOptions::from_str(text)
-            .map_err(|err| format!("not a Postgres URL: {err}"))?;
+        sqlx::postgres::PgConnectOptions::from_str(text).map_err(|err| format!("not a Postgres URL: {err}"))?;
         Ok(Self(parsed))
     }
 }
@@ -651,13 +593,8 @@ impl FromStr for KeyPrefix {
         if text.is_empty() || text.len() > 64 {
             return Err("must be 1 to 64 characters".into());
         }
-        if text
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[')
-        {
-            return Err(
-                "must not contain spaces, control characters or glob characters (* ? [)".into(),
-            );
+        if text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[') {
+            return Err("must not contain spaces, control characters or glob characters (* ? [)".into());
         }
         Ok(Self(text.to_owned()))
     }
@@ -684,12 +621,8 @@ impl FromStr for WebhookSecrets {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         // Empty items between commas are skipped rather than reported, so an
         // error message can never quote a key.
-        let keys: Vec<Vec<u8>> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-            .map(|key| key.as_bytes().to_vec())
-            .collect();
+        let keys: Vec<Vec<u8>> =
+            text.split(',').map(str::trim).filter(|key| !key.is_empty()).map(|key| key.as_bytes().to_vec()).collect();
         if keys.is_empty() {
             return Err("no key given: set one key, or several separated by commas".into());
         }
@@ -765,9 +698,7 @@ impl WorkerSettings {
 
 /// Host name and process id: unique among live workers without any set-up.
 pub fn default_consumer_name() -> String {
-    let host = gethostname::gethostname()
-        .to_string_lossy()
-        .replace(char::is_whitespace, "-");
+    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
     format!("{host}-{}", std::process::id())
 }
 
@@ -786,22 +717,14 @@ mod tests {
         let secrets: WebhookSecrets = "old-key, new-key".parse().expect("two keys");
         assert_eq!(secrets.keys().count(), 2);
         let shown = format!("{secrets:?}");
-        assert!(
-            !shown.contains("old-key") && !shown.contains("new-key"),
-            "{shown}"
-        );
+        assert!(!shown.contains("old-key") && !shown.contains("new-key"), "{shown}");
         assert!(" , ".parse::<WebhookSecrets>().is_err());
     }
 
     #[test]
     fn url_passwords_are_redacted() {
-        let url: DatabaseUrl = "postgres://fleet:hunter2@db:5432/fleet"
-            .parse()
-            .expect("valid");
-        assert_eq!(
-            format!("{url:?}"),
-            "postgres://fleet:REDACTED@db:5432/fleet"
-        );
+        let url: DatabaseUrl = "postgres://fleet:hunter2@db:5432/fleet".parse().expect("valid");
+        assert_eq!(format!("{url:?}"), "postgres://fleet:REDACTED@db:5432/fleet");
         let url: RedisUrl = "redis://:hunter2@cache:6379/0".parse().expect("valid");
         assert!(!url.to_string().contains("hunter2"));
         assert!("http://db".parse::<DatabaseUrl>().is_err());
@@ -810,22 +733,11 @@ mod tests {
 
     #[test]
     fn listen_address_resolution() {
-        let listen = |listen: Option<&str>, port| ListenArgs {
-            listen: listen.map(|l| l.parse().expect("address")),
-            port,
-        };
-        assert_eq!(
-            listen(None, None).address().ok(),
-            "127.0.0.1:8080".parse().ok()
-        );
-        assert_eq!(
-            listen(None, Some(5000)).address().ok(),
-            "0.0.0.0:5000".parse().ok()
-        );
-        assert_eq!(
-            listen(Some("10.0.0.1:1"), None).address().ok(),
-            "10.0.0.1:1".parse().ok()
-        );
+        let listen =
+            |listen: Option<&str>, port| ListenArgs { listen: listen.map(|l| l.parse().expect("address")), port };
+        assert_eq!(listen(None, None).address().ok(), "127.0.0.1:8080".parse().ok());
+        assert_eq!(listen(None, Some(5000)).address().ok(), "0.0.0.0:5000".parse().ok());
+        assert_eq!(listen(Some("10.0.0.1:1"), None).address().ok(), "10.0.0.1:1".parse().ok());
         assert!(listen(Some("10.0.0.1:1"), Some(2)).address().is_err());
     }
 

@@ -10,11 +10,7 @@ use sqlx::PgPool;
 /// Postgres outage surfaces as an error the worker can back off from.
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(url)?.application_name("fleet");
-    PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await
+    PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_with(options).await
 }
 
 /// Applies the embedded migrations; safe to run concurrently and repeatedly.

@@ -45,10 +45,7 @@ impl Health {
     /// Records that `dependency` failed; the first report of an outage is
     /// logged at error level, later ones at debug.
     pub fn unavailable(&self, dependency: Dependency, error: &dyn std::fmt::Display) {
-        let mut outage = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut outage = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if outage.is_none() {
             tracing::error!(
                 dependency = dependency.as_str(), error = %error,
@@ -59,22 +56,13 @@ impl Health {
         } else {
             tracing::debug!(dependency = dependency.as_str(), error = %error, "still unavailable");
         }
-        let since = outage
-            .as_ref()
-            .map_or_else(Instant::now, |outage| outage.since);
-        *outage = Some(Outage {
-            dependency,
-            error: error.to_string(),
-            since,
-        });
+        let since = outage.as_ref().map_or_else(Instant::now, |outage| outage.since);
+        *outage = Some(Outage { dependency, error: error.to_string(), since });
     }
 
     /// Records that the worker is making progress again.
     pub fn available(&self) {
-        let mut outage = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut outage = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(ended) = outage.take() {
             tracing::info!(
                 dependency = ended.dependency.as_str(),
@@ -86,27 +74,15 @@ impl Health {
 
     /// `None` when healthy, else (dependency, error, seconds).
     pub fn outage(&self) -> Option<(Dependency, String, u64)> {
-        let outage = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        outage.as_ref().map(|outage| {
-            (
-                outage.dependency,
-                outage.error.clone(),
-                outage.since.elapsed().as_secs(),
-            )
-        })
+        let outage = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        outage.as_ref().map(|outage| (outage.dependency, outage.error.clone(), outage.since.elapsed().as_secs()))
     }
 }
 
 /// `/healthz` (the process answers) and `/readyz` (no outage).
 pub fn router(health: Health) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .with_state(health)
 }

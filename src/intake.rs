@@ -41,11 +41,7 @@ struct IntakeState {
 /// The intake's routes, ready to serve.
 pub fn router(redis: ConnectionManager, keys: Keys, settings: IntakeSettings) -> Router {
     let body_limit = settings.max_body_bytes;
-    let state = IntakeState {
-        redis,
-        keys,
-        settings,
-    };
+    let state = IntakeState { redis, keys, settings };
     Router::new()
         .route("/webhooks/thinkific", post(receive))
         .route("/api/webhooks/enrollment", post(receive))
@@ -57,17 +53,10 @@ pub fn router(redis: ConnectionManager, keys: Keys, settings: IntakeSettings) ->
 
 /// Serves `app` on `listener` until `shutdown` fires, then stops accepting
 /// and finishes the requests in flight.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 /// Signs `body` the way Thinkific does: lowercase hex HMAC-SHA256.
@@ -115,15 +104,9 @@ impl IntoResponse for IntakeError {
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
             Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut response = (
-            status,
-            Json(json!({ "status": "rejected", "error": self.to_string() })),
-        )
-            .into_response();
+        let mut response = (status, Json(json!({ "status": "rejected", "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }
@@ -137,22 +120,16 @@ async fn receive(
     let received_at = Utc::now();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            tracing::warn!(
-                limit = state.settings.max_body_bytes,
-                "webhook rejected: body too large"
-            );
+            tracing::warn!(limit = state.settings.max_body_bytes, "webhook rejected: body too large");
             IntakeError::TooLarge(state.settings.max_body_bytes)
         } else {
             IntakeError::BadBody(rejection.body_text())
         }
     })?;
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .ok_or_else(|| {
-            tracing::warn!("webhook rejected: no signature header; is the sender Thinkific?");
-            IntakeError::MissingSignature
-        })?;
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok()).ok_or_else(|| {
+        tracing::warn!("webhook rejected: no signature header; is the sender Thinkific?");
+        IntakeError::MissingSignature
+    })?;
     if !verify(&state.settings.secrets, &body, signature) {
         tracing::warn!(
             body_bytes = body.len(),
@@ -165,21 +142,9 @@ async fn receive(
         tracing::warn!(error = %err, "signed webhook rejected: not a Thinkific event");
     })?;
     let topic = envelope.topic();
-    let subdomain = headers
-        .get(SUBDOMAIN_HEADER)
-        .and_then(|value| value.to_str().ok());
-    let tenant_id = envelope
-        .tenant_id
-        .as_deref()
-        .or(subdomain.filter(|s| !s.is_empty()))
-        .unwrap_or("unknown");
-    let entry = NewEntry {
-        body: &body,
-        topic: &topic,
-        tenant_id,
-        event_id: &envelope.id,
-        received_at,
-    };
+    let subdomain = headers.get(SUBDOMAIN_HEADER).and_then(|value| value.to_str().ok());
+    let tenant_id = envelope.tenant_id.as_deref().or(subdomain.filter(|s| !s.is_empty())).unwrap_or("unknown");
+    let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
     let mut redis = state.redis.clone();
     let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
         .await
@@ -195,9 +160,7 @@ async fn receive(
         Enqueued::Duplicate(id) => ("duplicate", id),
     };
     tracing::info!(event_id = %envelope.id, %topic, tenant_id, status, stream_entry_id = %entry_id, "webhook received");
-    Ok(Json(
-        json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id }),
-    ))
+    Ok(Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id })))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -206,11 +169,7 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<IntakeState>) -> Response {
     let mut redis = state.redis.clone();
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
-        redis::cmd("PING").query_async::<String>(&mut redis),
-    )
-    .await;
+    let ping = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async::<String>(&mut redis)).await;
     match ping {
         Ok(Ok(_)) => Json(json!({ "status": "ready", "redis": "ok" })).into_response(),
         Ok(Err(err)) => not_ready(err.to_string()),
@@ -220,11 +179,7 @@ async fn readyz(State(state): State<IntakeState>) -> Response {
 
 fn not_ready(reason: String) -> Response {
     tracing::warn!(%reason, "not ready: Redis unreachable");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "status": "unavailable", "redis": reason })),
-    )
-        .into_response()
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "redis": reason }))).into_response()
 }
 
 #[cfg(test)]

@@ -25,11 +25,7 @@ pub enum LocalServiceError {
     #[error("{what} failed: {detail}")]
     Failed { what: String, detail: String },
     #[error("{what} did not become ready within {seconds} s; its log:\n{log}")]
-    NotReady {
-        what: &'static str,
-        seconds: u64,
-        log: String,
-    },
+    NotReady { what: &'static str, seconds: u64, log: String },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -109,9 +105,8 @@ fn tail(path: &Path) -> String {
 }
 
 fn find_program(name: &'static str, extra_dirs: &[PathBuf]) -> Result<PathBuf, LocalServiceError> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let path_dirs =
+        std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>()).unwrap_or_default();
     path_dirs
         .iter()
         .chain(extra_dirs)
@@ -135,11 +130,7 @@ impl LocalRedis {
     }
 
     /// Starts Redis on `port` (e.g. again, after [`LocalRedis::stop`]).
-    pub async fn start_on(
-        dir: &Path,
-        port: u16,
-        ephemeral: bool,
-    ) -> Result<Self, LocalServiceError> {
+    pub async fn start_on(dir: &Path, port: u16, ephemeral: bool) -> Result<Self, LocalServiceError> {
         let program = find_program("redis-server", &[])?;
         std::fs::create_dir_all(dir)?;
         let args: Vec<String> = vec![
@@ -157,11 +148,7 @@ impl LocalRedis {
         let log = dir.join("redis.log");
         let cleanup = ephemeral.then_some(dir);
         let server = Guarded::spawn(&program, &args, "KILL", cleanup, &log, None)?;
-        let redis = Self {
-            server,
-            port,
-            dir: dir.to_owned(),
-        };
+        let redis = Self { server, port, dir: dir.to_owned() };
         redis.wait_ready(&log).await?;
         Ok(redis)
     }
@@ -171,22 +158,14 @@ impl LocalRedis {
         while Instant::now() < deadline {
             if let Ok(client) = redis::Client::open(self.url()) {
                 if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok()
-                    {
+                    if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
                         return Ok(());
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(LocalServiceError::NotReady {
-            what: "redis-server",
-            seconds: 20,
-            log: tail(log),
-        })
+        Err(LocalServiceError::NotReady { what: "redis-server", seconds: 20, log: tail(log) })
     }
 
     pub fn url(&self) -> String {
@@ -228,15 +207,7 @@ impl LocalPostgres {
         let data = dir.join("data");
         if !data.join("PG_VERSION").exists() {
             let mut initdb = Command::new(bin_dir.join("initdb"));
-            initdb.args(["-D"]).arg(&data).args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-            ]);
+            initdb.args(["-D"]).arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]);
             if ephemeral {
                 initdb.arg("--no-sync");
             }
@@ -252,26 +223,14 @@ impl LocalPostgres {
             }
         }
         let port = free_port()?;
-        let mut args: Vec<String> = vec![
-            "-D".into(),
-            data.display().to_string(),
-            "-p".into(),
-            port.to_string(),
-        ];
+        let mut args: Vec<String> = vec!["-D".into(), data.display().to_string(), "-p".into(), port.to_string()];
         let mut settings = vec![
             "listen_addresses=127.0.0.1".to_owned(),
             format!("unix_socket_directories={}", dir.display()),
             "max_connections=400".to_owned(),
         ];
         if ephemeral {
-            settings.extend(
-                [
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                ]
-                .map(String::from),
-            );
+            settings.extend(["fsync=off", "synchronous_commit=off", "full_page_writes=off"].map(String::from));
         }
         for setting in settings {
             args.push("-c".into());
@@ -279,19 +238,8 @@ impl LocalPostgres {
         }
         let log = dir.join("postgres.log");
         // Fast shutdown keeps a kept cluster clean; a throwaway one is just killed.
-        let (signal, cleanup) = if ephemeral {
-            ("QUIT", Some(dir))
-        } else {
-            ("INT", None)
-        };
-        let server = Guarded::spawn(
-            &bin_dir.join("postgres"),
-            &args,
-            signal,
-            cleanup,
-            &log,
-            run_as,
-        )?;
+        let (signal, cleanup) = if ephemeral { ("QUIT", Some(dir)) } else { ("INT", None) };
+        let server = Guarded::spawn(&bin_dir.join("postgres"), &args, signal, cleanup, &log, run_as)?;
         let postgres = Self { server, port };
         postgres.wait_ready(&log).await?;
         Ok(postgres)
@@ -307,11 +255,7 @@ impl LocalPostgres {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(LocalServiceError::NotReady {
-            what: "postgres",
-            seconds: 60,
-            log: tail(log),
-        })
+        Err(LocalServiceError::NotReady { what: "postgres", seconds: 60, log: tail(log) })
     }
 
     /// A URL for `database` as the superuser `postgres`.
@@ -338,11 +282,7 @@ fn postgres_bin_dir() -> Result<PathBuf, LocalServiceError> {
                 .collect();
             // Newest first: "16" sorts after "15" and "9.6" is long gone.
             versions.sort_by_key(|bin| {
-                let version = bin
-                    .parent()
-                    .and_then(Path::file_name)
-                    .and_then(|name| name.to_str())
-                    .unwrap_or("");
+                let version = bin.parent().and_then(Path::file_name).and_then(|name| name.to_str()).unwrap_or("");
                 let digits: String = version.chars().filter(char::is_ascii_digit).collect();
                 std::cmp::Reverse(digits.parse::<u64>().unwrap_or(0))
             });
@@ -353,10 +293,7 @@ fn postgres_bin_dir() -> Result<PathBuf, LocalServiceError> {
     let postgres = find_program("postgres", &candidates)?;
     // Resolve a symlink on PATH to the real directory, where initdb also is.
     let real = std::fs::canonicalize(&postgres).unwrap_or(postgres);
-    let dir = real
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or(LocalServiceError::NotInstalled("postgres"))?;
+    let dir = real.parent().map(Path::to_path_buf).ok_or(LocalServiceError::NotInstalled("postgres"))?;
     if !dir.join("initdb").is_file() {
         return Err(LocalServiceError::NotInstalled("initdb"));
     }
@@ -366,9 +303,7 @@ fn postgres_bin_dir() -> Result<PathBuf, LocalServiceError> {
 /// PostgreSQL will not run as root: when we are root, the uid and gid of
 /// `postgres` (or `nobody`) to run it as.
 fn unprivileged_user_if_root() -> Result<Option<(u32, u32)>, LocalServiceError> {
-    let running_as_root = std::fs::metadata("/proc/self")
-        .map(|meta| meta.uid() == 0)
-        .unwrap_or(false);
+    let running_as_root = std::fs::metadata("/proc/self").map(|meta| meta.uid() == 0).unwrap_or(false);
     if !running_as_root {
         return Ok(None);
     }

@@ -55,8 +55,7 @@ impl DeadLetterView {
         let text = |name: &str| entry.text(name).unwrap_or_default().to_owned();
         let body = with_body.then(|| {
             let raw = entry.field("body").unwrap_or_default();
-            serde_json::from_slice(raw)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
+            serde_json::from_slice(raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
         });
         Self {
             id: entry.id.clone(),
@@ -76,10 +75,7 @@ impl DeadLetterView {
 }
 
 fn start_id(since: Option<DateTime<Utc>>) -> String {
-    since.map_or_else(
-        || "-".to_owned(),
-        |since| format!("{}-0", since.timestamp_millis().max(0)),
-    )
+    since.map_or_else(|| "-".to_owned(), |since| format!("{}-0", since.timestamp_millis().max(0)))
 }
 
 /// Dead letters matching `filter`, oldest first, at most `limit`.
@@ -97,11 +93,7 @@ async fn matching(
         start = format!("({}", last.id);
         let full = page.len() < 500;
         for entry in page {
-            if filter
-                .topic
-                .as_deref()
-                .is_none_or(|topic| entry.text("topic") == Some(topic))
-            {
+            if filter.topic.as_deref().is_none_or(|topic| entry.text("topic") == Some(topic)) {
                 found.push(entry);
                 if found.len() >= limit {
                     return Ok(found);
@@ -162,10 +154,7 @@ async fn select(
     selection: &DlqSelection,
 ) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
     if selection.all {
-        return Ok((
-            matching(redis, keys, &selection.filter, usize::MAX).await?,
-            Vec::new(),
-        ));
+        return Ok((matching(redis, keys, &selection.filter, usize::MAX).await?, Vec::new()));
     }
     let mut found = Vec::new();
     let mut missing = Vec::new();
@@ -180,13 +169,8 @@ async fn select(
     }
     let filter = &selection.filter;
     found.retain(|entry| {
-        filter
-            .topic
-            .as_deref()
-            .is_none_or(|topic| entry.text("topic") == Some(topic))
-            && filter
-                .since
-                .is_none_or(|since| stream::compare_ids(&entry.id, &start_id(Some(since))).is_ge())
+        filter.topic.as_deref().is_none_or(|topic| entry.text("topic") == Some(topic))
+            && filter.since.is_none_or(|since| stream::compare_ids(&entry.id, &start_id(Some(since))).is_ge())
     });
     Ok((found, missing))
 }
@@ -202,22 +186,12 @@ fn not_found(missing: &[String]) -> anyhow::Result<()> {
     .into())
 }
 
-pub async fn dlq(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    command: DlqCommand,
-) -> anyhow::Result<()> {
+pub async fn dlq(redis: &mut ConnectionManager, keys: &Keys, command: DlqCommand) -> anyhow::Result<()> {
     match command {
-        DlqCommand::List {
-            filter,
-            limit,
-            json,
-        } => {
+        DlqCommand::List { filter, limit, json } => {
             let entries = matching(redis, keys, &filter, limit as usize).await?;
-            let letters: Vec<DeadLetterView> = entries
-                .iter()
-                .map(|entry| DeadLetterView::from_entry(entry, false))
-                .collect();
+            let letters: Vec<DeadLetterView> =
+                entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect();
             if json {
                 print_json(&letters)?;
             } else {
@@ -257,34 +231,19 @@ pub async fn dlq(
             }
             writeln!(out, "{:<16} {}", "attempts", letter.attempts)?;
             writeln!(out, "body:")?;
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&letter.body.unwrap_or(Value::Null))?
-            )?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&letter.body.unwrap_or(Value::Null))?)?;
             Ok(())
         }
-        DlqCommand::Replay {
-            selection,
-            dry_run,
-            json,
-        } => {
+        DlqCommand::Replay { selection, dry_run, json } => {
             let (entries, missing) = select(redis, keys, &selection).await?;
             if dry_run {
-                let letters: Vec<DeadLetterView> = entries
-                    .iter()
-                    .map(|entry| DeadLetterView::from_entry(entry, false))
-                    .collect();
+                let letters: Vec<DeadLetterView> =
+                    entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect();
                 if json {
-                    print_json(
-                        &json!({ "dry_run": true, "would_replay": letters, "missing": missing }),
-                    )?;
+                    print_json(&json!({ "dry_run": true, "would_replay": letters, "missing": missing }))?;
                 } else {
                     print_table(&letters);
-                    eprintln!(
-                        "dry run: {} dead letters would be replayed; nothing changed",
-                        letters.len()
-                    );
+                    eprintln!("dry run: {} dead letters would be replayed; nothing changed", letters.len());
                 }
                 return not_found(&missing);
             }
@@ -310,19 +269,11 @@ pub async fn dlq(
                 for (from, to) in &replayed {
                     println!("replayed {from} as {to}");
                 }
-                eprintln!(
-                    "{} dead letters replayed onto {}",
-                    replayed.len(),
-                    keys.events()
-                );
+                eprintln!("{} dead letters replayed onto {}", replayed.len(), keys.events());
             }
             not_found(&missing)
         }
-        DlqCommand::Purge {
-            selection,
-            yes,
-            json,
-        } => {
+        DlqCommand::Purge { selection, yes, json } => {
             let (entries, missing) = select(redis, keys, &selection).await?;
             if !yes {
                 return Err(OperatorExit {
@@ -366,19 +317,13 @@ pub async fn status(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> a
         .first()
         .and_then(|(_, score)| DateTime::<Utc>::from_timestamp_millis(*score as i64))
         .map(|due| due.to_rfc3339());
-    let groups: redis::streams::StreamInfoGroupsReply = match redis
-        .xinfo_groups(keys.events())
-        .await
-    {
+    let groups: redis::streams::StreamInfoGroupsReply = match redis.xinfo_groups(keys.events()).await {
         Ok(groups) => groups,
         // No stream yet: nothing was ever received.
         Err(err) if err.code() == Some("ERR") => redis::streams::StreamInfoGroupsReply::default(),
         Err(err) => return Err(err.into()),
     };
-    let group = groups
-        .groups
-        .into_iter()
-        .find(|group| group.name == stream::GROUP);
+    let group = groups.groups.into_iter().find(|group| group.name == stream::GROUP);
     let mut consumers = Vec::new();
     if group.is_some() {
         let reply: redis::streams::StreamInfoConsumersReply =
@@ -393,9 +338,8 @@ pub async fn status(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> a
             })
             .collect();
     }
-    let (pending, lag) = group.as_ref().map_or((0, None), |group| {
-        (group.pending as u64, group.lag.map(|lag| lag as u64))
-    });
+    let (pending, lag) =
+        group.as_ref().map_or((0, None), |group| (group.pending as u64, group.lag.map(|lag| lag as u64)));
     if json {
         return print_json(&json!({
             "stream": keys.events(), "length": length, "group": stream::GROUP,
@@ -409,33 +353,16 @@ pub async fn status(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> a
         Some(lag) => writeln!(out, "undelivered  {lag}")?,
         None => writeln!(out, "undelivered  unknown")?,
     }
-    writeln!(
-        out,
-        "pending      {pending} (delivered, not yet acknowledged)"
-    )?;
+    writeln!(out, "pending      {pending} (delivered, not yet acknowledged)")?;
     writeln!(
         out,
         "retries      {retries} scheduled{}",
-        next_retry
-            .map(|at| format!(", next at {at}"))
-            .unwrap_or_default()
+        next_retry.map(|at| format!(", next at {at}")).unwrap_or_default()
     )?;
-    writeln!(
-        out,
-        "dead letters {dead_letters}{}",
-        if dead_letters > 0 {
-            " (see `fleet dlq list`)"
-        } else {
-            ""
-        }
-    )?;
+    writeln!(out, "dead letters {dead_letters}{}", if dead_letters > 0 { " (see `fleet dlq list`)" } else { "" })?;
     writeln!(out, "consumers    {}", consumers.len())?;
     for consumer in &consumers {
-        writeln!(
-            out,
-            "  {:<40} pending {:>6}  idle {:>8} ms",
-            consumer.name, consumer.pending, consumer.idle_ms
-        )?;
+        writeln!(out, "  {:<40} pending {:>6}  idle {:>8} ms", consumer.name, consumer.pending, consumer.idle_ms)?;
     }
     Ok(())
 }
@@ -470,10 +397,8 @@ pub async fn cache_stats(
         let _: () = redis.del(keys.metrics()).await?;
     }
     let cached = scan(redis, &format!("{}*", keys.namespace())).await?;
-    let mut per_kind: std::collections::BTreeMap<&'static str, (u64, u64)> = Kind::ALL
-        .iter()
-        .map(|kind| (kind.as_str(), (0, 0)))
-        .collect();
+    let mut per_kind: std::collections::BTreeMap<&'static str, (u64, u64)> =
+        Kind::ALL.iter().map(|kind| (kind.as_str(), (0, 0))).collect();
     for chunk in cached.chunks(500) {
         let mut pipe = redis::pipe();
         for key in chunk {
@@ -490,34 +415,15 @@ pub async fn cache_stats(
     }
     let tags = scan(redis, &keys.tags_pattern()).await?.len();
     let metrics: std::collections::HashMap<String, String> = redis.hgetall(keys.metrics()).await?;
-    let number = |name: &str| {
-        metrics
-            .get(name)
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let (hits, misses, stale, bypass) = (
-        number("hits"),
-        number("misses"),
-        number("stale"),
-        number("bypass"),
-    );
+    let number = |name: &str| metrics.get(name).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
+    let (hits, misses, stale, bypass) = (number("hits"), number("misses"), number("stale"), number("bypass"));
     let served = hits + stale + misses;
-    let hit_rate = if served > 0 {
-        (hits + stale) as f64 / served as f64
-    } else {
-        0.0
-    };
+    let hit_rate = if served > 0 { (hits + stale) as f64 / served as f64 } else { 0.0 };
     let since = metrics.get("since").cloned();
     if json {
         let kinds: serde_json::Map<String, Value> = per_kind
             .iter()
-            .map(|(kind, (count, bytes))| {
-                (
-                    (*kind).to_owned(),
-                    json!({ "keys": count, "memory_bytes": bytes }),
-                )
-            })
+            .map(|(kind, (count, bytes))| ((*kind).to_owned(), json!({ "keys": count, "memory_bytes": bytes })))
             .collect();
         return print_json(&json!({
             "kinds": kinds, "tags": tags, "hits": hits, "misses": misses, "stale": stale, "bypass": bypass,
@@ -536,11 +442,7 @@ pub async fn cache_stats(
         hit_rate * 100.0,
         since.as_deref().unwrap_or("the first read")
     )?;
-    writeln!(
-        out,
-        "revalidation failures {}",
-        number("revalidate_failures")
-    )?;
+    writeln!(out, "revalidation failures {}", number("revalidate_failures"))?;
     Ok(())
 }
 

@@ -36,15 +36,9 @@ pub async fn course_statistics(
     db: &PgPool,
     courses: &[(String, i64)],
 ) -> Result<Vec<((String, i64), Versioned)>, sqlx::Error> {
-    let (tenants, ids): (Vec<&str>, Vec<i64>) = courses
-        .iter()
-        .map(|(tenant, id)| (tenant.as_str(), *id))
-        .unzip();
-    let rows: Vec<(String, i64, i64, Value)> = sqlx::query_as(COURSE_STATISTICS)
-        .bind(tenants)
-        .bind(ids)
-        .fetch_all(db)
-        .await?;
+    let (tenants, ids): (Vec<&str>, Vec<i64>) = courses.iter().map(|(tenant, id)| (tenant.as_str(), *id)).unzip();
+    let rows: Vec<(String, i64, i64, Value)> =
+        sqlx::query_as(COURSE_STATISTICS).bind(tenants).bind(ids).fetch_all(db).await?;
     Ok(rows
         .into_iter()
         .map(|(tenant, course, version, body)| ((tenant, course), Versioned { version, body }))
@@ -76,19 +70,10 @@ const DASHBOARDS: &str = "
     LEFT JOIN tenant_statistics t ON t.tenant_id = w.tenant_id";
 
 /// Each school's dashboard summary: totals and its largest courses.
-pub async fn dashboards(
-    db: &PgPool,
-    tenants: &[String],
-) -> Result<Vec<(String, Versioned)>, sqlx::Error> {
-    let rows: Vec<(String, i64, Value)> = sqlx::query_as(DASHBOARDS)
-        .bind(tenants)
-        .bind(DASHBOARD_COURSES)
-        .fetch_all(db)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(tenant, version, body)| (tenant, Versioned { version, body }))
-        .collect())
+pub async fn dashboards(db: &PgPool, tenants: &[String]) -> Result<Vec<(String, Versioned)>, sqlx::Error> {
+    let rows: Vec<(String, i64, Value)> =
+        sqlx::query_as(DASHBOARDS).bind(tenants).bind(DASHBOARD_COURSES).fetch_all(db).await?;
+    Ok(rows.into_iter().map(|(tenant, version, body)| (tenant, Versioned { version, body })).collect())
 }
 
 /// Which page of a course's enrollments (newest update first).
@@ -123,24 +108,13 @@ const ENROLLMENT_PAGES: &str = "
     LEFT JOIN course_statistics s ON s.tenant_id = w.tenant_id AND s.course_id = w.course_id";
 
 /// Pages of enrollments, in the order asked.
-pub async fn enrollment_pages(
-    db: &PgPool,
-    pages: &[PageRequest],
-) -> Result<Vec<Versioned>, sqlx::Error> {
+pub async fn enrollment_pages(db: &PgPool, pages: &[PageRequest]) -> Result<Vec<Versioned>, sqlx::Error> {
     let tenants: Vec<&str> = pages.iter().map(|page| page.tenant_id.as_str()).collect();
     let courses: Vec<i64> = pages.iter().map(|page| page.course_id).collect();
     let numbers: Vec<i64> = pages.iter().map(|page| page.page).collect();
     let sizes: Vec<i64> = pages.iter().map(|page| page.per_page).collect();
-    let mut rows: Vec<(i64, i64, Value)> = sqlx::query_as(ENROLLMENT_PAGES)
-        .bind(tenants)
-        .bind(courses)
-        .bind(numbers)
-        .bind(sizes)
-        .fetch_all(db)
-        .await?;
+    let mut rows: Vec<(i64, i64, Value)> =
+        sqlx::query_as(ENROLLMENT_PAGES).bind(tenants).bind(courses).bind(numbers).bind(sizes).fetch_all(db).await?;
     rows.sort_by_key(|(ordinal, _, _)| *ordinal);
-    Ok(rows
-        .into_iter()
-        .map(|(_, version, body)| Versioned { version, body })
-        .collect())
+    Ok(rows.into_iter().map(|(_, version, body)| Versioned { version, body }).collect())
 }

@@ -25,12 +25,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     /// 1 s, 2 s, 4 s … up to 10 min; 10 attempts.
     fn default() -> Self {
-        Self {
-            base: Duration::from_secs(1),
-            factor: 2.0,
-            cap: Duration::from_secs(600),
-            max_attempts: 10,
-        }
+        Self { base: Duration::from_secs(1), factor: 2.0, cap: Duration::from_secs(600), max_attempts: 10 }
     }
 }
 
@@ -69,10 +64,7 @@ mod tests {
             for _ in 0..20 {
                 let delay = policy.delay(attempt);
                 let floor = Duration::from_secs(floor);
-                assert!(
-                    delay >= floor && delay <= (floor * 2).min(policy.cap),
-                    "attempt {attempt}: {delay:?}"
-                );
+                assert!(delay >= floor && delay <= (floor * 2).min(policy.cap), "attempt {attempt}: {delay:?}");
             }
         }
         assert_eq!(policy.delay(30), policy.cap);
@@ -82,8 +74,7 @@ mod tests {
     #[test]
     fn jitter_spreads_retries() {
         let policy = RetryPolicy::default();
-        let delays: std::collections::HashSet<Duration> =
-            (0..20).map(|_| policy.delay(3)).collect();
+        let delays: std::collections::HashSet<Duration> = (0..20).map(|_| policy.delay(3)).collect();
         assert!(delays.len() > 1, "no jitter: {delays:?}");
     }
 }

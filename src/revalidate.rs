@@ -32,19 +32,11 @@ pub struct Revalidator {
 
 impl Revalidator {
     /// Starts the background task that calls `url`.
-    pub fn spawn(
-        url: url::Url,
-        secret: Option<ApiToken>,
-        redis: ConnectionManager,
-        keys: CacheKeys,
-    ) -> Self {
+    pub fn spawn(url: url::Url, secret: Option<ApiToken>, redis: ConnectionManager, keys: CacheKeys) -> Self {
         let (queue, mut batches) = mpsc::channel::<Vec<String>>(QUEUE);
         let failures = Arc::new(AtomicU64::new(0));
         let counted = failures.clone();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
         tokio::spawn(async move {
             while let Some(tags) = batches.recv().await {
                 let call = || async {

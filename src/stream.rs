@@ -32,9 +32,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &KeyPrefix) -> Self {
-        Self {
-            prefix: prefix.as_str().to_owned(),
-        }
+        Self { prefix: prefix.as_str().to_owned() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -71,10 +69,7 @@ impl Keys {
 ///
 /// Commands fail after `response_timeout` instead of hanging, and a broken
 /// connection is re-established on the next command.
-pub async fn connect(
-    url: &str,
-    response_timeout: Duration,
-) -> Result<ConnectionManager, RedisError> {
+pub async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
     let client = redis::Client::open(url)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -87,8 +82,7 @@ pub async fn connect(
 /// Creates the consumer group if it is missing, reading from the start of
 /// the stream so that entries appended before any worker ran are consumed.
 pub async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
-    let created: Result<(), RedisError> =
-        conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
+    let created: Result<(), RedisError> = conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
     match created {
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
@@ -146,18 +140,10 @@ pub async fn enqueue(
         .arg("event_id")
         .arg(entry.event_id)
         .arg("received_at")
-        .arg(
-            entry
-                .received_at
-                .to_rfc3339_opts(SecondsFormat::Millis, true),
-        )
+        .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true))
         .invoke_async(conn)
         .await?;
-    Ok(if appended == 1 {
-        Enqueued::Accepted(id)
-    } else {
-        Enqueued::Duplicate(id)
-    })
+    Ok(if appended == 1 { Enqueued::Accepted(id) } else { Enqueued::Duplicate(id) })
 }
 
 /// One stream entry as a worker reads it.
@@ -173,15 +159,12 @@ impl Entry {
     }
 
     pub fn text(&self, name: &str) -> Option<&str> {
-        self.field(name)
-            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        self.field(name).and_then(|bytes| std::str::from_utf8(bytes).ok())
     }
 
     /// Failed attempts recorded before this entry was (re)appended.
     pub fn attempts(&self) -> u32 {
-        self.text("attempts")
-            .and_then(|text| text.parse().ok())
-            .unwrap_or(0)
+        self.text("attempts").and_then(|text| text.parse().ok()).unwrap_or(0)
     }
 
     fn from_stream_id(stream_id: redis::streams::StreamId) -> Self {
@@ -222,9 +205,7 @@ pub async fn read_group(
     count: usize,
     block: Duration,
 ) -> Result<Vec<Entry>, RedisError> {
-    let mut options = StreamReadOptions::default()
-        .group(GROUP, consumer)
-        .count(count);
+    let mut options = StreamReadOptions::default().group(GROUP, consumer).count(count);
     let id = match from {
         ReadFrom::OwnPending => "0",
         ReadFrom::New => {
@@ -232,18 +213,11 @@ pub async fn read_group(
             ">"
         }
     };
-    let reply: Option<StreamReadReply> = conn
-        .xread_options(&[keys.events()], &[id], &options)
-        .await?;
+    let reply: Option<StreamReadReply> = conn.xread_options(&[keys.events()], &[id], &options).await?;
     let Some(reply) = reply else {
         return Ok(Vec::new());
     };
-    Ok(reply
-        .keys
-        .into_iter()
-        .flat_map(|key| key.ids)
-        .map(Entry::from_stream_id)
-        .collect())
+    Ok(reply.keys.into_iter().flat_map(|key| key.ids).map(Entry::from_stream_id).collect())
 }
 
 /// What one `XAUTOCLAIM` took over.
@@ -269,22 +243,10 @@ pub async fn autoclaim(
     count: usize,
 ) -> Result<Claimed, RedisError> {
     let options = redis::streams::StreamAutoClaimOptions::default().count(count);
-    let reply: redis::streams::StreamAutoClaimReply = conn
-        .xautoclaim_options(
-            keys.events(),
-            GROUP,
-            consumer,
-            min_idle.as_millis() as u64,
-            cursor,
-            options,
-        )
-        .await?;
+    let reply: redis::streams::StreamAutoClaimReply =
+        conn.xautoclaim_options(keys.events(), GROUP, consumer, min_idle.as_millis() as u64, cursor, options).await?;
     Ok(Claimed {
-        entries: reply
-            .claimed
-            .into_iter()
-            .map(Entry::from_stream_id)
-            .collect(),
+        entries: reply.claimed.into_iter().map(Entry::from_stream_id).collect(),
         deleted: reply.deleted_ids,
         cursor: reply.next_stream_id,
     })
@@ -302,14 +264,9 @@ pub async fn delivery_counts(
     let (Some(first), Some(last)) = (first, last) else {
         return Ok(HashMap::new());
     };
-    let reply: redis::streams::StreamPendingCountReply = conn
-        .xpending_consumer_count(keys.events(), GROUP, *first, *last, ids.len() * 4, consumer)
-        .await?;
-    Ok(reply
-        .ids
-        .into_iter()
-        .map(|pending| (pending.id, pending.times_delivered as u32))
-        .collect())
+    let reply: redis::streams::StreamPendingCountReply =
+        conn.xpending_consumer_count(keys.events(), GROUP, *first, *last, ids.len() * 4, consumer).await?;
+    Ok(reply.ids.into_iter().map(|pending| (pending.id, pending.times_delivered as u32)).collect())
 }
 
 /// Orders stream ids numerically (`ms-seq`).
@@ -323,28 +280,17 @@ pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Resets the idle time of entries this consumer holds, without counting a
 /// delivery, so a long wait for Postgres is not mistaken for a crash.
-pub async fn touch(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    consumer: &str,
-    ids: &[&str],
-) -> Result<(), RedisError> {
+pub async fn touch(conn: &mut ConnectionManager, keys: &Keys, consumer: &str, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
     let options = redis::streams::StreamClaimOptions::default().with_justid();
-    let _: Value = conn
-        .xclaim_options(keys.events(), GROUP, consumer, 0, ids, options)
-        .await?;
+    let _: Value = conn.xclaim_options(keys.events(), GROUP, consumer, 0, ids, options).await?;
     Ok(())
 }
 
 /// Acknowledges entries whose effect is committed.
-pub async fn ack(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    ids: &[&str],
-) -> Result<(), RedisError> {
+pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -391,10 +337,8 @@ impl Failure<'_> {
     /// where it came from, and its failure history.
     fn fields(&self, now: &str) -> Vec<(&'static str, Vec<u8>)> {
         let entry = self.entry;
-        let mut fields: Vec<(&'static str, Vec<u8>)> = EVENT_FIELDS
-            .iter()
-            .map(|name| (*name, entry.field(name).unwrap_or_default().to_vec()))
-            .collect();
+        let mut fields: Vec<(&'static str, Vec<u8>)> =
+            EVENT_FIELDS.iter().map(|name| (*name, entry.field(name).unwrap_or_default().to_vec())).collect();
         let first_failed_at = entry.text("first_failed_at").unwrap_or(now);
         fields.push(("source_entry_id", entry.id.clone().into_bytes()));
         fields.push(("attempts", self.attempts.to_string().into_bytes()));
@@ -424,10 +368,8 @@ pub async fn dead_letter(
     let mut pipe = redis::pipe();
     pipe.atomic();
     for failure in failures {
-        pipe.xadd(keys.dead_letters(), "*", &failure.fields(&now))
-            .ignore();
-        pipe.xack(keys.events(), GROUP, &[&failure.entry.id])
-            .ignore();
+        pipe.xadd(keys.dead_letters(), "*", &failure.fields(&now)).ignore();
+        pipe.xack(keys.events(), GROUP, &[&failure.entry.id]).ignore();
     }
     pipe.query_async::<()>(conn).await
 }
@@ -450,18 +392,11 @@ pub async fn schedule_retries(
         let flat: Vec<String> = failure
             .fields(&now)
             .into_iter()
-            .flat_map(|(name, value)| {
-                [
-                    name.to_owned(),
-                    String::from_utf8_lossy(&value).into_owned(),
-                ]
-            })
+            .flat_map(|(name, value)| [name.to_owned(), String::from_utf8_lossy(&value).into_owned()])
             .collect();
         let member = serde_json::Value::from(flat).to_string();
-        pipe.zadd(keys.retries(), member, due.timestamp_millis())
-            .ignore();
-        pipe.xack(keys.events(), GROUP, &[&failure.entry.id])
-            .ignore();
+        pipe.zadd(keys.retries(), member, due.timestamp_millis()).ignore();
+        pipe.xack(keys.events(), GROUP, &[&failure.entry.id]).ignore();
     }
     pipe.query_async::<()>(conn).await
 }
@@ -479,11 +414,7 @@ return #due
 
 /// Moves retries that are due back onto the events stream, atomically;
 /// returns how many moved.
-pub async fn promote_due_retries(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    limit: usize,
-) -> Result<u64, RedisError> {
+pub async fn promote_due_retries(conn: &mut ConnectionManager, keys: &Keys, limit: usize) -> Result<u64, RedisError> {
     Script::new(PROMOTE_SCRIPT)
         .key(keys.retries())
         .key(keys.events())
@@ -495,11 +426,7 @@ pub async fn promote_due_retries(
 
 /// Records entries that vanished from the stream while pending (XAUTOCLAIM
 /// reports them and drops them from the pending list).
-pub async fn dead_letter_deleted(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    ids: &[String],
-) -> Result<(), RedisError> {
+pub async fn dead_letter_deleted(conn: &mut ConnectionManager, keys: &Keys, ids: &[String]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -511,10 +438,7 @@ pub async fn dead_letter_deleted(
             ("source_entry_id", id),
             ("attempts", "0"),
             ("error_kind", FailureKind::Deleted.as_str()),
-            (
-                "error",
-                "the stream entry was deleted while pending; its event is unknown",
-            ),
+            ("error", "the stream entry was deleted while pending; its event is unknown"),
             ("first_failed_at", &now),
             ("last_failed_at", &now),
         ];
@@ -574,17 +498,10 @@ pub async fn replay_dead_letters(
     if ids.is_empty() {
         return Ok(Replayed::default());
     }
-    let (replayed, missing): (Vec<String>, Vec<String>) = Script::new(REPLAY_SCRIPT)
-        .key(keys.dead_letters())
-        .key(keys.events())
-        .arg(ids)
-        .invoke_async(conn)
-        .await?;
+    let (replayed, missing): (Vec<String>, Vec<String>) =
+        Script::new(REPLAY_SCRIPT).key(keys.dead_letters()).key(keys.events()).arg(ids).invoke_async(conn).await?;
     Ok(Replayed {
-        replayed: replayed
-            .chunks(2)
-            .filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone())))
-            .collect(),
+        replayed: replayed.chunks(2).filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone()))).collect(),
         missing,
     })
 }
@@ -596,9 +513,7 @@ pub async fn read_dead_letters(
     start: &str,
     count: usize,
 ) -> Result<Vec<Entry>, RedisError> {
-    let reply: redis::streams::StreamRangeReply = conn
-        .xrange_count(keys.dead_letters(), start, "+", count)
-        .await?;
+    let reply: redis::streams::StreamRangeReply = conn.xrange_count(keys.dead_letters(), start, "+", count).await?;
     Ok(reply.ids.into_iter().map(Entry::from_stream_id).collect())
 }
 
@@ -613,11 +528,7 @@ pub async fn dead_letter_by_id(
 }
 
 /// Deletes dead letters; returns how many existed.
-pub async fn purge_dead_letters(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    ids: &[String],
-) -> Result<u64, RedisError> {
+pub async fn purge_dead_letters(conn: &mut ConnectionManager, keys: &Keys, ids: &[String]) -> Result<u64, RedisError> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -663,11 +574,8 @@ pub async fn release_consumer_lease(
     consumer: &str,
     token: &str,
 ) -> Result<(), RedisError> {
-    let _: i64 = Script::new(RELEASE_LEASE_SCRIPT)
-        .key(keys.consumer_lease(consumer))
-        .arg(token)
-        .invoke_async(conn)
-        .await?;
+    let _: i64 =
+        Script::new(RELEASE_LEASE_SCRIPT).key(keys.consumer_lease(consumer)).arg(token).invoke_async(conn).await?;
     Ok(())
 }
 
@@ -714,9 +622,5 @@ return redis.call('XTRIM', key, 'MINID', cut)
 
 /// Trims acknowledged entries beyond `keep`; returns how many went.
 pub async fn trim(conn: &mut ConnectionManager, keys: &Keys, keep: u64) -> Result<u64, RedisError> {
-    Script::new(TRIM_SCRIPT)
-        .key(keys.events())
-        .arg(keep)
-        .invoke_async(conn)
-        .await
+    Script::new(TRIM_SCRIPT).key(keys.events()).arg(keep).invoke_async(conn).await
 }

@@ -104,15 +104,7 @@ impl Worker {
         let consumer = &settings.consumer_name;
         let deadline = Instant::now() + settings.lease + Duration::from_millis(500);
         let mut warned = false;
-        while !stream::hold_consumer_lease(
-            &mut redis,
-            &keys,
-            consumer,
-            &lease_token,
-            settings.lease,
-        )
-        .await?
-        {
+        while !stream::hold_consumer_lease(&mut redis, &keys, consumer, &lease_token, settings.lease).await? {
             if Instant::now() >= deadline {
                 return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
             }
@@ -168,10 +160,7 @@ impl Worker {
         stop.cancel();
         let lost = heartbeat.await.unwrap_or(false);
         let mut redis = self.redis.clone();
-        if let Err(err) =
-            stream::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token)
-                .await
-        {
+        if let Err(err) = stream::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token).await {
             tracing::warn!(error = %err, %consumer, "could not release the consumer name; it frees itself when the lease runs out");
         }
         tracing::info!(%consumer, "worker stopped");
@@ -245,12 +234,7 @@ impl Worker {
     /// dead-letters the rest, then acknowledges. Returns the number of
     /// entries settled, or `None` when stopped while a dependency was down
     /// (the entries stay pending).
-    async fn settle(
-        &self,
-        entries: &[Entry],
-        count_deliveries: bool,
-        stop: &CancellationToken,
-    ) -> Option<usize> {
+    async fn settle(&self, entries: &[Entry], count_deliveries: bool, stop: &CancellationToken) -> Option<usize> {
         let consumer = &self.settings.consumer_name;
         let policy = &self.settings.retry;
         let deliveries = if count_deliveries {
@@ -266,23 +250,14 @@ impl Worker {
 
         let mut dead: Vec<Failure<'_>> = Vec::new();
         let mut exhausted: Vec<(&Entry, Event, u32)> = Vec::new();
-        let mut batch = Decoded {
-            entries: Vec::new(),
-            events: Vec::new(),
-            prior_attempts: Vec::new(),
-        };
+        let mut batch = Decoded { entries: Vec::new(), events: Vec::new(), prior_attempts: Vec::new() };
         for entry in entries {
-            let interrupted = deliveries
-                .get(&entry.id)
-                .map_or(0, |count| count.saturating_sub(1));
+            let interrupted = deliveries.get(&entry.id).map_or(0, |count| count.saturating_sub(1));
             let prior = entry.attempts() + interrupted;
             match decode(entry) {
-                Err(reason) => dead.push(Failure {
-                    entry,
-                    kind: FailureKind::Malformed,
-                    error: reason,
-                    attempts: prior + 1,
-                }),
+                Err(reason) => {
+                    dead.push(Failure { entry, kind: FailureKind::Malformed, error: reason, attempts: prior + 1 })
+                }
                 Ok(event) if !policy.allows_another(prior) => exhausted.push((entry, event, prior)),
                 Ok(event) => {
                     batch.entries.push(entry);
@@ -296,26 +271,21 @@ impl Worker {
         if !exhausted.is_empty() {
             // Out of attempts through crashes. If the event was applied and
             // only its acknowledgement was lost, there is nothing to give up.
-            let keys: Vec<(String, String)> = exhausted
-                .iter()
-                .map(|(_, event, _)| (event.tenant_id.clone(), event.event_id.clone()))
-                .collect();
-            let applied = self
-                .postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys))
-                .await?;
+            let keys: Vec<(String, String)> =
+                exhausted.iter().map(|(_, event, _)| (event.tenant_id.clone(), event.event_id.clone())).collect();
+            let applied = self.postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys)).await?;
             for (entry, event, prior) in exhausted {
                 if applied.contains(&(event.tenant_id.clone(), event.event_id.clone())) {
                     acks.push(&entry.id);
                     continue;
                 }
-                let last = entry
-                    .text("error")
-                    .map(|error| format!("; last error: {error}"))
-                    .unwrap_or_default();
+                let last = entry.text("error").map(|error| format!("; last error: {error}")).unwrap_or_default();
                 dead.push(Failure {
                     entry,
                     kind: FailureKind::Crashed,
-                    error: format!("gave up after {prior} attempts; the workers holding it stopped before finishing it{last}"),
+                    error: format!(
+                        "gave up after {prior} attempts; the workers holding it stopped before finishing it{last}"
+                    ),
                     attempts: prior,
                 });
             }
@@ -327,12 +297,7 @@ impl Worker {
         for (index, error) in refused {
             let entry = batch.entries[index];
             let attempts = batch.prior_attempts[index] + 1;
-            let failure = Failure {
-                entry,
-                kind: FailureKind::Event,
-                error,
-                attempts,
-            };
+            let failure = Failure { entry, kind: FailureKind::Event, error, attempts };
             if policy.allows_another(attempts) {
                 let delay = policy.delay(attempts);
                 tracing::warn!(
@@ -341,8 +306,7 @@ impl Worker {
                     retry_in_ms = delay.as_millis() as u64, error = %failure.error,
                     "event refused by Postgres; retry scheduled"
                 );
-                let due =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                 retries.push((failure, due));
             } else {
                 dead.push(failure);
@@ -375,26 +339,13 @@ impl Worker {
             );
         }
         let dead = &dead;
-        self.redis_op(stop, |mut redis| async move {
-            stream::dead_letter(&mut redis, &self.keys, dead).await
-        })
-        .await?;
+        self.redis_op(stop, |mut redis| async move { stream::dead_letter(&mut redis, &self.keys, dead).await }).await?;
         let retries = &retries;
-        self.redis_op(stop, |mut redis| async move {
-            stream::schedule_retries(&mut redis, &self.keys, retries).await
-        })
-        .await?;
+        self.redis_op(stop, |mut redis| async move { stream::schedule_retries(&mut redis, &self.keys, retries).await })
+            .await?;
         let acks = &acks;
-        self.redis_op(stop, |mut redis| async move {
-            stream::ack(&mut redis, &self.keys, acks).await
-        })
-        .await?;
-        tracing::debug!(
-            entries = entries.len(),
-            dead = dead.len(),
-            retries = retries.len(),
-            "batch settled"
-        );
+        self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, &self.keys, acks).await }).await?;
+        tracing::debug!(entries = entries.len(), dead = dead.len(), retries = retries.len(), "batch settled");
         Some(entries.len())
     }
 
@@ -405,29 +356,17 @@ impl Worker {
         if touched.is_empty() {
             return Some(());
         }
-        let tag_keys: Vec<String> = touched
-            .tags
-            .iter()
-            .map(|(tenant, tag)| self.cache_keys.tag(tenant, tag))
-            .collect();
+        let tag_keys: Vec<String> = touched.tags.iter().map(|(tenant, tag)| self.cache_keys.tag(tenant, tag)).collect();
         let tag_keys = &tag_keys;
-        self.redis_op(stop, |mut redis| async move {
-            cache::invalidate(&mut redis, tag_keys).await
-        })
-        .await?;
+        self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
         let ttls = &self.settings.cache_ttls;
         let entries = self
             .postgres_op(stop, &[], || async {
-                cache::prewarm_entries(&self.db, &self.cache_keys, ttls, touched)
-                    .await
-                    .map_err(ApplyError::from)
+                cache::prewarm_entries(&self.db, &self.cache_keys, ttls, touched).await.map_err(ApplyError::from)
             })
             .await?;
         let entries = &entries;
-        self.redis_op(stop, |mut redis| async move {
-            cache::put(&mut redis, entries).await
-        })
-        .await?;
+        self.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
         if let Some(revalidator) = &self.revalidator {
             revalidator.notify(touched.tag_names());
         }
@@ -436,16 +375,8 @@ impl Worker {
 
     /// Applies `batch`, splitting it to isolate the events Postgres refuses;
     /// returns (index, error) for each refused event. Waits out outages.
-    async fn apply_splitting(
-        &self,
-        batch: &Decoded<'_>,
-        stop: &CancellationToken,
-    ) -> Option<Vec<(usize, String)>> {
-        let held: Vec<&str> = batch
-            .entries
-            .iter()
-            .map(|entry| entry.id.as_str())
-            .collect();
+    async fn apply_splitting(&self, batch: &Decoded<'_>, stop: &CancellationToken) -> Option<Vec<(usize, String)>> {
+        let held: Vec<&str> = batch.entries.iter().map(|entry| entry.id.as_str()).collect();
         let mut refused = Vec::new();
         // A stack of slices still to apply; a refused slice is split in two.
         let mut ranges: Vec<Range<usize>> = Vec::new();
@@ -455,9 +386,7 @@ impl Worker {
                 continue;
             }
             let events = &batch.events[range.clone()];
-            let applied = self
-                .postgres_op(stop, &held, || async { apply_once(&self.db, events).await })
-                .await?;
+            let applied = self.postgres_op(stop, &held, || async { apply_once(&self.db, events).await }).await?;
             match applied {
                 Ok(()) => {}
                 Err(error) if range.len() == 1 => refused.push((range.start, error)),
@@ -496,12 +425,7 @@ impl Worker {
     /// Runs a Postgres operation until it does not fail for infrastructure
     /// reasons, keeping `held` entries from looking abandoned meanwhile.
     /// The result carries the event's fault, if any, as a message.
-    async fn postgres_op<T, F, Fut>(
-        &self,
-        stop: &CancellationToken,
-        held: &[&str],
-        mut op: F,
-    ) -> Option<T>
+    async fn postgres_op<T, F, Fut>(&self, stop: &CancellationToken, held: &[&str], mut op: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApplyError>>,
@@ -522,10 +446,7 @@ impl Worker {
                     waited = true;
                     self.health.unavailable(Dependency::Postgres, &err);
                     let mut redis = self.redis.clone();
-                    if let Err(err) =
-                        stream::touch(&mut redis, &self.keys, &self.settings.consumer_name, held)
-                            .await
-                    {
+                    if let Err(err) = stream::touch(&mut redis, &self.keys, &self.settings.consumer_name, held).await {
                         tracing::debug!(error = %err, "could not refresh held entries");
                     }
                     let pause = backoff.next().unwrap_or(MAX_PAUSE);
@@ -596,11 +517,9 @@ impl Maintenance {
         let now = Instant::now();
         Self {
             next_promote: now,
-            promote_every: (settings.retry.base / 2)
-                .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            promote_every: (settings.retry.base / 2).clamp(Duration::from_millis(20), Duration::from_secs(1)),
             next_claim: now,
-            claim_every: (settings.claim_idle / 4)
-                .clamp(Duration::from_millis(50), Duration::from_secs(15)),
+            claim_every: (settings.claim_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(15)),
             claim_cursor: "0-0".to_owned(),
             next_trim: now + TRIM_INTERVAL,
             next_report: now + REPORT_INTERVAL,
@@ -614,9 +533,7 @@ impl Maintenance {
         let mut redis = worker.redis.clone();
         if now >= self.next_promote {
             self.next_promote = now + self.promote_every;
-            match stream::promote_due_retries(&mut redis, &worker.keys, worker.settings.batch_size)
-                .await
-            {
+            match stream::promote_due_retries(&mut redis, &worker.keys, worker.settings.batch_size).await {
                 Ok(0) => {}
                 Ok(moved) => tracing::debug!(moved, "due retries moved back onto the stream"),
                 Err(err) => {

@@ -14,9 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::event::{
-    Change, Course, EmbeddedCourse, EmbeddedUser, Enrollment, Event, Order, User, Version,
-};
+use crate::event::{Change, Course, EmbeddedCourse, EmbeddedUser, Enrollment, Event, Order, User, Version};
 
 /// What a batch wrote: rows inserted or updated per table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -109,10 +107,7 @@ impl From<sqlx::Error> for ApplyError {
 ///
 /// Idempotent and order-insensitive: applying the same events again, or in
 /// any order and any split into batches, leaves the same state.
-pub async fn apply_batch(
-    conn: &mut PgConnection,
-    events: &[Event],
-) -> Result<BatchReport, ApplyError> {
+pub async fn apply_batch(conn: &mut PgConnection, events: &[Event]) -> Result<BatchReport, ApplyError> {
     let mut courses = Latest::new();
     let mut users = Latest::new();
     let mut enrollments = Latest::new();
@@ -123,10 +118,7 @@ pub async fn apply_batch(
         match &event.change {
             Change::Enrollment(enrollment) => {
                 let version = event.version(Version::FULL, enrollment.updated_at);
-                let stub = Version {
-                    rank: Version::STUB,
-                    ..version.clone()
-                };
+                let stub = Version { rank: Version::STUB, ..version.clone() };
                 if let Some(course) = &enrollment.course {
                     offer_course_stub(&mut courses, tenant, course, &stub);
                 }
@@ -134,22 +126,13 @@ pub async fn apply_batch(
                     offer_user_stub(&mut users, tenant, user, &stub);
                 }
                 let (Some(user_id), Some(course_id)) = (
-                    enrollment
-                        .user_id
-                        .or(enrollment.user.as_ref().map(|u| u.id)),
-                    enrollment
-                        .course_id
-                        .or(enrollment.course.as_ref().map(|c| c.id)),
+                    enrollment.user_id.or(enrollment.user.as_ref().map(|u| u.id)),
+                    enrollment.course_id.or(enrollment.course.as_ref().map(|c| c.id)),
                 ) else {
                     // Event::decode rejects such enrollments; nothing to write.
                     continue;
                 };
-                let row = EnrollmentRow {
-                    user_id,
-                    course_id,
-                    record: enrollment.clone(),
-                    topic: event.topic.clone(),
-                };
+                let row = EnrollmentRow { user_id, course_id, record: enrollment.clone(), topic: event.topic.clone() };
                 enrollments.offer((tenant.clone(), enrollment.id), version, row);
             }
             Change::User(user) => {
@@ -158,19 +141,12 @@ pub async fn apply_batch(
             }
             Change::Course(course) => {
                 let version = event.version(Version::FULL, course.updated_at);
-                courses.offer(
-                    (tenant.clone(), course.id),
-                    version,
-                    full_course(course, event),
-                );
+                courses.offer((tenant.clone(), course.id), version, full_course(course, event));
             }
             Change::Order(order) => {
                 let version = event.version(Version::FULL, None);
                 if let Some(user) = &order.user {
-                    let stub = Version {
-                        rank: Version::STUB,
-                        ..version.clone()
-                    };
+                    let stub = Version { rank: Version::STUB, ..version.clone() };
                     offer_user_stub(&mut users, tenant, user, &stub);
                 }
                 orders.offer((tenant.clone(), order.id), version, order.clone());
@@ -189,26 +165,12 @@ pub async fn apply_batch(
     })
 }
 
-fn offer_course_stub(
-    courses: &mut Latest<CourseRow>,
-    tenant: &str,
-    course: &EmbeddedCourse,
-    version: &Version,
-) {
-    let row = CourseRow {
-        name: course.name.clone(),
-        slug: None,
-        deleted_at: None,
-    };
+fn offer_course_stub(courses: &mut Latest<CourseRow>, tenant: &str, course: &EmbeddedCourse, version: &Version) {
+    let row = CourseRow { name: course.name.clone(), slug: None, deleted_at: None };
     courses.offer((tenant.to_owned(), course.id), version.clone(), row);
 }
 
-fn offer_user_stub(
-    users: &mut Latest<UserRow>,
-    tenant: &str,
-    user: &EmbeddedUser,
-    version: &Version,
-) {
+fn offer_user_stub(users: &mut Latest<UserRow>, tenant: &str, user: &EmbeddedUser, version: &Version) {
     let row = UserRow {
         email: user.email.clone(),
         first_name: user.first_name.clone(),
@@ -235,9 +197,7 @@ fn full_course(course: &Course, event: &Event) -> CourseRow {
     CourseRow {
         name: course.name.clone(),
         slug: course.slug.clone(),
-        deleted_at: course
-            .deleted
-            .then(|| event.created_at.unwrap_or(event.received_at)),
+        deleted_at: course.deleted.then(|| event.created_at.unwrap_or(event.received_at)),
     }
 }
 
@@ -295,15 +255,11 @@ impl VersionColumns {
     }
 }
 
-async fn upsert_courses(
-    conn: &mut PgConnection,
-    rows: Latest<CourseRow>,
-) -> Result<u64, sqlx::Error> {
+async fn upsert_courses(conn: &mut PgConnection, rows: Latest<CourseRow>) -> Result<u64, sqlx::Error> {
     if rows.0.is_empty() {
         return Ok(0);
     }
-    let (mut tenants, mut ids, mut names, mut slugs, mut deleted) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut tenants, mut ids, mut names, mut slugs, mut deleted) = (vec![], vec![], vec![], vec![], vec![]);
     let mut versions = VersionColumns::default();
     for ((tenant, id), (version, row)) in rows.0 {
         tenants.push(tenant);
@@ -344,8 +300,7 @@ async fn upsert_users(conn: &mut PgConnection, rows: Latest<UserRow>) -> Result<
     if rows.0.is_empty() {
         return Ok(0);
     }
-    let (mut tenants, mut ids, mut emails, mut first, mut last) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut tenants, mut ids, mut emails, mut first, mut last) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut companies, mut roles, mut created) = (vec![], vec![], vec![]);
     let mut versions = VersionColumns::default();
     for ((tenant, id), (version, row)) in rows.0 {
@@ -390,15 +345,11 @@ async fn upsert_users(conn: &mut PgConnection, rows: Latest<UserRow>) -> Result<
     Ok(result.rows_affected())
 }
 
-async fn upsert_enrollments(
-    conn: &mut PgConnection,
-    rows: Latest<EnrollmentRow>,
-) -> Result<u64, sqlx::Error> {
+async fn upsert_enrollments(conn: &mut PgConnection, rows: Latest<EnrollmentRow>) -> Result<u64, sqlx::Error> {
     if rows.0.is_empty() {
         return Ok(0);
     }
-    let (mut tenants, mut ids, mut user_ids, mut course_ids, mut percents) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut tenants, mut ids, mut user_ids, mut course_ids, mut percents) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut started, mut activated, mut completed, mut expiry) = (vec![], vec![], vec![], vec![]);
     let (mut trials, mut created, mut updated, mut topics) = (vec![], vec![], vec![], vec![]);
     let (mut event_created, mut event_ids) = (vec![], vec![]);
@@ -463,10 +414,8 @@ async fn upsert_orders(conn: &mut PgConnection, rows: Latest<Order>) -> Result<u
     if rows.0.is_empty() {
         return Ok(0);
     }
-    let (mut tenants, mut ids, mut numbers, mut statuses, mut payment_types) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let (mut amounts, mut billing, mut product_ids, mut product_names) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut tenants, mut ids, mut numbers, mut statuses, mut payment_types) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut amounts, mut billing, mut product_ids, mut product_names) = (vec![], vec![], vec![], vec![]);
     let (mut coupons, mut user_ids, mut items, mut created) = (vec![], vec![], vec![], vec![]);
     let (mut event_created, mut event_ids) = (vec![], vec![]);
     for ((tenant, id), (version, order)) in rows.0 {
@@ -529,10 +478,8 @@ pub async fn already_applied(
     db: &sqlx::PgPool,
     events: &[(String, String)],
 ) -> Result<std::collections::HashSet<(String, String)>, ApplyError> {
-    let (tenants, ids): (Vec<&str>, Vec<&str>) = events
-        .iter()
-        .map(|(tenant, id)| (tenant.as_str(), id.as_str()))
-        .unzip();
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        events.iter().map(|(tenant, id)| (tenant.as_str(), id.as_str())).unzip();
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT e.tenant_id, e.event_id FROM events e
          JOIN UNNEST($1::text[], $2::text[]) AS wanted(tenant_id, event_id)

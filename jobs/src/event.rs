@@ -42,10 +42,7 @@ impl Envelope {
         let value: Value = serde_json::from_slice(body)?;
         let object = value.as_object().ok_or(EnvelopeError::NotAnObject)?;
         let field = |name: &'static str| -> Result<String, EnvelopeError> {
-            let text = object
-                .get(name)
-                .and_then(parse::string_or_number)
-                .ok_or(EnvelopeError::MissingField(name))?;
+            let text = object.get(name).and_then(parse::string_or_number).ok_or(EnvelopeError::MissingField(name))?;
             if text.len() > MAX_ENVELOPE_FIELD_LEN {
                 return Err(EnvelopeError::FieldTooLong(name));
             }
@@ -60,18 +57,10 @@ impl Envelope {
         };
         let created_at = match object.get("created_at") {
             None | Some(Value::Null) => None,
-            Some(Value::String(text)) => {
-                Some(parse::parse_timestamp(text).ok_or(EnvelopeError::BadCreatedAt)?)
-            }
+            Some(Value::String(text)) => Some(parse::parse_timestamp(text).ok_or(EnvelopeError::BadCreatedAt)?),
             Some(_) => return Err(EnvelopeError::BadCreatedAt),
         };
-        Ok(Self {
-            id,
-            resource,
-            action,
-            tenant_id,
-            created_at,
-        })
+        Ok(Self { id, resource, action, tenant_id, created_at })
     }
 
     /// `resource.action`, e.g. `enrollment.progress`.
@@ -109,10 +98,7 @@ pub enum DecodeError {
     #[error("invalid envelope: {0}")]
     Envelope(#[from] EnvelopeError),
     #[error("invalid {topic} payload: {source}")]
-    Payload {
-        topic: String,
-        source: serde_json::Error,
-    },
+    Payload { topic: String, source: serde_json::Error },
     #[error("{topic} event has no payload object")]
     MissingPayload { topic: String },
 }
@@ -254,10 +240,7 @@ struct Body {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(payload: Value, topic: &str) -> Result<T, DecodeError> {
-    serde_json::from_value(payload).map_err(|source| DecodeError::Payload {
-        topic: topic.to_owned(),
-        source,
-    })
+    serde_json::from_value(payload).map_err(|source| DecodeError::Payload { topic: topic.to_owned(), source })
 }
 
 impl Event {
@@ -275,28 +258,17 @@ impl Event {
         let topic = envelope.topic();
         let payload = || -> Result<Value, DecodeError> {
             let body: Body =
-                serde_json::from_slice(body).map_err(|source| DecodeError::Payload {
-                    topic: topic.clone(),
-                    source,
-                })?;
+                serde_json::from_slice(body).map_err(|source| DecodeError::Payload { topic: topic.clone(), source })?;
             match body.payload {
                 Some(payload @ Value::Object(_)) => Ok(payload),
-                _ => Err(DecodeError::MissingPayload {
-                    topic: topic.clone(),
-                }),
+                _ => Err(DecodeError::MissingPayload { topic: topic.clone() }),
             }
         };
         let change = match (envelope.resource.as_str(), envelope.action.as_str()) {
             ("enrollment", "created" | "progress" | "completed" | "trial") => {
                 let enrollment: Enrollment = typed(payload()?, &topic)?;
-                if enrollment
-                    .course_id
-                    .or(enrollment.course.as_ref().map(|c| c.id))
-                    .is_none()
-                    || enrollment
-                        .user_id
-                        .or(enrollment.user.as_ref().map(|u| u.id))
-                        .is_none()
+                if enrollment.course_id.or(enrollment.course.as_ref().map(|c| c.id)).is_none()
+                    || enrollment.user_id.or(enrollment.user.as_ref().map(|u| u.id)).is_none()
                 {
                     return Err(DecodeError::Payload {
                         topic,
@@ -347,14 +319,8 @@ mod tests {
 
     #[test]
     fn envelope_requires_id_resource_action() {
-        assert!(matches!(
-            Envelope::parse(b"[]"),
-            Err(EnvelopeError::NotAnObject)
-        ));
-        assert!(matches!(
-            Envelope::parse(b"{"),
-            Err(EnvelopeError::NotJson(_))
-        ));
+        assert!(matches!(Envelope::parse(b"[]"), Err(EnvelopeError::NotAnObject)));
+        assert!(matches!(Envelope::parse(b"{"), Err(EnvelopeError::NotJson(_))));
         assert!(matches!(
             Envelope::parse(br#"{"resource":"user","action":"signup"}"#),
             Err(EnvelopeError::MissingField("id"))
@@ -363,13 +329,9 @@ mod tests {
             Envelope::parse(br#"{"id":"1","resource":"","action":"signup"}"#),
             Err(EnvelopeError::MissingField("resource"))
         ));
-        let envelope =
-            Envelope::parse(br#"{"id":12,"resource":"lesson","action":"completed","tenant_id":7}"#);
+        let envelope = Envelope::parse(br#"{"id":12,"resource":"lesson","action":"completed","tenant_id":7}"#);
         let envelope = envelope.expect("a numeric id and tenant are accepted");
-        assert_eq!(
-            (envelope.id.as_str(), envelope.topic().as_str()),
-            ("12", "lesson.completed")
-        );
+        assert_eq!((envelope.id.as_str(), envelope.topic().as_str()), ("12", "lesson.completed"));
         assert_eq!(envelope.tenant_id.as_deref(), Some("7"));
     }
 
@@ -383,13 +345,10 @@ mod tests {
     fn handled_topic_with_bad_payload_is_the_events_fault() {
         let missing = decode(r#"{"id":"1","resource":"enrollment","action":"created"}"#);
         assert!(matches!(missing, Err(DecodeError::MissingPayload { .. })));
-        let bad = decode(
-            r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":"x"}}"#,
-        );
+        let bad = decode(r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":"x"}}"#);
         assert!(matches!(bad, Err(DecodeError::Payload { .. })));
-        let courseless = decode(
-            r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":5,"user":{"id":1}}}"#,
-        );
+        let courseless =
+            decode(r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":5,"user":{"id":1}}}"#);
         assert!(matches!(courseless, Err(DecodeError::Payload { .. })));
     }
 }

@@ -11,9 +11,7 @@ mod event;
 mod parse;
 
 pub use apply::{already_applied, apply_batch, ApplyError, BatchReport};
-pub use event::{
-    Change, Course, DecodeError, Enrollment, Envelope, EnvelopeError, Event, Order, User, Version,
-};
+pub use event::{Change, Course, DecodeError, Enrollment, Envelope, EnvelopeError, Event, Order, User, Version};
 
 /// The fleet's schema, embedded so that `fleet migrate` needs no files on disk.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -31,8 +31,7 @@ pub fn string_or_number(value: &Value) -> Option<String> {
 /// An integer id given as a number or a string of digits.
 pub fn id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     let value = Value::deserialize(deserializer)?;
-    parse_id(&value)
-        .ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
+    parse_id(&value).ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
 }
 
 /// Like [`id`], for optional fields; `null` and absence are `None`.
@@ -41,18 +40,13 @@ pub fn optional_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<
     if value.is_null() {
         return Ok(None);
     }
-    parse_id(&value)
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
+    parse_id(&value).map(Some).ok_or_else(|| serde::de::Error::custom(format!("invalid id {}", describe(&value))))
 }
 
 fn parse_id(value: &Value) -> Option<i64> {
     match value {
         Value::Number(number) => number.as_i64().or_else(|| {
-            number
-                .as_f64()
-                .filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15)
-                .map(|float| float as i64)
+            number.as_f64().filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15).map(|float| float as i64)
         }),
         Value::String(text) => text.trim().parse().ok(),
         _ => None,
@@ -60,9 +54,7 @@ fn parse_id(value: &Value) -> Option<i64> {
 }
 
 /// A string, number or null as an optional string (order numbers, slugs).
-pub fn optional_text<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<String>, D::Error> {
+pub fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     let value = Value::deserialize(deserializer)?;
     Ok(match value {
         Value::Null => None,
@@ -84,11 +76,8 @@ pub fn percentage<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::
         Value::Null => Some(0.0),
         _ => None,
     };
-    let invalid =
-        || serde::de::Error::custom(format!("invalid percentage_completed {}", describe(&value)));
-    let raw = raw
-        .filter(|raw| raw.is_finite() && *raw >= 0.0)
-        .ok_or_else(invalid)?;
+    let invalid = || serde::de::Error::custom(format!("invalid percentage_completed {}", describe(&value)));
+    let raw = raw.filter(|raw| raw.is_finite() && *raw >= 0.0).ok_or_else(invalid)?;
     let percent = if raw > 1.0 { raw } else { raw * 100.0 };
     if percent > 100.0 {
         return Err(invalid());
@@ -98,20 +87,15 @@ pub fn percentage<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::
 }
 
 /// A timestamp: RFC 3339, a naive date-time taken as UTC, or a bare date.
-pub fn optional_timestamp<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<DateTime<Utc>>, D::Error> {
+pub fn optional_timestamp<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
     let value = Value::deserialize(deserializer)?;
     match &value {
         Value::Null => Ok(None),
         Value::String(text) if text.trim().is_empty() => Ok(None),
-        Value::String(text) => parse_timestamp(text.trim()).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))
-        }),
-        _ => Err(serde::de::Error::custom(format!(
-            "invalid timestamp {}",
-            describe(&value)
-        ))),
+        Value::String(text) => parse_timestamp(text.trim())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))),
+        _ => Err(serde::de::Error::custom(format!("invalid timestamp {}", describe(&value)))),
     }
 }
 
@@ -153,13 +137,7 @@ mod tests {
 
     #[test]
     fn percentage_rejects_nonsense() {
-        for bad in [
-            json!("abc"),
-            json!("-0.5"),
-            json!("100.5"),
-            json!("NaN"),
-            json!(true),
-        ] {
+        for bad in [json!("abc"), json!("-0.5"), json!("100.5"), json!("NaN"), json!(true)] {
             assert!(percent(bad.clone()).is_err(), "{bad} was accepted");
         }
     }
@@ -169,9 +147,7 @@ mod tests {
         let expect = |text: &str, rfc: &str| {
             assert_eq!(
                 parse_timestamp(text),
-                DateTime::parse_from_rfc3339(rfc)
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc)),
+                DateTime::parse_from_rfc3339(rfc).ok().map(|t| t.with_timezone(&Utc)),
                 "{text}"
             )
         };

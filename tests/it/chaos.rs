@@ -10,11 +10,7 @@ use crate::processes::progress_event;
 
 fn worker_process(ctx: &TestContext, envs: &[(&str, String)]) -> tokio::process::Child {
     let mut command = fleet(ctx, &["worker"]);
-    command
-        .env("FLEET_BATCH_SIZE", "25")
-        .env("FLEET_BLOCK_MS", "100")
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null());
+    command.env("FLEET_BATCH_SIZE", "25").env("FLEET_BLOCK_MS", "100").env("RUST_LOG", "error").stderr(Stdio::null());
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -23,38 +19,25 @@ fn worker_process(ctx: &TestContext, envs: &[(&str, String)]) -> tokio::process:
 
 /// Every enrollment ends at the percentage of its last event (see `progress_event`).
 async fn assert_in_order_state(ctx: &TestContext, total: usize) {
-    let (count, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
-            .fetch_one(&ctx.db)
+    let (count, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
+        .fetch_one(&ctx.db)
+        .await
+        .expect("counts");
+    assert_eq!((count, distinct), (total as i64, total as i64), "every event applied exactly once");
+    let percents: Vec<(i64, f64)> =
+        sqlx::query_as("SELECT enrollment_id, percentage_completed FROM enrollments ORDER BY enrollment_id")
+            .fetch_all(&ctx.db)
             .await
-            .expect("counts");
-    assert_eq!(
-        (count, distinct),
-        (total as i64, total as i64),
-        "every event applied exactly once"
-    );
-    let percents: Vec<(i64, f64)> = sqlx::query_as(
-        "SELECT enrollment_id, percentage_completed FROM enrollments ORDER BY enrollment_id",
-    )
-    .fetch_all(&ctx.db)
-    .await
-    .expect("enrollments");
+            .expect("enrollments");
     assert_eq!(percents.len(), 50.min(total));
     for (enrollment, percent) in percents {
-        let last = (0..total)
-            .rev()
-            .find(|n| n % 50 == enrollment as usize)
-            .expect("a last event");
+        let last = (0..total).rev().find(|n| n % 50 == enrollment as usize).expect("a last event");
         let raw = (last % 100) as f64;
         let expected = if raw <= 1.0 { raw * 100.0 } else { raw };
         assert_eq!(percent, expected, "enrollment {enrollment}");
     }
     assert!(ctx.dead_letters().await.is_empty(), "nothing is dead");
-    assert_eq!(
-        ctx.scheduled_retries().await,
-        0,
-        "nothing waits for a retry"
-    );
+    assert_eq!(ctx.scheduled_retries().await, 0, "nothing waits for a retry");
     assert_eq!(ctx.group_backlog().await, (0, 0), "nothing is pending");
 }
 
@@ -62,12 +45,8 @@ async fn assert_in_order_state(ctx: &TestContext, total: usize) {
 async fn workers_killed_with_sigkill_over_and_over_lose_nothing() {
     let ctx = context().await;
     let total = 3000;
-    let settings = [
-        ("FLEET_CLAIM_IDLE_MS", "1000".to_owned()),
-        ("FLEET_CONSUMER_LEASE_MS", "1000".to_owned()),
-    ];
-    let mut workers: Vec<tokio::process::Child> =
-        (0..3).map(|_| worker_process(&ctx, &settings)).collect();
+    let settings = [("FLEET_CLAIM_IDLE_MS", "1000".to_owned()), ("FLEET_CONSUMER_LEASE_MS", "1000".to_owned())];
+    let mut workers: Vec<tokio::process::Child> = (0..3).map(|_| worker_process(&ctx, &settings)).collect();
     let mut sent = 0;
     let mut kills = 0;
     let mut orphaned = 0;
@@ -81,20 +60,13 @@ async fn workers_killed_with_sigkill_over_and_over_lose_nothing() {
         let pid = workers[victim].id().expect("running");
         signal(&workers[victim], "KILL");
         let _ = workers[victim].wait().await;
-        orphaned += pending_of(
-            &ctx,
-            &format!("{}-{pid}", gethostname::gethostname().to_string_lossy()),
-        )
-        .await;
+        orphaned += pending_of(&ctx, &format!("{}-{pid}", gethostname::gethostname().to_string_lossy())).await;
         workers[victim] = worker_process(&ctx, &settings);
         kills += 1;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     assert!(kills >= 20, "{kills} kills");
-    assert!(
-        orphaned > 0,
-        "no kill left entries behind: the test did not exercise crash recovery"
-    );
+    assert!(orphaned > 0, "no kill left entries behind: the test did not exercise crash recovery");
     ctx.wait_until_drained().await;
     for mut worker in workers {
         signal(&worker, "TERM");
@@ -108,24 +80,17 @@ async fn workers_killed_with_sigkill_over_and_over_lose_nothing() {
 async fn pending_of(ctx: &TestContext, consumer: &str) -> u64 {
     let mut redis = ctx.redis.clone();
     let reply: redis::streams::StreamPendingReply =
-        redis::AsyncCommands::xpending(&mut redis, ctx.keys.events(), fleet::stream::GROUP)
-            .await
-            .expect("XPENDING");
+        redis::AsyncCommands::xpending(&mut redis, ctx.keys.events(), fleet::stream::GROUP).await.expect("XPENDING");
     match reply {
-        redis::streams::StreamPendingReply::Data(data) => data
-            .consumers
-            .iter()
-            .filter(|c| c.name == consumer)
-            .map(|c| c.pending as u64)
-            .sum(),
+        redis::streams::StreamPendingReply::Data(data) => {
+            data.consumers.iter().filter(|c| c.name == consumer).map(|c| c.pending as u64).sum()
+        }
         _ => 0,
     }
 }
 
 async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .ok()?;
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.json().await.ok()?))
 }
@@ -146,12 +111,7 @@ async fn a_postgres_outage_costs_no_attempt_and_the_worker_resumes_by_itself() {
     for n in 0..200 {
         ctx.enqueue(&progress_event(n)).await;
     }
-    eventually(
-        "the worker applies events",
-        Duration::from_secs(20),
-        || async { ctx.applied_events().await > 0 },
-    )
-    .await;
+    eventually("the worker applies events", Duration::from_secs(20), || async { ctx.applied_events().await > 0 }).await;
 
     proxy.cut();
     for n in 200..400 {
@@ -191,12 +151,7 @@ async fn a_redis_outage_costs_no_attempt_and_the_worker_resumes_by_itself() {
     for n in 0..200 {
         ctx.enqueue(&progress_event(n)).await;
     }
-    eventually(
-        "the worker applies events",
-        Duration::from_secs(20),
-        || async { ctx.applied_events().await > 0 },
-    )
-    .await;
+    eventually("the worker applies events", Duration::from_secs(20), || async { ctx.applied_events().await > 0 }).await;
 
     proxy.cut();
     for n in 200..400 {
@@ -223,24 +178,14 @@ async fn a_redis_outage_costs_no_attempt_and_the_worker_resumes_by_itself() {
 #[tokio::test]
 async fn a_taken_consumer_name_is_refused_and_a_killed_workers_name_comes_back() {
     let ctx = context().await;
-    let named = [
-        ("FLEET_CONSUMER_NAME", "fleet-worker@1".to_owned()),
-        ("FLEET_CONSUMER_LEASE_MS", "1000".to_owned()),
-    ];
+    let named = [("FLEET_CONSUMER_NAME", "fleet-worker@1".to_owned()), ("FLEET_CONSUMER_LEASE_MS", "1000".to_owned())];
     let mut first = worker_process(&ctx, &named);
-    eventually(
-        "the first worker holds the name",
-        Duration::from_secs(20),
-        || async {
-            let mut redis = ctx.redis.clone();
-            redis::AsyncCommands::exists::<_, bool>(
-                &mut redis,
-                ctx.keys.consumer_lease("fleet-worker@1"),
-            )
+    eventually("the first worker holds the name", Duration::from_secs(20), || async {
+        let mut redis = ctx.redis.clone();
+        redis::AsyncCommands::exists::<_, bool>(&mut redis, ctx.keys.consumer_lease("fleet-worker@1"))
             .await
             .unwrap_or(false)
-        },
-    )
+    })
     .await;
 
     let output = fleet(&ctx, &["worker"])
@@ -251,21 +196,16 @@ async fn a_taken_consumer_name_is_refused_and_a_killed_workers_name_comes_back()
         .expect("run a second worker");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("is held by another live worker"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("is held by another live worker"), "{stderr}");
 
     // Killed, the first worker's lease runs out and a restart takes the name.
     signal(&first, "KILL");
     let _ = first.wait().await;
     let mut restarted = worker_process(&ctx, &named);
     ctx.enqueue(&progress_event(7)).await;
-    eventually(
-        "the restarted worker applies events",
-        Duration::from_secs(20),
-        || async { ctx.applied_events().await == 1 },
-    )
+    eventually("the restarted worker applies events", Duration::from_secs(20), || async {
+        ctx.applied_events().await == 1
+    })
     .await;
     signal(&restarted, "TERM");
     let (status, _) = wait_exit(&mut restarted).await;

@@ -10,17 +10,13 @@ use fleet::read_model::Versioned;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    api_tuning, context, context_on, event, eventually, fixture, fleet, scratch_dir, TestContext,
-};
+use crate::helpers::{api_tuning, context, context_on, event, eventually, fixture, fleet, scratch_dir, TestContext};
 
 const TENANT: &str = "184532";
 const COURSE: i64 = 2871345;
 
 fn x_cache(response: &reqwest::Response) -> String {
-    fleet::api::cache_status(response.headers())
-        .unwrap_or("none")
-        .to_owned()
+    fleet::api::cache_status(response.headers()).unwrap_or("none").to_owned()
 }
 
 /// Maya's enrollment, created, progressed and completed, plus a second
@@ -52,55 +48,31 @@ async fn after_a_webhook_the_dashboard_reads_hits_with_the_new_numbers() {
     let api = ctx.spawn_api(api_tuning()).await;
     apply_through_worker(&ctx, &course_history()).await;
 
-    let response = api
-        .get(&format!(
-            "/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}"
-        ))
-        .await;
+    let response = api.get(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")).await;
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        x_cache(&response),
-        "HIT",
-        "prewarmed by the worker, not by a request"
-    );
+    assert_eq!(x_cache(&response), "HIT", "prewarmed by the worker, not by a request");
     let stats: Value = response.json().await.expect("JSON");
     assert_eq!(
-        (
-            stats["enrollments"].as_i64(),
-            stats["completed"].as_i64(),
-            stats["active"].as_i64()
-        ),
+        (stats["enrollments"].as_i64(), stats["completed"].as_i64(), stats["active"].as_i64()),
         (Some(2), Some(1), Some(1))
     );
     assert_eq!(stats["completion_rate"], 0.5);
     assert_eq!(stats["average_percentage"], 75.0);
 
-    let dashboard = api
-        .get(&format!("/api/dashboard/cached?tenant_id={TENANT}"))
-        .await;
+    let dashboard = api.get(&format!("/api/dashboard/cached?tenant_id={TENANT}")).await;
     assert_eq!(x_cache(&dashboard), "HIT");
     let dashboard: Value = dashboard.json().await.expect("JSON");
     assert_eq!(dashboard["totals"]["enrollments"], 2);
     assert_eq!(dashboard["courses"][0]["name"], "Intro to Watercolor");
 
-    let page = api
-        .get(&format!(
-            "/api/enrollments/cached?course_id={COURSE}&tenant_id={TENANT}&page=1&per_page=20"
-        ))
-        .await;
+    let page =
+        api.get(&format!("/api/enrollments/cached?course_id={COURSE}&tenant_id={TENANT}&page=1&per_page=20")).await;
     assert_eq!(x_cache(&page), "HIT");
     let page: Value = page.json().await.expect("JSON");
     assert_eq!(page["total"], 2);
     assert_eq!(page["enrollments"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        page["enrollments"][0]["email"], "maya.chen@example.com",
-        "newest update first"
-    );
-    assert_eq!(
-        api.state.postgres_queries(),
-        0,
-        "every read was served from the cache"
-    );
+    assert_eq!(page["enrollments"][0]["email"], "maya.chen@example.com", "newest update first");
+    assert_eq!(api.state.postgres_queries(), 0, "every read was served from the cache");
 
     // The next batch replaces the numbers: still a hit, never stale.
     apply_through_worker(
@@ -112,11 +84,7 @@ async fn after_a_webhook_the_dashboard_reads_hits_with_the_new_numbers() {
         )],
     )
     .await;
-    let response = api
-        .get(&format!(
-            "/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}"
-        ))
-        .await;
+    let response = api.get(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")).await;
     assert_eq!(x_cache(&response), "HIT");
     let stats: Value = response.json().await.expect("JSON");
     assert_eq!(stats["enrollments"], 3);
@@ -137,40 +105,22 @@ async fn prewarmed_keys_use_the_configured_ttls() {
     ctx.wait_until_drained().await;
     worker.stop().await;
     let keys = CacheKeys::new(&ctx.keys);
-    let page = fleet::read_model::PageRequest {
-        tenant_id: TENANT.into(),
-        course_id: COURSE,
-        page: 1,
-        per_page: 20,
-    };
+    let page = fleet::read_model::PageRequest { tenant_id: TENANT.into(), course_id: COURSE, page: 1, per_page: 20 };
     let mut redis = ctx.redis.clone();
     let now = chrono::Utc::now().timestamp_millis();
-    for (key, ttl) in [
-        (keys.statistics(TENANT, COURSE), 42),
-        (keys.dashboard(TENANT), 53),
-        (keys.enrollments(&page), 31),
-    ] {
+    for (key, ttl) in
+        [(keys.statistics(TENANT, COURSE), 42), (keys.dashboard(TENANT), 53), (keys.enrollments(&page), 31)]
+    {
         let fresh_until: i64 = redis.hget(&key, "fresh_until").await.expect("prewarmed");
         let fresh_for = (fresh_until - now) / 1000;
-        assert!(
-            (ttl - 3..=ttl).contains(&fresh_for),
-            "{key}: fresh for {fresh_for} s, expected {ttl}"
-        );
+        assert!((ttl - 3..=ttl).contains(&fresh_for), "{key}: fresh for {fresh_for} s, expected {ttl}");
         let expires_in: i64 = redis.pttl(&key).await.expect("PTTL");
-        assert!(
-            expires_in > (ttl - 3) * 1000 && expires_in <= ttl * 2000,
-            "{key}: expires in {expires_in} ms"
-        );
+        assert!(expires_in > (ttl - 3) * 1000 && expires_in <= ttl * 2000, "{key}: expires in {expires_in} ms");
     }
 }
 
 fn entry(key: &str, tags: &[String], version: i64, body: Value) -> Entry {
-    Entry {
-        key: key.to_owned(),
-        tags: tags.to_vec(),
-        ttl: Duration::from_secs(60),
-        value: Versioned { version, body },
-    }
+    Entry { key: key.to_owned(), tags: tags.to_vec(), ttl: Duration::from_secs(60), value: Versioned { version, body } }
 }
 
 #[tokio::test]
@@ -181,38 +131,16 @@ async fn a_tag_invalidation_removes_exactly_its_keys() {
     let other_school = keys.tag("other", "course:1");
     let mut redis = ctx.redis.clone();
     let entries = [
-        entry(
-            &keys.statistics(TENANT, 1),
-            std::slice::from_ref(&course_a),
-            1,
-            json!(1),
-        ),
-        entry(
-            &keys.dashboard(TENANT),
-            &[course_a.clone(), course_b.clone()],
-            1,
-            json!(2),
-        ),
-        entry(
-            &keys.statistics(TENANT, 2),
-            std::slice::from_ref(&course_b),
-            1,
-            json!(3),
-        ),
-        entry(
-            &keys.statistics("other", 1),
-            std::slice::from_ref(&other_school),
-            1,
-            json!(4),
-        ),
+        entry(&keys.statistics(TENANT, 1), std::slice::from_ref(&course_a), 1, json!(1)),
+        entry(&keys.dashboard(TENANT), &[course_a.clone(), course_b.clone()], 1, json!(2)),
+        entry(&keys.statistics(TENANT, 2), std::slice::from_ref(&course_b), 1, json!(3)),
+        entry(&keys.statistics("other", 1), std::slice::from_ref(&other_school), 1, json!(4)),
     ];
     assert_eq!(cache::put(&mut redis, &entries).await.expect("put"), 4);
     let unrelated = format!("{}unrelated", ctx.prefix.as_str());
     let _: () = redis.set(&unrelated, "keep").await.expect("SET");
 
-    let removed = cache::invalidate(&mut redis, std::slice::from_ref(&course_a))
-        .await
-        .expect("invalidate");
+    let removed = cache::invalidate(&mut redis, std::slice::from_ref(&course_a)).await.expect("invalidate");
     assert_eq!(removed, 2);
     for (key, expected) in [
         (keys.statistics(TENANT, 1), false),
@@ -221,16 +149,9 @@ async fn a_tag_invalidation_removes_exactly_its_keys() {
         (keys.statistics("other", 1), true),
         (unrelated.clone(), true),
     ] {
-        assert_eq!(
-            redis.exists::<_, bool>(&key).await.expect("EXISTS"),
-            expected,
-            "{key}"
-        );
+        assert_eq!(redis.exists::<_, bool>(&key).await.expect("EXISTS"), expected, "{key}");
     }
-    assert!(
-        !redis.exists::<_, bool>(&course_a).await.expect("EXISTS"),
-        "the tag set itself goes"
-    );
+    assert!(!redis.exists::<_, bool>(&course_a).await.expect("EXISTS"), "the tag set itself goes");
 }
 
 #[tokio::test]
@@ -239,40 +160,11 @@ async fn the_version_guard_rejects_an_older_write() {
     let keys = CacheKeys::new(&ctx.keys);
     let key = keys.statistics(TENANT, COURSE);
     let mut redis = ctx.redis.clone();
-    assert_eq!(
-        cache::put(
-            &mut redis,
-            &[entry(&key, &[], 5, json!({"enrollments": 5}))]
-        )
-        .await
-        .expect("put"),
-        1
-    );
-    assert_eq!(
-        cache::put(
-            &mut redis,
-            &[entry(&key, &[], 3, json!({"enrollments": 3}))]
-        )
-        .await
-        .expect("put"),
-        0
-    );
-    let cache::Lookup::Fresh(stored) = cache::get(&mut redis, &key).await.expect("get") else {
-        panic!("missing")
-    };
-    assert_eq!(
-        (stored.version, stored.body["enrollments"].as_i64()),
-        (5, Some(5))
-    );
-    assert_eq!(
-        cache::put(
-            &mut redis,
-            &[entry(&key, &[], 6, json!({"enrollments": 6}))]
-        )
-        .await
-        .expect("put"),
-        1
-    );
+    assert_eq!(cache::put(&mut redis, &[entry(&key, &[], 5, json!({"enrollments": 5}))]).await.expect("put"), 1);
+    assert_eq!(cache::put(&mut redis, &[entry(&key, &[], 3, json!({"enrollments": 3}))]).await.expect("put"), 0);
+    let cache::Lookup::Fresh(stored) = cache::get(&mut redis, &key).await.expect("get") else { panic!("missing") };
+    assert_eq!((stored.version, stored.body["enrollments"].as_i64()), (5, Some(5)));
+    assert_eq!(cache::put(&mut redis, &[entry(&key, &[], 6, json!({"enrollments": 6}))]).await.expect("put"), 1);
 }
 
 #[tokio::test]
@@ -281,18 +173,13 @@ async fn concurrent_misses_on_one_key_cause_one_computation() {
     apply_through_worker(&ctx, &course_history()).await;
     let mut redis = ctx.redis.clone();
     let keys = CacheKeys::new(&ctx.keys);
-    let _: () = redis
-        .del(keys.statistics(TENANT, COURSE))
-        .await
-        .expect("cold");
+    let _: () = redis.del(keys.statistics(TENANT, COURSE)).await.expect("cold");
 
     let api = ctx.spawn_api(api_tuning()).await;
     let client = reqwest::Client::new();
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..25 {
-        let request = client.get(api.url(&format!(
-            "/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}"
-        )));
+        let request = client.get(api.url(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")));
         requests.spawn(async move { request.send().await.expect("request") });
     }
     let mut statuses = Vec::new();
@@ -303,16 +190,8 @@ async fn concurrent_misses_on_one_key_cause_one_computation() {
         let stats: Value = response.json().await.expect("JSON");
         assert_eq!(stats["enrollments"], 2);
     }
-    assert_eq!(
-        api.state.postgres_queries(),
-        1,
-        "one computation for 25 concurrent misses"
-    );
-    assert_eq!(
-        statuses.iter().filter(|status| *status == "MISS").count(),
-        1,
-        "{statuses:?}"
-    );
+    assert_eq!(api.state.postgres_queries(), 1, "one computation for 25 concurrent misses");
+    assert_eq!(statuses.iter().filter(|status| *status == "MISS").count(), 1, "{statuses:?}");
 }
 
 #[tokio::test]
@@ -332,23 +211,11 @@ async fn a_stale_value_is_served_while_one_request_recomputes_it() {
     let path = format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}");
     let stale = api.get(&path).await;
     assert_eq!(x_cache(&stale), "STALE");
-    assert_eq!(
-        stale.json::<Value>().await.expect("JSON")["enrollments"],
-        "old"
-    );
-    eventually(
-        "the value is recomputed",
-        Duration::from_secs(5),
-        || async {
-            let response = api.get(&path).await;
-            x_cache(&response) == "HIT"
-                && response
-                    .json::<Value>()
-                    .await
-                    .map(|v| v["enrollments"] == 2)
-                    .unwrap_or(false)
-        },
-    )
+    assert_eq!(stale.json::<Value>().await.expect("JSON")["enrollments"], "old");
+    eventually("the value is recomputed", Duration::from_secs(5), || async {
+        let response = api.get(&path).await;
+        x_cache(&response) == "HIT" && response.json::<Value>().await.map(|v| v["enrollments"] == 2).unwrap_or(false)
+    })
     .await;
     assert_eq!(api.state.postgres_queries(), 1);
 }
@@ -367,27 +234,18 @@ async fn receiver(status: u16) -> Receiver {
     let recorded = calls.clone();
     let app = axum::Router::new().route(
         "/api/revalidate",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
-                let recorded = recorded.clone();
-                async move {
-                    let secret = headers
-                        .get(fleet::revalidate::SECRET_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    recorded.lock().expect("lock").push((secret, body.0));
-                    axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK)
-                }
-            },
-        ),
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+            let recorded = recorded.clone();
+            async move {
+                let secret =
+                    headers.get(fleet::revalidate::SECRET_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                recorded.lock().expect("lock").push((secret, body.0));
+                axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK)
+            }
+        }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/api/revalidate",
-        listener.local_addr().expect("address")
-    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/api/revalidate", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Receiver { url, calls }
 }
@@ -396,14 +254,10 @@ async fn worker_with_hook(
     ctx: &TestContext,
     url: &str,
 ) -> (crate::helpers::WorkerHandle, fleet::revalidate::Revalidator) {
-    let worker = fleet::worker::Worker::connect(
-        ctx.db.clone(),
-        &ctx.redis_url,
-        ctx.keys.clone(),
-        ctx.worker_settings("hooked"),
-    )
-    .await
-    .expect("worker");
+    let worker =
+        fleet::worker::Worker::connect(ctx.db.clone(), &ctx.redis_url, ctx.keys.clone(), ctx.worker_settings("hooked"))
+            .await
+            .expect("worker");
     let revalidator = fleet::revalidate::Revalidator::spawn(
         url.parse().expect("URL"),
         Some("hook-secret".parse().expect("secret")),
@@ -419,11 +273,7 @@ async fn the_revalidation_hook_gets_one_call_per_batch_with_the_union_of_tags() 
     let ctx = context().await;
     let hook = receiver(200).await;
     // One batch: three events, two enrollments, one user event.
-    for body in [
-        fixture("enrollment.created"),
-        course_history()[3].clone(),
-        fixture("user.signup"),
-    ] {
+    for body in [fixture("enrollment.created"), course_history()[3].clone(), fixture("user.signup")] {
         ctx.enqueue(&body).await;
     }
     let (worker, revalidator) = worker_with_hook(&ctx, &hook.url).await;
@@ -439,12 +289,7 @@ async fn the_revalidation_hook_gets_one_call_per_batch_with_the_union_of_tags() 
     assert_eq!(calls.len(), 1, "one call for the batch: {calls:?}");
     let (secret, body) = &calls[0];
     assert_eq!(secret.as_deref(), Some("hook-secret"));
-    let mut tags: Vec<&str> = body["tags"]
-        .as_array()
-        .expect("tags")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let mut tags: Vec<&str> = body["tags"].as_array().expect("tags").iter().filter_map(Value::as_str).collect();
     tags.sort_unstable();
     assert_eq!(
         tags,
@@ -467,27 +312,13 @@ async fn a_failing_revalidation_hook_does_not_fail_the_batch() {
     ctx.enqueue(&fixture("enrollment.created")).await;
     let (worker, revalidator) = worker_with_hook(&ctx, &hook.url).await;
     ctx.wait_until_drained().await;
-    assert_eq!(
-        ctx.applied_events().await,
-        1,
-        "the batch committed and was acknowledged"
-    );
-    eventually(
-        "the failure is counted",
-        Duration::from_secs(20),
-        || async { revalidator.failures() == 1 },
-    )
-    .await;
+    assert_eq!(ctx.applied_events().await, 1, "the batch committed and was acknowledged");
+    eventually("the failure is counted", Duration::from_secs(20), || async { revalidator.failures() == 1 }).await;
     worker.stop().await;
-    assert!(
-        hook.calls.lock().expect("lock").len() >= 2,
-        "retried before giving up"
-    );
+    assert!(hook.calls.lock().expect("lock").len() >= 2, "retried before giving up");
     let mut redis = ctx.redis.clone();
-    let counted: Option<u64> = redis
-        .hget(CacheKeys::new(&ctx.keys).metrics(), "revalidate_failures")
-        .await
-        .expect("HGET");
+    let counted: Option<u64> =
+        redis.hget(CacheKeys::new(&ctx.keys).metrics(), "revalidate_failures").await.expect("HGET");
     assert_eq!(counted, Some(1));
     assert!(ctx.dead_letters().await.is_empty());
 }
@@ -505,11 +336,7 @@ async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
     }
     let limited = api.get(&path).await;
     assert_eq!(limited.status(), 429);
-    let retry_after: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .expect("text")
-        .parse()
-        .expect("seconds");
+    let retry_after: u64 = limited.headers()["retry-after"].to_str().expect("text").parse().expect("seconds");
     assert!((1..=60).contains(&retry_after), "{retry_after}");
 }
 
@@ -521,30 +348,9 @@ async fn a_bearer_token_guards_the_api_when_set() {
     let api = ctx.spawn_api(tuning).await;
     let path = api.url(&format!("/api/dashboard/cached?tenant_id={TENANT}"));
     let client = reqwest::Client::new();
-    assert_eq!(
-        client.get(&path).send().await.expect("request").status(),
-        401
-    );
-    assert_eq!(
-        client
-            .get(&path)
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .expect("request")
-            .status(),
-        401
-    );
-    assert_eq!(
-        client
-            .get(&path)
-            .bearer_auth("dashboard-token")
-            .send()
-            .await
-            .expect("request")
-            .status(),
-        200
-    );
+    assert_eq!(client.get(&path).send().await.expect("request").status(), 401);
+    assert_eq!(client.get(&path).bearer_auth("wrong").send().await.expect("request").status(), 401);
+    assert_eq!(client.get(&path).bearer_auth("dashboard-token").send().await.expect("request").status(), 200);
 }
 
 #[tokio::test]
@@ -566,40 +372,23 @@ async fn bad_parameters_get_400() {
     let mut tuning = api_tuning();
     tuning.default_tenant = Some(TENANT.into());
     let api = ctx.spawn_api(tuning).await;
-    assert_eq!(
-        api.get("/api/dashboard/cached").await.status(),
-        200,
-        "the default school is used"
-    );
+    assert_eq!(api.get("/api/dashboard/cached").await.status(), 200, "the default school is used");
 }
 
 #[tokio::test]
 async fn with_redis_stopped_the_api_answers_from_postgres() {
     let dir = scratch_dir("redis-bypass");
-    let mut redis = fleet::local_services::LocalRedis::start(&dir, true)
-        .await
-        .expect("own redis");
+    let mut redis = fleet::local_services::LocalRedis::start(&dir, true).await.expect("own redis");
     let ctx = context_on(&redis.url()).await;
     apply_through_worker(&ctx, &course_history()).await;
     let api = ctx.spawn_api(api_tuning()).await;
     redis.stop();
 
-    let response = api
-        .get(&format!(
-            "/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}"
-        ))
-        .await;
+    let response = api.get(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(x_cache(&response), "BYPASS");
-    assert_eq!(
-        response.json::<Value>().await.expect("JSON")["enrollments"],
-        2
-    );
-    let page = api
-        .get(&format!(
-            "/api/enrollments/cached?course_id={COURSE}&tenant_id={TENANT}"
-        ))
-        .await;
+    assert_eq!(response.json::<Value>().await.expect("JSON")["enrollments"], 2);
+    let page = api.get(&format!("/api/enrollments/cached?course_id={COURSE}&tenant_id={TENANT}")).await;
     assert_eq!(x_cache(&page), "BYPASS");
     assert_eq!(page.json::<Value>().await.expect("JSON")["total"], 2);
 }
@@ -609,25 +398,15 @@ async fn cache_stats_and_clear_from_the_command_line() {
     let ctx = context().await;
     apply_through_worker(&ctx, &course_history()).await;
     let api = ctx.spawn_api(api_tuning()).await;
-    api.get(&format!(
-        "/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}"
-    ))
-    .await;
-    api.get(&format!(
-        "/api/statistics/cached?course_id=999&tenant_id={TENANT}"
-    ))
-    .await;
+    api.get(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")).await;
+    api.get(&format!("/api/statistics/cached?course_id=999&tenant_id={TENANT}")).await;
 
     let run = |args: &'static [&'static str]| {
         let mut command = fleet(&ctx, args);
         async move { command.output().await.expect("run fleet") }
     };
     let stats = run(&["cache", "stats", "--json"]).await;
-    assert!(
-        stats.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stats.stderr)
-    );
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
     let stats: Value = serde_json::from_slice(&stats.stdout).expect("JSON");
     assert_eq!(stats["kinds"]["statistics"]["keys"], 2);
     assert_eq!(stats["kinds"]["dashboard"]["keys"], 1);
@@ -636,53 +415,26 @@ async fn cache_stats_and_clear_from_the_command_line() {
     assert!(stats["tags"].as_u64() > Some(0));
     eventually("reads are counted", Duration::from_secs(5), || async {
         let mut redis = ctx.redis.clone();
-        let metrics: std::collections::HashMap<String, String> = redis
-            .hgetall(CacheKeys::new(&ctx.keys).metrics())
-            .await
-            .unwrap_or_default();
-        metrics.get("hits").map(String::as_str) == Some("1")
-            && metrics.get("misses").map(String::as_str) == Some("1")
+        let metrics: std::collections::HashMap<String, String> =
+            redis.hgetall(CacheKeys::new(&ctx.keys).metrics()).await.unwrap_or_default();
+        metrics.get("hits").map(String::as_str) == Some("1") && metrics.get("misses").map(String::as_str) == Some("1")
     })
     .await;
     let text = run(&["cache", "stats"]).await;
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        text.contains("1 hits") && text.contains("1 misses") && text.contains("hit rate 50.0%"),
-        "{text}"
-    );
+    assert!(text.contains("1 hits") && text.contains("1 misses") && text.contains("hit rate 50.0%"), "{text}");
 
     let cleared = run(&["cache", "clear", "statistics"]).await;
-    assert_eq!(
-        String::from_utf8_lossy(&cleared.stdout).trim(),
-        "removed 2 keys"
-    );
+    assert_eq!(String::from_utf8_lossy(&cleared.stdout).trim(), "removed 2 keys");
     let cleared = run(&["cache", "clear", "--tag", "course:2871345"]).await;
-    assert_eq!(
-        String::from_utf8_lossy(&cleared.stdout).trim(),
-        "removed 1 keys",
-        "the first page of enrollments"
-    );
+    assert_eq!(String::from_utf8_lossy(&cleared.stdout).trim(), "removed 1 keys", "the first page of enrollments");
     let cleared = run(&["cache", "clear", "--pattern", "184532:dash*"]).await;
-    assert_eq!(
-        String::from_utf8_lossy(&cleared.stdout).trim(),
-        "removed 1 keys"
-    );
+    assert_eq!(String::from_utf8_lossy(&cleared.stdout).trim(), "removed 1 keys");
     let cleared = run(&["cache", "clear", "all"]).await;
     assert!(cleared.status.success());
-    let after: Value =
-        serde_json::from_slice(&run(&["cache", "stats", "--json"]).await.stdout).expect("JSON");
-    assert_eq!(
-        (
-            after["kinds"]["statistics"]["keys"].as_u64(),
-            after["tags"].as_u64()
-        ),
-        (Some(0), Some(0))
-    );
-    assert_eq!(
-        ctx.stream_len(&ctx.keys.events()).await,
-        4,
-        "only the cache goes, never the streams"
-    );
+    let after: Value = serde_json::from_slice(&run(&["cache", "stats", "--json"]).await.stdout).expect("JSON");
+    assert_eq!((after["kinds"]["statistics"]["keys"].as_u64(), after["tags"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 4, "only the cache goes, never the streams");
 
     let usage = run(&["cache", "clear"]).await;
     assert_eq!(usage.status.code(), Some(2));

@@ -49,9 +49,7 @@ async fn services() -> &'static Services {
             let redis_url = match std::env::var("REDIS_URL") {
                 Ok(url) => url,
                 Err(_) => {
-                    let redis = LocalRedis::start(&scratch_dir("redis"), true)
-                        .await
-                        .expect("start redis-server");
+                    let redis = LocalRedis::start(&scratch_dir("redis"), true).await.expect("start redis-server");
                     let url = redis.url();
                     local_redis = Some(redis);
                     url
@@ -61,20 +59,13 @@ async fn services() -> &'static Services {
             let admin_url = match std::env::var("DATABASE_URL") {
                 Ok(url) => url,
                 Err(_) => {
-                    let postgres = LocalPostgres::start(&scratch_dir("postgres"), true)
-                        .await
-                        .expect("start postgres");
+                    let postgres = LocalPostgres::start(&scratch_dir("postgres"), true).await.expect("start postgres");
                     let url = postgres.url("postgres");
                     local_postgres = Some(postgres);
                     url
                 }
             };
-            Services {
-                redis_url,
-                admin_url,
-                _redis: local_redis,
-                _postgres: local_postgres,
-            }
+            Services { redis_url, admin_url, _redis: local_redis, _postgres: local_postgres }
         })
         .await
 }
@@ -108,24 +99,15 @@ pub async fn context_on(redis_url: &str) -> TestContext {
     let services = services().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let database = format!("fleet_test_{id}");
-    let mut admin = sqlx::PgConnection::connect(&services.admin_url)
-        .await
-        .expect("connect to Postgres");
-    sqlx::query(&format!("CREATE DATABASE \"{database}\""))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
+    let mut admin = sqlx::PgConnection::connect(&services.admin_url).await.expect("connect to Postgres");
+    sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await.expect("create database");
     admin.close().await.ok();
     let database_url = with_database(&services.admin_url, &database);
-    let db = fleet::db::connect(&database_url)
-        .await
-        .expect("connect to the test database");
+    let db = fleet::db::connect(&database_url).await.expect("connect to the test database");
     fleet::db::migrate(&db).await.expect("migrate");
     let prefix: KeyPrefix = format!("test:{id}:").parse().expect("valid prefix");
     let keys = Keys::new(&prefix);
-    let redis = stream::connect(redis_url, Duration::from_secs(5))
-        .await
-        .expect("connect to Redis");
+    let redis = stream::connect(redis_url, Duration::from_secs(5)).await.expect("connect to Redis");
     TestContext {
         db,
         database_url,
@@ -146,26 +128,20 @@ impl Drop for TestContext {
         let pattern = format!("{}*", self.prefix.as_str());
         // Dropped inside the test's runtime: clean up on a thread of its own.
         let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async move {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                    ))
-                    .execute(&mut admin)
-                    .await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
                 }
                 let Ok(client) = redis::Client::open(redis_url) else {
                     return;
                 };
                 let connect = client.get_multiplexed_async_connection();
-                let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await
-                else {
+                let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
                     return;
                 };
                 let mut keys: Vec<String> = Vec::new();
@@ -215,24 +191,14 @@ impl TestContext {
     }
 
     pub async fn spawn_intake_with(&self, settings: IntakeSettings) -> IntakeServer {
-        let mut redis = stream::connect(&self.redis_url, Duration::from_secs(2))
-            .await
-            .expect("connect to Redis");
-        stream::ensure_group(&mut redis, &self.keys)
-            .await
-            .expect("group");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let mut redis = stream::connect(&self.redis_url, Duration::from_secs(2)).await.expect("connect to Redis");
+        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
         let app = fleet::intake::router(redis, self.keys.clone(), settings);
         let task = tokio::spawn(fleet::intake::serve(listener, app, shutdown.clone()));
-        IntakeServer {
-            address,
-            shutdown,
-            task,
-        }
+        IntakeServer { address, shutdown, task }
     }
 
     pub fn worker_settings(&self, consumer: &str) -> WorkerSettings {
@@ -250,14 +216,9 @@ impl TestContext {
 
     /// Runs a worker in-process until the returned handle is stopped.
     pub async fn spawn_worker(&self, settings: WorkerSettings) -> WorkerHandle {
-        let worker = Worker::connect(
-            self.db.clone(),
-            &self.redis_url,
-            self.keys.clone(),
-            settings,
-        )
-        .await
-        .expect("worker connects");
+        let worker = Worker::connect(self.db.clone(), &self.redis_url, self.keys.clone(), settings)
+            .await
+            .expect("worker connects");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         WorkerHandle { shutdown, task }
@@ -279,10 +240,7 @@ impl TestContext {
             if lag == 0 && pending == 0 {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stream not drained: lag {lag}, pending {pending}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "stream not drained: lag {lag}, pending {pending}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -291,15 +249,9 @@ impl TestContext {
     /// An unknown lag (Redis cannot tell after some trims) counts as 1.
     pub async fn group_backlog(&self) -> (u64, u64) {
         let mut redis = self.redis.clone();
-        let reply: redis::streams::StreamInfoGroupsReply = redis
-            .xinfo_groups(self.keys.events())
-            .await
-            .expect("XINFO GROUPS");
-        let group = reply
-            .groups
-            .into_iter()
-            .find(|group| group.name == GROUP)
-            .expect("the fleet's group exists");
+        let reply: redis::streams::StreamInfoGroupsReply =
+            redis.xinfo_groups(self.keys.events()).await.expect("XINFO GROUPS");
+        let group = reply.groups.into_iter().find(|group| group.name == GROUP).expect("the fleet's group exists");
         (group.lag.map_or(1, |lag| lag as u64), group.pending as u64)
     }
 
@@ -334,19 +286,13 @@ impl WorkerHandle {
 
 /// A Thinkific example body from `tests/fixtures/thinkific`.
 pub fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/thinkific")
-        .join(format!("{name}.json"));
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-        .trim_end()
-        .to_owned()
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/thinkific").join(format!("{name}.json"));
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display())).trim_end().to_owned()
 }
 
 /// An example body with fields of its envelope or payload replaced.
 pub fn event(name: &str, envelope: serde_json::Value, payload: serde_json::Value) -> String {
-    let mut body: serde_json::Value =
-        serde_json::from_str(&fixture(name)).expect("fixture is JSON");
+    let mut body: serde_json::Value = serde_json::from_str(&fixture(name)).expect("fixture is JSON");
     merge(&mut body, envelope);
     merge(&mut body["payload"], payload);
     body.to_string()
@@ -365,10 +311,7 @@ pub async fn post_signed(intake: &IntakeServer, body: &str, key: &str) -> reqwes
     reqwest::Client::new()
         .post(intake.url("/webhooks/thinkific"))
         .header("content-type", "application/json")
-        .header(
-            "x-thinkific-hmac-sha256",
-            fleet::intake::sign(key.as_bytes(), body.as_bytes()),
-        )
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
         .body(body.to_owned())
         .timeout(Duration::from_secs(10))
         .send()
@@ -384,10 +327,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -395,18 +335,12 @@ where
 impl TestContext {
     pub async fn dead_letters(&self) -> Vec<redis::streams::StreamId> {
         let mut redis = self.redis.clone();
-        let reply: redis::streams::StreamRangeReply = redis
-            .xrange_all(self.keys.dead_letters())
-            .await
-            .expect("XRANGE");
+        let reply: redis::streams::StreamRangeReply = redis.xrange_all(self.keys.dead_letters()).await.expect("XRANGE");
         reply.ids
     }
 
     pub async fn applied_events(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.db)
-            .await
-            .expect("count")
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.db).await.expect("count")
     }
 
     pub async fn scheduled_retries(&self) -> u64 {
@@ -448,10 +382,7 @@ impl TestContext {
     }
 
     pub async fn accept_enrollment_666(&self) {
-        sqlx::query("DROP TRIGGER refuse_666 ON enrollments")
-            .execute(&self.db)
-            .await
-            .expect("drop trigger");
+        sqlx::query("DROP TRIGGER refuse_666 ON enrollments").execute(&self.db).await.expect("drop trigger");
     }
 
     /// Appends a webhook body straight to the stream, as the intake would.
@@ -466,13 +397,8 @@ impl TestContext {
             received_at: chrono::Utc::now(),
         };
         let mut redis = self.redis.clone();
-        stream::ensure_group(&mut redis, &self.keys)
-            .await
-            .expect("group");
-        match stream::enqueue(&mut redis, &self.keys, &entry, Duration::from_secs(3600))
-            .await
-            .expect("enqueue")
-        {
+        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
+        match stream::enqueue(&mut redis, &self.keys, &entry, Duration::from_secs(3600)).await.expect("enqueue") {
             stream::Enqueued::Accepted(id) | stream::Enqueued::Duplicate(id) => id,
         }
     }
@@ -491,18 +417,9 @@ impl Proxy {
     /// Proxies 127.0.0.1:<new port> to the host and port of `url`.
     pub async fn start(url: &str) -> Self {
         let url = url::Url::parse(url).expect("a URL");
-        let target = format!(
-            "{}:{}",
-            url.host_str().expect("host"),
-            url.port().expect("port")
-        );
+        let target = format!("{}:{}", url.host_str().expect("host"), url.port().expect("port"));
         let port = fleet::local_services::free_port().expect("port");
-        let proxy = Self {
-            port,
-            target,
-            accept: std::sync::Mutex::new(None),
-            connections: std::sync::Arc::default(),
-        };
+        let proxy = Self { port, target, accept: std::sync::Mutex::new(None), connections: std::sync::Arc::default() };
         proxy.restore().await;
         proxy
     }
@@ -575,10 +492,7 @@ pub fn fleet(ctx: &TestContext, args: &[&str]) -> tokio::process::Command {
 
 pub fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().expect("the process is running");
-    let status = std::process::Command::new("kill")
-        .args(["-s", name, &pid.to_string()])
-        .status()
-        .expect("kill");
+    let status = std::process::Command::new("kill").args(["-s", name, &pid.to_string()]).status().expect("kill");
     assert!(status.success());
 }
 
@@ -589,9 +503,7 @@ pub async fn wait_exit(child: &mut tokio::process::Child) -> (std::process::Exit
         .expect("wait");
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
-        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
-            .await
-            .expect("stderr");
+        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr).await.expect("stderr");
     }
     (status, stderr)
 }
@@ -635,40 +547,18 @@ pub fn api_tuning() -> fleet::config::ApiTuning {
 
 impl TestContext {
     pub async fn spawn_api(&self, tuning: fleet::config::ApiTuning) -> ApiServer {
-        self.spawn_api_with(tuning, fleet::cache::Ttls::default())
-            .await
+        self.spawn_api_with(tuning, fleet::cache::Ttls::default()).await
     }
 
-    pub async fn spawn_api_with(
-        &self,
-        tuning: fleet::config::ApiTuning,
-        ttls: fleet::cache::Ttls,
-    ) -> ApiServer {
-        let redis = stream::connect(&self.redis_url, Duration::from_secs(1))
-            .await
-            .expect("connect to Redis");
+    pub async fn spawn_api_with(&self, tuning: fleet::config::ApiTuning, ttls: fleet::cache::Ttls) -> ApiServer {
+        let redis = stream::connect(&self.redis_url, Duration::from_secs(1)).await.expect("connect to Redis");
         let redis = std::sync::Arc::new(OnceCell::new_with(Some(redis)));
-        let state = fleet::api::ApiState::new(
-            self.db.clone(),
-            redis,
-            fleet::cache::CacheKeys::new(&self.keys),
-            ttls,
-            tuning,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let state =
+            fleet::api::ApiState::new(self.db.clone(), redis, fleet::cache::CacheKeys::new(&self.keys), ttls, tuning);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        tokio::spawn(fleet::intake::serve(
-            listener,
-            fleet::api::app(state.clone()),
-            shutdown.clone(),
-        ));
-        ApiServer {
-            address,
-            state,
-            shutdown,
-        }
+        tokio::spawn(fleet::intake::serve(listener, fleet::api::app(state.clone()), shutdown.clone()));
+        ApiServer { address, state, shutdown }
     }
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    context, context_on, event, fixture, intake_settings, post_signed, scratch_dir, SECRET,
-};
+use crate::helpers::{context, context_on, event, fixture, intake_settings, post_signed, scratch_dir, SECRET};
 
 async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON answer")
@@ -23,25 +21,19 @@ async fn a_signed_event_is_appended_with_its_raw_body_and_metadata() {
     assert_eq!(response.status(), 200);
     let answer = json_of(response).await;
     assert_eq!(answer["status"], "accepted");
-    let entry_id = answer["stream_entry_id"]
-        .as_str()
-        .expect("an entry id")
-        .to_owned();
+    let entry_id = answer["stream_entry_id"].as_str().expect("an entry id").to_owned();
 
     let mut redis = ctx.redis.clone();
-    let reply: redis::streams::StreamRangeReply =
-        redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
     assert_eq!(reply.ids.len(), 1);
     let entry = &reply.ids[0];
     assert_eq!(entry.id, entry_id);
-    let field =
-        |name: &str| -> String { entry.get(name).unwrap_or_else(|| panic!("field {name}")) };
+    let field = |name: &str| -> String { entry.get(name).unwrap_or_else(|| panic!("field {name}")) };
     assert_eq!(field("body"), body, "the raw body, byte for byte");
     assert_eq!(field("topic"), "enrollment.progress");
     assert_eq!(field("tenant"), "184532");
     assert_eq!(field("event_id"), "20250316091544118200417");
-    let received =
-        chrono::DateTime::parse_from_rfc3339(&field("received_at")).expect("an RFC 3339 time");
+    let received = chrono::DateTime::parse_from_rfc3339(&field("received_at")).expect("an RFC 3339 time");
     assert!((chrono::Utc::now() - received.to_utc()).num_seconds().abs() < 60);
     intake.stop().await;
 }
@@ -53,10 +45,7 @@ async fn the_seed_dashboard_path_is_answered_too() {
     let body = fixture("user.signup");
     let response = reqwest::Client::new()
         .post(intake.url("/api/webhooks/enrollment"))
-        .header(
-            "x-thinkific-hmac-sha256",
-            fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()),
-        )
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
         .body(body)
         .send()
         .await
@@ -115,19 +104,10 @@ async fn the_dedup_window_is_configurable() {
     settings.dedup_window = Duration::from_secs(1);
     let intake = ctx.spawn_intake_with(settings).await;
     let body = fixture("order.created");
-    assert_eq!(
-        json_of(post_signed(&intake, &body, SECRET).await).await["status"],
-        "accepted"
-    );
-    assert_eq!(
-        json_of(post_signed(&intake, &body, SECRET).await).await["status"],
-        "duplicate"
-    );
+    assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "accepted");
+    assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "duplicate");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        json_of(post_signed(&intake, &body, SECRET).await).await["status"],
-        "accepted"
-    );
+    assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "accepted");
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
 }
 
@@ -137,14 +117,8 @@ async fn the_same_event_id_in_two_schools_is_two_events() {
     let intake = ctx.spawn_intake().await;
     let school_a = event("enrollment.created", json!({"tenant_id": "A"}), json!({}));
     let school_b = event("enrollment.created", json!({"tenant_id": "B"}), json!({}));
-    assert_eq!(
-        json_of(post_signed(&intake, &school_a, SECRET).await).await["status"],
-        "accepted"
-    );
-    assert_eq!(
-        json_of(post_signed(&intake, &school_b, SECRET).await).await["status"],
-        "accepted"
-    );
+    assert_eq!(json_of(post_signed(&intake, &school_a, SECRET).await).await["status"], "accepted");
+    assert_eq!(json_of(post_signed(&intake, &school_b, SECRET).await).await["status"], "accepted");
 }
 
 #[tokio::test]
@@ -157,16 +131,8 @@ async fn missing_or_wrong_signatures_get_401_and_queue_nothing() {
         ("no header", None, body.clone()),
         ("empty header", Some(String::new()), body.clone()),
         ("not hex", Some("zz-not-hex".into()), body.clone()),
-        (
-            "another key",
-            Some(fleet::intake::sign(b"someone-else", body.as_bytes())),
-            body.clone(),
-        ),
-        (
-            "tampered body",
-            Some(fleet::intake::sign(SECRET.as_bytes(), body.as_bytes())),
-            body.replace("0.0", "1.0"),
-        ),
+        ("another key", Some(fleet::intake::sign(b"someone-else", body.as_bytes())), body.clone()),
+        ("tampered body", Some(fleet::intake::sign(SECRET.as_bytes(), body.as_bytes())), body.replace("0.0", "1.0")),
         (
             "truncated signature",
             Some(fleet::intake::sign(SECRET.as_bytes(), body.as_bytes())[..32].to_owned()),
@@ -191,36 +157,24 @@ async fn signature_is_checked_before_the_body_is_parsed() {
     let intake = ctx.spawn_intake().await;
     let response = reqwest::Client::new()
         .post(intake.url("/webhooks/thinkific"))
-        .header(
-            "x-thinkific-hmac-sha256",
-            fleet::intake::sign(b"wrong", b"not json"),
-        )
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(b"wrong", b"not json"))
         .body("not json")
         .send()
         .await
         .expect("request");
-    assert_eq!(
-        response.status(),
-        401,
-        "an unsigned bad body is a 401, not a 400"
-    );
+    assert_eq!(response.status(), 401, "an unsigned bad body is a 401, not a 400");
 }
 
 #[tokio::test]
 async fn rotated_keys_are_all_accepted() {
     let ctx = context().await;
-    let intake = ctx
-        .spawn_intake_with(intake_settings("old-key,new-key"))
-        .await;
+    let intake = ctx.spawn_intake_with(intake_settings("old-key,new-key")).await;
     let old = event("enrollment.created", json!({"id": "1"}), json!({}));
     let new = event("enrollment.created", json!({"id": "2"}), json!({}));
     let other = event("enrollment.created", json!({"id": "3"}), json!({}));
     assert_eq!(post_signed(&intake, &old, "old-key").await.status(), 200);
     assert_eq!(post_signed(&intake, &new, "new-key").await.status(), 200);
-    assert_eq!(
-        post_signed(&intake, &other, "retired-key").await.status(),
-        401
-    );
+    assert_eq!(post_signed(&intake, &other, "retired-key").await.status(), 401);
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
 }
 
@@ -232,40 +186,21 @@ async fn bodies_that_are_not_events_get_400() {
         ("not JSON", "{\"id\": ".to_owned()),
         ("not an object", "[1, 2]".to_owned()),
         ("empty", String::new()),
-        (
-            "no id",
-            json!({"resource": "enrollment", "action": "created", "payload": {}}).to_string(),
-        ),
-        (
-            "no resource",
-            json!({"id": "1", "action": "created", "payload": {}}).to_string(),
-        ),
-        (
-            "no action",
-            json!({"id": "1", "resource": "enrollment", "payload": {}}).to_string(),
-        ),
-        (
-            "empty id",
-            json!({"id": "", "resource": "enrollment", "action": "created"}).to_string(),
-        ),
-        (
-            "id is an object",
-            json!({"id": {}, "resource": "enrollment", "action": "created"}).to_string(),
-        ),
+        ("no id", json!({"resource": "enrollment", "action": "created", "payload": {}}).to_string()),
+        ("no resource", json!({"id": "1", "action": "created", "payload": {}}).to_string()),
+        ("no action", json!({"id": "1", "resource": "enrollment", "payload": {}}).to_string()),
+        ("empty id", json!({"id": "", "resource": "enrollment", "action": "created"}).to_string()),
+        ("id is an object", json!({"id": {}, "resource": "enrollment", "action": "created"}).to_string()),
         (
             "bad created_at",
-            json!({"id": "1", "resource": "user", "action": "signup", "created_at": "soon"})
-                .to_string(),
+            json!({"id": "1", "resource": "user", "action": "signup", "created_at": "soon"}).to_string(),
         ),
     ];
     for (case, body) in cases {
         let response = post_signed(&intake, &body, SECRET).await;
         assert_eq!(response.status(), 400, "{case}");
         let answer = json_of(response).await;
-        assert!(
-            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{case}: {answer}"
-        );
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: {answer}");
     }
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
 }
@@ -280,15 +215,8 @@ async fn a_body_over_the_limit_gets_413() {
     assert_eq!(response.status(), 413);
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
 
-    let just_under = event(
-        "user.signup",
-        json!({"padding": "x".repeat(1000 * 1000)}),
-        json!({}),
-    );
-    assert_eq!(
-        post_signed(&intake, &just_under, SECRET).await.status(),
-        200
-    );
+    let just_under = event("user.signup", json!({"padding": "x".repeat(1000 * 1000)}), json!({}));
+    assert_eq!(post_signed(&intake, &just_under, SECRET).await.status(), 200);
 }
 
 #[tokio::test]
@@ -312,10 +240,7 @@ async fn the_subdomain_header_names_the_school_when_the_body_does_not() {
     let body = body.to_string();
     let response = reqwest::Client::new()
         .post(intake.url("/webhooks/thinkific"))
-        .header(
-            "x-thinkific-hmac-sha256",
-            fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()),
-        )
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
         .header("x-thinkific-subdomain", "watercolor-school")
         .body(body)
         .send()
@@ -323,25 +248,15 @@ async fn the_subdomain_header_names_the_school_when_the_body_does_not() {
         .expect("request");
     assert_eq!(response.status(), 200);
     let mut redis = ctx.redis.clone();
-    let reply: redis::streams::StreamRangeReply =
-        redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
-    assert_eq!(
-        reply.ids[0].get::<String>("tenant").as_deref(),
-        Some("watercolor-school")
-    );
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    assert_eq!(reply.ids[0].get::<String>("tenant").as_deref(), Some("watercolor-school"));
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
-    assert_eq!(
-        reqwest::get(intake.url("/healthz"))
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
+    assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
     let ready = reqwest::get(intake.url("/readyz")).await.expect("readyz");
     assert_eq!(ready.status(), 200);
     assert_eq!(json_of(ready).await["redis"], "ok");
@@ -350,9 +265,7 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
     let dir = scratch_dir("redis-outage");
-    let mut redis = fleet::local_services::LocalRedis::start(&dir, true)
-        .await
-        .expect("own redis");
+    let mut redis = fleet::local_services::LocalRedis::start(&dir, true).await.expect("own redis");
     let port = redis.port();
     let ctx = context_on(&redis.url()).await;
     let intake = ctx.spawn_intake().await;
@@ -363,44 +276,20 @@ async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
     let response = post_signed(&intake, &body, SECRET).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "answered without hanging"
-    );
-    assert_eq!(
-        reqwest::get(intake.url("/readyz"))
-            .await
-            .expect("readyz")
-            .status(),
-        503
-    );
-    assert_eq!(
-        reqwest::get(intake.url("/healthz"))
-            .await
-            .expect("healthz")
-            .status(),
-        200
-    );
+    assert!(started.elapsed() < Duration::from_secs(8), "answered without hanging");
+    assert_eq!(reqwest::get(intake.url("/readyz")).await.expect("readyz").status(), 503);
+    assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
 
-    let _redis = fleet::local_services::LocalRedis::start_on(&dir, port, true)
-        .await
-        .expect("redis again");
+    let _redis = fleet::local_services::LocalRedis::start_on(&dir, port, true).await.expect("redis again");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let response = post_signed(&intake, &body, SECRET).await;
         if response.status() == 200 {
-            assert_eq!(
-                json_of(response).await["status"],
-                "accepted",
-                "the 503 queued nothing"
-            );
+            assert_eq!(json_of(response).await["status"], "accepted", "the 503 queued nothing");
             break;
         }
         assert_eq!(response.status(), 503);
-        assert!(
-            std::time::Instant::now() < deadline,
-            "intake did not reconnect"
-        );
+        assert!(std::time::Instant::now() < deadline, "intake did not reconnect");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     intake.stop().await;

@@ -25,8 +25,7 @@ async fn run(ctx: &TestContext, args: &[&str]) -> Run {
 }
 
 fn json_of(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|err| panic!("not JSON ({err}):\n{}", run.stdout))
+    serde_json::from_str(&run.stdout).unwrap_or_else(|err| panic!("not JSON ({err}):\n{}", run.stdout))
 }
 
 /// Writes dead letters straight through the worker's own code path.
@@ -43,15 +42,9 @@ async fn dead_letters(ctx: &TestContext, topics: &[&str]) -> Vec<String> {
                 ("topic".to_owned(), topic.as_bytes().to_vec()),
                 ("tenant".to_owned(), b"184532".to_vec()),
                 ("event_id".to_owned(), format!("2025{n:019}").into_bytes()),
-                (
-                    "received_at".to_owned(),
-                    b"2025-04-01T00:00:00.000Z".to_vec(),
-                ),
+                ("received_at".to_owned(), b"2025-04-01T00:00:00.000Z".to_vec()),
             ]);
-            Entry {
-                id: format!("1-{n}"),
-                fields,
-            }
+            Entry { id: format!("1-{n}"), fields }
         })
         .collect();
     let failures: Vec<Failure<'_>> = entries
@@ -64,27 +57,15 @@ async fn dead_letters(ctx: &TestContext, topics: &[&str]) -> Vec<String> {
         })
         .collect();
     let mut redis = ctx.redis.clone();
-    stream::ensure_group(&mut redis, &ctx.keys)
-        .await
-        .expect("group");
-    stream::dead_letter(&mut redis, &ctx.keys, &failures)
-        .await
-        .expect("dead letters");
-    ctx.dead_letters()
-        .await
-        .into_iter()
-        .map(|letter| letter.id)
-        .collect()
+    stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
+    stream::dead_letter(&mut redis, &ctx.keys, &failures).await.expect("dead letters");
+    ctx.dead_letters().await.into_iter().map(|letter| letter.id).collect()
 }
 
 #[tokio::test]
 async fn dlq_list_shows_a_table_or_json_and_filters() {
     let ctx = context().await;
-    let ids = dead_letters(
-        &ctx,
-        &["enrollment.progress", "enrollment.progress", "user.signup"],
-    )
-    .await;
+    let ids = dead_letters(&ctx, &["enrollment.progress", "enrollment.progress", "user.signup"]).await;
 
     let table = run(&ctx, &["dlq", "list"]).await;
     assert_eq!(table.code, Some(0), "{}", table.stderr);
@@ -92,9 +73,7 @@ async fn dlq_list_shows_a_table_or_json_and_filters() {
     assert!(lines[0].starts_with("ID") && lines[0].contains("TOPIC") && lines[0].contains("ERROR"));
     assert_eq!(lines.len(), 4);
     assert!(
-        lines[1].starts_with(&ids[0])
-            && lines[1].contains("enrollment.progress")
-            && lines[1].contains("malformed")
+        lines[1].starts_with(&ids[0]) && lines[1].contains("enrollment.progress") && lines[1].contains("malformed")
     );
     assert!(table.stderr.contains("3 shown, 3 dead letters in all"));
 
@@ -111,13 +90,7 @@ async fn dlq_list_shows_a_table_or_json_and_filters() {
     assert_eq!(limited.as_array().map(Vec::len), Some(2));
     let recent = json_of(&run(&ctx, &["dlq", "list", "--json", "--since", "1h"]).await);
     assert_eq!(recent.as_array().map(Vec::len), Some(3));
-    let future = json_of(
-        &run(
-            &ctx,
-            &["dlq", "list", "--json", "--since", "2999-01-01T00:00:00Z"],
-        )
-        .await,
-    );
+    let future = json_of(&run(&ctx, &["dlq", "list", "--json", "--since", "2999-01-01T00:00:00Z"]).await);
     assert_eq!(future.as_array().map(Vec::len), Some(0));
     let bad = run(&ctx, &["dlq", "list", "--since", "last tuesday"]).await;
     assert_eq!(bad.code, Some(2));
@@ -130,26 +103,10 @@ async fn dlq_show_prints_the_whole_entry_with_its_body_pretty_printed() {
     let ids = dead_letters(&ctx, &["enrollment.progress"]).await;
     let shown = run(&ctx, &["dlq", "show", &ids[0]]).await;
     assert_eq!(shown.code, Some(0), "{}", shown.stderr);
-    for expected in [
-        "event id",
-        "2025",
-        "enrollment.progress",
-        "malformed",
-        "invalid id",
-        "first failed at",
-        "body:",
-    ] {
-        assert!(
-            shown.stdout.contains(expected),
-            "missing {expected:?}:\n{}",
-            shown.stdout
-        );
+    for expected in ["event id", "2025", "enrollment.progress", "malformed", "invalid id", "first failed at", "body:"] {
+        assert!(shown.stdout.contains(expected), "missing {expected:?}:\n{}", shown.stdout);
     }
-    assert!(
-        shown.stdout.contains("\n  \"payload\": {\n"),
-        "the body is pretty-printed:\n{}",
-        shown.stdout
-    );
+    assert!(shown.stdout.contains("\n  \"payload\": {\n"), "the body is pretty-printed:\n{}", shown.stdout);
 
     let as_json = json_of(&run(&ctx, &["dlq", "show", &ids[0], "--json"]).await);
     assert_eq!(as_json["body"]["payload"]["id"], "not-a-number");
@@ -157,11 +114,7 @@ async fn dlq_show_prints_the_whole_entry_with_its_body_pretty_printed() {
     for unknown in ["1-1", "not-an-id"] {
         let missing = run(&ctx, &["dlq", "show", unknown]).await;
         assert_eq!(missing.code, Some(3), "{unknown}: {}", missing.stderr);
-        assert!(
-            missing.stderr.contains("no dead letter with id"),
-            "{}",
-            missing.stderr
-        );
+        assert!(missing.stderr.contains("no dead letter with id"), "{}", missing.stderr);
     }
 }
 
@@ -169,21 +122,10 @@ async fn dlq_show_prints_the_whole_entry_with_its_body_pretty_printed() {
 async fn dlq_replay_applies_a_fixed_event_and_reports_refusals() {
     let ctx = context().await;
     ctx.refuse_enrollment_666().await;
-    ctx.enqueue(&event(
-        "enrollment.created",
-        json!({"id": "20250314153012345600666"}),
-        json!({"id": 666}),
-    ))
-    .await;
-    let worker = ctx
-        .spawn_worker(ctx.fast_retry_settings("replayer", 2))
+    ctx.enqueue(&event("enrollment.created", json!({"id": "20250314153012345600666"}), json!({"id": 666}))).await;
+    let worker = ctx.spawn_worker(ctx.fast_retry_settings("replayer", 2)).await;
+    eventually("the event is dead-lettered", Duration::from_secs(20), || async { ctx.dead_letters().await.len() == 1 })
         .await;
-    eventually(
-        "the event is dead-lettered",
-        Duration::from_secs(20),
-        || async { ctx.dead_letters().await.len() == 1 },
-    )
-    .await;
     let id = ctx.dead_letters().await[0].id.clone();
 
     let usage = run(&ctx, &["dlq", "replay"]).await;
@@ -191,39 +133,17 @@ async fn dlq_replay_applies_a_fixed_event_and_reports_refusals() {
 
     let dry = run(&ctx, &["dlq", "replay", &id, "--dry-run"]).await;
     assert_eq!(dry.code, Some(0), "{}", dry.stderr);
-    assert!(
-        dry.stdout.contains(&id)
-            && dry
-                .stderr
-                .contains("dry run: 1 dead letters would be replayed")
-    );
-    assert_eq!(
-        ctx.dead_letters().await.len(),
-        1,
-        "a dry run changes nothing"
-    );
+    assert!(dry.stdout.contains(&id) && dry.stderr.contains("dry run: 1 dead letters would be replayed"));
+    assert_eq!(ctx.dead_letters().await.len(), 1, "a dry run changes nothing");
 
     // The cause is fixed; the replay applies it.
     ctx.accept_enrollment_666().await;
     let replayed = run(&ctx, &["dlq", "replay", &id, "1-1"]).await;
-    assert_eq!(
-        replayed.code,
-        Some(3),
-        "an unknown id is reported: {}",
-        replayed.stderr
-    );
-    assert!(
-        replayed.stdout.contains(&format!("replayed {id} as ")),
-        "{}",
-        replayed.stdout
-    );
+    assert_eq!(replayed.code, Some(3), "an unknown id is reported: {}", replayed.stderr);
+    assert!(replayed.stdout.contains(&format!("replayed {id} as ")), "{}", replayed.stdout);
     assert!(replayed.stderr.contains("no dead letter with id 1-1"));
-    eventually(
-        "the replayed event is applied",
-        Duration::from_secs(20),
-        || async { ctx.applied_events().await == 1 },
-    )
-    .await;
+    eventually("the replayed event is applied", Duration::from_secs(20), || async { ctx.applied_events().await == 1 })
+        .await;
     worker.stop().await;
     assert!(ctx.dead_letters().await.is_empty());
     assert_eq!(ctx.group_backlog().await, (0, 0));
@@ -237,37 +157,18 @@ async fn dlq_replay_all_shows_progress_and_honours_filters() {
     dead_letters(&ctx, &topics).await;
     let before = ctx.stream_len(&ctx.keys.events()).await;
 
-    let users = json_of(
-        &run(
-            &ctx,
-            &["dlq", "replay", "--all", "--topic", "user.signup", "--json"],
-        )
-        .await,
-    );
+    let users = json_of(&run(&ctx, &["dlq", "replay", "--all", "--topic", "user.signup", "--json"]).await);
     assert_eq!(users["replayed"].as_array().map(Vec::len), Some(5));
     let all = run(&ctx, &["dlq", "replay", "--all"]).await;
     assert_eq!(all.code, Some(0), "{}", all.stderr);
-    assert!(
-        all.stderr.contains("replayed 100/150") && all.stderr.contains("replayed 150/150"),
-        "{}",
-        all.stderr
-    );
+    assert!(all.stderr.contains("replayed 100/150") && all.stderr.contains("replayed 150/150"), "{}", all.stderr);
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, before + 155);
     assert!(ctx.dead_letters().await.is_empty());
     let mut redis = ctx.redis.clone();
     let replayed: redis::streams::StreamRangeReply =
-        redis::AsyncCommands::xrange_count(&mut redis, ctx.keys.events(), "-", "+", 1)
-            .await
-            .expect("XRANGE");
-    assert!(
-        replayed.ids[0].get::<String>("replayed_from").is_some(),
-        "replays say where they came from"
-    );
-    assert_eq!(
-        replayed.ids[0].get::<String>("attempts"),
-        None,
-        "replays start with fresh attempts"
-    );
+        redis::AsyncCommands::xrange_count(&mut redis, ctx.keys.events(), "-", "+", 1).await.expect("XRANGE");
+    assert!(replayed.ids[0].get::<String>("replayed_from").is_some(), "replays say where they came from");
+    assert_eq!(replayed.ids[0].get::<String>("attempts"), None, "replays start with fresh attempts");
 }
 
 #[tokio::test]
@@ -277,13 +178,7 @@ async fn dlq_purge_refuses_without_yes_and_deletes_with_it() {
 
     let refused = run(&ctx, &["dlq", "purge", &ids[0]]).await;
     assert_eq!(refused.code, Some(2));
-    assert!(
-        refused
-            .stderr
-            .contains("refusing to purge 1 dead letters without --yes"),
-        "{}",
-        refused.stderr
-    );
+    assert!(refused.stderr.contains("refusing to purge 1 dead letters without --yes"), "{}", refused.stderr);
     assert_eq!(ctx.dead_letters().await.len(), 3);
 
     let one = run(&ctx, &["dlq", "purge", &ids[0], "--yes"]).await;
@@ -305,27 +200,16 @@ async fn dlq_purge_refuses_without_yes_and_deletes_with_it() {
 async fn status_shows_backlog_retries_and_dead_letters() {
     let ctx = context().await;
     let empty = json_of(&run(&ctx, &["status", "--json"]).await);
-    assert_eq!(
-        (empty["length"].as_u64(), empty["dead_letters"].as_u64()),
-        (Some(0), Some(0))
-    );
+    assert_eq!((empty["length"].as_u64(), empty["dead_letters"].as_u64()), (Some(0), Some(0)));
 
     ctx.refuse_enrollment_666().await;
     ctx.enqueue(&fixture("user.signup")).await;
-    ctx.enqueue(&event(
-        "enrollment.created",
-        json!({"id": "20250314153012345600666"}),
-        json!({"id": 666}),
-    ))
-    .await;
+    ctx.enqueue(&event("enrollment.created", json!({"id": "20250314153012345600666"}), json!({"id": 666}))).await;
     let mut settings = ctx.fast_retry_settings("status", 5);
     settings.retry.base = Duration::from_secs(600);
     settings.retry.cap = Duration::from_secs(600);
     let worker = ctx.spawn_worker(settings).await;
-    eventually("a retry is scheduled", Duration::from_secs(10), || async {
-        ctx.scheduled_retries().await == 1
-    })
-    .await;
+    eventually("a retry is scheduled", Duration::from_secs(10), || async { ctx.scheduled_retries().await == 1 }).await;
     ctx.enqueue(&fixture("order.created")).await;
     dead_letters(&ctx, &["user.signup"]).await;
     ctx.wait_until_drained().await;
@@ -337,9 +221,7 @@ async fn status_shows_backlog_retries_and_dead_letters() {
     assert_eq!(status["retries_scheduled"], 1);
     assert!(status["next_retry_at"].is_string());
     assert_eq!(status["dead_letters"], 1);
-    assert!(status["consumers"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["name"] == "status")));
+    assert!(status["consumers"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == "status")));
     let text = run(&ctx, &["status"]).await;
     assert_eq!(text.code, Some(0));
     assert!(

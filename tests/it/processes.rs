@@ -10,18 +10,14 @@ use serde_json::json;
 use crate::helpers::{context, fixture, fleet, signal, wait_exit, TestContext};
 
 async fn applied(ctx: &TestContext) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&ctx.db)
-        .await
-        .expect("count")
+    sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&ctx.db).await.expect("count")
 }
 
 /// Enrollment `n % 50` progressing to `n`: the last event per enrollment wins.
 pub fn progress_event(n: usize) -> String {
     let updated = chrono::DateTime::parse_from_rfc3339("2025-03-16T00:00:00Z").expect("time")
         + chrono::Duration::seconds(n as i64);
-    let mut body: serde_json::Value =
-        serde_json::from_str(&fixture("enrollment.progress")).expect("JSON");
+    let mut body: serde_json::Value = serde_json::from_str(&fixture("enrollment.progress")).expect("JSON");
     body["id"] = json!(format!("2025{n:019}"));
     body["created_at"] = json!(updated.to_rfc3339());
     body["payload"]["id"] = json!(n % 50);
@@ -41,18 +37,14 @@ async fn enqueue(ctx: &TestContext, n: usize) {
         event_id: &event_id,
         received_at: chrono::Utc::now(),
     };
-    stream::enqueue(&mut redis, &ctx.keys, &entry, Duration::from_secs(3600))
-        .await
-        .expect("enqueue");
+    stream::enqueue(&mut redis, &ctx.keys, &entry, Duration::from_secs(3600)).await.expect("enqueue");
 }
 
 #[tokio::test]
 async fn sigterm_mid_stream_acknowledges_all_it_applied_and_exits_0() {
     let ctx = context().await;
     let mut redis = ctx.redis.clone();
-    stream::ensure_group(&mut redis, &ctx.keys)
-        .await
-        .expect("group");
+    stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
     let total = 3000;
     for n in 0..500 {
         enqueue(&ctx, n).await;
@@ -75,56 +67,35 @@ async fn sigterm_mid_stream_acknowledges_all_it_applied_and_exits_0() {
         sent += 1;
     }
     let (status, stderr) = wait_exit(&mut worker).await;
-    assert!(
-        status.success(),
-        "exit status {status:?}; stderr:\n{stderr}"
-    );
+    assert!(status.success(), "exit status {status:?}; stderr:\n{stderr}");
     assert!(stderr.contains("worker stopped"), "{stderr}");
 
     // Everything it applied is acknowledged; it holds nothing pending.
     let applied_by_it = applied(&ctx).await;
-    assert!(
-        applied_by_it > 0 && applied_by_it < total as i64,
-        "stopped mid-stream ({applied_by_it})"
-    );
-    let pending: redis::streams::StreamPendingReply = redis
-        .xpending(ctx.keys.events(), stream::GROUP)
-        .await
-        .expect("XPENDING");
-    assert_eq!(
-        pending.count(),
-        0,
-        "the terminated worker left entries pending"
-    );
+    assert!(applied_by_it > 0 && applied_by_it < total as i64, "stopped mid-stream ({applied_by_it})");
+    let pending: redis::streams::StreamPendingReply =
+        redis.xpending(ctx.keys.events(), stream::GROUP).await.expect("XPENDING");
+    assert_eq!(pending.count(), 0, "the terminated worker left entries pending");
 
     // Another worker finishes the rest; each event is applied once and the
     // state is the in-order one.
     ctx.drain().await;
-    let (count, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
-            .fetch_one(&ctx.db)
-            .await
-            .expect("counts");
+    let (count, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
+        .fetch_one(&ctx.db)
+        .await
+        .expect("counts");
     assert_eq!((count, distinct), (total as i64, total as i64));
-    let percents: Vec<(i64, f64)> = sqlx::query_as(
-        "SELECT enrollment_id, percentage_completed FROM enrollments ORDER BY enrollment_id",
-    )
-    .fetch_all(&ctx.db)
-    .await
-    .expect("enrollments");
+    let percents: Vec<(i64, f64)> =
+        sqlx::query_as("SELECT enrollment_id, percentage_completed FROM enrollments ORDER BY enrollment_id")
+            .fetch_all(&ctx.db)
+            .await
+            .expect("enrollments");
     assert_eq!(percents.len(), 50);
     for (enrollment, percent) in percents {
-        let last = (0..total)
-            .rev()
-            .find(|n| n % 50 == enrollment as usize)
-            .expect("a last event");
+        let last = (0..total).rev().find(|n| n % 50 == enrollment as usize).expect("a last event");
         let expected = (last % 100) as f64;
         // A fraction scale below 1: "1" is 1.0 => 100 %, see parse::percentage.
-        let expected = if expected <= 1.0 {
-            expected * 100.0
-        } else {
-            expected
-        };
+        let expected = if expected <= 1.0 { expected * 100.0 } else { expected };
         assert_eq!(percent, expected, "enrollment {enrollment}");
     }
 }
@@ -142,27 +113,14 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status())
-        .ok()
-        != Some(reqwest::StatusCode::OK)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "intake never became ready"
-        );
+    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
+        assert!(std::time::Instant::now() < deadline, "intake never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let body = fixture("enrollment.created");
     let good = client
         .post(format!("{base}/webhooks/thinkific"))
-        .header(
-            "x-thinkific-hmac-sha256",
-            fleet::intake::sign(secret.as_bytes(), body.as_bytes()),
-        )
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(secret.as_bytes(), body.as_bytes()))
         .body(body.clone())
         .send()
         .await
@@ -181,70 +139,32 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
     let (status, stderr) = wait_exit(&mut intake).await;
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("intake stopped"), "{stderr}");
-    assert!(
-        !stderr.contains(secret) && !stderr.contains("second-key"),
-        "a key reached the logs:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("maya.chen@example.com"),
-        "a payload reached the logs at info level:\n{stderr}"
-    );
+    assert!(!stderr.contains(secret) && !stderr.contains("second-key"), "a key reached the logs:\n{stderr}");
+    assert!(!stderr.contains("maya.chen@example.com"), "a payload reached the logs at info level:\n{stderr}");
     let mut redis = ctx.redis.clone();
     let len: u64 = redis.xlen(ctx.keys.events()).await.expect("XLEN");
     assert_eq!(len, 1);
 }
 
 /// (arguments, environment, the setting the refusal must name)
-type ConfigCase = (
-    Vec<&'static str>,
-    Vec<(&'static str, &'static str)>,
-    &'static str,
-);
+type ConfigCase = (Vec<&'static str>, Vec<(&'static str, &'static str)>, &'static str);
 
 #[tokio::test]
 async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
     let ctx = context().await;
     let cases: Vec<ConfigCase> = vec![
-        (
-            vec!["worker"],
-            vec![("FLEET_BATCH_SIZE", "0")],
-            "FLEET_BATCH_SIZE",
-        ),
-        (
-            vec!["worker"],
-            vec![("REDIS_URL", "http://localhost")],
-            "REDIS_URL",
-        ),
-        (
-            vec!["worker"],
-            vec![("DATABASE_URL", "not a url")],
-            "DATABASE_URL",
-        ),
-        (
-            vec!["worker"],
-            vec![("FLEET_KEY_PREFIX", "has space")],
-            "FLEET_KEY_PREFIX",
-        ),
-        (
-            vec!["intake"],
-            vec![("THINKIFIC_WEBHOOK_SECRET", " , ")],
-            "THINKIFIC_WEBHOOK_SECRET",
-        ),
+        (vec!["worker"], vec![("FLEET_BATCH_SIZE", "0")], "FLEET_BATCH_SIZE"),
+        (vec!["worker"], vec![("REDIS_URL", "http://localhost")], "REDIS_URL"),
+        (vec!["worker"], vec![("DATABASE_URL", "not a url")], "DATABASE_URL"),
+        (vec!["worker"], vec![("FLEET_KEY_PREFIX", "has space")], "FLEET_KEY_PREFIX"),
+        (vec!["intake"], vec![("THINKIFIC_WEBHOOK_SECRET", " , ")], "THINKIFIC_WEBHOOK_SECRET"),
         (vec!["intake"], vec![], "THINKIFIC_WEBHOOK_SECRET"),
         (
             vec!["intake"],
-            vec![
-                ("THINKIFIC_WEBHOOK_SECRET", "k"),
-                ("PORT", "8080"),
-                ("FLEET_LISTEN", "127.0.0.1:1"),
-            ],
+            vec![("THINKIFIC_WEBHOOK_SECRET", "k"), ("PORT", "8080"), ("FLEET_LISTEN", "127.0.0.1:1")],
             "FLEET_LISTEN",
         ),
-        (
-            vec!["worker"],
-            vec![("FLEET_CONSUMER_NAME", "two words")],
-            "FLEET_CONSUMER_NAME",
-        ),
+        (vec!["worker"], vec![("FLEET_CONSUMER_NAME", "two words")], "FLEET_CONSUMER_NAME"),
     ];
     for (args, env, named) in cases {
         let mut command = fleet(&ctx, &args);
@@ -254,34 +174,21 @@ async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
         let output = command.output().await.expect("run fleet");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} {env:?} was accepted");
-        assert!(
-            stderr.contains(named),
-            "{args:?} {env:?}: the message does not name {named}:\n{stderr}"
-        );
+        assert!(stderr.contains(named), "{args:?} {env:?}: the message does not name {named}:\n{stderr}");
     }
 }
 
 #[tokio::test]
 async fn a_worker_refuses_an_unmigrated_database_until_fleet_migrate_runs() {
     let ctx = context().await;
-    sqlx::query("DROP SCHEMA public CASCADE")
-        .execute(&ctx.db)
-        .await
-        .expect("unmigrate");
-    sqlx::query("CREATE SCHEMA public")
-        .execute(&ctx.db)
-        .await
-        .expect("empty schema");
+    sqlx::query("DROP SCHEMA public CASCADE").execute(&ctx.db).await.expect("unmigrate");
+    sqlx::query("CREATE SCHEMA public").execute(&ctx.db).await.expect("empty schema");
     let output = fleet(&ctx, &["worker"]).output().await.expect("run");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("fleet migrate"));
 
     let output = fleet(&ctx, &["migrate"]).output().await.expect("run");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('events', 'enrollments', 'users', 'courses', 'orders')",
     )

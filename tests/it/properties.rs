@@ -15,29 +15,10 @@ use crate::helpers::context;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Enrollment {
-        id: i64,
-        action: &'static str,
-        percent: u8,
-        same_updated_at: bool,
-        user: i64,
-        course: i64,
-    },
-    User {
-        id: i64,
-        action: &'static str,
-        name: u8,
-    },
-    Course {
-        id: i64,
-        action: &'static str,
-        name: u8,
-    },
-    Order {
-        id: i64,
-        amount: u16,
-        user: i64,
-    },
+    Enrollment { id: i64, action: &'static str, percent: u8, same_updated_at: bool, user: i64, course: i64 },
+    User { id: i64, action: &'static str, name: u8 },
+    Course { id: i64, action: &'static str, name: u8 },
+    Order { id: i64, amount: u16, user: i64 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -58,11 +39,7 @@ fn scenario() -> impl Strategy<Value = (Vec<Step>, Vec<usize>, Vec<usize>)> {
     prop::collection::vec(step(), 1..40)
         .prop_flat_map(|history| {
             let len = history.len();
-            (
-                Just(history),
-                prop::collection::vec(0..len, 0..len),
-                prop::collection::vec(1..10usize, 1..12),
-            )
+            (Just(history), prop::collection::vec(0..len, 0..len), prop::collection::vec(1..10usize, 1..12))
         })
         .prop_flat_map(|(history, duplicates, batches)| {
             let delivery: Vec<usize> = (0..history.len()).chain(duplicates).collect();
@@ -80,14 +57,7 @@ fn body(index: usize, step: &Step) -> Value {
     let created = base + Duration::seconds(index as i64 * 60);
     let updated = created - Duration::milliseconds(40);
     let (resource, action, payload) = match step {
-        Step::Enrollment {
-            id,
-            action,
-            percent,
-            same_updated_at,
-            user,
-            course,
-        } => (
+        Step::Enrollment { id, action, percent, same_updated_at, user, course } => (
             "enrollment",
             *action,
             json!({
@@ -106,11 +76,9 @@ fn body(index: usize, step: &Step) -> Value {
             json!({"id": id, "email": format!("u{id}@example.com"), "first_name": format!("Name{name}"),
                    "last_name": "Ser", "roles": [], "created_at": timestamp(base)}),
         ),
-        Step::Course { id, action, name } => (
-            "course",
-            *action,
-            json!({"id": id, "name": format!("Course {name}"), "slug": format!("course-{name}")}),
-        ),
+        Step::Course { id, action, name } => {
+            ("course", *action, json!({"id": id, "name": format!("Course {name}"), "slug": format!("course-{name}")}))
+        }
         Step::Order { id, amount, user } => (
             "order",
             "created",
@@ -125,8 +93,7 @@ fn body(index: usize, step: &Step) -> Value {
 
 fn decode(tenant: &str, index: usize, step: &Step) -> Event {
     let body = body(index, step).to_string();
-    Event::decode(body.as_bytes(), tenant, Utc::now(), &format!("{index}-0"))
-        .expect("generated events decode")
+    Event::decode(body.as_bytes(), tenant, Utc::now(), &format!("{index}-0")).expect("generated events decode")
 }
 
 async fn apply(db: &PgPool, events: &[Event]) {
@@ -138,12 +105,9 @@ async fn apply(db: &PgPool, events: &[Event]) {
 /// A tenant's state, tenant-free, in key order.
 async fn state(db: &PgPool, tenant: &str) -> Vec<Value> {
     let mut state = Vec::new();
-    for (table, key) in [
-        ("enrollments", "enrollment_id"),
-        ("users", "user_id"),
-        ("courses", "course_id"),
-        ("orders", "order_id"),
-    ] {
+    for (table, key) in
+        [("enrollments", "enrollment_id"), ("users", "user_id"), ("courses", "course_id"), ("orders", "order_id")]
+    {
         let rows: Vec<Value> = sqlx::query_scalar(&format!(
             "SELECT to_jsonb(t) - 'tenant_id' FROM {table} t WHERE tenant_id = $1 ORDER BY {key}"
         ))
@@ -153,12 +117,11 @@ async fn state(db: &PgPool, tenant: &str) -> Vec<Value> {
         .expect("state");
         state.push(json!({ table: rows }));
     }
-    let events: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM events WHERE tenant_id = $1 ORDER BY event_id")
-            .bind(tenant)
-            .fetch_all(db)
-            .await
-            .expect("events");
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_id FROM events WHERE tenant_id = $1 ORDER BY event_id")
+        .bind(tenant)
+        .fetch_all(db)
+        .await
+        .expect("events");
     state.push(json!({ "events": events }));
     state
 }
@@ -210,11 +173,7 @@ fn any_delivery_order_with_duplicates_ends_in_the_in_order_state() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let ctx = runtime.block_on(context());
     let case = AtomicUsize::new(0);
-    let config = ProptestConfig {
-        cases: 64,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
+    let config = ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() };
     proptest!(config, |((history, delivery, batches) in scenario())| {
         let case = case.fetch_add(1, Ordering::Relaxed);
         let (in_order, shuffled) = (format!("in-order-{case}"), format!("shuffled-{case}"));

@@ -9,11 +9,7 @@ use serde_json::json;
 use crate::helpers::{context, event, eventually, fixture};
 
 fn poison() -> String {
-    event(
-        "enrollment.created",
-        json!({"id": "20250314153012345600666"}),
-        json!({"id": 666}),
-    )
+    event("enrollment.created", json!({"id": "20250314153012345600666"}), json!({"id": 666}))
 }
 
 fn field(entry: &redis::streams::StreamId, name: &str) -> String {
@@ -29,24 +25,12 @@ async fn a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch
     ctx.enqueue(&poison()).await;
     ctx.enqueue(&fixture("enrollment.created")).await;
 
-    let worker = ctx
-        .spawn_worker(ctx.fast_retry_settings("retrier", 3))
-        .await;
-    eventually(
-        "the good events commit",
-        Duration::from_secs(10),
-        || async { ctx.applied_events().await == 2 },
-    )
-    .await;
-    eventually("a retry is scheduled", Duration::from_secs(10), || async {
-        ctx.scheduled_retries().await == 1
+    let worker = ctx.spawn_worker(ctx.fast_retry_settings("retrier", 3)).await;
+    eventually("the good events commit", Duration::from_secs(10), || async { ctx.applied_events().await == 2 }).await;
+    eventually("a retry is scheduled", Duration::from_secs(10), || async { ctx.scheduled_retries().await == 1 }).await;
+    eventually("the poison is dead-lettered", Duration::from_secs(20), || async {
+        ctx.dead_letters().await.len() == 1
     })
-    .await;
-    eventually(
-        "the poison is dead-lettered",
-        Duration::from_secs(20),
-        || async { ctx.dead_letters().await.len() == 1 },
-    )
     .await;
     worker.stop().await;
 
@@ -54,26 +38,16 @@ async fn a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch
     assert_eq!(field(letter, "event_id"), "20250314153012345600666");
     assert_eq!(field(letter, "error_kind"), "event");
     assert_eq!(field(letter, "attempts"), "3");
-    assert!(
-        field(letter, "error").contains("enrollment 666 is refused"),
-        "{}",
-        field(letter, "error")
-    );
+    assert!(field(letter, "error").contains("enrollment 666 is refused"), "{}", field(letter, "error"));
     assert!(field(letter, "body").contains("\"id\":666"));
-    let first: chrono::DateTime<chrono::Utc> =
-        field(letter, "first_failed_at").parse().expect("time");
-    let last: chrono::DateTime<chrono::Utc> =
-        field(letter, "last_failed_at").parse().expect("time");
+    let first: chrono::DateTime<chrono::Utc> = field(letter, "first_failed_at").parse().expect("time");
+    let last: chrono::DateTime<chrono::Utc> = field(letter, "last_failed_at").parse().expect("time");
     // Retries after at least 100 ms and 200 ms (each up to double with jitter, capped at 400 ms).
     let spent = (last - first).num_milliseconds();
     assert!((300..5_000).contains(&spent), "retries took {spent} ms");
     assert_eq!(ctx.scheduled_retries().await, 0);
     assert_eq!(ctx.group_backlog().await, (0, 0));
-    assert_eq!(
-        ctx.applied_events().await,
-        2,
-        "the poison was never applied"
-    );
+    assert_eq!(ctx.applied_events().await, 2, "the poison was never applied");
 }
 
 #[tokio::test]
@@ -85,31 +59,22 @@ async fn a_scheduled_retry_survives_a_worker_restart() {
     settings.retry.base = Duration::from_millis(1500);
     settings.retry.cap = Duration::from_millis(3000);
     let worker = ctx.spawn_worker(settings.clone()).await;
-    eventually("a retry is scheduled", Duration::from_secs(10), || async {
-        ctx.scheduled_retries().await == 1
-    })
-    .await;
+    eventually("a retry is scheduled", Duration::from_secs(10), || async { ctx.scheduled_retries().await == 1 }).await;
     worker.stop().await;
 
     // The cause is fixed while no worker runs; a new worker applies it when due.
     ctx.accept_enrollment_666().await;
     settings.consumer_name = "second".into();
     let worker = ctx.spawn_worker(settings).await;
-    eventually(
-        "the retried event is applied",
-        Duration::from_secs(15),
-        || async { ctx.applied_events().await == 1 },
-    )
-    .await;
+    eventually("the retried event is applied", Duration::from_secs(15), || async { ctx.applied_events().await == 1 })
+        .await;
     worker.stop().await;
     assert!(ctx.dead_letters().await.is_empty());
     assert_eq!(ctx.scheduled_retries().await, 0);
-    let percent: f64 = sqlx::query_scalar(
-        "SELECT percentage_completed FROM enrollments WHERE enrollment_id = 666",
-    )
-    .fetch_one(&ctx.db)
-    .await
-    .expect("applied");
+    let percent: f64 = sqlx::query_scalar("SELECT percentage_completed FROM enrollments WHERE enrollment_id = 666")
+        .fetch_one(&ctx.db)
+        .await
+        .expect("applied");
     assert_eq!(percent, 0.0);
 }
 
@@ -117,27 +82,13 @@ async fn a_scheduled_retry_survives_a_worker_restart() {
 /// that each crashed while holding it would have.
 async fn deliver_to_crashing_workers(ctx: &crate::helpers::TestContext, times: usize) {
     let mut redis = ctx.redis.clone();
-    let options = redis::streams::StreamReadOptions::default()
-        .group(fleet::stream::GROUP, "crashed-0")
-        .count(10);
-    let read: redis::streams::StreamReadReply = redis
-        .xread_options(&[ctx.keys.events()], &[">"], &options)
-        .await
-        .expect("XREADGROUP");
-    let ids: Vec<String> = read
-        .keys
-        .iter()
-        .flat_map(|key| key.ids.iter().map(|id| id.id.clone()))
-        .collect();
+    let options = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "crashed-0").count(10);
+    let read: redis::streams::StreamReadReply =
+        redis.xread_options(&[ctx.keys.events()], &[">"], &options).await.expect("XREADGROUP");
+    let ids: Vec<String> = read.keys.iter().flat_map(|key| key.ids.iter().map(|id| id.id.clone())).collect();
     for crash in 1..times {
         let _: redis::Value = redis
-            .xclaim(
-                ctx.keys.events(),
-                fleet::stream::GROUP,
-                format!("crashed-{crash}"),
-                0,
-                &ids,
-            )
+            .xclaim(ctx.keys.events(), fleet::stream::GROUP, format!("crashed-{crash}"), 0, &ids)
             .await
             .expect("XCLAIM");
     }
@@ -152,21 +103,13 @@ async fn an_entry_that_keeps_killing_workers_is_dead_lettered_after_max_attempts
     let mut settings = ctx.fast_retry_settings("survivor", 3);
     settings.claim_idle = Duration::from_millis(200);
     let worker = ctx.spawn_worker(settings).await;
-    eventually(
-        "the entry is dead-lettered",
-        Duration::from_secs(10),
-        || async { ctx.dead_letters().await.len() == 1 },
-    )
-    .await;
+    eventually("the entry is dead-lettered", Duration::from_secs(10), || async { ctx.dead_letters().await.len() == 1 })
+        .await;
     worker.stop().await;
     let letter = &ctx.dead_letters().await[0];
     assert_eq!(field(letter, "error_kind"), "crashed");
     assert_eq!(field(letter, "attempts"), "3");
-    assert_eq!(
-        ctx.applied_events().await,
-        0,
-        "a poison that kills workers is not run a fourth time"
-    );
+    assert_eq!(ctx.applied_events().await, 0, "a poison that kills workers is not run a fourth time");
     assert_eq!(ctx.group_backlog().await, (0, 0));
 }
 
@@ -178,10 +121,7 @@ async fn an_entry_whose_worker_died_is_taken_over_and_applied() {
     let mut settings = ctx.fast_retry_settings("heir", 10);
     settings.claim_idle = Duration::from_millis(200);
     let worker = ctx.spawn_worker(settings).await;
-    eventually("the orphan is applied", Duration::from_secs(10), || async {
-        ctx.applied_events().await == 1
-    })
-    .await;
+    eventually("the orphan is applied", Duration::from_secs(10), || async { ctx.applied_events().await == 1 }).await;
     ctx.wait_until_drained().await;
     worker.stop().await;
     assert!(ctx.dead_letters().await.is_empty());
@@ -193,24 +133,17 @@ async fn an_exhausted_entry_that_was_already_applied_is_just_acknowledged() {
     ctx.enqueue(&fixture("enrollment.progress")).await;
     // Applied once (by a worker that died before its XACK)…
     let body = fixture("enrollment.progress");
-    let applied = fleet::jobs::Event::decode(body.as_bytes(), "184532", chrono::Utc::now(), "0-1")
-        .expect("event");
+    let applied = fleet::jobs::Event::decode(body.as_bytes(), "184532", chrono::Utc::now(), "0-1").expect("event");
     let mut tx = ctx.db.begin().await.expect("begin");
-    fleet::jobs::apply_batch(&mut tx, &[applied])
-        .await
-        .expect("apply");
+    fleet::jobs::apply_batch(&mut tx, &[applied]).await.expect("apply");
     tx.commit().await.expect("commit");
     // …and its entry then bounced between dying workers.
     deliver_to_crashing_workers(&ctx, 3).await;
     let mut settings = ctx.fast_retry_settings("survivor", 3);
     settings.claim_idle = Duration::from_millis(200);
     let worker = ctx.spawn_worker(settings).await;
-    eventually(
-        "the entry is acknowledged",
-        Duration::from_secs(10),
-        || async { ctx.group_backlog().await == (0, 0) },
-    )
-    .await;
+    eventually("the entry is acknowledged", Duration::from_secs(10), || async { ctx.group_backlog().await == (0, 0) })
+        .await;
     worker.stop().await;
     assert!(ctx.dead_letters().await.is_empty());
 }
@@ -221,18 +154,12 @@ async fn entries_deleted_while_pending_are_accounted_for() {
     let entry_id = ctx.enqueue(&fixture("enrollment.progress")).await;
     deliver_to_crashing_workers(&ctx, 1).await;
     let mut redis = ctx.redis.clone();
-    let _: i64 = redis
-        .xdel(ctx.keys.events(), &[&entry_id])
-        .await
-        .expect("XDEL");
+    let _: i64 = redis.xdel(ctx.keys.events(), &[&entry_id]).await.expect("XDEL");
 
     let mut settings = ctx.fast_retry_settings("auditor", 10);
     settings.claim_idle = Duration::from_millis(200);
     let worker = ctx.spawn_worker(settings).await;
-    eventually("the loss is recorded", Duration::from_secs(10), || async {
-        ctx.dead_letters().await.len() == 1
-    })
-    .await;
+    eventually("the loss is recorded", Duration::from_secs(10), || async { ctx.dead_letters().await.len() == 1 }).await;
     worker.stop().await;
     let letter = &ctx.dead_letters().await[0];
     assert_eq!(field(letter, "error_kind"), "deleted");
@@ -244,13 +171,9 @@ async fn entries_deleted_while_pending_are_accounted_for() {
 async fn a_second_live_worker_with_the_same_name_is_refused() {
     let ctx = context().await;
     let first = ctx.spawn_worker(ctx.worker_settings("twin")).await;
-    let second = fleet::worker::Worker::connect(
-        ctx.db.clone(),
-        &ctx.redis_url,
-        ctx.keys.clone(),
-        ctx.worker_settings("twin"),
-    )
-    .await;
+    let second =
+        fleet::worker::Worker::connect(ctx.db.clone(), &ctx.redis_url, ctx.keys.clone(), ctx.worker_settings("twin"))
+            .await;
     match second {
         Err(err @ fleet::worker::WorkerError::ConsumerNameInUse(_)) => {
             assert!(err.to_string().contains("FLEET_CONSUMER_NAME"), "{err}");

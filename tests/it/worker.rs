@@ -36,16 +36,13 @@ async fn a_webhook_becomes_an_enrollment_in_postgres() {
     assert_eq!(row.get::<i64, _>("course_id"), 2871345);
     assert_eq!(row.get::<f64, _>("percentage_completed"), 0.0);
     assert!(!row.get::<bool, _>("free_trial"));
-    assert!(row
-        .get::<Option<chrono::DateTime<chrono::Utc>>, _>("completed_at")
-        .is_none());
+    assert!(row.get::<Option<chrono::DateTime<chrono::Utc>>, _>("completed_at").is_none());
     assert_eq!(row.get::<String, _>("last_topic"), "enrollment.created");
     assert!(row.get::<bool, _>("started_ok"));
-    let name: Option<String> =
-        sqlx::query_scalar("SELECT name FROM courses WHERE course_id = 2871345")
-            .fetch_one(&ctx.db)
-            .await
-            .expect("course stub from the enrollment");
+    let name: Option<String> = sqlx::query_scalar("SELECT name FROM courses WHERE course_id = 2871345")
+        .fetch_one(&ctx.db)
+        .await
+        .expect("course stub from the enrollment");
     assert_eq!(name.as_deref(), Some("Intro to Watercolor"));
 }
 
@@ -96,11 +93,7 @@ async fn every_handled_topic_is_applied() {
             .fetch_one(&ctx.db)
             .await
             .expect("user");
-    assert_eq!(
-        first_name.as_deref(),
-        Some("Maya R."),
-        "user.updated is newer than signup"
-    );
+    assert_eq!(first_name.as_deref(), Some("Maya R."), "user.updated is newer than signup");
     assert_eq!(company.as_deref(), Some("Brushworks"));
     assert_eq!(email.as_deref(), Some("maya.chen@example.com"));
 
@@ -119,36 +112,25 @@ async fn every_handled_topic_is_applied() {
     .fetch_one(&ctx.db)
     .await
     .expect("enrollment");
-    assert_eq!(
-        (percent, completed, topic.as_str()),
-        (100.0, true, "enrollment.completed")
-    );
+    assert_eq!((percent, completed, topic.as_str()), (100.0, true, "enrollment.completed"));
 
-    let (trial, trial_percent): (bool, f64) = sqlx::query_as(
-        "SELECT free_trial, percentage_completed FROM enrollments WHERE enrollment_id = 200",
-    )
-    .fetch_one(&ctx.db)
-    .await
-    .expect("trial enrollment");
+    let (trial, trial_percent): (bool, f64) =
+        sqlx::query_as("SELECT free_trial, percentage_completed FROM enrollments WHERE enrollment_id = 200")
+            .fetch_one(&ctx.db)
+            .await
+            .expect("trial enrollment");
     assert_eq!((trial, trial_percent), (true, 10.0));
 
-    let courses: Vec<(i64, Option<String>, bool)> =
-        sqlx::query_as("SELECT course_id, name, deleted_at IS NOT NULL FROM courses WHERE course_id IN (900, 901) ORDER BY course_id")
-            .fetch_all(&ctx.db)
-            .await
-            .expect("courses");
-    assert_eq!(
-        courses,
-        vec![
-            (900, Some("Oil Painting II".into()), false),
-            (901, Some("Charcoal".into()), true)
-        ]
-    );
+    let courses: Vec<(i64, Option<String>, bool)> = sqlx::query_as(
+        "SELECT course_id, name, deleted_at IS NOT NULL FROM courses WHERE course_id IN (900, 901) ORDER BY course_id",
+    )
+    .fetch_all(&ctx.db)
+    .await
+    .expect("courses");
+    assert_eq!(courses, vec![(900, Some("Oil Painting II".into()), false), (901, Some("Charcoal".into()), true)]);
 
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE handled")
-        .fetch_one(&ctx.db)
-        .await
-        .expect("count");
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE handled").fetch_one(&ctx.db).await.expect("count");
     assert_eq!(recorded, bodies.len() as i64);
 }
 
@@ -156,21 +138,13 @@ async fn every_handled_topic_is_applied() {
 async fn a_late_older_event_does_not_undo_a_newer_one() {
     let ctx = context().await;
     // completed arrives first, then the older progress and created.
-    deliver(
-        &ctx,
-        &[
-            fixture("enrollment.completed"),
-            fixture("enrollment.progress"),
-            fixture("enrollment.created"),
-        ],
-    )
-    .await;
-    let (percent, topic): (f64, String) = sqlx::query_as(
-        "SELECT percentage_completed, last_topic FROM enrollments WHERE enrollment_id = 104928371",
-    )
-    .fetch_one(&ctx.db)
-    .await
-    .expect("enrollment");
+    deliver(&ctx, &[fixture("enrollment.completed"), fixture("enrollment.progress"), fixture("enrollment.created")])
+        .await;
+    let (percent, topic): (f64, String) =
+        sqlx::query_as("SELECT percentage_completed, last_topic FROM enrollments WHERE enrollment_id = 104928371")
+            .fetch_one(&ctx.db)
+            .await
+            .expect("enrollment");
     assert_eq!((percent, topic.as_str()), (100.0, "enrollment.completed"));
 }
 
@@ -198,10 +172,7 @@ async fn ties_on_updated_at_are_broken_by_created_at_then_event_id() {
         .fetch_one(&ctx.db)
         .await
         .expect("enrollment");
-    assert_eq!(
-        percent, 60.0,
-        "latest created_at wins, then the greatest event id"
-    );
+    assert_eq!(percent, 60.0, "latest created_at wins, then the greatest event id");
 }
 
 #[tokio::test]
@@ -210,10 +181,8 @@ async fn unhandled_topics_are_recorded_and_acknowledged() {
     let body = json!({"id": "20250401000000000000001", "resource": "lesson", "action": "completed",
                       "tenant_id": "184532", "created_at": "2025-04-01T00:00:00.000Z", "payload": {"lesson": {"id": 1}}});
     deliver(&ctx, &[body.to_string()]).await;
-    let (topic, handled): (String, bool) = sqlx::query_as("SELECT topic, handled FROM events")
-        .fetch_one(&ctx.db)
-        .await
-        .expect("recorded");
+    let (topic, handled): (String, bool) =
+        sqlx::query_as("SELECT topic, handled FROM events").fetch_one(&ctx.db).await.expect("recorded");
     assert_eq!((topic.as_str(), handled), ("lesson.completed", false));
     assert_eq!(ctx.group_backlog().await, (0, 0));
     assert_eq!(ctx.stream_len(&ctx.keys.dead_letters()).await, 0);
@@ -222,50 +191,20 @@ async fn unhandled_topics_are_recorded_and_acknowledged() {
 #[tokio::test]
 async fn an_undecodable_event_is_dead_lettered_without_blocking_its_batch() {
     let ctx = context().await;
-    let broken = event(
-        "enrollment.progress",
-        json!({"id": "20250316000000000000077"}),
-        json!({"percentage_completed": "lots"}),
-    );
-    deliver(
-        &ctx,
-        &[
-            fixture("enrollment.created"),
-            broken,
-            fixture("user.signup"),
-        ],
-    )
-    .await;
+    let broken =
+        event("enrollment.progress", json!({"id": "20250316000000000000077"}), json!({"percentage_completed": "lots"}));
+    deliver(&ctx, &[fixture("enrollment.created"), broken, fixture("user.signup")]).await;
 
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&ctx.db)
-        .await
-        .expect("count");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&ctx.db).await.expect("count");
     assert_eq!(applied, 2, "the good events of the batch are applied");
     let mut redis = ctx.redis.clone();
-    let letters: redis::streams::StreamRangeReply = redis
-        .xrange_all(ctx.keys.dead_letters())
-        .await
-        .expect("XRANGE");
+    let letters: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.dead_letters()).await.expect("XRANGE");
     assert_eq!(letters.ids.len(), 1);
     let letter = &letters.ids[0];
-    assert_eq!(
-        letter.get::<String>("event_id").as_deref(),
-        Some("20250316000000000000077")
-    );
-    assert_eq!(
-        letter.get::<String>("error_kind").as_deref(),
-        Some("malformed")
-    );
-    assert!(letter
-        .get::<String>("error")
-        .is_some_and(|error| error.contains("percentage_completed")));
-    assert!(
-        letter
-            .get::<String>("body")
-            .is_some_and(|body| body.contains("lots")),
-        "the raw body is kept"
-    );
+    assert_eq!(letter.get::<String>("event_id").as_deref(), Some("20250316000000000000077"));
+    assert_eq!(letter.get::<String>("error_kind").as_deref(), Some("malformed"));
+    assert!(letter.get::<String>("error").is_some_and(|error| error.contains("percentage_completed")));
+    assert!(letter.get::<String>("body").is_some_and(|body| body.contains("lots")), "the raw body is kept");
     assert_eq!(ctx.group_backlog().await, (0, 0), "nothing left pending");
 }
 
@@ -278,13 +217,9 @@ async fn a_worker_first_finishes_its_own_pending_entries() {
     post_signed(&intake, &fixture("user.signup"), SECRET).await;
     // A worker named "w1" reads both entries and dies before applying them.
     let mut redis = ctx.redis.clone();
-    let opts = redis::streams::StreamReadOptions::default()
-        .group(fleet::stream::GROUP, "w1")
-        .count(10);
-    let read: redis::streams::StreamReadReply = redis
-        .xread_options(&[ctx.keys.events()], &[">"], &opts)
-        .await
-        .expect("XREADGROUP");
+    let opts = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "w1").count(10);
+    let read: redis::streams::StreamReadReply =
+        redis.xread_options(&[ctx.keys.events()], &[">"], &opts).await.expect("XREADGROUP");
     assert_eq!(read.keys[0].ids.len(), 2);
     assert_eq!(ctx.group_backlog().await, (0, 2));
 
@@ -292,10 +227,7 @@ async fn a_worker_first_finishes_its_own_pending_entries() {
     let worker = ctx.spawn_worker(ctx.worker_settings("w1")).await;
     ctx.wait_until_drained().await;
     worker.stop().await;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&ctx.db)
-        .await
-        .expect("count");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&ctx.db).await.expect("count");
     assert_eq!(applied, 2);
 }
 
@@ -304,81 +236,46 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
     for n in 0..10 {
-        let body = event(
-            "user.signup",
-            json!({"id": format!("2025031415295800231{n:04}")}),
-            json!({}),
-        );
+        let body = event("user.signup", json!({"id": format!("2025031415295800231{n:04}")}), json!({}));
         assert_eq!(post_signed(&intake, &body, SECRET).await.status(), 200);
     }
     // Six entries delivered to a consumer that never acknowledges them.
     let mut redis = ctx.redis.clone();
-    let opts = redis::streams::StreamReadOptions::default()
-        .group(fleet::stream::GROUP, "stuck")
-        .count(6);
-    let _: redis::streams::StreamReadReply = redis
-        .xread_options(&[ctx.keys.events()], &[">"], &opts)
-        .await
-        .expect("XREADGROUP");
+    let opts = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "stuck").count(6);
+    let _: redis::streams::StreamReadReply =
+        redis.xread_options(&[ctx.keys.events()], &[">"], &opts).await.expect("XREADGROUP");
 
-    let trimmed = fleet::stream::trim(&mut redis, &ctx.keys, 2)
-        .await
-        .expect("trim");
+    let trimmed = fleet::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
     assert_eq!(trimmed, 0, "the oldest entries are pending: nothing may go");
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 10);
 
     // Acknowledge the first three: exactly those may go.
-    let pending: redis::streams::StreamPendingCountReply = redis
-        .xpending_count(ctx.keys.events(), fleet::stream::GROUP, "-", "+", 3)
-        .await
-        .expect("XPENDING");
+    let pending: redis::streams::StreamPendingCountReply =
+        redis.xpending_count(ctx.keys.events(), fleet::stream::GROUP, "-", "+", 3).await.expect("XPENDING");
     let first_three: Vec<String> = pending.ids.iter().map(|p| p.id.clone()).collect();
-    let _: i64 = redis
-        .xack(ctx.keys.events(), fleet::stream::GROUP, &first_three)
-        .await
-        .expect("XACK");
-    let trimmed = fleet::stream::trim(&mut redis, &ctx.keys, 2)
-        .await
-        .expect("trim");
+    let _: i64 = redis.xack(ctx.keys.events(), fleet::stream::GROUP, &first_three).await.expect("XACK");
+    let trimmed = fleet::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
     assert_eq!(trimmed, 3);
-    assert_eq!(
-        ctx.group_backlog().await,
-        (4, 3),
-        "undelivered and pending entries all remain"
-    );
+    assert_eq!(ctx.group_backlog().await, (4, 3), "undelivered and pending entries all remain");
 
     // A worker applies the undelivered four; the stuck consumer then
     // acknowledges its three. Now the stream shrinks to the bound.
     let worker = ctx.spawn_worker(ctx.worker_settings("live")).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while ctx.group_backlog().await != (0, 3) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "worker did not take the undelivered entries"
-        );
+        assert!(std::time::Instant::now() < deadline, "worker did not take the undelivered entries");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     worker.stop().await;
-    let _: i64 = redis
-        .xack(
-            ctx.keys.events(),
-            fleet::stream::GROUP,
-            &pending_ids(&ctx).await,
-        )
-        .await
-        .expect("XACK");
-    fleet::stream::trim(&mut redis, &ctx.keys, 2)
-        .await
-        .expect("trim");
+    let _: i64 = redis.xack(ctx.keys.events(), fleet::stream::GROUP, &pending_ids(&ctx).await).await.expect("XACK");
+    fleet::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
 }
 
 async fn pending_ids(ctx: &TestContext) -> Vec<String> {
     let mut redis = ctx.redis.clone();
-    let pending: redis::streams::StreamPendingCountReply = redis
-        .xpending_count(ctx.keys.events(), fleet::stream::GROUP, "-", "+", 100)
-        .await
-        .expect("XPENDING");
+    let pending: redis::streams::StreamPendingCountReply =
+        redis.xpending_count(ctx.keys.events(), fleet::stream::GROUP, "-", "+", 100).await.expect("XPENDING");
     pending.ids.into_iter().map(|p| p.id).collect()
 }
 
@@ -399,35 +296,19 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
         event_id: "20250314153012345678901",
         received_at: chrono::Utc::now(),
     };
-    fleet::stream::enqueue(
-        &mut redis,
-        &ctx.keys,
-        &entry,
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .expect("enqueue");
+    fleet::stream::enqueue(&mut redis, &ctx.keys, &entry, std::time::Duration::from_secs(60)).await.expect("enqueue");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !redis
-        .exists::<_, bool>(ctx.keys.events())
-        .await
-        .expect("EXISTS")
+    while !redis.exists::<_, bool>(ctx.keys.events()).await.expect("EXISTS")
         || redis
             .xinfo_groups::<_, redis::streams::StreamInfoGroupsReply>(ctx.keys.events())
             .await
             .map_or(true, |reply| reply.groups.is_empty())
     {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not recreate the group"
-        );
+        assert!(std::time::Instant::now() < deadline, "the worker did not recreate the group");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     ctx.wait_until_drained().await;
     worker.stop().await;
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&ctx.db)
-        .await
-        .expect("count");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&ctx.db).await.expect("count");
     assert_eq!(applied, 1);
 }
