@@ -23,11 +23,11 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }
 
-fn enrollment_event(n: usize) -> String {
+fn enrollment_event(n: usize, courses: usize) -> String {
     let updated = chrono::DateTime::parse_from_rfc3339("2025-03-16T00:00:00Z").expect("time")
         + chrono::Duration::milliseconds(n as i64);
     let enrollment = n % 20_000;
-    let course = enrollment % 500;
+    let course = enrollment % courses;
     json!({
         "id": format!("2025{n:019}"), "resource": "enrollment", "action": "progress", "tenant_id": "bench",
         "created_at": updated.to_rfc3339(),
@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let events = env_number("BENCH_EVENTS", 50_000);
     let requests = env_number("BENCH_REQUESTS", 5_000);
     let batch_size = env_number("FLEET_BATCH_SIZE", 500);
+    let courses = env_number("BENCH_COURSES", 500).max(1);
     let scratch = std::env::temp_dir().join(format!("fleet-bench-{}", uuid::Uuid::new_v4().simple()));
 
     let (_redis, redis_url) = match std::env::var("REDIS_URL") {
@@ -102,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://{address}/webhooks/thinkific");
     let bodies: Vec<(String, String)> = (0..requests)
         .map(|n| {
-            let body = enrollment_event(1_000_000_000 + n);
+            let body = enrollment_event(1_000_000_000 + n, courses);
             let signature = fleet::intake::sign(secret.as_bytes(), body.as_bytes());
             (body, signature)
         })
@@ -151,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
         for &n in chunk {
             let fields = [
-                ("body", enrollment_event(n)),
+                ("body", enrollment_event(n, courses)),
                 ("topic", "enrollment.progress".into()),
                 ("tenant", "bench".into()),
                 ("event_id", format!("2025{n:019}")),
@@ -176,18 +177,23 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let task = tokio::spawn(worker.run(stop.clone()));
     let expected = (events + requests) as i64;
+    // Done when every entry is applied, its cache refreshed and acknowledged.
     loop {
-        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db).await?;
-        if applied >= expected {
+        let reply: redis::streams::StreamInfoGroupsReply =
+            redis::AsyncCommands::xinfo_groups(&mut redis, keys.events()).await?;
+        let settled = reply.groups.iter().all(|group| group.lag == Some(0) && group.pending == 0);
+        if settled {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db).await?;
+    anyhow::ensure!(applied == expected, "{applied} of {expected} events applied");
     let elapsed = started.elapsed();
     stop.cancel();
     task.await??;
     println!(
-        "worker: {} events (20,000 enrollments, 500 courses) applied in {:.2} s by one worker, batch {}: {:.0} events/s",
+        "worker: {} events (20,000 enrollments, {courses} courses) applied, cached and acknowledged in {:.2} s by one worker, batch {}: {:.0} events/s",
         expected,
         elapsed.as_secs_f64(),
         batch_size,

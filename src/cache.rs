@@ -195,6 +195,12 @@ impl Touched {
         self.tags.is_empty()
     }
 
+    pub fn merge(&mut self, other: Touched) {
+        self.tags.extend(other.tags);
+        self.courses.extend(other.courses);
+        self.tenants.extend(other.tenants);
+    }
+
     /// `<tenant>:<tag>`, as the revalidation hook receives them.
     pub fn tag_names(&self) -> Vec<String> {
         self.tags.iter().map(|(tenant, tag)| format!("{tenant}:{tag}")).collect()
@@ -211,7 +217,9 @@ pub struct Entry {
 }
 
 // KEYS[1]: the value; KEYS[2..]: its tag sets.
-// ARGV[1]: version; ARGV[2]: body; ARGV[3]: fresh until (ms); ARGV[4]: expiry (ms).
+// ARGV[1]: version; ARGV[2]: body; ARGV[3]: fresh until (ms); ARGV[4]: expiry (ms);
+// ARGV[5]: tag-set expiry (ms), the same for every write and longer than any
+// value's, so a tag set never expires before a key registered in it.
 // 1: written; 0: refused, a newer version is stored.
 const PUT_SCRIPT: &str = r"
 local stored = redis.call('HGET', KEYS[1], 'version')
@@ -220,10 +228,14 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2], 'fresh_until', 
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 for i = 2, #KEYS do
   redis.call('SADD', KEYS[i], KEYS[1])
-  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+  redis.call('PEXPIRE', KEYS[i], ARGV[5])
 end
 return 1
 ";
+
+/// How long a tag set lives after its last registration: twice the longest
+/// value lifetime allowed (fresh + stale, 2 × the 86,400 s TTL maximum).
+const TAG_SET_EXPIRY: Duration = Duration::from_secs(4 * 86_400);
 
 /// Writes each entry unless a newer version is stored; returns how many
 /// were written. One round trip for all of them.
@@ -246,7 +258,8 @@ pub async fn put(conn: &mut ConnectionManager, entries: &[Entry]) -> Result<usiz
             .arg(entry.value.version)
             .arg(entry.value.body.to_string())
             .arg(now + ttl)
-            .arg(ttl * 2);
+            .arg(ttl * 2)
+            .arg(TAG_SET_EXPIRY.as_millis() as u64);
     }
     let written: Vec<i64> = pipe.query_async(conn).await?;
     Ok(written.into_iter().filter(|written| *written == 1).count())
@@ -414,20 +427,15 @@ pub async fn prewarm_entries(
     Ok(entries)
 }
 
-/// A page of enrollments is registered under its course and under every
-/// enrollment and user it lists, so a change to any of them drops it.
+/// A page of enrollments is registered under its course (every enrollment
+/// change tags its course) and under every user it lists (a user's name or
+/// email can change without an enrollment event).
 pub fn page_entry(keys: &CacheKeys, ttls: &Ttls, page: &PageRequest, value: Versioned) -> Entry {
     let tenant = &page.tenant_id;
     let mut entry_tags = vec![keys.tag(tenant, &tags::course(page.course_id))];
     if let Some(rows) = value.body["enrollments"].as_array() {
-        for row in rows {
-            if let Some(id) = row["enrollment_id"].as_i64() {
-                entry_tags.push(keys.tag(tenant, &tags::enrollment(id)));
-            }
-            if let Some(id) = row["user_id"].as_i64() {
-                entry_tags.push(keys.tag(tenant, &tags::user(id)));
-            }
-        }
+        let users: BTreeSet<i64> = rows.iter().filter_map(|row| row["user_id"].as_i64()).collect();
+        entry_tags.extend(users.into_iter().map(|id| keys.tag(tenant, &tags::user(id))));
     }
     Entry { key: keys.enrollments(page), tags: entry_tags, ttl: ttls.enrollments, value }
 }

@@ -37,6 +37,7 @@ use fleet_jobs::{ApplyError, Event};
 use redis::aio::ConnectionManager;
 use redis::RedisError;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{self, CacheKeys, Touched};
@@ -77,6 +78,12 @@ pub struct Worker {
     lease_token: String,
     cache_keys: CacheKeys,
     revalidator: Option<Revalidator>,
+}
+
+/// A committed batch waiting for its cache refresh and acknowledgement.
+struct Settled {
+    touched: Touched,
+    acks: Vec<String>,
 }
 
 /// Entries of one batch, decoded, with the attempts they already cost.
@@ -156,7 +163,8 @@ impl Worker {
             max_attempts = self.settings.retry.max_attempts, claim_idle_ms = self.settings.claim_idle.as_millis() as u64,
             "worker started"
         );
-        self.consume(&stop).await;
+        let (settled, to_refresh) = mpsc::channel::<Settled>(2);
+        tokio::join!(self.consume(&stop, settled), self.refresh_and_acknowledge(to_refresh, &stop));
         stop.cancel();
         let lost = heartbeat.await.unwrap_or(false);
         let mut redis = self.redis.clone();
@@ -170,7 +178,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn consume(&self, stop: &CancellationToken) {
+    async fn consume(&self, stop: &CancellationToken, settled: mpsc::Sender<Settled>) {
         let consumer = &self.settings.consumer_name;
         // Entries this name holds from an earlier life were interrupted:
         // their deliveries count as attempts. Later re-reads of our own
@@ -181,7 +189,7 @@ impl Worker {
         let mut maintenance = Maintenance::new(&self.settings);
 
         while !stop.is_cancelled() {
-            maintenance.run(self, stop).await;
+            maintenance.run(self, stop, &settled).await;
             let mut reader = self.reader.clone();
             let read = stream::read_group(
                 &mut reader,
@@ -203,7 +211,7 @@ impl Worker {
                         }
                         continue;
                     }
-                    if let Some(settled) = self.settle(&entries, count_deliveries, stop).await {
+                    if let Some(settled) = self.settle(&entries, count_deliveries, stop, &settled).await {
                         maintenance.settled += settled;
                     }
                 }
@@ -234,7 +242,13 @@ impl Worker {
     /// dead-letters the rest, then acknowledges. Returns the number of
     /// entries settled, or `None` when stopped while a dependency was down
     /// (the entries stay pending).
-    async fn settle(&self, entries: &[Entry], count_deliveries: bool, stop: &CancellationToken) -> Option<usize> {
+    async fn settle(
+        &self,
+        entries: &[Entry],
+        count_deliveries: bool,
+        stop: &CancellationToken,
+        settled: &mpsc::Sender<Settled>,
+    ) -> Option<usize> {
         let consumer = &self.settings.consumer_name;
         let policy = &self.settings.retry;
         let deliveries = if count_deliveries {
@@ -327,8 +341,7 @@ impl Worker {
             .filter(|(index, _)| !refused_at.contains(index))
             .map(|(_, event)| event.clone())
             .collect();
-        // Before the acknowledgement, so a crash here redoes the cache work.
-        self.refresh_cache(&Touched::of(&applied), stop).await?;
+        let touched = Touched::of(&applied);
 
         for failure in &dead {
             tracing::warn!(
@@ -343,10 +356,34 @@ impl Worker {
         let retries = &retries;
         self.redis_op(stop, |mut redis| async move { stream::schedule_retries(&mut redis, &self.keys, retries).await })
             .await?;
-        let acks = &acks;
-        self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, &self.keys, acks).await }).await?;
+        // Acknowledged once the cache reflects the batch, so a crash before
+        // that redoes the cache work.
+        let acks = acks.into_iter().map(str::to_owned).collect();
+        settled.send(Settled { touched, acks }).await.ok()?;
         tracing::debug!(entries = entries.len(), dead = dead.len(), retries = retries.len(), "batch settled");
         Some(entries.len())
+    }
+
+    /// Refreshes the cache for committed batches, then acknowledges them.
+    /// Runs beside the event loop: while it works, the next batches are
+    /// applied, and it then covers all of them in one refresh, so a backlog
+    /// costs one refresh per round instead of one per batch.
+    async fn refresh_and_acknowledge(&self, mut committed: mpsc::Receiver<Settled>, stop: &CancellationToken) {
+        while let Some(first) = committed.recv().await {
+            let Settled { mut touched, mut acks } = first;
+            while let Ok(more) = committed.try_recv() {
+                touched.merge(more.touched);
+                acks.extend(more.acks);
+            }
+            if self.refresh_cache(&touched, stop).await.is_none() {
+                // Stopped while a dependency was down: the entries stay
+                // pending and are applied and refreshed again later.
+                continue;
+            }
+            let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
+            let ids = &ids;
+            self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, &self.keys, ids).await }).await;
+        }
     }
 
     /// After a batch commits: invalidates the union of its tags once, writes
@@ -527,7 +564,7 @@ impl Maintenance {
         }
     }
 
-    async fn run(&mut self, worker: &Worker, stop: &CancellationToken) {
+    async fn run(&mut self, worker: &Worker, stop: &CancellationToken, settled: &mpsc::Sender<Settled>) {
         let now = Instant::now();
         let consumer = &worker.settings.consumer_name;
         let mut redis = worker.redis.clone();
@@ -572,8 +609,8 @@ impl Maintenance {
                             entries = claimed.entries.len(), %consumer,
                             "took over entries idle on a consumer that stopped responding"
                         );
-                        if let Some(settled) = worker.settle(&claimed.entries, true, stop).await {
-                            self.settled += settled;
+                        if let Some(count) = worker.settle(&claimed.entries, true, stop, settled).await {
+                            self.settled += count;
                         }
                     }
                 }
