@@ -299,6 +299,10 @@ fn print_welcome(
          Send a signed example webhook:\n\
          \x20 curl -sS http://{address}/webhooks/thinkific -H 'Content-Type: application/json' \
          -H 'X-Thinkific-Hmac-Sha256: {signature}' --data-binary @{example}\n\n\
+         The dashboard's cached reads (X-Cache: HIT once the worker has prewarmed them):\n\
+         \x20 curl -si 'http://{address}/api/statistics/cached?tenant_id=184532&course_id=2871345'\n\
+         \x20 curl -si 'http://{address}/api/dashboard/cached?tenant_id=184532'\n\
+         \x20 curl -si 'http://{address}/api/enrollments/cached?tenant_id=184532&course_id=2871345&page=1&per_page=20'\n\n\
          Then see the enrollment in Postgres:\n\
          \x20 psql '{database_url}' -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n",
         example = example.display(),

@@ -25,6 +25,11 @@
 //! - **One name, one worker**: a worker holds a lease on its consumer name,
 //!   renewed by a heartbeat; a second live worker with the same name is
 //!   refused.
+//! - **Fresh dashboards**: after a batch commits, a task beside the event
+//!   loop invalidates the union of its cache tags once, prewarms the keys the
+//!   dashboard reads (see `crate::cache`) and calls the revalidation hook;
+//!   only then are the entries acknowledged. Batches that commit while it
+//!   works are covered together by its next round.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

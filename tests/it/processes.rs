@@ -197,3 +197,33 @@ async fn a_worker_refuses_an_unmigrated_database_until_fleet_migrate_runs() {
     .expect("tables");
     assert_eq!(tables, 5);
 }
+
+#[tokio::test]
+async fn the_api_process_serves_cached_reads_and_stops_on_sigterm() {
+    let ctx = context().await;
+    let port = fleet::local_services::free_port().expect("port");
+    let mut api = fleet(&ctx, &["api"])
+        .env("FLEET_API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLEET_API_TOKEN", "token-never-logged")
+        .spawn()
+        .expect("spawn fleet api");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
+        assert!(std::time::Instant::now() < deadline, "api never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = format!("{base}/api/dashboard/cached?tenant_id=184532");
+    assert_eq!(client.get(&path).send().await.expect("request").status(), 401);
+    let first = client.get(&path).bearer_auth("token-never-logged").send().await.expect("request");
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let second = client.get(&path).bearer_auth("token-never-logged").send().await.expect("request");
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    signal(&api, "TERM");
+    let (status, stderr) = wait_exit(&mut api).await;
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("read API stopped"), "{stderr}");
+    assert!(!stderr.contains("token-never-logged"), "{stderr}");
+}
