@@ -187,12 +187,20 @@ impl Entry {
 const EVENT_FIELDS: [&str; 5] = ["body", "topic", "tenant", "event_id", "received_at"];
 
 /// Where a group read starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadFrom {
-    /// Entries already delivered to this consumer and not yet acknowledged.
-    OwnPending,
+    /// Entries already delivered to this consumer and not yet acknowledged,
+    /// with ids after this one (`0-0` for all of them).
+    OwnPendingAfter(String),
     /// Entries never delivered to any consumer of the group.
     New,
+}
+
+impl ReadFrom {
+    /// A pass over all of this consumer's pending entries.
+    pub fn own_pending() -> Self {
+        Self::OwnPendingAfter("0-0".to_owned())
+    }
 }
 
 /// Reads up to `count` entries for `consumer`, waiting up to `block` for new
@@ -201,13 +209,13 @@ pub async fn read_group(
     conn: &mut ConnectionManager,
     keys: &Keys,
     consumer: &str,
-    from: ReadFrom,
+    from: &ReadFrom,
     count: usize,
     block: Duration,
 ) -> Result<Vec<Entry>, RedisError> {
     let mut options = StreamReadOptions::default().group(GROUP, consumer).count(count);
     let id = match from {
-        ReadFrom::OwnPending => "0",
+        ReadFrom::OwnPendingAfter(id) => id.as_str(),
         ReadFrom::New => {
             options = options.block(block.as_millis() as usize);
             ">"

@@ -188,7 +188,7 @@ impl Worker {
         // Entries this name holds from an earlier life were interrupted:
         // their deliveries count as attempts. Later re-reads of our own
         // pending entries (after a failed read) do not.
-        let mut read_from = ReadFrom::OwnPending;
+        let mut read_from = ReadFrom::own_pending();
         let mut count_deliveries = true;
         let mut read_backoff = infrastructure_backoff();
         let mut maintenance = Maintenance::new(&self.settings);
@@ -200,7 +200,7 @@ impl Worker {
                 &mut reader,
                 &self.keys,
                 consumer,
-                read_from,
+                &read_from,
                 self.settings.batch_size,
                 self.settings.block,
             )
@@ -209,12 +209,16 @@ impl Worker {
                 Ok(entries) => {
                     read_backoff = infrastructure_backoff();
                     self.health.available();
-                    if entries.is_empty() {
-                        if read_from == ReadFrom::OwnPending {
-                            read_from = ReadFrom::New;
-                            count_deliveries = false;
-                        }
+                    let Some(last) = entries.last() else {
+                        // A pass over our own pending entries is over.
+                        read_from = ReadFrom::New;
+                        count_deliveries = false;
                         continue;
+                    };
+                    if let ReadFrom::OwnPendingAfter(after) = &mut read_from {
+                        // Move on: entries just settled may stay pending
+                        // until their cache refresh acknowledges them.
+                        after.clone_from(&last.id);
                     }
                     if let Some(settled) = self.settle(&entries, count_deliveries, stop, &settled).await {
                         maintenance.settled += settled;
@@ -232,7 +236,7 @@ impl Worker {
                 Err(err) => {
                     self.health.unavailable(Dependency::Redis, &err);
                     // The lost reply may have delivered entries to us.
-                    read_from = ReadFrom::OwnPending;
+                    read_from = ReadFrom::own_pending();
                     let pause = read_backoff.next().unwrap_or(MAX_PAUSE);
                     tokio::select! {
                         () = stop.cancelled() => {}
