@@ -297,6 +297,34 @@ pub async fn touch(conn: &mut ConnectionManager, keys: &Keys, consumer: &str, id
     Ok(())
 }
 
+/// Removes consumers other than `me` that hold no pending entry, have not
+/// read for `idle`, and whose name no worker holds; returns their names. A
+/// live worker reads at least every `FLEET_BLOCK_MS`, so it is never idle
+/// that long.
+pub async fn remove_idle_consumers(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    me: &str,
+    idle: Duration,
+) -> Result<Vec<String>, RedisError> {
+    let reply: redis::streams::StreamInfoConsumersReply = conn.xinfo_consumers(keys.events(), GROUP).await?;
+    let mut removed = Vec::new();
+    for consumer in reply.consumers {
+        let stale = consumer.name != me && consumer.pending == 0 && consumer.idle as u128 > idle.as_millis();
+        if stale && !conn.exists::<_, bool>(keys.consumer_lease(&consumer.name)).await? {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(keys.events())
+                .arg(GROUP)
+                .arg(&consumer.name)
+                .query_async(conn)
+                .await?;
+            removed.push(consumer.name);
+        }
+    }
+    Ok(removed)
+}
+
 /// Acknowledges entries whose effect is committed.
 pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {

@@ -630,6 +630,14 @@ impl Maintenance {
         }
         if now >= self.next_trim {
             self.next_trim = now + TRIM_INTERVAL;
+            // Consumers of workers long gone, holding nothing, are removed so
+            // the group (and `fleet status`) lists the live fleet.
+            let gone_after = worker.settings.claim_idle * 10;
+            match stream::remove_idle_consumers(&mut redis, &worker.keys, consumer, gone_after).await {
+                Ok(removed) if !removed.is_empty() => tracing::info!(?removed, "removed consumers of stopped workers"),
+                Ok(_) => {}
+                Err(err) => tracing::debug!(error = %err, "could not list consumers; will try again"),
+            }
             match stream::trim(&mut redis, &worker.keys, worker.settings.stream_max_len).await {
                 Ok(0) => {}
                 Ok(trimmed) => tracing::debug!(trimmed, "trimmed acknowledged entries"),

@@ -188,3 +188,33 @@ async fn a_second_live_worker_with_the_same_name_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(1));
     again.stop().await;
 }
+
+#[tokio::test]
+async fn consumers_of_long_gone_workers_are_removed_from_the_group() {
+    let ctx = context().await;
+    ctx.enqueue(&fixture("user.signup")).await;
+    let mut redis = ctx.redis.clone();
+    // A worker that read once (and acknowledged) and then vanished.
+    let options = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "ghost").count(10);
+    let read: redis::streams::StreamReadReply =
+        redis.xread_options(&[ctx.keys.events()], &[">"], &options).await.expect("XREADGROUP");
+    let ids: Vec<String> = read.keys.iter().flat_map(|key| key.ids.iter().map(|id| id.id.clone())).collect();
+    let _: i64 = redis.xack(ctx.keys.events(), fleet::stream::GROUP, &ids).await.expect("XACK");
+    let consumers = || async {
+        let mut redis = ctx.redis.clone();
+        let reply: redis::streams::StreamInfoConsumersReply =
+            redis.xinfo_consumers(ctx.keys.events(), fleet::stream::GROUP).await.expect("XINFO CONSUMERS");
+        reply.consumers.into_iter().map(|consumer| consumer.name).collect::<Vec<String>>()
+    };
+    assert_eq!(consumers().await, vec!["ghost"]);
+
+    let mut settings = ctx.fast_retry_settings("live", 10);
+    settings.claim_idle = Duration::from_millis(100);
+    let worker = ctx.spawn_worker(settings).await;
+    eventually("the ghost is removed", Duration::from_secs(15), || async {
+        !consumers().await.contains(&"ghost".to_owned())
+    })
+    .await;
+    worker.stop().await;
+    assert!(consumers().await.contains(&"live".to_owned()));
+}
