@@ -12,7 +12,6 @@
 //! Per-client rate limit (fixed window in Redis, by peer address; 429 with
 //! `Retry-After`) and an optional bearer token guard the routes.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,9 +29,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 
-use crate::cache::{self, CacheKeys, Entry, Lookup, Outcome, Ttls};
+use crate::cache::{self, CacheKeys, Cached, Entry, Lookup, Outcome, Ttls};
 use crate::config::ApiTuning;
-use crate::read_model::{self, PageRequest, DEFAULT_PER_PAGE};
+use crate::read_model::{PageRequest, DEFAULT_PER_PAGE};
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -198,46 +197,12 @@ impl Params {
 async fn statistics(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
     let tenant = params.tenant(&state)?;
     let course = Params::number(params.course_id.as_deref(), "course_id", None, i64::MAX)?;
-    let key = state.keys.statistics(&tenant, course);
-    let compute_state = state.clone();
-    Ok(serve(&state, key, move || {
-        let state = compute_state.clone();
-        let tenant = tenant.clone();
-        async move {
-            state.queries.fetch_add(1, Ordering::Relaxed);
-            let mut rows = read_model::course_statistics(&state.db, &[(tenant.clone(), course)]).await?;
-            let (_, value) = rows.pop().ok_or(sqlx::Error::RowNotFound)?;
-            Ok(Entry {
-                key: state.keys.statistics(&tenant, course),
-                tags: vec![state.keys.tag(&tenant, &cache::tags::course(course))],
-                ttl: state.ttls.statistics,
-                value,
-            })
-        }
-    })
-    .await)
+    Ok(serve(&state, Cached::Statistics { tenant, course }).await)
 }
 
 async fn dashboard(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
     let tenant = params.tenant(&state)?;
-    let key = state.keys.dashboard(&tenant);
-    let compute_state = state.clone();
-    Ok(serve(&state, key, move || {
-        let state = compute_state.clone();
-        let tenant = tenant.clone();
-        async move {
-            state.queries.fetch_add(1, Ordering::Relaxed);
-            let mut rows = read_model::dashboards(&state.db, std::slice::from_ref(&tenant)).await?;
-            let (_, value) = rows.pop().ok_or(sqlx::Error::RowNotFound)?;
-            Ok(Entry {
-                key: state.keys.dashboard(&tenant),
-                tags: vec![state.keys.tag(&tenant, cache::tags::DASHBOARD)],
-                ttl: state.ttls.dashboard,
-                value,
-            })
-        }
-    })
-    .await)
+    Ok(serve(&state, Cached::Dashboard { tenant }).await)
 }
 
 async fn enrollments(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
@@ -247,19 +212,14 @@ async fn enrollments(State(state): State<ApiState>, Query(params): Query<Params>
         page: Params::number(params.page.as_deref(), "page", Some(1), 1_000_000)?,
         per_page: Params::number(params.per_page.as_deref(), "per_page", Some(DEFAULT_PER_PAGE), MAX_PER_PAGE)?,
     };
-    let key = state.keys.enrollments(&page);
-    let compute_state = state.clone();
-    Ok(serve(&state, key, move || {
-        let state = compute_state.clone();
-        let page = page.clone();
-        async move {
-            state.queries.fetch_add(1, Ordering::Relaxed);
-            let mut pages = read_model::enrollment_pages(&state.db, std::slice::from_ref(&page)).await?;
-            let value = pages.pop().ok_or(sqlx::Error::RowNotFound)?;
-            Ok(cache::page_entry(&state.keys, &state.ttls, &page, value))
-        }
-    })
-    .await)
+    Ok(serve(&state, Cached::Enrollments(page)).await)
+}
+
+/// Computes one value from Postgres (counted in `postgres_queries`).
+async fn compute(state: ApiState, item: Cached) -> Result<Entry, sqlx::Error> {
+    state.queries.fetch_add(1, Ordering::Relaxed);
+    let mut entries = Cached::compute(&state.db, &state.keys, &state.ttls, std::slice::from_ref(&item)).await?;
+    entries.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
 fn answer(value: &Value, outcome: Outcome) -> Response {
@@ -274,11 +234,12 @@ fn unavailable(err: &sqlx::Error) -> Response {
 }
 
 /// Cache-aside with stale-while-revalidate and single-flight; see the module.
-async fn serve<F, Fut>(state: &ApiState, key: String, compute: F) -> Response
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Entry, sqlx::Error>> + Send,
-{
+async fn serve(state: &ApiState, item: Cached) -> Response {
+    let key = item.key(&state.keys);
+    let compute = {
+        let state = state.clone();
+        move || compute(state.clone(), item.clone())
+    };
     let Some(mut redis) = state.redis() else {
         return bypass(compute().await);
     };

@@ -381,56 +381,85 @@ pub async fn count_revalidation_failure(conn: &mut ConnectionManager, keys: &Cac
     conn.hincr(keys.metrics(), "revalidate_failures", 1).await
 }
 
-/// The values a batch makes stale, ready to write: each touched course's
-/// statistics and first page of enrollments, each touched school's dashboard.
-pub async fn prewarm_entries(
-    db: &sqlx::PgPool,
-    keys: &CacheKeys,
-    ttls: &Ttls,
-    touched: &Touched,
-) -> Result<Vec<Entry>, sqlx::Error> {
-    let courses: Vec<(String, i64)> = touched.courses.iter().cloned().collect();
-    let tenants: Vec<String> = touched.tenants.iter().cloned().collect();
-    let mut entries = Vec::new();
-    if !courses.is_empty() {
-        for ((tenant, course), value) in crate::read_model::course_statistics(db, &courses).await? {
-            entries.push(Entry {
-                key: keys.statistics(&tenant, course),
-                tags: vec![keys.tag(&tenant, &tags::course(course))],
-                ttl: ttls.statistics,
-                value,
-            });
-        }
-        let pages: Vec<PageRequest> = courses
-            .iter()
-            .map(|(tenant, course)| PageRequest {
-                tenant_id: tenant.clone(),
-                course_id: *course,
-                page: 1,
-                per_page: DEFAULT_PER_PAGE,
-            })
-            .collect();
-        for (page, value) in pages.iter().zip(crate::read_model::enrollment_pages(db, &pages).await?) {
-            entries.push(page_entry(keys, ttls, page, value));
+/// One value the dashboard reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Cached {
+    Statistics { tenant: String, course: i64 },
+    Dashboard { tenant: String },
+    Enrollments(PageRequest),
+}
+
+impl Cached {
+    pub fn key(&self, keys: &CacheKeys) -> String {
+        match self {
+            Self::Statistics { tenant, course } => keys.statistics(tenant, *course),
+            Self::Dashboard { tenant } => keys.dashboard(tenant),
+            Self::Enrollments(page) => keys.enrollments(page),
         }
     }
-    if !tenants.is_empty() {
-        for (tenant, value) in crate::read_model::dashboards(db, &tenants).await? {
-            entries.push(Entry {
-                key: keys.dashboard(&tenant),
-                tags: vec![keys.tag(&tenant, tags::DASHBOARD)],
-                ttl: ttls.dashboard,
-                value,
-            });
-        }
+
+    /// The values the dashboard reads after a batch: each touched course's
+    /// statistics and first page of enrollments, each touched school's dashboard.
+    pub fn touched_by(touched: &Touched) -> Vec<Self> {
+        let courses = touched.courses.iter().flat_map(|(tenant, course)| {
+            [
+                Self::Statistics { tenant: tenant.clone(), course: *course },
+                Self::Enrollments(PageRequest {
+                    tenant_id: tenant.clone(),
+                    course_id: *course,
+                    page: 1,
+                    per_page: DEFAULT_PER_PAGE,
+                }),
+            ]
+        });
+        let schools = touched.tenants.iter().map(|tenant| Self::Dashboard { tenant: tenant.clone() });
+        courses.chain(schools).collect()
     }
-    Ok(entries)
+
+    /// Computes `items` from Postgres, one query per kind, as entries ready
+    /// to cache (key, tags, TTL and versioned value).
+    pub async fn compute(
+        db: &sqlx::PgPool,
+        keys: &CacheKeys,
+        ttls: &Ttls,
+        items: &[Cached],
+    ) -> Result<Vec<Entry>, sqlx::Error> {
+        let mut courses = Vec::new();
+        let mut tenants = Vec::new();
+        let mut pages = Vec::new();
+        for item in items {
+            match item {
+                Self::Statistics { tenant, course } => courses.push((tenant.clone(), *course)),
+                Self::Dashboard { tenant } => tenants.push(tenant.clone()),
+                Self::Enrollments(page) => pages.push(page.clone()),
+            }
+        }
+        let mut entries = Vec::with_capacity(items.len());
+        if !courses.is_empty() {
+            for ((tenant, course), value) in crate::read_model::course_statistics(db, &courses).await? {
+                let tags = vec![keys.tag(&tenant, &tags::course(course))];
+                entries.push(Entry { key: keys.statistics(&tenant, course), tags, ttl: ttls.statistics, value });
+            }
+        }
+        if !tenants.is_empty() {
+            for (tenant, value) in crate::read_model::dashboards(db, &tenants).await? {
+                let tags = vec![keys.tag(&tenant, tags::DASHBOARD)];
+                entries.push(Entry { key: keys.dashboard(&tenant), tags, ttl: ttls.dashboard, value });
+            }
+        }
+        if !pages.is_empty() {
+            for (page, value) in pages.iter().zip(crate::read_model::enrollment_pages(db, &pages).await?) {
+                entries.push(page_entry(keys, ttls, page, value));
+            }
+        }
+        Ok(entries)
+    }
 }
 
 /// A page of enrollments is registered under its course (every enrollment
 /// change tags its course) and under every user it lists (a user's name or
 /// email can change without an enrollment event).
-pub fn page_entry(keys: &CacheKeys, ttls: &Ttls, page: &PageRequest, value: Versioned) -> Entry {
+fn page_entry(keys: &CacheKeys, ttls: &Ttls, page: &PageRequest, value: Versioned) -> Entry {
     let tenant = &page.tenant_id;
     let mut entry_tags = vec![keys.tag(tenant, &tags::course(page.course_id))];
     if let Some(rows) = value.body["enrollments"].as_array() {

@@ -408,7 +408,8 @@ impl Worker {
         let ttls = &self.settings.cache_ttls;
         let entries = self
             .postgres_op(stop, &[], || async {
-                cache::prewarm_entries(&self.db, &self.cache_keys, ttls, touched).await.map_err(ApplyError::from)
+                let items = cache::Cached::touched_by(touched);
+                cache::Cached::compute(&self.db, &self.cache_keys, ttls, &items).await.map_err(ApplyError::from)
             })
             .await?;
         let entries = &entries;
