@@ -406,10 +406,10 @@ impl Worker {
         let tag_keys = &tag_keys;
         self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
         let ttls = &self.settings.cache_ttls;
+        let items = &cache::Cached::touched_by(touched);
         let entries = self
             .postgres_op(stop, &[], || async {
-                let items = cache::Cached::touched_by(touched);
-                cache::Cached::compute(&self.db, &self.cache_keys, ttls, &items).await.map_err(ApplyError::from)
+                cache::Cached::compute(&self.db, &self.cache_keys, ttls, items).await.map_err(ApplyError::from)
             })
             .await?;
         let entries = &entries;
