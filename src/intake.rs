@@ -143,7 +143,12 @@ async fn receive(
     })?;
     let topic = envelope.topic();
     let subdomain = headers.get(SUBDOMAIN_HEADER).and_then(|value| value.to_str().ok());
-    let tenant_id = envelope.tenant_id.as_deref().or(subdomain.filter(|s| !s.is_empty())).unwrap_or("unknown");
+    let tenant_id = envelope
+        .tenant_id
+        .as_ref()
+        .map(fleet_jobs::TenantId::as_str)
+        .or(subdomain.filter(|s| !s.is_empty()))
+        .unwrap_or("unknown");
     let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
     let mut redis = state.redis.clone();
     let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)

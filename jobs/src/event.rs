@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::ids::{check_id, IdError, TenantId};
 use crate::parse;
 
 /// The fields every Thinkific webhook body carries, checked at intake.
@@ -15,7 +16,7 @@ pub struct Envelope {
     pub resource: String,
     pub action: String,
     /// The school, when the body names it.
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -32,6 +33,8 @@ pub enum EnvelopeError {
     FieldTooLong(&'static str),
     #[error("`created_at` is not a timestamp")]
     BadCreatedAt,
+    #[error(transparent)]
+    BadId(#[from] IdError),
 }
 
 const MAX_ENVELOPE_FIELD_LEN: usize = 128;
@@ -49,11 +52,12 @@ impl Envelope {
             Ok(text)
         };
         let id = field("id")?;
+        check_id("id", &id)?;
         let resource = field("resource")?;
         let action = field("action")?;
         let tenant_id = match object.get("tenant_id") {
             None | Some(Value::Null) => None,
-            Some(_) => Some(field("tenant_id")?),
+            Some(_) => Some(TenantId::parse(&field("tenant_id")?)?),
         };
         let created_at = match object.get("created_at") {
             None | Some(Value::Null) => None,
@@ -332,7 +336,25 @@ mod tests {
         let envelope = Envelope::parse(br#"{"id":12,"resource":"lesson","action":"completed","tenant_id":7}"#);
         let envelope = envelope.expect("a numeric id and tenant are accepted");
         assert_eq!((envelope.id.as_str(), envelope.topic().as_str()), ("12", "lesson.completed"));
-        assert_eq!(envelope.tenant_id.as_deref(), Some("7"));
+        assert_eq!(envelope.tenant_id.as_ref().map(TenantId::as_str), Some("7"));
+    }
+
+    #[test]
+    fn ids_keep_their_exact_text_or_are_refused() {
+        let envelope = Envelope::parse(br#"{"id":18446744073709551615,"resource":"a","action":"b","tenant_id":-3}"#);
+        let envelope = envelope.expect("64-bit integers are exact");
+        assert_eq!(envelope.id, "18446744073709551615");
+        assert_eq!(envelope.tenant_id.as_ref().map(TenantId::as_str), Some("-3"));
+        for bad in [
+            r#"{"id":123456789012345678901234567890,"resource":"a","action":"b"}"#,
+            r#"{"id":1.5,"resource":"a","action":"b"}"#,
+            r#"{"id":"1","resource":"a","action":"b","tenant_id":1e3}"#,
+            r#"{"id":"1","resource":"a","action":"b","tenant_id":"a:b"}"#,
+            r#"{"id":"b:c","resource":"a","action":"b","tenant_id":"a"}"#,
+            r#"{"id":"1","resource":"a","action":"b","tenant_id":"*"}"#,
+        ] {
+            assert!(Envelope::parse(bad.as_bytes()).is_err(), "{bad} was accepted");
+        }
     }
 
     #[test]

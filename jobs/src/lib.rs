@@ -8,10 +8,12 @@
 
 mod apply;
 mod event;
+mod ids;
 mod parse;
 
 pub use apply::{already_applied, apply_batch, ApplyError, BatchReport};
 pub use event::{Change, Course, DecodeError, Enrollment, Envelope, EnvelopeError, Event, Order, User, Version};
+pub use ids::{check_id, IdError, TenantId, MAX_ID_LEN};
 
 /// The fleet's schema, embedded so that `fleet migrate` needs no files on disk.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -19,11 +19,15 @@ fn describe(value: &Value) -> String {
     }
 }
 
-/// A string or a number, as a string (envelope ids, tenant ids).
+/// A string or an integer, as a string (envelope ids, tenant ids).
+///
+/// A number is taken only when it is an integer that fits 64 bits, so its
+/// text is exact; a float or a larger integer (which JSON parsing would
+/// round) is refused rather than turned into another id.
 pub fn string_or_number(value: &Value) -> Option<String> {
     match value {
         Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
+        Value::Number(number) if number.is_i64() || number.is_u64() => Some(number.to_string()),
         _ => None,
     }
 }

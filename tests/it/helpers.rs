@@ -392,7 +392,7 @@ impl TestContext {
         let entry = stream::NewEntry {
             body: body.as_bytes(),
             topic: &topic,
-            tenant_id: envelope.tenant_id.as_deref().unwrap_or("unknown"),
+            tenant_id: envelope.tenant_id.as_ref().map(fleet_jobs::TenantId::as_str).unwrap_or("unknown"),
             event_id: &envelope.id,
             received_at: chrono::Utc::now(),
         };
