@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     // --- intake: sequential latency, then concurrent throughput
     let secret = "bench-secret";
     let settings = fleet::config::IntakeSettings {
-        secrets: secret.parse().map_err(anyhow::Error::msg)?,
+        keys: fleet::config::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
         max_body_bytes: 1024 * 1024,
         dedup_window: Duration::from_secs(3600),
     };

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheKeys;
 use crate::config::{
-    ApiArgs, ApiTuning, CacheCommand, Command, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs, WebhookSecrets,
-    WorkerArgs, WorkerSettings,
+    ApiArgs, ApiTuning, CacheCommand, Command, ConfigError, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs,
+    WebhookKeys, WebhookSecrets, WorkerArgs, WorkerSettings,
 };
 use crate::local_services::{LocalPostgres, LocalRedis};
 use crate::revalidate::Revalidator;
@@ -22,6 +22,8 @@ use crate::{api, db, health, intake, operator};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
 pub const EXAMPLE_WEBHOOK: &str = include_str!("../tests/fixtures/thinkific/enrollment.created.json");
+/// `fleet dev`'s default signing key. It is published, so anyone can sign
+/// with it: `fleet intake` refuses it.
 const DEV_SECRET: &str = "fleet-dev-secret";
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -109,10 +111,14 @@ async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
 
 async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let address = args.listen.address()?;
+    let webhook_keys = args.secrets.webhook_keys()?;
+    if webhook_keys.contains(DEV_SECRET.as_bytes()) {
+        return Err(ConfigError::DevelopmentWebhookKey.into());
+    }
+    let settings = IntakeSettings::new(webhook_keys, &args.tuning);
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
     stream::ensure_group(&mut redis, &keys).await.context("cannot create the consumer group")?;
-    let settings = IntakeSettings::new(args.secrets.webhook_secrets, &args.tuning);
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, stream = %keys.events(), "intake listening");
     let shutdown = shutdown_on_signals();
@@ -240,7 +246,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let redis = connect_redis(&redis_url).await?;
     let api = api_state(pool, &redis_url, &keys, args.worker.cache.ttls(), args.api.clone()).await;
-    let app = intake::router(redis, keys, IntakeSettings::new(secrets.clone(), &args.intake)).merge(api::routes(api));
+    let intake_settings = IntakeSettings::new(WebhookKeys::new(Some(secrets.clone()), None)?, &args.intake);
+    let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
     let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");

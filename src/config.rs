@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use fleet_jobs::TenantId;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -342,16 +343,73 @@ pub struct IntakeArgs {
     pub tuning: IntakeTuning,
 }
 
+/// The intake's signing keys; at least one of the two settings must be given.
 #[derive(Debug, Args)]
 pub struct SecretsArg {
-    /// Thinkific webhook signing key; several comma-separated keys are all accepted (rotation).
+    /// Thinkific webhook signing key(s) valid for any school: a body signed with one must name its
+    /// `tenant_id`. Several comma-separated keys are all accepted (rotation).
     #[arg(
         long = "webhook-secret",
         env = "THINKIFIC_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_name = "THINKIFIC_WEBHOOK_SECRET"
+        value_name = "THINKIFIC_WEBHOOK_SECRET",
+        value_parser = SecretParser::<WebhookSecrets>::new()
     )]
-    pub webhook_secrets: WebhookSecrets,
+    pub webhook_secrets: Option<WebhookSecrets>,
+    /// Signing keys bound to one school each, as comma-separated `school=key` pairs: a body signed
+    /// with one belongs to that school. A school may have several keys (rotation).
+    #[arg(
+        long = "school-keys",
+        env = "THINKIFIC_SCHOOL_KEYS",
+        hide_env_values = true,
+        value_name = "THINKIFIC_SCHOOL_KEYS",
+        value_parser = SecretParser::<SchoolKeys>::new()
+    )]
+    pub school_keys: Option<SchoolKeys>,
+}
+
+impl SecretsArg {
+    /// Every configured key with its scope; refused when none is set.
+    pub fn webhook_keys(&self) -> Result<WebhookKeys, ConfigError> {
+        WebhookKeys::new(self.webhook_secrets.clone(), self.school_keys.clone())
+    }
+}
+
+/// Parses a secret setting with its `FromStr`, as clap would, except that a
+/// refusal never quotes the value: clap's own message does, and the value
+/// holds keys.
+#[derive(Clone)]
+struct SecretParser<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> SecretParser<T> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for SecretParser<T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let setting = arg.map_or_else(|| "a secret setting".to_owned(), ToString::to_string);
+        let refuse = |reason: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{setting}' (not shown, it holds keys): {reason}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
+        text.parse().map_err(|reason: String| refuse(&reason))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -479,7 +537,8 @@ pub struct DevArgs {
         long = "webhook-secret",
         env = "THINKIFIC_WEBHOOK_SECRET",
         hide_env_values = true,
-        value_name = "THINKIFIC_WEBHOOK_SECRET"
+        value_name = "THINKIFIC_WEBHOOK_SECRET",
+        value_parser = SecretParser::<WebhookSecrets>::new()
     )]
     pub secrets: Option<WebhookSecrets>,
     /// Where the throwaway servers keep their data.
@@ -504,6 +563,22 @@ pub enum ConfigError {
     ListenAndPort,
     #[error("FLEET_CONSUMER_NAME must be 1 to 200 characters without spaces")]
     ConsumerName,
+    #[error(
+        "no webhook signing key: set THINKIFIC_WEBHOOK_SECRET (keys valid for any school; bodies must name \
+         their tenant_id) or THINKIFIC_SCHOOL_KEYS (`school=key` pairs), or both"
+    )]
+    NoWebhookKey,
+    #[error(
+        "one webhook key is given two scopes (in both THINKIFIC_WEBHOOK_SECRET and THINKIFIC_SCHOOL_KEYS, \
+         or for two schools); give each key one scope"
+    )]
+    AmbiguousWebhookKey,
+    #[error(
+        "THINKIFIC_WEBHOOK_SECRET or THINKIFIC_SCHOOL_KEYS holds the well-known development key of `fleet dev`, \
+         with which anyone can sign; set the real signing key of your Thinkific webhooks (the school's API key \
+         or the app's client secret)"
+    )]
+    DevelopmentWebhookKey,
 }
 
 /// A Redis URL; its password never reaches a log.
@@ -636,18 +711,106 @@ impl fmt::Debug for WebhookSecrets {
     }
 }
 
+/// Webhook keys bound to one school each (`THINKIFIC_SCHOOL_KEYS`): a body
+/// signed with one belongs to that school.
+#[derive(Clone)]
+pub struct SchoolKeys(Vec<(TenantId, Vec<u8>)>);
+
+impl FromStr for SchoolKeys {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // An item is named by its position, never quoted: it holds a key.
+        let mut pairs = Vec::new();
+        for (index, item) in text.split(',').enumerate() {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let position = index + 1;
+            // The first `=` ends the school: a school id holds none, a key may.
+            let (school, key) = item.split_once('=').ok_or_else(|| format!("item {position} is not `school=key`"))?;
+            let school = TenantId::parse(school.trim()).map_err(|err| format!("item {position}: bad school: {err}"))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(format!("item {position}: the key is empty"));
+            }
+            pairs.push((school, key.as_bytes().to_vec()));
+        }
+        if pairs.is_empty() {
+            return Err("no `school=key` pair given: set one, or several separated by commas".into());
+        }
+        Ok(Self(pairs))
+    }
+}
+
+impl fmt::Debug for SchoolKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SchoolKeys([REDACTED; {} key(s)])", self.0.len())
+    }
+}
+
+/// For whom a webhook key signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// A key of `THINKIFIC_WEBHOOK_SECRET`, valid for every school: the
+    /// signed body must name its `tenant_id`.
+    AnySchool,
+    /// A key of `THINKIFIC_SCHOOL_KEYS`: what it signs belongs to this school.
+    School(TenantId),
+}
+
+/// Every key that may sign a webhook, each with its scope.
+#[derive(Clone)]
+pub struct WebhookKeys(Vec<(Vec<u8>, KeyScope)>);
+
+impl WebhookKeys {
+    /// Joins the keys for any school and the keys bound to a school. At
+    /// least one key is required, and a key may have only one scope: the
+    /// key that signed a body must decide its school without doubt.
+    pub fn new(any_school: Option<WebhookSecrets>, schools: Option<SchoolKeys>) -> Result<Self, ConfigError> {
+        let any_school = any_school.into_iter().flat_map(|secrets| secrets.0).map(|key| (key, KeyScope::AnySchool));
+        let schools = schools.into_iter().flat_map(|keys| keys.0).map(|(school, key)| (key, KeyScope::School(school)));
+        let keys: Vec<(Vec<u8>, KeyScope)> = any_school.chain(schools).collect();
+        if keys.is_empty() {
+            return Err(ConfigError::NoWebhookKey);
+        }
+        let two_scopes = keys.iter().enumerate().any(|(index, (key, scope))| {
+            keys[..index].iter().any(|(earlier, earlier_scope)| earlier == key && earlier_scope != scope)
+        });
+        if two_scopes {
+            return Err(ConfigError::AmbiguousWebhookKey);
+        }
+        Ok(Self(keys))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &KeyScope)> {
+        self.0.iter().map(|(key, scope)| (key.as_slice(), scope))
+    }
+
+    /// Whether `key` is one of the keys, in any scope.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.0.iter().any(|(configured, _)| configured == key)
+    }
+}
+
+impl fmt::Debug for WebhookKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookKeys([REDACTED; {} key(s)])", self.0.len())
+    }
+}
+
 /// Intake settings in their validated form.
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
-    pub secrets: WebhookSecrets,
+    pub keys: WebhookKeys,
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
 }
 
 impl IntakeSettings {
-    pub fn new(secrets: WebhookSecrets, tuning: &IntakeTuning) -> Self {
+    pub fn new(keys: WebhookKeys, tuning: &IntakeTuning) -> Self {
         Self {
-            secrets,
+            keys,
             max_body_bytes: tuning.max_body_bytes as usize,
             dedup_window: Duration::from_secs(tuning.dedup_window_secs),
         }
@@ -719,6 +882,41 @@ mod tests {
         let shown = format!("{secrets:?}");
         assert!(!shown.contains("old-key") && !shown.contains("new-key"), "{shown}");
         assert!(" , ".parse::<WebhookSecrets>().is_err());
+    }
+
+    #[test]
+    fn school_keys_split_on_the_first_equals_sign() {
+        let keys: SchoolKeys = " 184532=k=ey==, ,watercolor-school = other ,".parse().expect("two pairs");
+        assert_eq!(keys.0.len(), 2);
+        assert_eq!((keys.0[0].0.as_str(), keys.0[0].1.as_slice()), ("184532", b"k=ey==".as_slice()));
+        assert_eq!((keys.0[1].0.as_str(), keys.0[1].1.as_slice()), ("watercolor-school", b"other".as_slice()));
+        let shown = format!("{keys:?}");
+        assert!(!shown.contains("k=ey") && !shown.contains("other"), "{shown}");
+    }
+
+    #[test]
+    fn school_key_refusals_never_quote_an_item() {
+        for bad in
+            ["secret-without-school", "a:b=secret", "=secret", "school=", ",", &format!("{}=secret", "s".repeat(65))]
+        {
+            let refusal = bad.parse::<SchoolKeys>().err().unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(!refusal.contains("secret") && !refusal.contains("a:b"), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn webhook_keys_need_one_key_and_one_scope_per_key() {
+        let any = |text: &str| Some(text.parse::<WebhookSecrets>().expect("keys"));
+        let bound = |text: &str| Some(text.parse::<SchoolKeys>().expect("school keys"));
+        assert!(matches!(WebhookKeys::new(None, None), Err(ConfigError::NoWebhookKey)));
+        let keys = WebhookKeys::new(any("k1,k2"), bound("a=k3,a=k4,b=k5")).expect("valid");
+        assert_eq!(keys.iter().count(), 5);
+        assert!(keys.contains(b"k4") && !keys.contains(b"k6"));
+        assert!(!format!("{keys:?}").contains("k1"));
+        assert!(WebhookKeys::new(any("k1,k1"), bound("a=k2,a=k2")).is_ok(), "a repeated key keeps its scope");
+        for (any_school, schools) in [(any("k1"), bound("a=k1")), (None, bound("a=k1,b=k1"))] {
+            assert!(matches!(WebhookKeys::new(any_school, schools), Err(ConfigError::AmbiguousWebhookKey)));
+        }
     }
 
     #[test]

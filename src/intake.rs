@@ -3,6 +3,10 @@
 //! Nothing is parsed before the signature is checked, and nothing is
 //! acknowledged (2xx) before the event is in the stream: when Redis cannot
 //! take it, Thinkific gets a 503 and retries later.
+//!
+//! The school an event belongs to comes only from what is signed: the key
+//! that signed it when that key is bound to a school, else the body's
+//! `tenant_id`. Headers are not signed, so none of them decides tenancy.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use fleet_jobs::{Envelope, EnvelopeError};
+use fleet_jobs::{Envelope, EnvelopeError, TenantId};
 use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use serde_json::json;
@@ -23,12 +27,14 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{IntakeSettings, WebhookSecrets};
+use crate::config::{IntakeSettings, KeyScope, WebhookKeys};
 use crate::stream::{self, Enqueued, Keys, NewEntry};
 
 /// The header carrying the hex HMAC-SHA256 of the raw body.
 pub const SIGNATURE_HEADER: &str = "x-thinkific-hmac-sha256";
-/// The optional header naming the school; used when the body has no tenant.
+/// The optional header naming the school's subdomain. It is not signed, so
+/// it never decides tenancy; a disagreement with the signed tenant is only
+/// logged at debug level.
 pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
 
 #[derive(Clone)]
@@ -66,17 +72,29 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Checks `signature` against every key, each in constant time.
-fn verify(secrets: &WebhookSecrets, body: &[u8], signature: &str) -> bool {
-    let Ok(expected) = hex::decode(signature.trim()) else {
-        return false;
-    };
-    secrets.keys().fold(false, |matched, key| {
+/// The scope of the key that signed `body`, if any did. `signature` is
+/// checked against every key, each in constant time.
+fn signer<'k>(keys: &'k WebhookKeys, body: &[u8], signature: &str) -> Option<&'k KeyScope> {
+    let expected = hex::decode(signature.trim()).ok()?;
+    keys.iter().fold(None, |matched, (key, scope)| {
         let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
         mac.update(body);
         // No early exit: the answer takes as long whichever key matched.
-        mac.verify_slice(&expected).is_ok() | matched
+        let this_key = mac.verify_slice(&expected).is_ok().then_some(scope);
+        matched.or(this_key)
     })
+}
+
+/// The school a signed event belongs to: the one its key is bound to, else
+/// the one its body names. A body may not name another school than its
+/// key's, and a key valid for any school needs the body to name one.
+fn tenant_of(scope: &KeyScope, named: Option<&TenantId>) -> Result<TenantId, IntakeError> {
+    match (scope, named) {
+        (KeyScope::School(school), Some(named)) if named != school => Err(IntakeError::TenantNotTheKeys),
+        (KeyScope::School(school), _) => Ok(school.clone()),
+        (KeyScope::AnySchool, Some(named)) => Ok(named.clone()),
+        (KeyScope::AnySchool, None) => Err(IntakeError::NoTenant),
+    }
 }
 
 /// Why a webhook was not accepted; each maps to one status code.
@@ -92,6 +110,10 @@ enum IntakeError {
     BadSignature,
     #[error(transparent)]
     BadEnvelope(#[from] EnvelopeError),
+    #[error("body lacks tenant_id and the key that signed it is not bound to a school; see THINKIFIC_SCHOOL_KEYS")]
+    NoTenant,
+    #[error("the body's tenant_id is not the school the signing key is bound to")]
+    TenantNotTheKeys,
     #[error("the queue is unavailable; retry later")]
     QueueUnavailable(#[source] redis::RedisError),
 }
@@ -100,8 +122,9 @@ impl IntoResponse for IntakeError {
     fn into_response(self) -> Response {
         let status = match &self {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadBody(_) | Self::BadEnvelope(_) => StatusCode::BAD_REQUEST,
+            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => StatusCode::BAD_REQUEST,
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::TenantNotTheKeys => StatusCode::FORBIDDEN,
             Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = (status, Json(json!({ "status": "rejected", "error": self.to_string() }))).into_response();
@@ -130,25 +153,36 @@ async fn receive(
         tracing::warn!("webhook rejected: no signature header; is the sender Thinkific?");
         IntakeError::MissingSignature
     })?;
-    if !verify(&state.settings.secrets, &body, signature) {
+    let Some(scope) = signer(&state.settings.keys, &body, signature) else {
         tracing::warn!(
             body_bytes = body.len(),
-            "webhook rejected: bad signature; if deliveries keep failing, check that \
-             THINKIFIC_WEBHOOK_SECRET holds the key the webhook was created with"
+            "webhook rejected: bad signature; if deliveries keep failing, check that THINKIFIC_WEBHOOK_SECRET \
+             or THINKIFIC_SCHOOL_KEYS holds the key the webhook was created with"
         );
         return Err(IntakeError::BadSignature);
-    }
+    };
     let envelope = Envelope::parse(&body).inspect_err(|err| {
         tracing::warn!(error = %err, "signed webhook rejected: not a Thinkific event");
     })?;
     let topic = envelope.topic();
+    let tenant = tenant_of(scope, envelope.tenant_id.as_ref()).inspect_err(|err| match (err, scope) {
+        (IntakeError::TenantNotTheKeys, KeyScope::School(key_school)) => tracing::warn!(
+            event_id = %envelope.id, %topic, %key_school,
+            body_tenant_id = envelope.tenant_id.as_ref().map(TenantId::as_str),
+            "signed webhook rejected: its tenant_id is not the school its key is bound to; if one key \
+             signs for several schools, move it from THINKIFIC_SCHOOL_KEYS to THINKIFIC_WEBHOOK_SECRET"
+        ),
+        _ => tracing::warn!(
+            event_id = %envelope.id, %topic,
+            "signed webhook rejected: no tenant_id, and its key is valid for any school; bind the key of \
+             the school whose webhooks lack tenant_id to it in THINKIFIC_SCHOOL_KEYS"
+        ),
+    })?;
+    let tenant_id = tenant.as_str();
     let subdomain = headers.get(SUBDOMAIN_HEADER).and_then(|value| value.to_str().ok());
-    let tenant_id = envelope
-        .tenant_id
-        .as_ref()
-        .map(fleet_jobs::TenantId::as_str)
-        .or(subdomain.filter(|s| !s.is_empty()))
-        .unwrap_or("unknown");
+    if subdomain.is_some_and(|subdomain| subdomain != tenant_id) {
+        tracing::debug!(tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
+    }
     let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
     let mut redis = state.redis.clone();
     let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
@@ -191,15 +225,35 @@ fn not_ready(reason: String) -> Response {
 mod tests {
     use super::*;
 
+    fn school(id: &str) -> TenantId {
+        TenantId::parse(id).expect("a valid id")
+    }
+
     #[test]
-    fn verify_accepts_any_configured_key() {
-        let secrets: WebhookSecrets = "old,new".parse().expect("keys");
+    fn the_signer_is_whichever_configured_key_matched() {
+        let keys = WebhookKeys::new(
+            Some("old,new".parse().expect("keys")),
+            Some("school-a=key-a,school-b=key=b".parse().expect("school keys")),
+        )
+        .expect("keys");
         let body = br#"{"id":"1"}"#;
-        assert!(verify(&secrets, body, &sign(b"old", body)));
-        assert!(verify(&secrets, body, &sign(b"new", body)));
-        assert!(verify(&secrets, body, &sign(b"new", body).to_uppercase()));
-        assert!(!verify(&secrets, body, &sign(b"other", body)));
-        assert!(!verify(&secrets, body, "not hex"));
-        assert!(!verify(&secrets, b"tampered", &sign(b"old", body)));
+        assert_eq!(signer(&keys, body, &sign(b"old", body)), Some(&KeyScope::AnySchool));
+        assert_eq!(signer(&keys, body, &sign(b"new", body)), Some(&KeyScope::AnySchool));
+        assert_eq!(signer(&keys, body, &sign(b"new", body).to_uppercase()), Some(&KeyScope::AnySchool));
+        assert_eq!(signer(&keys, body, &sign(b"key-a", body)), Some(&KeyScope::School(school("school-a"))));
+        assert_eq!(signer(&keys, body, &sign(b"key=b", body)), Some(&KeyScope::School(school("school-b"))));
+        assert_eq!(signer(&keys, body, &sign(b"other", body)), None);
+        assert_eq!(signer(&keys, body, "not hex"), None);
+        assert_eq!(signer(&keys, b"tampered", &sign(b"old", body)), None);
+    }
+
+    #[test]
+    fn the_tenant_comes_from_the_key_or_the_signed_body() {
+        let bound = KeyScope::School(school("a"));
+        assert_eq!(tenant_of(&bound, None).ok(), Some(school("a")));
+        assert_eq!(tenant_of(&bound, Some(&school("a"))).ok(), Some(school("a")));
+        assert!(matches!(tenant_of(&bound, Some(&school("b"))), Err(IntakeError::TenantNotTheKeys)));
+        assert_eq!(tenant_of(&KeyScope::AnySchool, Some(&school("b"))).ok(), Some(school("b")));
+        assert!(matches!(tenant_of(&KeyScope::AnySchool, None), Err(IntakeError::NoTenant)));
     }
 }

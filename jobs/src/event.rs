@@ -250,8 +250,8 @@ fn typed<T: serde::de::DeserializeOwned>(payload: Value, topic: &str) -> Result<
 impl Event {
     /// Decodes a raw webhook body as the intake queued it.
     ///
-    /// `tenant_id` is the tenant the intake recorded (the envelope's, or the
-    /// subdomain header's); the worker trusts it over the body.
+    /// `tenant_id` is the tenant the intake recorded (the school the signing
+    /// key is bound to, or the envelope's); the worker trusts it over the body.
     pub fn decode(
         body: &[u8],
         tenant_id: &str,

@@ -5,7 +5,11 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use crate::helpers::{context, context_on, event, fixture, intake_settings, post_signed, scratch_dir, SECRET};
+use fleet::config::{IntakeSettings, WebhookKeys};
+
+use crate::helpers::{
+    context, context_on, event, fixture, intake_settings, post_signed, scratch_dir, IntakeServer, TestContext, SECRET,
+};
 
 async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON answer")
@@ -231,25 +235,164 @@ async fn a_signed_event_of_an_unknown_topic_is_accepted() {
     assert_eq!(json_of(response).await["status"], "accepted");
 }
 
-#[tokio::test]
-async fn the_subdomain_header_names_the_school_when_the_body_does_not() {
-    let ctx = context().await;
-    let intake = ctx.spawn_intake().await;
-    let mut body: Value = serde_json::from_str(&fixture("user.signup")).expect("JSON");
+/// A school whose key is bound to it in the test's `THINKIFIC_SCHOOL_KEYS`.
+const SCHOOL: &str = "watercolor-school";
+const SCHOOL_KEY: &str = "watercolor=school-key";
+
+/// `SECRET` for any school, and `SCHOOL_KEY` bound to `SCHOOL`.
+fn settings_with_a_school_key() -> IntakeSettings {
+    let school_keys = format!("{SCHOOL}={SCHOOL_KEY}").parse().expect("school keys");
+    IntakeSettings {
+        keys: WebhookKeys::new(Some(SECRET.parse().expect("key")), Some(school_keys)).expect("keys"),
+        ..intake_settings(SECRET)
+    }
+}
+
+/// The example enrollment with its `tenant_id` removed.
+fn enrollment_without_tenant() -> String {
+    let mut body: Value = serde_json::from_str(&fixture("enrollment.created")).expect("JSON");
     body.as_object_mut().expect("object").remove("tenant_id");
-    let body = body.to_string();
-    let response = reqwest::Client::new()
+    body.to_string()
+}
+
+async fn post_with_subdomain(intake: &IntakeServer, body: &str, key: &str, subdomain: &str) -> reqwest::Response {
+    reqwest::Client::new()
         .post(intake.url("/webhooks/thinkific"))
-        .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
-        .header("x-thinkific-subdomain", "watercolor-school")
-        .body(body)
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
+        .header("x-thinkific-subdomain", subdomain)
+        .body(body.to_owned())
         .send()
         .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+        .expect("request")
+}
+
+async fn stream_entries(ctx: &TestContext) -> Vec<redis::streams::StreamId> {
     let mut redis = ctx.redis.clone();
     let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
-    assert_eq!(reply.ids[0].get::<String>("tenant").as_deref(), Some("watercolor-school"));
+    reply.ids
+}
+
+async fn enrollment_tenants(ctx: &TestContext) -> Vec<String> {
+    sqlx::query_scalar("SELECT tenant_id FROM enrollments ORDER BY tenant_id").fetch_all(&ctx.db).await.expect("rows")
+}
+
+#[tokio::test]
+async fn the_subdomain_header_never_names_the_school() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = enrollment_without_tenant();
+    let long_text = "victim-c ".repeat(114);
+    for subdomain in ["victim-a", "victim-b", "*", long_text.as_str()] {
+        let response = post_with_subdomain(&intake, &body, SECRET, subdomain).await;
+        assert_eq!(response.status(), 400, "a replay with X-Thinkific-Subdomain {subdomain:?}");
+        let answer = json_of(response).await;
+        let error = answer["error"].as_str().expect("an error");
+        assert!(error.contains("tenant_id") && error.contains("THINKIFIC_SCHOOL_KEYS"), "{error}");
+        assert!(!error.contains("victim"), "the header is echoed: {error}");
+    }
+    let without_header = post_signed(&intake, &body, SECRET).await;
+    assert_eq!(without_header.status(), 400, "nor without the header");
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0, "nothing appended");
+
+    ctx.drain().await;
+    assert_eq!(ctx.applied_events().await, 0);
+    assert!(enrollment_tenants(&ctx).await.is_empty(), "an enrollment reached Postgres");
+}
+
+#[tokio::test]
+async fn a_school_key_decides_the_tenant() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake_with(settings_with_a_school_key()).await;
+    let response = post_with_subdomain(&intake, &enrollment_without_tenant(), SCHOOL_KEY, "victim-a").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["status"], "accepted");
+    let naming_its_own_school = event("enrollment.created", json!({"id": "2", "tenant_id": SCHOOL}), json!({"id": 2}));
+    assert_eq!(post_signed(&intake, &naming_its_own_school, SCHOOL_KEY).await.status(), 200);
+
+    let tenants: Vec<Option<String>> = stream_entries(&ctx).await.iter().map(|entry| entry.get("tenant")).collect();
+    assert_eq!(tenants, [Some(SCHOOL.to_owned()), Some(SCHOOL.to_owned())]);
+    intake.stop().await;
+    ctx.drain().await;
+    assert_eq!(enrollment_tenants(&ctx).await, [SCHOOL, SCHOOL]);
+}
+
+#[tokio::test]
+async fn a_school_key_signing_a_body_that_names_another_school_gets_403() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake_with(settings_with_a_school_key()).await;
+    let long_tenant = "v".repeat(64);
+    for other in ["victim-a", "184532", long_tenant.as_str()] {
+        let body = event("enrollment.created", json!({"tenant_id": other}), json!({}));
+        let response = post_signed(&intake, &body, SCHOOL_KEY).await;
+        assert_eq!(response.status(), 403, "{other}");
+        let answer = json_of(response).await;
+        assert_eq!(answer["status"], "rejected");
+        let error = answer["error"].as_str().expect("an error");
+        assert!(error.contains("tenant_id") && !error.contains(other), "{error}");
+    }
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+}
+
+#[tokio::test]
+async fn unsafe_tenant_ids_get_400() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake_with(settings_with_a_school_key()).await;
+    let too_long = "t".repeat(65);
+    for tenant in ["a:b", "*", too_long.as_str(), "a\u{0}b", ""] {
+        let body = event("enrollment.created", json!({"tenant_id": tenant}), json!({}));
+        for key in [SECRET, SCHOOL_KEY] {
+            let response = post_signed(&intake, &body, key).await;
+            assert_eq!(response.status(), 400, "tenant_id {tenant:?} signed with {key}");
+            let error = json_of(response).await["error"].as_str().expect("an error").to_owned();
+            assert!(error.contains("tenant_id"), "{error}");
+        }
+    }
+    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+}
+
+#[tokio::test]
+async fn numeric_event_ids_are_exact_64_bit_integers_or_refused() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let with_id =
+        |id: &str| fixture("enrollment.created").replace(r#""id":"20250314153012345678901""#, &format!(r#""id":{id}"#));
+
+    let thirty_digits = with_id("123456789012345678901234567890");
+    assert_eq!(post_signed(&intake, &thirty_digits, SECRET).await.status(), 400);
+    // 2^53 + 1: a float would round it to 2^53.
+    let beyond_floats = with_id("9007199254740993");
+    let response = post_signed(&intake, &beyond_floats, SECRET).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["event_id"], "9007199254740993");
+
+    let entries = stream_entries(&ctx).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].get::<String>("event_id").as_deref(), Some("9007199254740993"));
+}
+
+#[tokio::test]
+async fn tenant_and_event_id_cannot_run_into_each_other_in_the_dedup_key() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let cases = [("a", "b:c"), ("a:b", "c"), ("a", "b.c"), ("a.b", "c")];
+    let mut answers = Vec::new();
+    for (tenant, id) in cases {
+        let body = event("enrollment.created", json!({"tenant_id": tenant, "id": id}), json!({}));
+        let response = post_signed(&intake, &body, SECRET).await;
+        answers.push((tenant, id, response.status().as_u16(), json_of(response).await));
+    }
+    let statuses: Vec<(u16, &str)> =
+        answers.iter().map(|(_, _, status, answer)| (*status, answer["status"].as_str().unwrap_or(""))).collect();
+    assert_eq!(
+        statuses,
+        [(400, "rejected"), (400, "rejected"), (200, "accepted"), (200, "accepted")],
+        "a `:` inside an id is refused, and look-alikes are distinct events: {answers:?}"
+    );
+    let entries = stream_entries(&ctx).await;
+    let recorded: Vec<(Option<String>, Option<String>)> =
+        entries.iter().map(|entry| (entry.get("tenant"), entry.get("event_id"))).collect();
+    let expected = [("a", "b.c"), ("a.b", "c")].map(|(tenant, id)| (Some(tenant.to_owned()), Some(id.to_owned())));
+    assert_eq!(recorded, expected);
 }
 
 #[tokio::test]

@@ -105,8 +105,10 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
     let ctx = context().await;
     let port = fleet::local_services::free_port().expect("port");
     let secret = "s3cret-never-logged";
+    let school_key = "school=key-never-logged";
     let mut intake = fleet(&ctx, &["intake"])
         .env("THINKIFIC_WEBHOOK_SECRET", format!("{secret},second-key"))
+        .env("THINKIFIC_SCHOOL_KEYS", format!("watercolor-school={school_key}"))
         .env("PORT", port.to_string())
         .spawn()
         .expect("spawn fleet intake");
@@ -126,6 +128,17 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
         .await
         .expect("request");
     assert_eq!(good.status(), 200);
+    let mut without_tenant: serde_json::Value = serde_json::from_str(&fixture("user.signup")).expect("JSON");
+    without_tenant.as_object_mut().expect("object").remove("tenant_id");
+    let without_tenant = without_tenant.to_string();
+    let of_the_school = client
+        .post(format!("{base}/webhooks/thinkific"))
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(school_key.as_bytes(), without_tenant.as_bytes()))
+        .body(without_tenant)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(of_the_school.status(), 200, "a body signed with a school's key needs no tenant_id");
     let bad = client
         .post(format!("{base}/webhooks/thinkific"))
         .header("x-thinkific-hmac-sha256", "00")
@@ -139,11 +152,77 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
     let (status, stderr) = wait_exit(&mut intake).await;
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("intake stopped"), "{stderr}");
-    assert!(!stderr.contains(secret) && !stderr.contains("second-key"), "a key reached the logs:\n{stderr}");
+    assert!(
+        !stderr.contains(secret) && !stderr.contains("second-key") && !stderr.contains(school_key),
+        "a key reached the logs:\n{stderr}"
+    );
     assert!(!stderr.contains("maya.chen@example.com"), "a payload reached the logs at info level:\n{stderr}");
     let mut redis = ctx.redis.clone();
-    let len: u64 = redis.xlen(ctx.keys.events()).await.expect("XLEN");
-    assert_eq!(len, 1);
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let tenants: Vec<Option<String>> = reply.ids.iter().map(|entry| entry.get("tenant")).collect();
+    assert_eq!(tenants, [Some("184532".to_owned()), Some("watercolor-school".to_owned())]);
+}
+
+/// Runs `fleet intake` with `env`, expecting it to refuse to start.
+async fn refused_intake(ctx: &TestContext, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let port = fleet::local_services::free_port().expect("port");
+    let mut command = fleet(ctx, &["intake"]);
+    command.env("PORT", port.to_string());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    // Were the setting accepted, the intake would serve until killed.
+    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{env:?}: the intake started instead of refusing"))
+        .expect("run fleet");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn the_development_webhook_key_is_refused_outside_fleet_dev() {
+    let ctx = context().await;
+    let cases = [
+        ("THINKIFIC_WEBHOOK_SECRET", "fleet-dev-secret"),
+        ("THINKIFIC_WEBHOOK_SECRET", "real-key-one, fleet-dev-secret "),
+        ("THINKIFIC_SCHOOL_KEYS", "184532=real-key-two,watercolor-school=fleet-dev-secret"),
+    ];
+    for (variable, value) in cases {
+        let (code, stderr) = refused_intake(&ctx, &[(variable, value)]).await;
+        // Exit 1 with `fleet: <why>`, as every configuration error found after parsing.
+        assert_eq!(code, Some(1), "{variable}={value}: {stderr}");
+        assert!(stderr.contains("fleet: ") && stderr.contains(variable), "{variable}: {stderr}");
+        assert!(stderr.contains("set the real signing key"), "{variable}: {stderr}");
+        for key in ["fleet-dev-secret", "real-key-one", "real-key-two"] {
+            assert!(!stderr.contains(key), "{variable}: a key was printed:\n{stderr}");
+        }
+    }
+}
+
+/// (environment, what the refusal must name)
+type KeyCase = (&'static [(&'static str, &'static str)], &'static [&'static str]);
+
+#[tokio::test]
+async fn webhook_key_settings_are_refused_without_quoting_a_key() {
+    let ctx = context().await;
+    let cases: [KeyCase; 5] = [
+        (&[], &["THINKIFIC_WEBHOOK_SECRET", "THINKIFIC_SCHOOL_KEYS"]),
+        (&[("THINKIFIC_SCHOOL_KEYS", "184532=hidden-key,school a=hidden-key-2")], &["THINKIFIC_SCHOOL_KEYS", "item 2"]),
+        (&[("THINKIFIC_SCHOOL_KEYS", "hidden-key")], &["THINKIFIC_SCHOOL_KEYS", "school=key"]),
+        (&[("THINKIFIC_SCHOOL_KEYS", "184532=")], &["THINKIFIC_SCHOOL_KEYS"]),
+        (
+            &[("THINKIFIC_SCHOOL_KEYS", "184532=hidden-key"), ("THINKIFIC_WEBHOOK_SECRET", "hidden-key")],
+            &["THINKIFIC_WEBHOOK_SECRET", "THINKIFIC_SCHOOL_KEYS"],
+        ),
+    ];
+    for (env, named) in cases {
+        let (code, stderr) = refused_intake(&ctx, env).await;
+        assert_ne!(code, Some(0), "{env:?}");
+        for name in named {
+            assert!(stderr.contains(name), "{env:?}: the message does not name {name}:\n{stderr}");
+        }
+        assert!(!stderr.contains("hidden-key"), "{env:?}: a key was printed:\n{stderr}");
+    }
 }
 
 /// (arguments, environment, the setting the refusal must name)
@@ -158,7 +237,6 @@ async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
         (vec!["worker"], vec![("DATABASE_URL", "not a url")], "DATABASE_URL"),
         (vec!["worker"], vec![("FLEET_KEY_PREFIX", "has space")], "FLEET_KEY_PREFIX"),
         (vec!["intake"], vec![("THINKIFIC_WEBHOOK_SECRET", " , ")], "THINKIFIC_WEBHOOK_SECRET"),
-        (vec!["intake"], vec![], "THINKIFIC_WEBHOOK_SECRET"),
         (
             vec!["intake"],
             vec![("THINKIFIC_WEBHOOK_SECRET", "k"), ("PORT", "8080"), ("FLEET_LISTEN", "127.0.0.1:1")],
