@@ -7,31 +7,47 @@
 //! the others wait briefly for its result, so a cold dashboard sends one
 //! query per key to Postgres, not one per request. When Redis is down every
 //! route answers from Postgres (`BYPASS`). Every answer says which in
-//! `X-Cache`.
+//! `X-Cache`. A school, course or page that does not exist is a 404 and
+//! leaves nothing in the cache.
 //!
-//! Per-client rate limit (fixed window in Redis, by peer address; 429 with
-//! `Retry-After`) and an optional bearer token guard the routes.
+//! The answers hold learners' names and emails, so every request passes,
+//! in this order:
+//! 1. the bearer token (401): `FLEET_API_TOKEN` reads every school, each
+//!    token of `FLEET_API_TOKENS` only its own schools (403 for another).
+//!    Only `fleet dev` runs without any token; `fleet api` refuses to.
+//!    Tokens are kept as SHA-256 digests and compared in constant time.
+//! 2. the rate limit (429 with `Retry-After`): a fixed window in Redis per
+//!    token, so callers without a valid token never spend a client's
+//!    budget. Behind a proxy listed in `FLEET_TRUSTED_PROXIES` the budget is
+//!    per token and client address (from `X-Forwarded-For`); without tokens
+//!    it is per peer address.
+//! 3. the parameters (400 with a JSON error, like every refusal here).
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use fleet_jobs::TenantId;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
 use crate::cache::{self, CacheKeys, Cached, Entry, Lookup, Outcome, Ttls};
 use crate::config::ApiTuning;
-use crate::read_model::{PageRequest, DEFAULT_PER_PAGE};
+use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -49,6 +65,7 @@ pub struct ApiState {
     keys: CacheKeys,
     ttls: Ttls,
     tuning: ApiTuning,
+    access: Arc<Access>,
     queries: Arc<AtomicU64>,
 }
 
@@ -60,7 +77,8 @@ impl ApiState {
         ttls: Ttls,
         tuning: ApiTuning,
     ) -> Self {
-        Self { db, redis, keys, ttls, tuning, queries: Arc::default() }
+        let access = Arc::new(Access::new(&tuning));
+        Self { db, redis, keys, ttls, tuning, access, queries: Arc::default() }
     }
 
     /// Postgres queries the routes have sent (cache misses and bypasses).
@@ -79,8 +97,9 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/statistics/cached", get(statistics))
         .route("/api/dashboard/cached", get(dashboard))
         .route("/api/enrollments/cached", get(enrollments))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        // The last layer added runs first: authorize, then rate_limit.
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
@@ -105,12 +124,24 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::BadRequest(message) => error(StatusCode::BAD_REQUEST, message),
+            Self::Forbidden(message) => error(StatusCode::FORBIDDEN, message),
+            Self::NotFound(message) => error(StatusCode::NOT_FOUND, message),
+            Self::Unavailable(err) => {
+                tracing::error!(error = %err, "read API cannot reach Postgres; check DATABASE_URL and the database");
+                error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; retry later")
+            }
         }
     }
 }
@@ -119,30 +150,132 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The schools one token may read.
+enum Scope {
+    Every,
+    Only(BTreeSet<TenantId>),
 }
 
-async fn authorize(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.tuning.api_token {
+/// A configured token, known only by its SHA-256 digest.
+struct Credential {
+    digest: [u8; 32],
+    /// The first 16 hex digits of the digest: names the token in Redis keys.
+    fingerprint: String,
+    scope: Scope,
+}
+
+/// Every configured token; none means an open API (`fleet dev` only).
+struct Access {
+    credentials: Vec<Arc<Credential>>,
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+impl Access {
+    /// `FLEET_API_TOKEN` reads every school; a token of `FLEET_API_TOKENS`
+    /// reads the schools it is paired with (every school if it is also
+    /// `FLEET_API_TOKEN`).
+    fn new(tuning: &ApiTuning) -> Self {
+        let mut scopes: BTreeMap<[u8; 32], Scope> = BTreeMap::new();
+        for (school, token) in tuning.api_tokens.iter().flat_map(|tokens| tokens.pairs()) {
+            if let Scope::Only(schools) = scopes.entry(sha256(token.expose())).or_insert(Scope::Only(BTreeSet::new())) {
+                schools.insert(school.clone());
+            }
+        }
+        if let Some(token) = &tuning.api_token {
+            scopes.insert(sha256(token.expose()), Scope::Every);
+        }
+        let credentials = scopes
+            .into_iter()
+            .map(|(digest, scope)| Arc::new(Credential { digest, fingerprint: hex::encode(&digest[..8]), scope }))
+            .collect();
+        Self { credentials }
+    }
+
+    /// The credential of `token`, comparing digests in constant time.
+    fn authenticate(&self, token: &str) -> Option<Arc<Credential>> {
+        let given = sha256(token);
+        self.credentials.iter().find(|credential| bool::from(credential.digest.ct_eq(&given))).cloned()
+    }
+}
+
+/// Who is asking, as `authorize` found out; read by the rate limit and the routes.
+#[derive(Clone)]
+struct Caller {
+    /// None when the API runs without tokens.
+    credential: Option<Arc<Credential>>,
+}
+
+impl Caller {
+    fn may_read(&self, school: &TenantId) -> bool {
+        match self.credential.as_deref().map(|credential| &credential.scope) {
+            None | Some(Scope::Every) => true,
+            Some(Scope::Only(schools)) => schools.contains(school),
+        }
+    }
+
+    fn token_fingerprint(&self) -> Option<&str> {
+        self.credential.as_deref().map(|credential| credential.fingerprint.as_str())
+    }
+}
+
+async fn authorize(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let caller = if state.access.credentials.is_empty() {
+        Caller { credential: None }
+    } else {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-            let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+        match state.access.authenticate(given) {
+            Some(credential) => Caller { credential: Some(credential) },
+            None => {
+                let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The client behind a trusted proxy: the right-most `X-Forwarded-For`
+/// address that is not itself a trusted proxy (addresses to its left are
+/// whatever the client chose to send). None when `peer` is not a trusted
+/// proxy: then the header is the client's own claim and is ignored.
+fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let is_trusted = |address: IpAddr| trusted.iter().any(|proxy| proxy.to_canonical() == address.to_canonical());
+    if !is_trusted(peer) {
+        return None;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let address = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|addr| addr.ip()));
+        match address {
+            Some(address) if is_trusted(address) => continue,
+            Some(address) => return Some(address.to_canonical()),
+            // A hop our own proxies wrote but we cannot read: count the proxy.
+            None => break,
         }
     }
-    next.run(request).await
+    Some(peer.to_canonical())
 }
 
 async fn rate_limit(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(caller): Extension<Caller>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -150,7 +283,10 @@ async fn rate_limit(
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let slot = now / window;
     if let Some(mut redis) = state.redis() {
-        let key = format!("{}ratelimit:{}:{slot}", state.keys.namespace().trim_end_matches("cache:"), peer.ip());
+        let forwarded = forwarded_client(peer.ip(), request.headers(), &state.tuning.trusted_proxies);
+        let token = caller.token_fingerprint();
+        let client = if token.is_some() { forwarded } else { Some(forwarded.unwrap_or(peer.ip().to_canonical())) };
+        let key = state.keys.rate_limit(token, client, slot);
         let counted: Result<(u64,), _> =
             redis::pipe().incr(&key, 1).cmd("PEXPIRE").arg(&key).arg(window * 2).ignore().query_async(&mut redis).await;
         match counted {
@@ -177,12 +313,25 @@ struct Params {
 }
 
 impl Params {
-    fn tenant(&self, state: &ApiState) -> Result<String, ApiError> {
-        self.tenant_id
-            .clone()
-            .filter(|tenant| !tenant.is_empty())
-            .or_else(|| state.tuning.default_tenant.clone())
-            .ok_or_else(|| ApiError::BadRequest("tenant_id is required".into()))
+    /// The query string, or a 400 (with a JSON error like every other refusal).
+    fn read(query: Result<Query<Params>, QueryRejection>) -> Result<Self, ApiError> {
+        query.map(|Query(params)| params).map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+    }
+
+    /// The school asked about (or the default one), if the caller may read it.
+    fn school(&self, state: &ApiState, caller: &Caller) -> Result<String, ApiError> {
+        let school = match self.tenant_id.as_deref().filter(|tenant| !tenant.is_empty()) {
+            Some(text) => TenantId::parse(text).map_err(|err| ApiError::BadRequest(err.to_string()))?,
+            None => state
+                .tuning
+                .default_tenant
+                .clone()
+                .ok_or_else(|| ApiError::BadRequest("tenant_id is required".into()))?,
+        };
+        if !caller.may_read(&school) {
+            return Err(ApiError::Forbidden(format!("this token may not read school `{school}`")));
+        }
+        Ok(school.into_string())
     }
 
     fn number(value: Option<&str>, name: &str, default: Option<i64>, max: i64) -> Result<i64, ApiError> {
@@ -194,32 +343,67 @@ impl Params {
     }
 }
 
-async fn statistics(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
-    let tenant = params.tenant(&state)?;
+async fn statistics(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::read(query)?;
+    let tenant = params.school(&state, &caller)?;
     let course = Params::number(params.course_id.as_deref(), "course_id", None, i64::MAX)?;
-    Ok(serve(&state, Cached::Statistics { tenant, course }).await)
+    serve(&state, Cached::Statistics { tenant, course }).await
 }
 
-async fn dashboard(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
-    let tenant = params.tenant(&state)?;
-    Ok(serve(&state, Cached::Dashboard { tenant }).await)
+async fn dashboard(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::read(query)?;
+    let tenant = params.school(&state, &caller)?;
+    serve(&state, Cached::Dashboard { tenant }).await
 }
 
-async fn enrollments(State(state): State<ApiState>, Query(params): Query<Params>) -> Result<Response, ApiError> {
+async fn enrollments(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::read(query)?;
     let page = PageRequest {
-        tenant_id: params.tenant(&state)?,
+        tenant_id: params.school(&state, &caller)?,
         course_id: Params::number(params.course_id.as_deref(), "course_id", None, i64::MAX)?,
         page: Params::number(params.page.as_deref(), "page", Some(1), 1_000_000)?,
         per_page: Params::number(params.per_page.as_deref(), "per_page", Some(DEFAULT_PER_PAGE), MAX_PER_PAGE)?,
     };
-    Ok(serve(&state, Cached::Enrollments(page)).await)
+    serve(&state, Cached::Enrollments(page)).await
 }
 
-/// Computes one value from Postgres (counted in `postgres_queries`).
-async fn compute(state: ApiState, item: Cached) -> Result<Entry, sqlx::Error> {
+/// Computes one value from Postgres (counted in `postgres_queries`): its
+/// entry, or a 404 when it is about something that does not exist.
+async fn compute(state: ApiState, item: Cached) -> Result<Entry, ApiError> {
     state.queries.fetch_add(1, Ordering::Relaxed);
-    let mut entries = Cached::compute(&state.db, &state.keys, &state.ttls, std::slice::from_ref(&item)).await?;
-    entries.pop().ok_or(sqlx::Error::RowNotFound)
+    let computed = Cached::compute_each(&state.db, &state.keys, &state.ttls, std::slice::from_ref(&item))
+        .await
+        .map_err(ApiError::Unavailable)?;
+    match computed.into_iter().next() {
+        Some(Ok(entry)) => Ok(entry),
+        Some(Err(missing)) => Err(not_found(&item, missing)),
+        None => Err(ApiError::Unavailable(sqlx::Error::RowNotFound)),
+    }
+}
+
+fn not_found(item: &Cached, missing: Missing) -> ApiError {
+    let (tenant, course, page) = match item {
+        Cached::Statistics { tenant, course } => (tenant, Some(*course), None),
+        Cached::Dashboard { tenant } => (tenant, None, None),
+        Cached::Enrollments(page) => (&page.tenant_id, Some(page.course_id), Some(page.page)),
+    };
+    ApiError::NotFound(match (missing, course, page) {
+        (Missing::Course, Some(course), _) => format!("school `{tenant}` has no course {course}"),
+        (Missing::Page, Some(course), Some(page)) => format!("page {page} is after the last page of course {course}"),
+        _ => format!("school `{tenant}` has no data"),
+    })
 }
 
 fn answer(value: &Value, outcome: Outcome) -> Response {
@@ -228,26 +412,22 @@ fn answer(value: &Value, outcome: Outcome) -> Response {
     response
 }
 
-fn unavailable(err: &sqlx::Error) -> Response {
-    tracing::error!(error = %err, "read API cannot reach Postgres; check DATABASE_URL and the database");
-    error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable; retry later")
-}
-
 /// Cache-aside with stale-while-revalidate and single-flight; see the module.
-async fn serve(state: &ApiState, item: Cached) -> Response {
+/// Only values that exist are cached: a 404 leaves no key and no tag.
+async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
     let key = item.key(&state.keys);
     let compute = {
         let state = state.clone();
         move || compute(state.clone(), item.clone())
     };
     let Some(mut redis) = state.redis() else {
-        return bypass(compute().await);
+        return Ok(answer(&compute().await?.value.body, Outcome::Bypass));
     };
     let lookup = match cache::get(&mut redis, &key).await {
         Ok(lookup) => lookup,
         Err(err) => {
             tracing::warn!(error = %err, "cache unavailable; answering from Postgres");
-            return bypass(compute().await);
+            return Ok(answer(&compute().await?.value.body, Outcome::Bypass));
         }
     };
     let counter = redis.clone();
@@ -258,7 +438,7 @@ async fn serve(state: &ApiState, item: Cached) -> Response {
     match lookup {
         Lookup::Fresh(value) => {
             count(Outcome::Hit);
-            answer(&value.body, Outcome::Hit)
+            Ok(answer(&value.body, Outcome::Hit))
         }
         Lookup::Stale(value) => {
             count(Outcome::Stale);
@@ -271,7 +451,7 @@ async fn serve(state: &ApiState, item: Cached) -> Response {
                     let _ = cache::unlock(&mut redis, &keys, &key, &token).await;
                 });
             }
-            answer(&value.body, Outcome::Stale)
+            Ok(answer(&value.body, Outcome::Stale))
         }
         Lookup::Missing => {
             let lock = cache::try_lock(&mut redis, &state.keys, &key, LOCK_HOLD).await;
@@ -283,7 +463,7 @@ async fn serve(state: &ApiState, item: Cached) -> Response {
                     match cache::get(&mut redis, &key).await {
                         Ok(Lookup::Fresh(value) | Lookup::Stale(value)) => {
                             count(Outcome::Hit);
-                            return answer(&value.body, Outcome::Hit);
+                            return Ok(answer(&value.body, Outcome::Hit));
                         }
                         Ok(Lookup::Missing) => {}
                         Err(_) => break,
@@ -291,27 +471,47 @@ async fn serve(state: &ApiState, item: Cached) -> Response {
                 }
             }
             count(Outcome::Miss);
-            let entry = match compute().await {
-                Ok(entry) => entry,
-                Err(err) => return unavailable(&err),
-            };
-            let _ = cache::put(&mut redis, std::slice::from_ref(&entry)).await;
+            let computed = compute().await;
+            if let Ok(entry) = &computed {
+                let _ = cache::put(&mut redis, std::slice::from_ref(entry)).await;
+            }
             if let Ok(Some(token)) = lock {
                 let _ = cache::unlock(&mut redis, &state.keys, &key, &token).await;
             }
-            answer(&entry.value.body, Outcome::Miss)
+            Ok(answer(&computed?.value.body, Outcome::Miss))
         }
-    }
-}
-
-fn bypass(computed: Result<Entry, sqlx::Error>) -> Response {
-    match computed {
-        Ok(entry) => answer(&entry.value.body, Outcome::Bypass),
-        Err(err) => unavailable(&err),
     }
 }
 
 /// The API's own headers, for tests and clients.
 pub fn cache_status(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-cache").and_then(|value| value.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(peer: &str, header: Option<&str>, trusted: &[&str]) -> Option<IpAddr> {
+        let mut headers = HeaderMap::new();
+        if let Some(header) = header {
+            headers.insert("x-forwarded-for", HeaderValue::from_str(header).expect("header"));
+        }
+        let trusted: Vec<IpAddr> = trusted.iter().map(|ip| ip.parse().expect("IP")).collect();
+        forwarded_client(peer.parse().expect("IP"), &headers, &trusted)
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_address() {
+        let ip = |text: &str| text.parse::<IpAddr>().ok();
+        assert_eq!(forwarded("10.0.0.1", Some("192.0.2.1"), &[]), None, "untrusted peer: ignored");
+        assert_eq!(forwarded("10.0.0.1", Some("6.6.6.6, 192.0.2.1"), &["10.0.0.1"]), ip("192.0.2.1"));
+        assert_eq!(forwarded("10.0.0.1", Some("192.0.2.1, 10.0.0.2"), &["10.0.0.1", "10.0.0.2"]), ip("192.0.2.1"));
+        assert_eq!(forwarded("10.0.0.1", Some("192.0.2.1:4711"), &["10.0.0.1"]), ip("192.0.2.1"));
+        assert_eq!(forwarded("10.0.0.1", Some("[2001:db8::1]:4711"), &["10.0.0.1"]), ip("2001:db8::1"));
+        assert_eq!(forwarded("::ffff:10.0.0.1", Some("192.0.2.1"), &["10.0.0.1"]), ip("192.0.2.1"), "mapped IPv4");
+        // Nothing usable from the proxy: the proxy itself is the client.
+        assert_eq!(forwarded("10.0.0.1", None, &["10.0.0.1"]), ip("10.0.0.1"));
+        assert_eq!(forwarded("10.0.0.1", Some("garbage"), &["10.0.0.1"]), ip("10.0.0.1"));
+    }
 }

@@ -6,10 +6,16 @@
 //! stale (while one request recomputes it) for as long again, then expires.
 //! A write carries the version of the data it was computed from and is
 //! refused over a newer one, so a slow or reclaimed writer cannot put old
-//! numbers back. A tag is a set of keys, `<prefix>tag:<tenant>:<tag>`;
-//! invalidating tags deletes every key in them in one script.
+//! numbers back. A tag is a set of keys, `<prefix>tag:<tenant>:<tag>`,
+//! that expires with the longest-lived of them; invalidating tags deletes
+//! every key in them, in one script for small tags and in bounded chunks
+//! for large ones (see [`invalidate`]).
+//!
+//! The Lua scripts live beside this file in `cache/`.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,7 +24,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError, Script};
 use serde_json::Value;
 
-use crate::read_model::{PageRequest, Versioned, DEFAULT_PER_PAGE};
+use crate::read_model::{Missing, PageRequest, Versioned, DEFAULT_PER_PAGE};
 use crate::stream::Keys;
 
 /// How long each kind of value stays fresh.
@@ -118,6 +124,21 @@ impl CacheKeys {
     pub fn metrics(&self) -> String {
         format!("{}cache-metrics", self.prefix)
     }
+
+    /// The read API's request counter for one client in one rate-limit
+    /// window: a token (by its fingerprint, never the token itself), a
+    /// client address, or both.
+    pub fn rate_limit(&self, token_fingerprint: Option<&str>, client: Option<IpAddr>, window: u64) -> String {
+        let mut key = format!("{}ratelimit:", self.prefix);
+        if let Some(fingerprint) = token_fingerprint {
+            let _ = write!(key, "token:{fingerprint}:");
+        }
+        if let Some(client) = client {
+            let _ = write!(key, "client:{client}:");
+        }
+        let _ = write!(key, "{window}");
+        key
+    }
 }
 
 /// The tags a value is registered under; `<tag>` without the tenant.
@@ -216,26 +237,7 @@ pub struct Entry {
     pub value: Versioned,
 }
 
-// KEYS[1]: the value; KEYS[2..]: its tag sets.
-// ARGV[1]: version; ARGV[2]: body; ARGV[3]: fresh until (ms); ARGV[4]: expiry (ms);
-// ARGV[5]: tag-set expiry (ms), the same for every write and longer than any
-// value's, so a tag set never expires before a key registered in it.
-// 1: written; 0: refused, a newer version is stored.
-const PUT_SCRIPT: &str = r"
-local stored = redis.call('HGET', KEYS[1], 'version')
-if stored and tonumber(stored) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'body', ARGV[2], 'fresh_until', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-for i = 2, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
-  redis.call('PEXPIRE', KEYS[i], ARGV[5])
-end
-return 1
-";
-
-/// How long a tag set lives after its last registration: twice the longest
-/// value lifetime allowed (fresh + stale, 2 × the 86,400 s TTL maximum).
-const TAG_SET_EXPIRY: Duration = Duration::from_secs(4 * 86_400);
+const PUT_SCRIPT: &str = include_str!("cache/put.lua");
 
 /// Writes each entry unless a newer version is stored; returns how many
 /// were written. One round trip for all of them.
@@ -258,33 +260,43 @@ pub async fn put(conn: &mut ConnectionManager, entries: &[Entry]) -> Result<usiz
             .arg(entry.value.version)
             .arg(entry.value.body.to_string())
             .arg(now + ttl)
-            .arg(ttl * 2)
-            .arg(TAG_SET_EXPIRY.as_millis() as u64);
+            .arg(ttl * 2);
     }
     let written: Vec<i64> = pipe.query_async(conn).await?;
     Ok(written.into_iter().filter(|written| *written == 1).count())
 }
 
-// KEYS: tag sets. Deletes every key registered under any of them, and the sets.
-const INVALIDATE_SCRIPT: &str = r"
-local removed = 0
-for _, tag in ipairs(KEYS) do
-  local members = redis.call('SMEMBERS', tag)
-  for i = 1, #members, 500 do
-    removed = removed + redis.call('DEL', unpack(members, i, math.min(i + 499, #members)))
-  end
-  redis.call('DEL', tag)
-end
-return removed
-";
+const INVALIDATE_SCRIPT: &str = include_str!("cache/invalidate.lua");
 
-/// Invalidates tag sets (full key names) atomically; returns how many
-/// cached keys went.
+/// The most cached keys one invalidation script deletes: about a
+/// millisecond of Redis time.
+pub const INVALIDATION_CHUNK: u64 = 1000;
+
+/// Invalidates tag sets (full key names): deletes every key registered
+/// under them and the sets; returns how many cached keys went.
+///
+/// Redis runs one script at a time and nothing else meanwhile, so one
+/// script over a tag of a million keys would stall every client for
+/// seconds. Each call therefore deletes at most [`INVALIDATION_CHUNK`]
+/// keys, and this loops until the sets are empty. Tags with fewer members
+/// in all (the common case: a course, a user) still go in one atomic call.
+/// The price, for larger tags only: between two calls a reader can still
+/// get a value of the tag that is not deleted yet, exactly what it would
+/// have got just before the invalidation, and a value cached again
+/// meanwhile may be deleted by a later call and recomputed on its next miss.
 pub async fn invalidate(conn: &mut ConnectionManager, tag_keys: &[String]) -> Result<u64, RedisError> {
     if tag_keys.is_empty() {
         return Ok(0);
     }
-    Script::new(INVALIDATE_SCRIPT).key(tag_keys).invoke_async(conn).await
+    let script = Script::new(INVALIDATE_SCRIPT);
+    let mut removed = 0;
+    loop {
+        let (deleted, left): (u64, u64) = script.key(tag_keys).arg(INVALIDATION_CHUNK).invoke_async(conn).await?;
+        removed += deleted;
+        if left == 0 {
+            return Ok(removed);
+        }
+    }
 }
 
 /// What the cache holds for a key.
@@ -327,10 +339,7 @@ pub async fn try_lock(
     Ok(taken.map(|_| token))
 }
 
-const UNLOCK_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
+const UNLOCK_SCRIPT: &str = include_str!("cache/unlock.lua");
 
 pub async fn unlock(conn: &mut ConnectionManager, keys: &CacheKeys, key: &str, token: &str) -> Result<(), RedisError> {
     let _: i64 = Script::new(UNLOCK_SCRIPT).key(keys.lock(key)).arg(token).invoke_async(conn).await?;
@@ -417,13 +426,26 @@ impl Cached {
     }
 
     /// Computes `items` from Postgres, one query per kind, as entries ready
-    /// to cache (key, tags, TTL and versioned value).
+    /// to cache (key, tags, TTL and versioned value). Items about a school,
+    /// course or page that does not exist are left out: nothing is cached
+    /// for them.
     pub async fn compute(
         db: &sqlx::PgPool,
         keys: &CacheKeys,
         ttls: &Ttls,
         items: &[Cached],
     ) -> Result<Vec<Entry>, sqlx::Error> {
+        Ok(Self::compute_each(db, keys, ttls, items).await?.into_iter().flatten().collect())
+    }
+
+    /// Like [`Cached::compute`], with one outcome per item in the order
+    /// asked: its entry, or what it is about that does not exist.
+    pub async fn compute_each(
+        db: &sqlx::PgPool,
+        keys: &CacheKeys,
+        ttls: &Ttls,
+        items: &[Cached],
+    ) -> Result<Vec<Result<Entry, Missing>>, sqlx::Error> {
         let mut courses = Vec::new();
         let mut tenants = Vec::new();
         let mut pages = Vec::new();
@@ -434,25 +456,34 @@ impl Cached {
                 Self::Enrollments(page) => pages.push(page.clone()),
             }
         }
-        let mut entries = Vec::with_capacity(items.len());
-        if !courses.is_empty() {
-            for ((tenant, course), value) in crate::read_model::course_statistics(db, &courses).await? {
-                let tags = vec![keys.tag(&tenant, &tags::course(course))];
-                entries.push(Entry { key: keys.statistics(&tenant, course), tags, ttl: ttls.statistics, value });
-            }
-        }
-        if !tenants.is_empty() {
-            for (tenant, value) in crate::read_model::dashboards(db, &tenants).await? {
-                let tags = vec![keys.tag(&tenant, tags::DASHBOARD)];
-                entries.push(Entry { key: keys.dashboard(&tenant), tags, ttl: ttls.dashboard, value });
-            }
-        }
-        if !pages.is_empty() {
-            for (page, value) in pages.iter().zip(crate::read_model::enrollment_pages(db, &pages).await?) {
-                entries.push(page_entry(keys, ttls, page, value));
-            }
-        }
-        Ok(entries)
+        let mut courses_found =
+            if courses.is_empty() { Vec::new() } else { crate::read_model::course_statistics(db, &courses).await? }
+                .into_iter();
+        let mut tenants_found =
+            if tenants.is_empty() { Vec::new() } else { crate::read_model::dashboards(db, &tenants).await? }
+                .into_iter();
+        let mut pages_found =
+            if pages.is_empty() { Vec::new() } else { crate::read_model::enrollment_pages(db, &pages).await? }
+                .into_iter();
+        let short = || sqlx::Error::Protocol("a read returned fewer rows than asked".into());
+        items
+            .iter()
+            .map(|item| {
+                Ok(match item {
+                    Self::Statistics { tenant, course } => courses_found.next().ok_or_else(short)?.map(|value| {
+                        let tags = vec![keys.tag(tenant, &tags::course(*course))];
+                        Entry { key: keys.statistics(tenant, *course), tags, ttl: ttls.statistics, value }
+                    }),
+                    Self::Dashboard { tenant } => tenants_found.next().ok_or_else(short)?.map(|value| {
+                        let tags = vec![keys.tag(tenant, tags::DASHBOARD)];
+                        Entry { key: keys.dashboard(tenant), tags, ttl: ttls.dashboard, value }
+                    }),
+                    Self::Enrollments(page) => {
+                        pages_found.next().ok_or_else(short)?.map(|value| page_entry(keys, ttls, page, value))
+                    }
+                })
+            })
+            .collect()
     }
 }
 

@@ -191,6 +191,12 @@ pub async fn api_state(
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
+    if !args.api.has_tokens() {
+        anyhow::bail!(
+            "the read API serves learners' names and emails and will not run open: set FLEET_API_TOKEN \
+             (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
+        );
+    }
     let address = args.address()?;
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;

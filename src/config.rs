@@ -25,6 +25,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the embedded database migrations and exit.
@@ -85,12 +87,86 @@ pub struct ApiTuning {
     #[arg(long, env = "RATE_LIMIT_WINDOW_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(100..=86_400_000), value_name = "RATE_LIMIT_WINDOW_MS")]
     pub rate_limit_window_ms: u64,
-    /// Require `Authorization: Bearer <token>` on the read API (off when unset).
+    /// Bearer token that reads every school. `fleet api` needs it or FLEET_API_TOKENS;
+    /// `fleet dev` serves the read API openly when neither is set.
     #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true, value_name = "FLEET_API_TOKEN")]
     pub api_token: Option<ApiToken>,
+    /// Bearer tokens that read only some schools: `school=token` pairs separated by commas.
+    #[arg(long, env = "FLEET_API_TOKENS", hide_env_values = true, value_name = "FLEET_API_TOKENS",
+          value_parser = SchoolTokensParser)]
+    pub api_tokens: Option<SchoolTokens>,
+    /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For names the client
+    /// the rate limit counts; from any other peer the header is ignored.
+    #[arg(long, env = "FLEET_TRUSTED_PROXIES", value_delimiter = ',', value_name = "FLEET_TRUSTED_PROXIES")]
+    pub trusted_proxies: Vec<IpAddr>,
     /// The school a request without `tenant_id` is about (required when unset).
     #[arg(long, env = "FLEET_DEFAULT_TENANT", value_name = "FLEET_DEFAULT_TENANT")]
-    pub default_tenant: Option<String>,
+    pub default_tenant: Option<fleet_jobs::TenantId>,
+}
+
+impl ApiTuning {
+    /// Whether any bearer token is configured; without one the read API is open.
+    pub fn has_tokens(&self) -> bool {
+        self.api_token.is_some() || self.api_tokens.as_ref().is_some_and(|tokens| !tokens.pairs().is_empty())
+    }
+}
+
+/// `FLEET_API_TOKENS`: each token with the school it may read. A school may
+/// have several tokens (rotation) and a token several schools.
+#[derive(Clone, Default)]
+pub struct SchoolTokens(Vec<(fleet_jobs::TenantId, ApiToken)>);
+
+impl SchoolTokens {
+    pub fn pairs(&self) -> &[(fleet_jobs::TenantId, ApiToken)] {
+        &self.0
+    }
+}
+
+impl FromStr for SchoolTokens {
+    type Err = String;
+    /// Splits each pair on its first `=`. An error names the pair by its
+    /// position, never by its text, so a token cannot reach a message.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut pairs = Vec::new();
+        for (index, pair) in text.split(',').map(str::trim).enumerate().filter(|(_, pair)| !pair.is_empty()) {
+            let position = index + 1;
+            let (school, token) =
+                pair.split_once('=').ok_or_else(|| format!("item {position} is not of the form school=token"))?;
+            let school = fleet_jobs::TenantId::parse(school.trim())
+                .map_err(|err| format!("item {position}: the school is not a valid tenant id ({err})"))?;
+            let token = token.parse::<ApiToken>().map_err(|_| format!("item {position}: the token is empty"))?;
+            pairs.push((school, token));
+        }
+        Ok(Self(pairs))
+    }
+}
+
+impl fmt::Debug for SchoolTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SchoolTokens([REDACTED; {} pair(s)])", self.0.len())
+    }
+}
+
+/// Parses `FLEET_API_TOKENS` with an error that never quotes the value
+/// (clap's own errors for a rejected value repeat it).
+#[derive(Clone)]
+struct SchoolTokensParser;
+
+impl clap::builder::TypedValueParser for SchoolTokensParser {
+    type Value = SchoolTokens;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let invalid = |reason: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("invalid FLEET_API_TOKENS: {reason}\n"))
+        };
+        let text = value.to_str().ok_or_else(|| invalid("not UTF-8".into()))?;
+        text.parse().map_err(invalid)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -937,6 +1013,21 @@ mod tests {
         assert_eq!(listen(None, Some(5000)).address().ok(), "0.0.0.0:5000".parse().ok());
         assert_eq!(listen(Some("10.0.0.1:1"), None).address().ok(), "10.0.0.1:1".parse().ok());
         assert!(listen(Some("10.0.0.1:1"), Some(2)).address().is_err());
+    }
+
+    #[test]
+    fn school_tokens_split_on_the_first_equals_sign_and_never_show() {
+        let tokens: SchoolTokens = "184532=abc=def, other=abc,184532=second".parse().expect("three pairs");
+        let pairs: Vec<(&str, &str)> =
+            tokens.pairs().iter().map(|(school, token)| (school.as_str(), token.expose())).collect();
+        assert_eq!(pairs, [("184532", "abc=def"), ("other", "abc"), ("184532", "second")]);
+        assert!(!format!("{tokens:?}").contains("abc"));
+        assert!("".parse::<SchoolTokens>().expect("none").pairs().is_empty());
+        for bad in ["s3cret-no-equals-sign", "a:b=s3cret", "=s3cret", "school=", &format!("{}=s3cret", "x".repeat(65))]
+        {
+            let err = bad.parse::<SchoolTokens>().expect_err(bad);
+            assert!(!err.contains("s3cret"), "{bad}: {err}");
+        }
     }
 
     #[test]

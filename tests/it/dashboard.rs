@@ -329,6 +329,7 @@ async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
     let mut tuning = api_tuning();
     tuning.rate_limit_requests = 3;
     tuning.rate_limit_window_ms = 60_000;
+    ctx.add_course(TENANT, COURSE).await;
     let api = ctx.spawn_api(tuning).await;
     let path = format!("/api/dashboard/cached?tenant_id={TENANT}");
     for _ in 0..3 {
@@ -345,6 +346,7 @@ async fn a_bearer_token_guards_the_api_when_set() {
     let ctx = context().await;
     let mut tuning = api_tuning();
     tuning.api_token = Some("dashboard-token".parse().expect("token"));
+    ctx.add_course(TENANT, COURSE).await;
     let api = ctx.spawn_api(tuning).await;
     let path = api.url(&format!("/api/dashboard/cached?tenant_id={TENANT}"));
     let client = reqwest::Client::new();
@@ -370,7 +372,8 @@ async fn bad_parameters_get_400() {
         assert!(response.json::<Value>().await.expect("JSON")["error"].is_string());
     }
     let mut tuning = api_tuning();
-    tuning.default_tenant = Some(TENANT.into());
+    tuning.default_tenant = Some(TENANT.parse().expect("tenant id"));
+    ctx.add_course(TENANT, COURSE).await;
     let api = ctx.spawn_api(tuning).await;
     assert_eq!(api.get("/api/dashboard/cached").await.status(), 200, "the default school is used");
 }
@@ -397,9 +400,11 @@ async fn with_redis_stopped_the_api_answers_from_postgres() {
 async fn cache_stats_and_clear_from_the_command_line() {
     let ctx = context().await;
     apply_through_worker(&ctx, &course_history()).await;
+    ctx.add_course(TENANT, 999).await;
     let api = ctx.spawn_api(api_tuning()).await;
     api.get(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")).await;
-    api.get(&format!("/api/statistics/cached?course_id=999&tenant_id={TENANT}")).await;
+    let empty_course = api.get(&format!("/api/statistics/cached?course_id=999&tenant_id={TENANT}")).await;
+    assert_eq!(empty_course.status(), 200, "a course without enrollments has statistics (zeros)");
 
     let run = |args: &'static [&'static str]| {
         let mut command = fleet(&ctx, args);

@@ -546,11 +546,28 @@ pub fn api_tuning() -> fleet::config::ApiTuning {
         rate_limit_requests: 10_000,
         rate_limit_window_ms: 60_000,
         api_token: None,
+        api_tokens: None,
+        trusted_proxies: Vec::new(),
         default_tenant: None,
     }
 }
 
 impl TestContext {
+    /// Gives `tenant` a course without enrollments, straight in Postgres: the
+    /// school and the course then exist for the read API.
+    pub async fn add_course(&self, tenant: &str, course: i64) {
+        sqlx::query(
+            "INSERT INTO courses (tenant_id, course_id, name, source_rank, source_updated_at,
+                                  source_event_created_at, source_event_id)
+             VALUES ($1, $2, 'A course without enrollments', 0, now(), now(), 'test')",
+        )
+        .bind(tenant)
+        .bind(course)
+        .execute(&self.db)
+        .await
+        .expect("insert a course");
+    }
+
     pub async fn spawn_api(&self, tuning: fleet::config::ApiTuning) -> ApiServer {
         self.spawn_api_with(tuning, fleet::cache::Ttls::default()).await
     }

@@ -279,6 +279,7 @@ async fn a_worker_refuses_an_unmigrated_database_until_fleet_migrate_runs() {
 #[tokio::test]
 async fn the_api_process_serves_cached_reads_and_stops_on_sigterm() {
     let ctx = context().await;
+    ctx.add_course("184532", 2871345).await;
     let port = fleet::local_services::free_port().expect("port");
     let mut api = fleet(&ctx, &["api"])
         .env("FLEET_API_LISTEN", format!("127.0.0.1:{port}"))
