@@ -12,12 +12,25 @@
 //!   refused event costs one attempt and is scheduled for a retry with
 //!   exponential backoff and jitter (`crate::retry`); after the last attempt
 //!   it is dead-lettered. An entry that is not an applicable event at all is
-//!   dead-lettered at once.
+//!   dead-lettered at once. `/readyz` stays ready meanwhile.
 //! - **The infrastructure's fault** (Postgres or Redis unreachable, timeouts,
-//!   deadlocks): no attempt is spent. The worker keeps the batch in hand and
-//!   retries it with backoff (`backon`) until the dependency is back, resets
-//!   the entries' idle time so no other worker mistakes the wait for a crash,
-//!   and reports the outage in its logs and on `/readyz`.
+//!   shutting down, out of resources): no attempt is spent. The worker keeps
+//!   the batch in hand and retries it with backoff (`backon`) until the
+//!   dependency is back, resets the entries' idle time so no other worker
+//!   mistakes the wait for a crash, and reports the outage in its logs and
+//!   on `/readyz`.
+//! - **Unexplained refusals** (any other SQLSTATE: a trigger's `RAISE`, a
+//!   deadlock, an internal error, a missing column): the batch is split as
+//!   for the event's fault. An event still refused alone is tried twice more
+//!   in place (a deadlock or serialization failure passes), then judged:
+//!   the event's fault if another slice of its batch committed, if it was
+//!   already refused on an earlier attempt, or if Postgres answers a probe
+//!   and the SQLSTATE does not point at the deploy (classes 0A, 25, 28, 3D,
+//!   3F, 42: a missing table or column, a revoked grant, a read-only
+//!   transaction). Otherwise nothing commits for a reason that would fail
+//!   every event alike, and the batch waits as for an outage. So one event's
+//!   data never stalls the fleet, and a broken deploy is not mistaken for
+//!   thousands of bad events.
 //! - **Crashes**: entries idle on a consumer for `claim_idle` are taken over
 //!   with `XAUTOCLAIM`. An entry's delivery count is its number of attempts
 //!   across crashes, so a poison entry that kills workers is dead-lettered
@@ -57,6 +70,16 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
 /// The longest pause between two tries of an unavailable dependency.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// Tries of an event refused alone for an unexplained reason before it is
+/// judged; a deadlock or a serialization failure passes on a later try.
+const LONE_TRIES: u32 = 3;
+/// The pause before the second of those tries, doubled before each next.
+const LONE_PAUSE: Duration = Duration::from_millis(50);
+/// SQLSTATE classes that point at the deploy or the database's setup rather
+/// than at an event's data: feature not supported, invalid transaction
+/// state, invalid authorization, unknown database or schema, syntax error
+/// or access rule violation (a missing table or column, a revoked grant).
+const SETUP_CLASSES: [&str; 6] = ["0A", "25", "28", "3D", "3F", "42"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -296,7 +319,16 @@ impl Worker {
             // only its acknowledgement was lost, there is nothing to give up.
             let keys: Vec<(String, String)> =
                 exhausted.iter().map(|(_, event, _)| (event.tenant_id.clone(), event.event_id.clone())).collect();
-            let applied = self.postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys)).await?;
+            let applied = match self.postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys)).await? {
+                Ok(applied) => applied,
+                Err(error) => {
+                    tracing::warn!(
+                        sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
+                        "could not tell whether events out of attempts were applied; dead-lettering them"
+                    );
+                    HashSet::new()
+                }
+            };
             for (entry, event, prior) in exhausted {
                 if applied.contains(&(event.tenant_id.clone(), event.event_id.clone())) {
                     acks.push(&entry.id);
@@ -320,12 +352,14 @@ impl Worker {
         for (index, error) in refused {
             let entry = batch.entries[index];
             let attempts = batch.prior_attempts[index] + 1;
-            let failure = Failure { entry, kind: FailureKind::Event, error, attempts };
+            let sqlstate = error.sqlstate();
+            let failure = Failure { entry, kind: FailureKind::Event, error: describe(&error), attempts };
             if policy.allows_another(attempts) {
                 let delay = policy.delay(attempts);
                 tracing::warn!(
                     stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
-                    topic = entry.text("topic").unwrap_or("?"), attempts, max_attempts = policy.max_attempts,
+                    topic = entry.text("topic").unwrap_or("?"), tenant = entry.text("tenant").unwrap_or("?"),
+                    sqlstate = sqlstate.as_deref().unwrap_or("none"), attempts, max_attempts = policy.max_attempts,
                     retry_in_ms = delay.as_millis() as u64, error = %failure.error,
                     "event refused by Postgres; retry scheduled"
                 );
@@ -355,7 +389,8 @@ impl Worker {
         for failure in &dead {
             tracing::warn!(
                 stream_entry_id = %failure.entry.id, event_id = failure.entry.text("event_id").unwrap_or("?"),
-                topic = failure.entry.text("topic").unwrap_or("?"), kind = failure.kind.as_str(),
+                topic = failure.entry.text("topic").unwrap_or("?"), tenant = failure.entry.text("tenant").unwrap_or("?"),
+                kind = failure.kind.as_str(),
                 attempts = failure.attempts, error = %failure.error,
                 "event moved to dead letters; inspect with `fleet dlq show`, replay with `fleet dlq replay` once the cause is fixed"
             );
@@ -407,11 +442,18 @@ impl Worker {
         self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
         let ttls = &self.settings.cache_ttls;
         let items = &cache::Cached::touched_by(touched);
-        let entries = self
+        let computed = self
             .postgres_op(stop, &[], || async {
                 cache::Cached::compute(&self.db, &self.cache_keys, ttls, items).await.map_err(ApplyError::from)
             })
             .await?;
+        let entries = computed.unwrap_or_else(|error| {
+            tracing::warn!(
+                sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
+                "could not compute the dashboard's values; nothing prewarmed, readers compute them on a miss"
+            );
+            Vec::new()
+        });
         let entries = &entries;
         self.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
         if let Some(revalidator) = &self.revalidator {
@@ -420,11 +462,44 @@ impl Worker {
         Some(())
     }
 
-    /// Applies `batch`, splitting it to isolate the events Postgres refuses;
-    /// returns (index, error) for each refused event. Waits out outages.
-    async fn apply_splitting(&self, batch: &Decoded<'_>, stop: &CancellationToken) -> Option<Vec<(usize, String)>> {
+    /// Applies `batch`, splitting it to isolate the events at fault; returns
+    /// (index, error) for each. Waits out outages, including rounds in which
+    /// nothing commits for a reason that may be Postgres's fault.
+    async fn apply_splitting(&self, batch: &Decoded<'_>, stop: &CancellationToken) -> Option<Vec<(usize, ApplyError)>> {
         let held: Vec<&str> = batch.entries.iter().map(|entry| entry.id.as_str()).collect();
-        let mut refused = Vec::new();
+        let mut backoff = infrastructure_backoff();
+        let mut waited = false;
+        loop {
+            let mut round = self.apply_round(batch, &held, stop).await?;
+            let outage = if round.unproven() {
+                self.probe().await.err().or_else(|| round.take_setup_refusal(batch))
+            } else {
+                None
+            };
+            if let Some(error) = outage {
+                if !waited {
+                    tracing::warn!(
+                        events = batch.events.len(), sqlstate = error.sqlstate().as_deref().unwrap_or("none"),
+                        error = %error,
+                        "no event of the batch commits and the error points at Postgres, not at the data: \
+                         waiting as for an outage; check the last migration, grants and the server's log"
+                    );
+                }
+                waited = true;
+                self.wait_for_postgres(&error, &held, &mut backoff, stop).await?;
+                continue;
+            }
+            if waited {
+                self.health.available();
+            }
+            return Some(round.into_refused(batch));
+        }
+    }
+
+    /// Applies `batch` once, split in halves around refused slices, and
+    /// tries events refused alone for unexplained reasons again in place.
+    async fn apply_round(&self, batch: &Decoded<'_>, held: &[&str], stop: &CancellationToken) -> Option<Round> {
+        let mut round = Round { committed: false, refused: Vec::new(), unexplained: Vec::new() };
         // A stack of slices still to apply; a refused slice is split in two.
         let mut ranges: Vec<Range<usize>> = Vec::new();
         ranges.push(0..batch.events.len());
@@ -433,10 +508,9 @@ impl Worker {
                 continue;
             }
             let events = &batch.events[range.clone()];
-            let applied = self.postgres_op(stop, &held, || async { apply_once(&self.db, events).await }).await?;
-            match applied {
-                Ok(()) => {}
-                Err(error) if range.len() == 1 => refused.push((range.start, error)),
+            match self.postgres_op(stop, held, || apply_once(&self.db, events)).await? {
+                Ok(()) => round.committed = true,
+                Err(error) if range.len() == 1 => round.refused_alone(range.start, error),
                 Err(_) => {
                     let middle = range.start + range.len() / 2;
                     ranges.push(middle..range.end);
@@ -444,7 +518,50 @@ impl Worker {
                 }
             }
         }
-        Some(refused)
+        let mut pause = LONE_PAUSE;
+        for _ in 1..LONE_TRIES {
+            if round.unexplained.is_empty() {
+                break;
+            }
+            // Short enough to finish even when stopping.
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            for (index, _) in std::mem::take(&mut round.unexplained) {
+                let event = &batch.events[index..=index];
+                match self.postgres_op(stop, held, || apply_once(&self.db, event)).await? {
+                    Ok(()) => round.committed = true,
+                    Err(error) => round.refused_alone(index, error),
+                }
+            }
+        }
+        Some(round)
+    }
+
+    /// Whether Postgres answers a query that writes nothing.
+    async fn probe(&self) -> Result<(), ApplyError> {
+        sqlx::query("SELECT 1").execute(&self.db).await?;
+        Ok(())
+    }
+
+    /// Reports a Postgres outage, keeps the `held` entries from looking
+    /// abandoned, and pauses; `None` if stopped first.
+    async fn wait_for_postgres(
+        &self,
+        error: &ApplyError,
+        held: &[&str],
+        backoff: &mut impl Iterator<Item = Duration>,
+        stop: &CancellationToken,
+    ) -> Option<()> {
+        self.health.unavailable(Dependency::Postgres, &describe(error));
+        let mut redis = self.redis.clone();
+        if let Err(err) = stream::touch(&mut redis, &self.keys, &self.settings.consumer_name, held).await {
+            tracing::debug!(error = %err, "could not refresh held entries");
+        }
+        let pause = backoff.next().unwrap_or(MAX_PAUSE);
+        tokio::select! {
+            () = stop.cancelled() => None,
+            () = tokio::time::sleep(pause) => Some(()),
+        }
     }
 
     /// Runs a Redis operation until it succeeds; `None` if stopped first.
@@ -469,81 +586,108 @@ impl Worker {
         }
     }
 
-    /// Runs a Postgres operation until it does not fail for infrastructure
-    /// reasons, keeping `held` entries from looking abandoned meanwhile.
-    /// The result carries the event's fault, if any, as a message.
-    async fn postgres_op<T, F, Fut>(&self, stop: &CancellationToken, held: &[&str], mut op: F) -> Option<T>
+    /// Runs a Postgres operation until it does not fail with an outage,
+    /// keeping `held` entries from looking abandoned meanwhile; `None` if
+    /// stopped first. Other errors are the caller's to judge: the `Err` is
+    /// never [`ApplyError::Outage`].
+    async fn postgres_op<T, F, Fut>(
+        &self,
+        stop: &CancellationToken,
+        held: &[&str],
+        mut op: F,
+    ) -> Option<Result<T, ApplyError>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApplyError>>,
-        T: PostgresOutcome,
     {
         let mut backoff = infrastructure_backoff();
         let mut waited = false;
         loop {
             match op().await {
-                Ok(value) => {
+                Err(error @ ApplyError::Outage(_)) => {
+                    waited = true;
+                    self.wait_for_postgres(&error, held, &mut backoff, stop).await?;
+                }
+                result => {
                     if waited {
                         self.health.available();
                     }
-                    return Some(value);
-                }
-                Err(ApplyError::Event(err)) => return Some(T::refused(err.to_string())),
-                Err(ApplyError::Infrastructure(err)) => {
-                    waited = true;
-                    self.health.unavailable(Dependency::Postgres, &err);
-                    let mut redis = self.redis.clone();
-                    if let Err(err) = stream::touch(&mut redis, &self.keys, &self.settings.consumer_name, held).await {
-                        tracing::debug!(error = %err, "could not refresh held entries");
-                    }
-                    let pause = backoff.next().unwrap_or(MAX_PAUSE);
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        () = tokio::time::sleep(pause) => {}
-                    }
+                    return Some(result);
                 }
             }
         }
     }
 }
 
-/// How a Postgres operation's result carries "the event's fault".
-trait PostgresOutcome {
-    fn refused(error: String) -> Self;
+/// What one round over a batch found.
+struct Round {
+    /// Some slice of the batch committed: Postgres takes writes.
+    committed: bool,
+    /// Events refused alone for their data (or judged so).
+    refused: Vec<(usize, ApplyError)>,
+    /// Events refused alone for another reason, not yet judged.
+    unexplained: Vec<(usize, ApplyError)>,
 }
 
-impl PostgresOutcome for Result<(), String> {
-    fn refused(error: String) -> Self {
-        Err(error)
-    }
-}
-
-impl PostgresOutcome for Vec<cache::Entry> {
-    /// A read cannot be refused for its data; prewarm nothing.
-    fn refused(_: String) -> Self {
-        Vec::new()
-    }
-}
-
-impl PostgresOutcome for HashSet<(String, String)> {
-    /// A lookup cannot be refused for its data; treat as "none applied".
-    fn refused(_: String) -> Self {
-        HashSet::new()
-    }
-}
-
-/// One transaction for a slice of a batch; `Ok(Err(_))` is the events'
-/// fault, `Err(_)` the infrastructure's.
-async fn apply_once(db: &PgPool, events: &[Event]) -> Result<Result<(), String>, ApplyError> {
-    let mut tx = db.begin().await?;
-    match fleet_jobs::apply_batch(&mut tx, events).await {
-        Ok(_) => {
-            tx.commit().await?;
-            Ok(Ok(()))
+impl Round {
+    fn refused_alone(&mut self, index: usize, error: ApplyError) {
+        match error {
+            ApplyError::Event(_) => self.refused.push((index, error)),
+            _ => self.unexplained.push((index, error)),
         }
-        Err(ApplyError::Event(err)) => Ok(Err(err.to_string())),
-        Err(err) => Err(err),
     }
+
+    /// Whether events were refused for unexplained reasons while nothing
+    /// committed: then Postgres itself may be at fault.
+    fn unproven(&self) -> bool {
+        !self.committed && !self.unexplained.is_empty()
+    }
+
+    /// Removes and returns a refusal with a SQLSTATE of the deploy
+    /// ([`SETUP_CLASSES`]), which would refuse every event alike. An event
+    /// refused on an earlier attempt does not count: it was refused while
+    /// others committed (that is how it got a retry), so it stays at fault.
+    fn take_setup_refusal(&mut self, batch: &Decoded<'_>) -> Option<ApplyError> {
+        let setup = self.unexplained.iter().position(|(index, error)| {
+            batch.entries[*index].attempts() == 0
+                && error.sqlstate().is_some_and(|code| SETUP_CLASSES.iter().any(|class| code.starts_with(class)))
+        })?;
+        Some(self.unexplained.swap_remove(setup).1)
+    }
+
+    /// Every event refused alone; the unexplained ones are the events'
+    /// fault once Postgres is not to blame.
+    fn into_refused(mut self, batch: &Decoded<'_>) -> Vec<(usize, ApplyError)> {
+        for (index, error) in &self.unexplained {
+            let entry = batch.entries[*index];
+            tracing::warn!(
+                stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
+                topic = entry.text("topic").unwrap_or("?"), tenant = entry.text("tenant").unwrap_or("?"),
+                sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
+                others_committed = self.committed,
+                "Postgres refuses this event alone on every try, for a reason that does not point at Postgres: \
+                 the event is at fault"
+            );
+        }
+        self.refused.append(&mut self.unexplained);
+        self.refused
+    }
+}
+
+/// An error for a dead letter and the logs: the message and its SQLSTATE.
+fn describe(error: &ApplyError) -> String {
+    match error.sqlstate() {
+        Some(code) => format!("{error} (SQLSTATE {code})"),
+        None => error.to_string(),
+    }
+}
+
+/// One transaction for a slice of a batch.
+async fn apply_once(db: &PgPool, events: &[Event]) -> Result<(), ApplyError> {
+    let mut tx = db.begin().await?;
+    fleet_jobs::apply_batch(&mut tx, events).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Timed chores between reads: due retries back onto the stream, entries of

@@ -72,33 +72,65 @@ struct EnrollmentRow {
 }
 
 /// Why a batch could not be applied, told apart by who is at fault.
+///
+/// Postgres names its errors with a five-character SQLSTATE whose first two
+/// characters are the class; the class says who is at fault:
+/// - **Event**: the data. Class 22 (data exception: a value out of range, an
+///   invalid text), 23 (a constraint), 54 (a program limit, such as an index
+///   row too large for a btree). The same rows fail the same way every time.
+/// - **Outage**: no answer (I/O, TLS, protocol, pool timed out or closed)
+///   or an answer saying the server cannot work now: class 08 (connection),
+///   53 (out of resources: disk full, too many connections), 57 (shutting
+///   down, statement cancelled), 58 (system error), and 25006 (a read-only
+///   server, as after a failover to a standby). Nothing is wrong with the
+///   events; try again later.
+/// - **Unexplained**: any other answer (a trigger's `RAISE`, 40001/40P01
+///   serialization failures and deadlocks, 42xxx after a bad deploy, XX000)
+///   and client-side errors. Only the caller can tell, by applying the
+///   events apart, whether one event or Postgres is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// The data: a value Postgres refuses (a constraint, a value out of
-    /// range). Some event of the batch can not be applied as it is.
-    #[error("an event was refused by Postgres: {0}")]
+    #[error("Postgres refused the event's data: {0}")]
     Event(#[source] sqlx::Error),
-    /// Postgres itself: unreachable, timed out, shutting down, a deadlock,
-    /// a missing table. Nothing is wrong with the events; try again later.
-    #[error("Postgres failed: {0}")]
-    Infrastructure(#[source] sqlx::Error),
+    #[error("Postgres is unavailable: {0}")]
+    Outage(#[source] sqlx::Error),
+    #[error("Postgres refused the write: {0}")]
+    Unexplained(#[source] sqlx::Error),
+}
+
+impl ApplyError {
+    /// The SQLSTATE Postgres answered with, if it answered.
+    pub fn sqlstate(&self) -> Option<String> {
+        let (Self::Event(err) | Self::Outage(err) | Self::Unexplained(err)) = self;
+        sqlstate(err)
+    }
+}
+
+fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error().and_then(|db| db.code()).map(|code| code.into_owned())
 }
 
 impl From<sqlx::Error> for ApplyError {
     fn from(err: sqlx::Error) -> Self {
-        // SQLSTATE class 22 is "data exception", class 23 "integrity
-        // constraint violation": the rows we tried to write are at fault.
-        // Everything else (connection loss, pool timeouts, 40xxx
-        // serialization failures and deadlocks, 57xxx shutdowns, 42xxx
-        // missing objects after a bad deploy) is not the event's fault.
-        let data_fault = err
-            .as_database_error()
-            .and_then(|db| db.code())
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23"));
-        if data_fault {
-            Self::Event(err)
-        } else {
-            Self::Infrastructure(err)
+        let no_answer = matches!(
+            err,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        );
+        if no_answer {
+            return Self::Outage(err);
+        }
+        let Some(code) = sqlstate(&err) else {
+            return Self::Unexplained(err);
+        };
+        match (code.get(..2), code.as_str()) {
+            (Some("22" | "23" | "54"), _) => Self::Event(err),
+            (Some("08" | "53" | "57" | "58"), _) | (_, "25006") => Self::Outage(err),
+            _ => Self::Unexplained(err),
         }
     }
 }
@@ -490,4 +522,66 @@ pub async fn already_applied(
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::ApplyError;
+
+    /// An answer from Postgres with only a SQLSTATE, as the classifier sees it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("SQLSTATE {0}")]
+    struct Answer(&'static str);
+
+    impl sqlx::error::DatabaseError for Answer {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn classify(code: &'static str) -> &'static str {
+        match ApplyError::from(sqlx::Error::Database(Box::new(Answer(code)))) {
+            ApplyError::Event(_) => "event",
+            ApplyError::Outage(_) => "outage",
+            ApplyError::Unexplained(_) => "unexplained",
+        }
+    }
+
+    #[test]
+    fn sqlstate_classes_tell_who_is_at_fault() {
+        for code in ["22001", "22P02", "23505", "23514", "54000", "54001"] {
+            assert_eq!(classify(code), "event", "{code}");
+        }
+        for code in ["08006", "53100", "53300", "57P01", "57014", "58030", "25006"] {
+            assert_eq!(classify(code), "outage", "{code}");
+        }
+        for code in ["P0001", "XX000", "42P01", "42703", "0A000", "40001", "40P01", "25P02", "55P03"] {
+            assert_eq!(classify(code), "unexplained", "{code}");
+        }
+    }
+
+    #[test]
+    fn no_answer_is_an_outage() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for err in [sqlx::Error::Io(refused), sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            assert!(matches!(ApplyError::from(err), ApplyError::Outage(_)));
+        }
+    }
 }

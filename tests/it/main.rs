@@ -7,6 +7,7 @@ mod dashboard;
 mod helpers;
 mod intake;
 mod operator;
+mod poison;
 mod processes;
 mod properties;
 mod recovery;
