@@ -113,6 +113,11 @@ impl CacheKeys {
         format!("{}tag:{tenant}:{tag}", self.prefix)
     }
 
+    /// The (tenant, tag) a tag set's key names, read back from it.
+    pub fn tag_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("tag:")?.split_once(':')
+    }
+
     pub fn tags_pattern(&self) -> String {
         format!("{}tag:*", self.prefix)
     }
@@ -159,6 +164,21 @@ pub mod tags {
 
     pub fn order(id: i64) -> String {
         format!("order:{id}")
+    }
+
+    /// The longest tag accepted from outside (an operator's `--tag`).
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks a tag given from outside: 1 to [`MAX_LEN`] letters, digits,
+    /// `:`, `-`, `_` or `.`, so it names one tag and is never a glob pattern.
+    pub fn check(tag: &str) -> Result<(), String> {
+        if tag.is_empty() || tag.len() > MAX_LEN {
+            return Err(format!("a tag is 1 to {MAX_LEN} characters"));
+        }
+        if !tag.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b':' | b'-' | b'_' | b'.')) {
+            return Err("a tag may only hold letters, digits, `:`, `-`, `_` and `.`".into());
+        }
+        Ok(())
     }
 }
 

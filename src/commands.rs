@@ -14,9 +14,10 @@ use crate::config::{
     ApiArgs, ApiTuning, CacheCommand, Command, ConfigError, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs,
     WebhookKeys, WebhookSecrets, WorkerArgs, WorkerSettings,
 };
-use crate::local_services::{LocalPostgres, LocalRedis};
+use crate::local_services::{write_private_file, LocalPostgres, LocalRedis};
 use crate::revalidate::Revalidator;
 use crate::stream::{self, Keys};
+use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::Worker;
 use crate::{api, db, health, intake, operator};
 
@@ -157,7 +158,7 @@ async fn with_revalidation(
         return Ok(worker);
     };
     let redis = connect_redis(redis_url).await?;
-    tracing::info!(host = url.host_str().unwrap_or("?"), "revalidation hook on");
+    tracing::info!(hook = %url, "revalidation hook on");
     Ok(worker.with_revalidator(Revalidator::spawn(url, args.revalidate_secret.clone(), redis, CacheKeys::new(keys))))
 }
 
@@ -211,28 +212,33 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = std::env::current_dir()?.join(&args.data_dir);
+    // Not private itself (when we are root, the PostgreSQL user passes
+    // through it); everything in it is.
+    std::fs::create_dir_all(&data_dir)?;
     let mut local_redis = None;
-    let redis_url = match &args.redis_url {
-        Some(url) => url.as_str().to_owned(),
+    let redis_url: RedisUrl = match &args.redis_url {
+        Some(url) => url.clone(),
         None => {
             let redis = LocalRedis::start(&data_dir.join("redis"), false).await?;
-            let url = redis.url();
+            let url = redis.url().parse().map_err(anyhow::Error::msg)?;
             local_redis = Some(redis);
             url
         }
     };
     let mut local_postgres = None;
-    let database_url = match &args.database_url {
-        Some(url) => url.as_str().to_owned(),
+    let database_url: DatabaseUrl = match &args.database_url {
+        Some(url) => url.clone(),
         None => {
             let postgres = LocalPostgres::start(&data_dir.join("postgres"), false).await?;
             create_database_if_missing(&postgres.url("postgres"), "fleet").await?;
-            let url = postgres.url("fleet");
+            let url = postgres.url("fleet").parse().map_err(anyhow::Error::msg)?;
             local_postgres = Some(postgres);
             url
         }
     };
-    let pool = connect_postgres(&database_url).await?;
+    let env_file = data_dir.join("env");
+    write_private_file(&env_file, dev_env(&redis_url, &database_url).as_bytes())?;
+    let pool = connect_postgres(database_url.as_str()).await?;
     db::migrate(&pool).await.context("migration failed")?;
 
     let secrets = match args.secrets.clone() {
@@ -243,26 +249,23 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
 
     let worker_settings = WorkerSettings::new(&args.worker)?;
-    let worker = Worker::connect(pool.clone(), &redis_url, keys.clone(), worker_settings).await?;
-    let worker = with_revalidation(worker, &args.worker.revalidate, &redis_url, &keys).await?;
+    let worker = Worker::connect(pool.clone(), redis_url.as_str(), keys.clone(), worker_settings).await?;
+    let worker = with_revalidation(worker, &args.worker.revalidate, redis_url.as_str(), &keys).await?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let address = args.listen.address()?;
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
-    let redis = connect_redis(&redis_url).await?;
-    let api = api_state(pool, &redis_url, &keys, args.worker.cache.ttls(), args.api.clone()).await;
+    let redis = connect_redis(redis_url.as_str()).await?;
+    let api = api_state(pool, redis_url.as_str(), &keys, args.worker.cache.ttls(), args.api.clone()).await;
     let intake_settings = IntakeSettings::new(WebhookKeys::new(Some(secrets.clone()), None)?, &args.intake);
     let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
     let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
-    std::fs::create_dir_all(&data_dir)?;
-    std::fs::write(&example, EXAMPLE_WEBHOOK.trim_end())?;
-    // A URL given by the user may hold a password: show it redacted.
-    let shown_redis = args.redis_url.as_ref().map_or(redis_url.clone(), ToString::to_string);
-    let shown_database = args.database_url.as_ref().map_or(database_url.clone(), ToString::to_string);
-    print_welcome(&address.to_string(), &shown_redis, &shown_database, &secrets, args.secrets.is_none(), &example);
+    write_private_file(&example, EXAMPLE_WEBHOOK.trim_end().as_bytes())?;
+    let urls = DevUrls { redis: &redis_url, database: &database_url, env_file: &env_file };
+    print_welcome(&address.to_string(), &urls, &secrets, args.secrets.is_none(), &example);
 
     let intake_result = intake_task.await;
     shutdown.cancel();
@@ -288,14 +291,28 @@ async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Resu
     Ok(())
 }
 
-fn print_welcome(
-    address: &str,
-    redis_url: &str,
-    database_url: &str,
-    secrets: &WebhookSecrets,
-    dev_secret: bool,
-    example: &Path,
-) {
+/// The URLs `fleet dev` uses, and the private file that holds them whole.
+struct DevUrls<'a> {
+    redis: &'a RedisUrl,
+    database: &'a DatabaseUrl,
+    env_file: &'a Path,
+}
+
+/// `export NAME='value'` lines a shell can source (`. .fleet/dev/env`).
+fn dev_env(redis_url: &RedisUrl, database_url: &DatabaseUrl) -> String {
+    let quoted = |value: &str| format!("'{}'", value.replace('\'', r"'\''"));
+    format!(
+        "# The URLs of `fleet dev`, passwords included. Keep this file private (0600).\n\
+         export REDIS_URL={}\nexport DATABASE_URL={}\n",
+        quoted(redis_url.as_str()),
+        quoted(database_url.as_str())
+    )
+}
+
+/// Prints how to use the running fleet; URLs only redacted (their passwords
+/// are in the env file).
+fn print_welcome(address: &str, urls: &DevUrls<'_>, secrets: &WebhookSecrets, dev_secret: bool, example: &Path) {
+    let (redis_url, database_url, env_file) = (urls.redis, urls.database, urls.env_file.display());
     let body = EXAMPLE_WEBHOOK.trim_end();
     let signature = intake::sign(secrets.signing_key(), body.as_bytes());
     let secret_note = if dev_secret {
@@ -308,6 +325,7 @@ fn print_welcome(
          \x20 webhooks:  http://{address}/webhooks/thinkific\n\
          \x20 redis:     {redis_url}\n\
          \x20 postgres:  {database_url}\n\
+         \x20 env:       {env_file} (the URLs with their passwords; `. '{env_file}'` sets them in a shell)\n\
          \x20 secret:    {secret_note}\n\n\
          Send a signed example webhook:\n\
          \x20 curl -sS http://{address}/webhooks/thinkific -H 'Content-Type: application/json' \
@@ -317,7 +335,7 @@ fn print_welcome(
          \x20 curl -si 'http://{address}/api/dashboard/cached?tenant_id=184532'\n\
          \x20 curl -si 'http://{address}/api/enrollments/cached?tenant_id=184532&course_id=2871345&page=1&per_page=20'\n\n\
          Then see the enrollment in Postgres:\n\
-         \x20 psql '{database_url}' -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n",
+         \x20 . '{env_file}' && psql \"$DATABASE_URL\" -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n",
         example = example.display(),
     );
 }

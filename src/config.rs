@@ -4,7 +4,8 @@
 //! `REDIS_URL`). A bad value stops the process with a message naming the
 //! variable. Secrets (the webhook keys and the passwords inside URLs) are
 //! wrapped in types whose `Debug` and `Display` never print them, and clap is
-//! told never to echo their values in `--help`.
+//! told never to echo their values in `--help`; URLs are parsed and shown by
+//! [`crate::urls`], whose errors never quote the value.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,6 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fleet_jobs::TenantId;
+
+use crate::urls::{DatabaseUrl, RedisUrl, RevalidateUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -198,8 +201,8 @@ impl CacheTuning {
 #[derive(Debug, Clone, Args)]
 pub struct RevalidateArgs {
     /// POST the invalidated cache tags here after each batch (e.g. a Next.js revalidation route).
-    #[arg(long, env = "REVALIDATE_URL", value_name = "REVALIDATE_URL")]
-    pub revalidate_url: Option<url::Url>,
+    #[arg(long, env = "REVALIDATE_URL", hide_env_values = true, value_name = "REVALIDATE_URL")]
+    pub revalidate_url: Option<RevalidateUrl>,
     /// Sent as `X-Revalidate-Secret` with each revalidation call.
     #[arg(long, env = "REVALIDATE_SECRET", hide_env_values = true, value_name = "REVALIDATE_SECRET")]
     pub revalidate_secret: Option<ApiToken>,
@@ -256,12 +259,14 @@ pub enum CacheCommand {
         #[arg(value_enum, required_unless_present_any = ["tag", "pattern"])]
         kind: Option<CacheKind>,
         /// Invalidate one tag, e.g. course:2871345 (in every school, or in --tenant-id).
+        /// A literal name (letters, digits, `:`, `-`, `_`, `.`), never a pattern.
         #[arg(long, conflicts_with_all = ["kind", "pattern"])]
         tag: Option<String>,
-        /// The school whose tag to invalidate.
+        /// The school whose tag to invalidate: a literal id, never a pattern.
         #[arg(long, requires = "tag")]
         tenant_id: Option<String>,
-        /// Remove cache keys matching this glob (under `<prefix>cache:`), e.g. '184532:*'.
+        /// Remove cache keys matching this glob pattern (Redis MATCH: `*`, `?`, `[…]`) under
+        /// `<prefix>cache:`, e.g. '184532:*'. The only argument that takes a pattern.
         #[arg(long, conflicts_with_all = ["kind", "tag"])]
         pattern: Option<String>,
     },
@@ -657,77 +662,6 @@ pub enum ConfigError {
     DevelopmentWebhookKey,
 }
 
-/// A Redis URL; its password never reaches a log.
-#[derive(Clone)]
-pub struct RedisUrl(url::Url);
-
-impl RedisUrl {
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl FromStr for RedisUrl {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let parsed =
-            url::Url::parse(text).map_err(|err| format!("not a URL ({err}); expected redis://host:port/db"))?;
-        if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
-            return Err(format!("scheme `{}` is not redis:// or rediss://", parsed.scheme()));
-        }
-        redis::Client::open(text).map_err(|err| format!("not a Redis URL: {err}"))?;
-        Ok(Self(parsed))
-    }
-}
-
-/// A Postgres URL; its password never reaches a log.
-#[derive(Clone)]
-pub struct DatabaseUrl(url::Url);
-
-impl DatabaseUrl {
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl FromStr for DatabaseUrl {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let parsed =
-            url::Url::parse(text).map_err(|err| format!("not a URL ({err}); expected postgres://user@host:port/db"))?;
-        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-            return Err(format!("scheme `{}` is not postgres://", parsed.scheme()));
-        }
-        sqlx::postgres::PgConnectOptions::from_str(text).map_err(|err| format!("not a Postgres URL: {err}"))?;
-        Ok(Self(parsed))
-    }
-}
-
-fn redacted(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Setting a password on a URL that already has one cannot fail.
-        let _ = shown.set_password(Some("REDACTED"));
-    }
-    shown.to_string()
-}
-
-macro_rules! show_redacted {
-    ($($type:ty),*) => {$(
-        impl fmt::Debug for $type {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&redacted(&self.0))
-            }
-        }
-        impl fmt::Display for $type {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&redacted(&self.0))
-            }
-        }
-    )*};
-}
-show_redacted!(RedisUrl, DatabaseUrl);
-
 /// The prefix of every Redis key the fleet owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPrefix(String);
@@ -993,16 +927,6 @@ mod tests {
         for (any_school, schools) in [(any("k1"), bound("a=k1")), (None, bound("a=k1,b=k1"))] {
             assert!(matches!(WebhookKeys::new(any_school, schools), Err(ConfigError::AmbiguousWebhookKey)));
         }
-    }
-
-    #[test]
-    fn url_passwords_are_redacted() {
-        let url: DatabaseUrl = "postgres://fleet:hunter2@db:5432/fleet".parse().expect("valid");
-        assert_eq!(format!("{url:?}"), "postgres://fleet:REDACTED@db:5432/fleet");
-        let url: RedisUrl = "redis://:hunter2@cache:6379/0".parse().expect("valid");
-        assert!(!url.to_string().contains("hunter2"));
-        assert!("http://db".parse::<DatabaseUrl>().is_err());
-        assert!("mysql://db".parse::<RedisUrl>().is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod retry;
 pub mod revalidate;
 pub mod stream;
 pub mod telemetry;
+pub mod urls;
 pub mod worker;
 
 pub use fleet_jobs as jobs;

@@ -8,10 +8,17 @@
 //!
 //! PostgreSQL refuses to run as root; when this process is root, initdb and
 //! the server run as the `postgres` user (or `nobody`).
+//!
+//! Other users of the machine must not reach the data: each server asks for
+//! a generated password (Postgres with scram-sha-256 for every connection,
+//! socket included; Redis with `requirepass`), its directory is 0700, and
+//! its files (data, logs, the password) are 0600. The password is kept in
+//! `<dir>/password`, so a kept server restarts with the same URL. It never
+//! appears on a command line, where `ps` would show it.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -47,7 +54,9 @@ impl Guarded {
         log: &Path,
         run_as: Option<(u32, u32)>,
     ) -> io::Result<Self> {
+        // umask 077: the log and every file the server creates are private.
         let script = r#"
+            umask 077
             signal="$1"; cleanup="$2"; log="$3"; shift 3
             "$@" >>"$log" 2>&1 &
             server=$!
@@ -98,6 +107,50 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Creates `dir` readable by its owner only (0700), and makes an existing
+/// `dir` so. Missing parents get the usual mode: when we are root, the
+/// PostgreSQL user must be able to pass through them to its own directory.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+        _ => {}
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes `contents` to `path`, readable by its owner only (0600), also
+/// when the file was there before.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents)
+}
+
+/// The password kept in `<dir>/password`, or a new one stored there.
+fn stored_or_new_password(dir: &Path) -> io::Result<String> {
+    let path = dir.join(PASSWORD_FILE);
+    if let Ok(stored) = std::fs::read_to_string(&path) {
+        if !stored.trim().is_empty() {
+            return Ok(stored.trim().to_owned());
+        }
+    }
+    let password = new_password();
+    write_private_file(&path, password.as_bytes())?;
+    Ok(password)
+}
+
+/// Where a server's password is kept, in its directory.
+const PASSWORD_FILE: &str = "password";
+
+/// 122 random bits from the operating system's generator (uuid v4), as hex:
+/// safe in a URL and in a config file without quoting.
+fn new_password() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -115,25 +168,41 @@ fn find_program(name: &'static str, extra_dirs: &[PathBuf]) -> Result<PathBuf, L
         .ok_or(LocalServiceError::NotInstalled(name))
 }
 
-/// A throwaway Redis.
+/// A throwaway Redis that asks for a generated password.
 pub struct LocalRedis {
     server: Guarded,
     port: u16,
     dir: PathBuf,
+    ephemeral: bool,
+    password: String,
 }
 
 impl LocalRedis {
     /// Starts Redis on a free port with its files in `dir`; `dir` is deleted
     /// when the server stops if `ephemeral`.
     pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
-        Self::start_on(dir, free_port()?, ephemeral).await
+        create_private_dir(dir)?;
+        let password = stored_or_new_password(dir)?;
+        Self::launch(dir, free_port()?, ephemeral, password).await
     }
 
-    /// Starts Redis on `port` (e.g. again, after [`LocalRedis::stop`]).
-    pub async fn start_on(dir: &Path, port: u16, ephemeral: bool) -> Result<Self, LocalServiceError> {
+    /// Starts the server again (e.g. after [`LocalRedis::stop`]) on the
+    /// same port with the same password, so clients reconnect with their URL.
+    pub async fn restart(&mut self) -> Result<(), LocalServiceError> {
+        self.stop();
+        create_private_dir(&self.dir)?;
+        write_private_file(&self.dir.join(PASSWORD_FILE), self.password.as_bytes())?;
+        *self = Self::launch(&self.dir, self.port, self.ephemeral, self.password.clone()).await?;
+        Ok(())
+    }
+
+    async fn launch(dir: &Path, port: u16, ephemeral: bool, password: String) -> Result<Self, LocalServiceError> {
         let program = find_program("redis-server", &[])?;
-        std::fs::create_dir_all(dir)?;
+        // The password goes in a private config file, not on the command line.
+        let config = dir.join("redis.conf");
+        write_private_file(&config, format!("requirepass {password}\n").as_bytes())?;
         let args: Vec<String> = vec![
+            config.display().to_string(),
             "--bind".into(),
             "127.0.0.1".into(),
             "--port".into(),
@@ -148,7 +217,7 @@ impl LocalRedis {
         let log = dir.join("redis.log");
         let cleanup = ephemeral.then_some(dir);
         let server = Guarded::spawn(&program, &args, "KILL", cleanup, &log, None)?;
-        let redis = Self { server, port, dir: dir.to_owned() };
+        let redis = Self { server, port, dir: dir.to_owned(), ephemeral, password };
         redis.wait_ready(&log).await?;
         Ok(redis)
     }
@@ -168,8 +237,9 @@ impl LocalRedis {
         Err(LocalServiceError::NotReady { what: "redis-server", seconds: 20, log: tail(log) })
     }
 
+    /// The URL to connect with, password included: show it redacted.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://default:{}@127.0.0.1:{}/", self.password, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -186,10 +256,12 @@ impl LocalRedis {
     }
 }
 
-/// A throwaway PostgreSQL cluster.
+/// A throwaway PostgreSQL cluster whose superuser `postgres` has a
+/// generated password.
 pub struct LocalPostgres {
     server: Guarded,
     port: u16,
+    password: String,
 }
 
 impl LocalPostgres {
@@ -200,33 +272,30 @@ impl LocalPostgres {
     pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
         let bin_dir = postgres_bin_dir()?;
         let run_as = unprivileged_user_if_root()?;
-        std::fs::create_dir_all(dir)?;
+        create_private_dir(dir)?;
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
         }
         let data = dir.join("data");
-        if !data.join("PG_VERSION").exists() {
-            let mut initdb = Command::new(bin_dir.join("initdb"));
-            initdb.args(["-D"]).arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"]);
-            if ephemeral {
-                initdb.arg("--no-sync");
-            }
-            if let Some((uid, gid)) = run_as {
-                initdb.uid(uid).gid(gid);
-            }
-            let output = initdb.output()?;
-            if !output.status.success() {
-                return Err(LocalServiceError::Failed {
-                    what: "initdb".into(),
-                    detail: String::from_utf8_lossy(&output.stderr).into_owned(),
-                });
-            }
+        let initialised = data.join("PG_VERSION").exists();
+        if initialised && !dir.join(PASSWORD_FILE).exists() {
+            return Err(LocalServiceError::Failed {
+                what: format!("starting the PostgreSQL kept in {}", dir.display()),
+                detail: "it was created by an older fleet that trusted every local user; \
+                         delete that directory to recreate it with a password"
+                    .into(),
+            });
+        }
+        let password = stored_or_new_password(dir)?;
+        if !initialised {
+            initdb(&bin_dir, dir, &password, ephemeral, run_as)?;
         }
         let port = free_port()?;
         let mut args: Vec<String> = vec!["-D".into(), data.display().to_string(), "-p".into(), port.to_string()];
         let mut settings = vec![
             "listen_addresses=127.0.0.1".to_owned(),
             format!("unix_socket_directories={}", dir.display()),
+            "unix_socket_permissions=0700".to_owned(),
             "max_connections=400".to_owned(),
         ];
         if ephemeral {
@@ -240,7 +309,7 @@ impl LocalPostgres {
         // Fast shutdown keeps a kept cluster clean; a throwaway one is just killed.
         let (signal, cleanup) = if ephemeral { ("QUIT", Some(dir)) } else { ("INT", None) };
         let server = Guarded::spawn(&bin_dir.join("postgres"), &args, signal, cleanup, &log, run_as)?;
-        let postgres = Self { server, port };
+        let postgres = Self { server, port, password };
         postgres.wait_ready(&log).await?;
         Ok(postgres)
     }
@@ -258,15 +327,56 @@ impl LocalPostgres {
         Err(LocalServiceError::NotReady { what: "postgres", seconds: 60, log: tail(log) })
     }
 
-    /// A URL for `database` as the superuser `postgres`.
+    /// A URL for `database` as the superuser `postgres`, password included:
+    /// show it redacted.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!("postgres://postgres:{}@127.0.0.1:{}/{database}", self.password, self.port)
     }
 
     /// Stops the server and waits for it to exit.
     pub fn stop(&mut self) {
         self.server.stop();
     }
+}
+
+/// Creates the cluster in `<dir>/data`: every connection, local socket
+/// included, must give `password` (scram-sha-256).
+fn initdb(
+    bin_dir: &Path,
+    dir: &Path,
+    password: &str,
+    ephemeral: bool,
+    run_as: Option<(u32, u32)>,
+) -> Result<(), LocalServiceError> {
+    // initdb reads the password from a file, which the user it runs as must
+    // be able to read; the file is removed once initdb is done.
+    let pwfile = dir.join("initdb-password");
+    write_private_file(&pwfile, password.as_bytes())?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))?;
+    }
+    let mut initdb = Command::new(bin_dir.join("initdb"));
+    initdb
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"])
+        .arg(format!("--pwfile={}", pwfile.display()));
+    if ephemeral {
+        initdb.arg("--no-sync");
+    }
+    if let Some((uid, gid)) = run_as {
+        initdb.uid(uid).gid(gid);
+    }
+    let output = initdb.output();
+    std::fs::remove_file(&pwfile)?;
+    let output = output?;
+    if !output.status.success() {
+        return Err(LocalServiceError::Failed {
+            what: "initdb".into(),
+            detail: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Where PostgreSQL's server binaries are: next to a `postgres` on PATH, or

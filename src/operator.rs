@@ -1,4 +1,4 @@
-//! Operator commands: `fleet status` and `fleet dlq …`.
+//! Operator commands: `fleet status`, `fleet dlq …` and `fleet cache …`.
 //!
 //! Output is a readable table or text by default and JSON with `--json`, on
 //! stdout; progress and refusals go to stderr. Exit codes scripts can rely
@@ -377,6 +377,17 @@ async fn scan(redis: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Ve
     Ok(found)
 }
 
+/// The refusal of a `fleet cache clear` name that is not a literal one.
+fn literal_only(flag: &str, reason: &str) -> OperatorExit {
+    OperatorExit {
+        code: OperatorExit::REFUSED,
+        message: format!(
+            "{flag} takes one literal name, not a pattern: {reason}; nothing was cleared \
+             (to clear cache keys by glob, use --pattern)"
+        ),
+    }
+}
+
 fn human_bytes(bytes: u64) -> String {
     match bytes {
         0..1024 => format!("{bytes} B"),
@@ -447,6 +458,10 @@ pub async fn cache_stats(
 }
 
 /// `fleet cache clear`: removes cached keys under the fleet's prefix only.
+///
+/// `tag` and `tenant` are literal names, checked before anything is
+/// removed: `--tenant-id '*'` is refused, not a way to clear every school.
+/// Only `pattern` is a glob.
 pub async fn cache_clear(
     redis: &mut ConnectionManager,
     keys: &crate::cache::CacheKeys,
@@ -458,7 +473,20 @@ pub async fn cache_clear(
     use crate::cache::Kind;
     use crate::config::CacheKind;
     let removed = if let Some(tag) = tag {
-        let tag_keys = scan(redis, &keys.tag(tenant.as_deref().unwrap_or("*"), &tag)).await?;
+        crate::cache::tags::check(&tag).map_err(|reason| literal_only("--tag", &reason))?;
+        let tag_keys = match tenant {
+            Some(tenant) => {
+                let tenant = fleet_jobs::TenantId::parse(&tenant)
+                    .map_err(|err| literal_only("--tenant-id", &err.to_string()))?;
+                vec![keys.tag(tenant.as_str(), &tag)]
+            }
+            // Every school's set of this one tag: compared whole, never matched.
+            None => scan(redis, &keys.tags_pattern())
+                .await?
+                .into_iter()
+                .filter(|key| keys.tag_of(key).is_some_and(|(_, found)| found == tag))
+                .collect(),
+        };
         crate::cache::invalidate(redis, &tag_keys).await?
     } else {
         let patterns: Vec<String> = match (kind, pattern) {

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::{self, CacheKeys};
 use crate::config::ApiToken;
+use crate::urls::RevalidateUrl;
 
 /// The header carrying the shared secret.
 pub const SECRET_HEADER: &str = "x-revalidate-secret";
@@ -32,7 +33,7 @@ pub struct Revalidator {
 
 impl Revalidator {
     /// Starts the background task that calls `url`.
-    pub fn spawn(url: url::Url, secret: Option<ApiToken>, redis: ConnectionManager, keys: CacheKeys) -> Self {
+    pub fn spawn(url: RevalidateUrl, secret: Option<ApiToken>, redis: ConnectionManager, keys: CacheKeys) -> Self {
         let (queue, mut batches) = mpsc::channel::<Vec<String>>(QUEUE);
         let failures = Arc::new(AtomicU64::new(0));
         let counted = failures.clone();
@@ -40,7 +41,7 @@ impl Revalidator {
         tokio::spawn(async move {
             while let Some(tags) = batches.recv().await {
                 let call = || async {
-                    let mut request = client.post(url.clone()).json(&json!({ "tags": tags }));
+                    let mut request = client.post(url.url().clone()).json(&json!({ "tags": tags }));
                     if let Some(secret) = &secret {
                         request = request.header(SECRET_HEADER, secret.expose());
                     }
@@ -55,8 +56,9 @@ impl Revalidator {
                     counted.fetch_add(1, Ordering::Relaxed);
                     let mut redis = redis.clone();
                     let _ = cache::count_revalidation_failure(&mut redis, &keys).await;
+                    // reqwest's errors quote the whole URL, secrets in its query included.
                     tracing::warn!(
-                        error = %err, tags = tags.len(),
+                        error = %err.without_url(), hook = %url, tags = tags.len(),
                         "revalidation hook failed after retries; the dashboard may show cached pages until their TTL. \
                          Check REVALIDATE_URL and that the dashboard is up"
                     );

@@ -423,7 +423,8 @@ async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
     assert_eq!(reqwest::get(intake.url("/readyz")).await.expect("readyz").status(), 503);
     assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
 
-    let _redis = fleet::local_services::LocalRedis::start_on(&dir, port, true).await.expect("redis again");
+    redis.restart().await.expect("redis again");
+    assert_eq!(redis.port(), port);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let response = post_signed(&intake, &body, SECRET).await;

@@ -1,5 +1,5 @@
-//! `fleet dlq` and `fleet status` as an operator or a script uses them:
-//! output, JSON, exit codes and refusals.
+//! `fleet dlq`, `fleet status` and `fleet cache clear` as an operator or a
+//! script uses them: output, JSON, exit codes and refusals.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -230,4 +230,62 @@ async fn status_shows_backlog_retries_and_dead_letters() {
         text.stdout
     );
     worker.stop().await;
+}
+
+/// Caches course 1's statistics for schools `a` and `b`, under the tag `course:1` of each.
+async fn cache_two_schools(ctx: &TestContext) -> [String; 2] {
+    let keys = fleet::cache::CacheKeys::new(&ctx.keys);
+    let entries: Vec<fleet::cache::Entry> = ["a", "b"]
+        .into_iter()
+        .map(|tenant| fleet::cache::Entry {
+            key: keys.statistics(tenant, 1),
+            tags: vec![keys.tag(tenant, &fleet::cache::tags::course(1))],
+            ttl: Duration::from_secs(600),
+            value: fleet::read_model::Versioned { version: 1, body: json!({ "course_id": 1 }) },
+        })
+        .collect();
+    let mut redis = ctx.redis.clone();
+    assert_eq!(fleet::cache::put(&mut redis, &entries).await.expect("put"), 2);
+    [keys.statistics("a", 1), keys.statistics("b", 1)]
+}
+
+async fn cached(ctx: &TestContext, keys: &[String]) -> Vec<bool> {
+    let mut redis = ctx.redis.clone();
+    let mut found = Vec::new();
+    for key in keys {
+        found.push(redis::AsyncCommands::exists(&mut redis, key).await.expect("EXISTS"));
+    }
+    found
+}
+
+#[tokio::test]
+async fn cache_clear_takes_tenant_and_tag_literally_and_refuses_patterns() {
+    let ctx = context().await;
+    let keys = cache_two_schools(&ctx).await;
+
+    let refused: [(&[&str], &str); 4] = [
+        (&["--tag", "course:1", "--tenant-id", "*"], "--tenant-id"),
+        (&["--tag", "course:1", "--tenant-id", "a*"], "--tenant-id"),
+        (&["--tag", "course:*"], "--tag"),
+        (&["--tag", "*", "--tenant-id", "a"], "--tag"),
+    ];
+    for (args, flag) in refused {
+        let run = run(&ctx, &[&["cache", "clear"], args].concat()).await;
+        assert_eq!(run.code, Some(2), "{args:?} was not refused: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(flag) && run.stderr.contains("--pattern"), "{args:?}: {}", run.stderr);
+        assert_eq!(cached(&ctx, &keys).await, [true, true], "{args:?} cleared something");
+    }
+
+    // A tag is compared whole: `1` is not the end of `course:1`.
+    let none = run(&ctx, &["cache", "clear", "--tag", "1"]).await;
+    assert_eq!((none.code, none.stdout.trim()), (Some(0), "removed 0 keys"), "{}", none.stderr);
+    assert_eq!(cached(&ctx, &keys).await, [true, true]);
+
+    let one = run(&ctx, &["cache", "clear", "--tag", "course:1", "--tenant-id", "a"]).await;
+    assert_eq!((one.code, one.stdout.trim()), (Some(0), "removed 1 keys"), "{}", one.stderr);
+    assert_eq!(cached(&ctx, &keys).await, [false, true], "only school a's key goes");
+
+    let every = run(&ctx, &["cache", "clear", "--tag", "course:1"]).await;
+    assert_eq!((every.code, every.stdout.trim()), (Some(0), "removed 1 keys"), "{}", every.stderr);
+    assert_eq!(cached(&ctx, &keys).await, [false, false]);
 }
