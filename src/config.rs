@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fleet_jobs::TenantId;
 
-use crate::urls::{DatabaseUrl, RedisUrl, RevalidateUrl};
+use crate::urls::{DatabaseUrl, RedisUrl, RevalidateUrl, SecretValueParser};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,7 +96,7 @@ pub struct ApiTuning {
     pub api_token: Option<ApiToken>,
     /// Bearer tokens that read only some schools: `school=token` pairs separated by commas.
     #[arg(long, env = "FLEET_API_TOKENS", hide_env_values = true, value_name = "FLEET_API_TOKENS",
-          value_parser = SchoolTokensParser)]
+          value_parser = SecretValueParser::<SchoolTokens>::new())]
     pub api_tokens: Option<SchoolTokens>,
     /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For names the client
     /// the rate limit counts; from any other peer the header is ignored.
@@ -147,28 +147,6 @@ impl FromStr for SchoolTokens {
 impl fmt::Debug for SchoolTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SchoolTokens([REDACTED; {} pair(s)])", self.0.len())
-    }
-}
-
-/// Parses `FLEET_API_TOKENS` with an error that never quotes the value
-/// (clap's own errors for a rejected value repeat it).
-#[derive(Clone)]
-struct SchoolTokensParser;
-
-impl clap::builder::TypedValueParser for SchoolTokensParser {
-    type Value = SchoolTokens;
-
-    fn parse_ref(
-        &self,
-        _cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<Self::Value, clap::Error> {
-        let invalid = |reason: String| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("invalid FLEET_API_TOKENS: {reason}\n"))
-        };
-        let text = value.to_str().ok_or_else(|| invalid("not UTF-8".into()))?;
-        text.parse().map_err(invalid)
     }
 }
 
@@ -434,7 +412,7 @@ pub struct SecretsArg {
         env = "THINKIFIC_WEBHOOK_SECRET",
         hide_env_values = true,
         value_name = "THINKIFIC_WEBHOOK_SECRET",
-        value_parser = SecretParser::<WebhookSecrets>::new()
+        value_parser = SecretValueParser::<WebhookSecrets>::new()
     )]
     pub webhook_secrets: Option<WebhookSecrets>,
     /// Signing keys bound to one school each, as comma-separated `school=key` pairs: a body signed
@@ -444,7 +422,7 @@ pub struct SecretsArg {
         env = "THINKIFIC_SCHOOL_KEYS",
         hide_env_values = true,
         value_name = "THINKIFIC_SCHOOL_KEYS",
-        value_parser = SecretParser::<SchoolKeys>::new()
+        value_parser = SecretValueParser::<SchoolKeys>::new()
     )]
     pub school_keys: Option<SchoolKeys>,
 }
@@ -453,43 +431,6 @@ impl SecretsArg {
     /// Every configured key with its scope; refused when none is set.
     pub fn webhook_keys(&self) -> Result<WebhookKeys, ConfigError> {
         WebhookKeys::new(self.webhook_secrets.clone(), self.school_keys.clone())
-    }
-}
-
-/// Parses a secret setting with its `FromStr`, as clap would, except that a
-/// refusal never quotes the value: clap's own message does, and the value
-/// holds keys.
-#[derive(Clone)]
-struct SecretParser<T>(std::marker::PhantomData<fn() -> T>);
-
-impl<T> SecretParser<T> {
-    fn new() -> Self {
-        Self(std::marker::PhantomData)
-    }
-}
-
-impl<T> clap::builder::TypedValueParser for SecretParser<T>
-where
-    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
-{
-    type Value = T;
-
-    fn parse_ref(
-        &self,
-        command: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<T, clap::Error> {
-        let setting = arg.map_or_else(|| "a secret setting".to_owned(), ToString::to_string);
-        let refuse = |reason: &str| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("invalid value for '{setting}' (not shown, it holds keys): {reason}\n"),
-            )
-            .with_cmd(command)
-        };
-        let text = value.to_str().ok_or_else(|| refuse("not valid UTF-8"))?;
-        text.parse().map_err(|reason: String| refuse(&reason))
     }
 }
 
@@ -619,7 +560,7 @@ pub struct DevArgs {
         env = "THINKIFIC_WEBHOOK_SECRET",
         hide_env_values = true,
         value_name = "THINKIFIC_WEBHOOK_SECRET",
-        value_parser = SecretParser::<WebhookSecrets>::new()
+        value_parser = SecretValueParser::<WebhookSecrets>::new()
     )]
     pub secrets: Option<WebhookSecrets>,
     /// Where the throwaway servers keep their data.

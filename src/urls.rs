@@ -9,7 +9,7 @@
 //! list of names (`password`, `token`, `sig`…) misses the next service's
 //! spelling (`pass`, `apikey`, `X-Amz-Signature`), and a value such as
 //! `sslmode=require` is rarely what an operator needs from a log. See
-//! `docs/decisions/0007-urls-are-shown-redacted.md`.
+//! `docs/decisions/0008-urls-are-shown-redacted.md`.
 //!
 //! Parsing goes through [`SecretValueParser`], which clap picks for these
 //! types on its own: clap's default message ("invalid value '<value>'…")
@@ -88,7 +88,7 @@ where
             },
             None => "not UTF-8".to_owned(),
         };
-        let message = format!("invalid {setting}: {reason} (the value is not shown: it may hold a password)");
+        let message = format!("invalid {setting}: {reason} (the value is not shown: it may hold a secret)");
         Err(cmd.clone().error(ErrorKind::ValueValidation, message))
     }
 }
