@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleet::config::{KeyPrefix, WorkerSettings};
+use fleet::config::WorkerSettings;
 use fleet::local_services::{LocalPostgres, LocalRedis};
-use fleet::stream::{self, Keys};
+use fleet::redis::{stream, KeyPrefix, Keys};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -84,13 +84,13 @@ async fn main() -> anyhow::Result<()> {
     fleet::db::migrate(&db).await?;
     let prefix: KeyPrefix = format!("bench:{}:", uuid::Uuid::new_v4().simple()).parse().map_err(anyhow::Error::msg)?;
     let keys = Keys::new(&prefix);
-    let mut redis = stream::connect(&redis_url, Duration::from_secs(10)).await?;
+    let mut redis = fleet::redis::connect(&redis_url, Duration::from_secs(10)).await?;
     stream::ensure_group(&mut redis, &keys).await?;
 
     // --- intake: sequential latency, then concurrent throughput
     let secret = "bench-secret";
     let settings = fleet::config::IntakeSettings {
-        keys: fleet::config::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
+        keys: fleet::secrets::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
         max_body_bytes: 1024 * 1024,
         dedup_window: Duration::from_secs(3600),
     };
@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let app = fleet::intake::router(redis.clone(), keys.clone(), settings);
-    let server = tokio::spawn(fleet::intake::serve(listener, app, shutdown.clone()));
+    let server = tokio::spawn(fleet::runtime::serve(listener, app, shutdown.clone()));
     let client = reqwest::Client::new();
     let url = format!("http://{address}/webhooks/thinkific");
     let bodies: Vec<(String, String)> = (0..requests)
@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
         claim_idle: Duration::from_secs(60),
         lease: Duration::from_secs(15),
         retry: fleet::retry::RetryPolicy::default(),
-        cache_ttls: fleet::cache::Ttls::default(),
+        cache_ttls: fleet::redis::cache::Ttls::default(),
     };
     let worker = fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -1,7 +1,7 @@
 //! The dashboard's read API: cached statistics, dashboard summary and pages
 //! of enrollments.
 //!
-//! Each route is cache-aside over `crate::cache`: a fresh value is a `HIT`;
+//! Each route is cache-aside over `crate::redis::cache`: a fresh value is a `HIT`;
 //! a stale one is served (`STALE`) while one request recomputes it; on a
 //! miss, one request takes the key's lock and computes it (`MISS`) while
 //! the others wait briefly for its result, so a cold dashboard sends one
@@ -45,9 +45,11 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
-use crate::cache::{self, CacheKeys, Cached, Entry, Lookup, Outcome, Ttls};
 use crate::config::ApiTuning;
+use crate::read_model::cached::Cached;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
+use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
+use crate::redis::keys::Keys;
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -62,7 +64,7 @@ pub struct ApiState {
     db: PgPool,
     /// Empty until Redis has been reached once; the routes bypass the cache meanwhile.
     redis: Arc<OnceCell<ConnectionManager>>,
-    keys: CacheKeys,
+    keys: Keys,
     ttls: Ttls,
     tuning: ApiTuning,
     access: Arc<Access>,
@@ -70,13 +72,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(
-        db: PgPool,
-        redis: Arc<OnceCell<ConnectionManager>>,
-        keys: CacheKeys,
-        ttls: Ttls,
-        tuning: ApiTuning,
-    ) -> Self {
+    pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: ApiTuning) -> Self {
         let access = Arc::new(Access::new(&tuning));
         Self { db, redis, keys, ttls, tuning, access, queries: Arc::default() }
     }

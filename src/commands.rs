@@ -7,16 +7,17 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::cache::CacheKeys;
 use crate::config::{
     ApiArgs, ApiTuning, CacheCommand, Command, ConfigError, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs,
-    WebhookKeys, WebhookSecrets, WorkerArgs, WorkerSettings,
+    WorkerArgs, WorkerSettings,
 };
 use crate::local_services::{write_private_file, LocalPostgres, LocalRedis};
+use crate::redis::keys::Keys;
+use crate::redis::stream;
 use crate::revalidate::Revalidator;
-use crate::stream::{self, Keys};
+use crate::runtime::{serve, shutdown_on_signals};
+use crate::secrets::{WebhookKeys, WebhookSecrets};
 use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::Worker;
 use crate::{api, db, health, intake, operator};
@@ -40,7 +41,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => run_dev(args).await,
         Command::Api(args) => run_api(args).await,
         Command::Cache(args) => {
-            let keys = CacheKeys::new(&Keys::new(&args.redis.key_prefix.key_prefix));
+            let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
             match args.command {
                 CacheCommand::Stats { json, reset } => operator::cache_stats(&mut redis, &keys, json, reset).await,
@@ -62,37 +63,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C).
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot listen for SIGTERM; stop with Ctrl-C");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-            () = terminate => tracing::info!("SIGTERM received, shutting down"),
-        }
-        cancel.cancel();
-    });
-    token
-}
-
 async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
     db::connect(url).await.context("cannot connect to Postgres; check DATABASE_URL and that the server is up")
 }
 
 async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    stream::connect(url, Duration::from_secs(2))
+    crate::redis::connect(url, Duration::from_secs(2))
         .await
         .context("cannot connect to Redis; check REDIS_URL and that the server is up")
 }
@@ -123,7 +99,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, stream = %keys.events(), "intake listening");
     let shutdown = shutdown_on_signals();
-    intake::serve(listener, intake::router(redis, keys, settings), shutdown).await?;
+    serve(listener, intake::router(redis, keys, settings), shutdown).await?;
     tracing::info!("intake stopped");
     Ok(())
 }
@@ -141,7 +117,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {address} (FLEET_HEALTH_LISTEN)"))?;
         tracing::info!(%address, "worker health on /healthz and /readyz");
-        tokio::spawn(intake::serve(listener, health::router(worker.health()), shutdown.clone()));
+        tokio::spawn(serve(listener, health::router(worker.health()), shutdown.clone()));
     }
     worker.run(shutdown).await?;
     Ok(())
@@ -159,7 +135,7 @@ async fn with_revalidation(
     };
     let redis = connect_redis(redis_url).await?;
     tracing::info!(hook = %url, "revalidation hook on");
-    Ok(worker.with_revalidator(Revalidator::spawn(url, args.revalidate_secret.clone(), redis, CacheKeys::new(keys))))
+    Ok(worker.with_revalidator(Revalidator::spawn(url, args.revalidate_secret.clone(), redis, keys.clone())))
 }
 
 /// The read API's state: Redis is optional (routes bypass the cache until
@@ -168,7 +144,7 @@ pub async fn api_state(
     pool: PgPool,
     redis_url: &str,
     keys: &Keys,
-    ttls: crate::cache::Ttls,
+    ttls: crate::redis::cache::Ttls,
     tuning: ApiTuning,
 ) -> api::ApiState {
     let redis = std::sync::Arc::new(tokio::sync::OnceCell::new());
@@ -176,7 +152,7 @@ pub async fn api_state(
     let url = redis_url.to_owned();
     tokio::spawn(async move {
         loop {
-            match stream::connect(&url, Duration::from_secs(1)).await {
+            match crate::redis::connect(&url, Duration::from_secs(1)).await {
                 Ok(conn) => {
                     let _ = cell.set(conn);
                     return;
@@ -188,7 +164,7 @@ pub async fn api_state(
             }
         }
     });
-    api::ApiState::new(pool, redis, CacheKeys::new(keys), ttls, tuning)
+    api::ApiState::new(pool, redis, keys.clone(), ttls, tuning)
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
@@ -205,7 +181,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let state = api_state(pool, args.redis.redis_url.as_str(), &keys, args.cache.ttls(), args.api.clone()).await;
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     tracing::info!(%address, "read API listening");
-    intake::serve(listener, api::app(state), shutdown_on_signals()).await?;
+    serve(listener, api::app(state), shutdown_on_signals()).await?;
     tracing::info!("read API stopped");
     Ok(())
 }
@@ -260,7 +236,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let api = api_state(pool, redis_url.as_str(), &keys, args.worker.cache.ttls(), args.api.clone()).await;
     let intake_settings = IntakeSettings::new(WebhookKeys::new(Some(secrets.clone()), None)?, &args.intake);
     let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
-    let intake_task = tokio::spawn(intake::serve(listener, app, shutdown.clone()));
+    let intake_task = tokio::spawn(serve(listener, app, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
     write_private_file(&example, EXAMPLE_WEBHOOK.trim_end().as_bytes())?;

@@ -7,15 +7,15 @@
 //! told never to echo their values in `--help`; URLs are parsed and shown by
 //! [`crate::urls`], whose errors never quote the value.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fleet_jobs::TenantId;
 
-use crate::urls::{DatabaseUrl, RedisUrl, RevalidateUrl, SecretValueParser};
+use crate::redis::keys::Kind;
+use crate::redis::KeyPrefix;
+use crate::secrets::{ApiToken, KeysError, SchoolKeys, SchoolTokens, SecretValueParser, WebhookKeys, WebhookSecrets};
+use crate::urls::{DatabaseUrl, RedisUrl, RevalidateUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -114,42 +114,6 @@ impl ApiTuning {
     }
 }
 
-/// `FLEET_API_TOKENS`: each token with the school it may read. A school may
-/// have several tokens (rotation) and a token several schools.
-#[derive(Clone, Default)]
-pub struct SchoolTokens(Vec<(fleet_jobs::TenantId, ApiToken)>);
-
-impl SchoolTokens {
-    pub fn pairs(&self) -> &[(fleet_jobs::TenantId, ApiToken)] {
-        &self.0
-    }
-}
-
-impl FromStr for SchoolTokens {
-    type Err = String;
-    /// Splits each pair on its first `=`. An error names the pair by its
-    /// position, never by its text, so a token cannot reach a message.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut pairs = Vec::new();
-        for (index, pair) in text.split(',').map(str::trim).enumerate().filter(|(_, pair)| !pair.is_empty()) {
-            let position = index + 1;
-            let (school, token) =
-                pair.split_once('=').ok_or_else(|| format!("item {position} is not of the form school=token"))?;
-            let school = fleet_jobs::TenantId::parse(school.trim())
-                .map_err(|err| format!("item {position}: the school is not a valid tenant id ({err})"))?;
-            let token = token.parse::<ApiToken>().map_err(|_| format!("item {position}: the token is empty"))?;
-            pairs.push((school, token));
-        }
-        Ok(Self(pairs))
-    }
-}
-
-impl fmt::Debug for SchoolTokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SchoolTokens([REDACTED; {} pair(s)])", self.0.len())
-    }
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct CacheTuning {
     /// Seconds a cached page of enrollments stays fresh.
@@ -167,8 +131,8 @@ pub struct CacheTuning {
 }
 
 impl CacheTuning {
-    pub fn ttls(&self) -> crate::cache::Ttls {
-        crate::cache::Ttls {
+    pub fn ttls(&self) -> crate::redis::cache::Ttls {
+        crate::redis::cache::Ttls {
             enrollments: Duration::from_secs(self.ttl_enrollments),
             statistics: Duration::from_secs(self.ttl_statistics),
             dashboard: Duration::from_secs(self.ttl_dashboard),
@@ -184,32 +148,6 @@ pub struct RevalidateArgs {
     /// Sent as `X-Revalidate-Secret` with each revalidation call.
     #[arg(long, env = "REVALIDATE_SECRET", hide_env_values = true, value_name = "REVALIDATE_SECRET")]
     pub revalidate_secret: Option<ApiToken>,
-}
-
-/// A bearer token or shared secret; never printed.
-#[derive(Clone)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for ApiToken {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.trim().is_empty() {
-            return Err("must not be empty".into());
-        }
-        Ok(Self(text.trim().to_owned()))
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[REDACTED]")
-    }
 }
 
 #[derive(Debug, Args)]
@@ -234,8 +172,8 @@ pub enum CacheCommand {
     /// Remove cached keys (with SCAN, only under the fleet's prefix).
     Clear {
         /// What to clear: all, enrollments, statistics or dashboard.
-        #[arg(value_enum, required_unless_present_any = ["tag", "pattern"])]
-        kind: Option<CacheKind>,
+        #[arg(value_parser = clear_kind_parser(), required_unless_present_any = ["tag", "pattern"])]
+        kind: Option<ClearKind>,
         /// Invalidate one tag, e.g. course:2871345 (in every school, or in --tenant-id).
         /// A literal name (letters, digits, `:`, `-`, `_`, `.`), never a pattern.
         #[arg(long, conflicts_with_all = ["kind", "pattern"])]
@@ -250,12 +188,20 @@ pub enum CacheCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CacheKind {
+/// What `fleet cache clear <kind>` clears: every cached key and tag, or the
+/// keys of one [`Kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClearKind {
     All,
-    Enrollments,
-    Statistics,
-    Dashboard,
+    Only(Kind),
+}
+
+/// `all` or a kind's name; the names come from [`Kind`] itself.
+fn clear_kind_parser() -> impl clap::builder::TypedValueParser<Value = ClearKind> {
+    let names = std::iter::once("all").chain(Kind::ALL.map(Kind::as_str));
+    clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(names), |name: String| {
+        Kind::from_name(&name).map_or(ClearKind::All, ClearKind::Only)
+    })
 }
 
 #[derive(Debug, Args)]
@@ -430,7 +376,7 @@ pub struct SecretsArg {
 impl SecretsArg {
     /// Every configured key with its scope; refused when none is set.
     pub fn webhook_keys(&self) -> Result<WebhookKeys, ConfigError> {
-        WebhookKeys::new(self.webhook_secrets.clone(), self.school_keys.clone())
+        Ok(WebhookKeys::new(self.webhook_secrets.clone(), self.school_keys.clone())?)
     }
 }
 
@@ -585,169 +531,14 @@ pub enum ConfigError {
     ListenAndPort,
     #[error("FLEET_CONSUMER_NAME must be 1 to 200 characters without spaces")]
     ConsumerName,
-    #[error(
-        "no webhook signing key: set THINKIFIC_WEBHOOK_SECRET (keys valid for any school; bodies must name \
-         their tenant_id) or THINKIFIC_SCHOOL_KEYS (`school=key` pairs), or both"
-    )]
-    NoWebhookKey,
-    #[error(
-        "one webhook key is given two scopes (in both THINKIFIC_WEBHOOK_SECRET and THINKIFIC_SCHOOL_KEYS, \
-         or for two schools); give each key one scope"
-    )]
-    AmbiguousWebhookKey,
+    #[error(transparent)]
+    Keys(#[from] KeysError),
     #[error(
         "THINKIFIC_WEBHOOK_SECRET or THINKIFIC_SCHOOL_KEYS holds the well-known development key of `fleet dev`, \
          with which anyone can sign; set the real signing key of your Thinkific webhooks (the school's API key \
          or the app's client secret)"
     )]
     DevelopmentWebhookKey,
-}
-
-/// The prefix of every Redis key the fleet owns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPrefix(String);
-
-impl KeyPrefix {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for KeyPrefix {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.is_empty() || text.len() > 64 {
-            return Err("must be 1 to 64 characters".into());
-        }
-        if text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[') {
-            return Err("must not contain spaces, control characters or glob characters (* ? [)".into());
-        }
-        Ok(Self(text.to_owned()))
-    }
-}
-
-/// The keys that may sign a webhook. Several keys let one be rotated
-/// without dropping deliveries signed with the other.
-#[derive(Clone)]
-pub struct WebhookSecrets(Vec<Vec<u8>>);
-
-impl WebhookSecrets {
-    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.iter().map(Vec::as_slice)
-    }
-
-    /// The first key: the one the fleet itself signs with (in `fleet dev`).
-    pub fn signing_key(&self) -> &[u8] {
-        self.0.first().map(Vec::as_slice).unwrap_or_default()
-    }
-}
-
-impl FromStr for WebhookSecrets {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // Empty items between commas are skipped rather than reported, so an
-        // error message can never quote a key.
-        let keys: Vec<Vec<u8>> =
-            text.split(',').map(str::trim).filter(|key| !key.is_empty()).map(|key| key.as_bytes().to_vec()).collect();
-        if keys.is_empty() {
-            return Err("no key given: set one key, or several separated by commas".into());
-        }
-        Ok(Self(keys))
-    }
-}
-
-impl fmt::Debug for WebhookSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WebhookSecrets([REDACTED; {} key(s)])", self.0.len())
-    }
-}
-
-/// Webhook keys bound to one school each (`THINKIFIC_SCHOOL_KEYS`): a body
-/// signed with one belongs to that school.
-#[derive(Clone)]
-pub struct SchoolKeys(Vec<(TenantId, Vec<u8>)>);
-
-impl FromStr for SchoolKeys {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // An item is named by its position, never quoted: it holds a key.
-        let mut pairs = Vec::new();
-        for (index, item) in text.split(',').enumerate() {
-            let item = item.trim();
-            if item.is_empty() {
-                continue;
-            }
-            let position = index + 1;
-            // The first `=` ends the school: a school id holds none, a key may.
-            let (school, key) = item.split_once('=').ok_or_else(|| format!("item {position} is not `school=key`"))?;
-            let school = TenantId::parse(school.trim()).map_err(|err| format!("item {position}: bad school: {err}"))?;
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(format!("item {position}: the key is empty"));
-            }
-            pairs.push((school, key.as_bytes().to_vec()));
-        }
-        if pairs.is_empty() {
-            return Err("no `school=key` pair given: set one, or several separated by commas".into());
-        }
-        Ok(Self(pairs))
-    }
-}
-
-impl fmt::Debug for SchoolKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SchoolKeys([REDACTED; {} key(s)])", self.0.len())
-    }
-}
-
-/// For whom a webhook key signs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyScope {
-    /// A key of `THINKIFIC_WEBHOOK_SECRET`, valid for every school: the
-    /// signed body must name its `tenant_id`.
-    AnySchool,
-    /// A key of `THINKIFIC_SCHOOL_KEYS`: what it signs belongs to this school.
-    School(TenantId),
-}
-
-/// Every key that may sign a webhook, each with its scope.
-#[derive(Clone)]
-pub struct WebhookKeys(Vec<(Vec<u8>, KeyScope)>);
-
-impl WebhookKeys {
-    /// Joins the keys for any school and the keys bound to a school. At
-    /// least one key is required, and a key may have only one scope: the
-    /// key that signed a body must decide its school without doubt.
-    pub fn new(any_school: Option<WebhookSecrets>, schools: Option<SchoolKeys>) -> Result<Self, ConfigError> {
-        let any_school = any_school.into_iter().flat_map(|secrets| secrets.0).map(|key| (key, KeyScope::AnySchool));
-        let schools = schools.into_iter().flat_map(|keys| keys.0).map(|(school, key)| (key, KeyScope::School(school)));
-        let keys: Vec<(Vec<u8>, KeyScope)> = any_school.chain(schools).collect();
-        if keys.is_empty() {
-            return Err(ConfigError::NoWebhookKey);
-        }
-        let two_scopes = keys.iter().enumerate().any(|(index, (key, scope))| {
-            keys[..index].iter().any(|(earlier, earlier_scope)| earlier == key && earlier_scope != scope)
-        });
-        if two_scopes {
-            return Err(ConfigError::AmbiguousWebhookKey);
-        }
-        Ok(Self(keys))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &KeyScope)> {
-        self.0.iter().map(|(key, scope)| (key.as_slice(), scope))
-    }
-
-    /// Whether `key` is one of the keys, in any scope.
-    pub fn contains(&self, key: &[u8]) -> bool {
-        self.0.iter().any(|(configured, _)| configured == key)
-    }
-}
-
-impl fmt::Debug for WebhookKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WebhookKeys([REDACTED; {} key(s)])", self.0.len())
-    }
 }
 
 /// Intake settings in their validated form.
@@ -778,7 +569,7 @@ pub struct WorkerSettings {
     pub claim_idle: Duration,
     pub lease: Duration,
     pub retry: crate::retry::RetryPolicy,
-    pub cache_ttls: crate::cache::Ttls,
+    pub cache_ttls: crate::redis::cache::Ttls,
 }
 
 impl WorkerSettings {
@@ -827,50 +618,6 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_show_in_debug() {
-        let secrets: WebhookSecrets = "old-key, new-key".parse().expect("two keys");
-        assert_eq!(secrets.keys().count(), 2);
-        let shown = format!("{secrets:?}");
-        assert!(!shown.contains("old-key") && !shown.contains("new-key"), "{shown}");
-        assert!(" , ".parse::<WebhookSecrets>().is_err());
-    }
-
-    #[test]
-    fn school_keys_split_on_the_first_equals_sign() {
-        let keys: SchoolKeys = " 184532=k=ey==, ,watercolor-school = other ,".parse().expect("two pairs");
-        assert_eq!(keys.0.len(), 2);
-        assert_eq!((keys.0[0].0.as_str(), keys.0[0].1.as_slice()), ("184532", b"k=ey==".as_slice()));
-        assert_eq!((keys.0[1].0.as_str(), keys.0[1].1.as_slice()), ("watercolor-school", b"other".as_slice()));
-        let shown = format!("{keys:?}");
-        assert!(!shown.contains("k=ey") && !shown.contains("other"), "{shown}");
-    }
-
-    #[test]
-    fn school_key_refusals_never_quote_an_item() {
-        for bad in
-            ["secret-without-school", "a:b=secret", "=secret", "school=", ",", &format!("{}=secret", "s".repeat(65))]
-        {
-            let refusal = bad.parse::<SchoolKeys>().err().unwrap_or_else(|| panic!("{bad:?} was accepted"));
-            assert!(!refusal.contains("secret") && !refusal.contains("a:b"), "{refusal}");
-        }
-    }
-
-    #[test]
-    fn webhook_keys_need_one_key_and_one_scope_per_key() {
-        let any = |text: &str| Some(text.parse::<WebhookSecrets>().expect("keys"));
-        let bound = |text: &str| Some(text.parse::<SchoolKeys>().expect("school keys"));
-        assert!(matches!(WebhookKeys::new(None, None), Err(ConfigError::NoWebhookKey)));
-        let keys = WebhookKeys::new(any("k1,k2"), bound("a=k3,a=k4,b=k5")).expect("valid");
-        assert_eq!(keys.iter().count(), 5);
-        assert!(keys.contains(b"k4") && !keys.contains(b"k6"));
-        assert!(!format!("{keys:?}").contains("k1"));
-        assert!(WebhookKeys::new(any("k1,k1"), bound("a=k2,a=k2")).is_ok(), "a repeated key keeps its scope");
-        for (any_school, schools) in [(any("k1"), bound("a=k1")), (None, bound("a=k1,b=k1"))] {
-            assert!(matches!(WebhookKeys::new(any_school, schools), Err(ConfigError::AmbiguousWebhookKey)));
-        }
-    }
-
-    #[test]
     fn listen_address_resolution() {
         let listen =
             |listen: Option<&str>, port| ListenArgs { listen: listen.map(|l| l.parse().expect("address")), port };
@@ -878,28 +625,5 @@ mod tests {
         assert_eq!(listen(None, Some(5000)).address().ok(), "0.0.0.0:5000".parse().ok());
         assert_eq!(listen(Some("10.0.0.1:1"), None).address().ok(), "10.0.0.1:1".parse().ok());
         assert!(listen(Some("10.0.0.1:1"), Some(2)).address().is_err());
-    }
-
-    #[test]
-    fn school_tokens_split_on_the_first_equals_sign_and_never_show() {
-        let tokens: SchoolTokens = "184532=abc=def, other=abc,184532=second".parse().expect("three pairs");
-        let pairs: Vec<(&str, &str)> =
-            tokens.pairs().iter().map(|(school, token)| (school.as_str(), token.expose())).collect();
-        assert_eq!(pairs, [("184532", "abc=def"), ("other", "abc"), ("184532", "second")]);
-        assert!(!format!("{tokens:?}").contains("abc"));
-        assert!("".parse::<SchoolTokens>().expect("none").pairs().is_empty());
-        for bad in ["s3cret-no-equals-sign", "a:b=s3cret", "=s3cret", "school=", &format!("{}=s3cret", "x".repeat(65))]
-        {
-            let err = bad.parse::<SchoolTokens>().expect_err(bad);
-            assert!(!err.contains("s3cret"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn key_prefix_rules() {
-        assert!("fleet:".parse::<KeyPrefix>().is_ok());
-        for bad in ["", "a b", "fleet*", &"x".repeat(65)] {
-            assert!(bad.parse::<KeyPrefix>().is_err(), "{bad:?}");
-        }
     }
 }

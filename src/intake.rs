@@ -8,7 +8,6 @@
 //! that signed it when that key is bound to a school, else the body's
 //! `tenant_id`. Headers are not signed, so none of them decides tenancy.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -24,11 +23,11 @@ use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use sha2::Sha256;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{IntakeSettings, KeyScope, WebhookKeys};
-use crate::stream::{self, Enqueued, Keys, NewEntry};
+use crate::config::IntakeSettings;
+use crate::redis::keys::Keys;
+use crate::redis::stream::{self, Enqueued, NewEntry};
+use crate::secrets::{KeyScope, WebhookKeys};
 
 /// The header carrying the hex HMAC-SHA256 of the raw body.
 pub const SIGNATURE_HEADER: &str = "x-thinkific-hmac-sha256";
@@ -55,14 +54,6 @@ pub fn router(redis: ConnectionManager, keys: Keys, settings: IntakeSettings) ->
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// Serves `app` on `listener` until `shutdown` fires, then stops accepting
-/// and finishes the requests in flight.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 /// Signs `body` the way Thinkific does: lowercase hex HMAC-SHA256.

@@ -6,7 +6,6 @@
 //! Postgres handlers live in the `fleet-jobs` crate.
 
 pub mod api;
-pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod db;
@@ -15,9 +14,11 @@ pub mod intake;
 pub mod local_services;
 pub mod operator;
 pub mod read_model;
+pub mod redis;
 pub mod retry;
 pub mod revalidate;
-pub mod stream;
+pub mod runtime;
+pub mod secrets;
 pub mod telemetry;
 pub mod urls;
 pub mod worker;

@@ -14,7 +14,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::{DlqCommand, DlqFilter, DlqSelection};
-use crate::stream::{self, Entry, Keys};
+use crate::redis::failures;
+use crate::redis::keys::{tags, Keys, Kind, GROUP};
+use crate::redis::stream::{self, Entry};
 
 /// A refusal or a partial failure with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,7 @@ async fn matching(
     let mut found = Vec::new();
     let mut start = start_id(filter.since);
     loop {
-        let page = stream::read_dead_letters(redis, keys, &start, 500).await?;
+        let page = failures::read_dead_letters(redis, keys, &start, 500).await?;
         let Some(last) = page.last() else { break };
         start = format!("({}", last.id);
         let full = page.len() < 500;
@@ -159,7 +161,7 @@ async fn select(
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for id in &selection.ids {
-        match stream::dead_letter_by_id(redis, keys, id).await {
+        match failures::dead_letter_by_id(redis, keys, id).await {
             Ok(Some(entry)) => found.push(entry),
             Ok(None) => missing.push(id.clone()),
             // A malformed id is a missing one, not a failure.
@@ -202,7 +204,7 @@ pub async fn dlq(redis: &mut ConnectionManager, keys: &Keys, command: DlqCommand
             Ok(())
         }
         DlqCommand::Show { id, json } => {
-            let entry = match stream::dead_letter_by_id(redis, keys, &id).await {
+            let entry = match failures::dead_letter_by_id(redis, keys, &id).await {
                 Ok(entry) => entry,
                 Err(err) if err.code() == Some("ERR") => None,
                 Err(err) => return Err(err.into()),
@@ -251,7 +253,7 @@ pub async fn dlq(redis: &mut ConnectionManager, keys: &Keys, command: DlqCommand
             let mut replayed = Vec::new();
             let mut vanished = Vec::new();
             for chunk in ids.chunks(CHUNK) {
-                let outcome = stream::replay_dead_letters(redis, keys, chunk).await?;
+                let outcome = failures::replay_dead_letters(redis, keys, chunk).await?;
                 replayed.extend(outcome.replayed);
                 vanished.extend(outcome.missing);
                 if ids.len() > CHUNK {
@@ -288,7 +290,7 @@ pub async fn dlq(redis: &mut ConnectionManager, keys: &Keys, command: DlqCommand
             let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
             let mut purged = 0;
             for chunk in ids.chunks(CHUNK) {
-                purged += stream::purge_dead_letters(redis, keys, chunk).await?;
+                purged += failures::purge_dead_letters(redis, keys, chunk).await?;
             }
             if json {
                 print_json(&json!({ "purged": purged, "ids": ids, "missing": missing }))?;
@@ -323,11 +325,10 @@ pub async fn status(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> a
         Err(err) if err.code() == Some("ERR") => redis::streams::StreamInfoGroupsReply::default(),
         Err(err) => return Err(err.into()),
     };
-    let group = groups.groups.into_iter().find(|group| group.name == stream::GROUP);
+    let group = groups.groups.into_iter().find(|group| group.name == GROUP);
     let mut consumers = Vec::new();
     if group.is_some() {
-        let reply: redis::streams::StreamInfoConsumersReply =
-            redis.xinfo_consumers(keys.events(), stream::GROUP).await?;
+        let reply: redis::streams::StreamInfoConsumersReply = redis.xinfo_consumers(keys.events(), GROUP).await?;
         consumers = reply
             .consumers
             .into_iter()
@@ -342,7 +343,7 @@ pub async fn status(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> a
         group.as_ref().map_or((0, None), |group| (group.pending as u64, group.lag.map(|lag| lag as u64)));
     if json {
         return print_json(&json!({
-            "stream": keys.events(), "length": length, "group": stream::GROUP,
+            "stream": keys.events(), "length": length, "group": GROUP,
             "undelivered": lag, "pending": pending, "consumers": consumers,
             "retries_scheduled": retries, "next_retry_at": next_retry, "dead_letters": dead_letters,
         }));
@@ -397,17 +398,11 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// `fleet cache stats`: keys and memory by kind, hits and misses, tags.
-pub async fn cache_stats(
-    redis: &mut ConnectionManager,
-    keys: &crate::cache::CacheKeys,
-    json: bool,
-    reset: bool,
-) -> anyhow::Result<()> {
-    use crate::cache::Kind;
+pub async fn cache_stats(redis: &mut ConnectionManager, keys: &Keys, json: bool, reset: bool) -> anyhow::Result<()> {
     if reset {
-        let _: () = redis.del(keys.metrics()).await?;
+        let _: () = redis.del(keys.cache_metrics()).await?;
     }
-    let cached = scan(redis, &format!("{}*", keys.namespace())).await?;
+    let cached = scan(redis, &format!("{}*", keys.cache_namespace())).await?;
     let mut per_kind: std::collections::BTreeMap<&'static str, (u64, u64)> =
         Kind::ALL.iter().map(|kind| (kind.as_str(), (0, 0))).collect();
     for chunk in cached.chunks(500) {
@@ -425,7 +420,7 @@ pub async fn cache_stats(
         }
     }
     let tags = scan(redis, &keys.tags_pattern()).await?.len();
-    let metrics: std::collections::HashMap<String, String> = redis.hgetall(keys.metrics()).await?;
+    let metrics: std::collections::HashMap<String, String> = redis.hgetall(keys.cache_metrics()).await?;
     let number = |name: &str| metrics.get(name).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
     let (hits, misses, stale, bypass) = (number("hits"), number("misses"), number("stale"), number("bypass"));
     let served = hits + stale + misses;
@@ -464,16 +459,15 @@ pub async fn cache_stats(
 /// Only `pattern` is a glob.
 pub async fn cache_clear(
     redis: &mut ConnectionManager,
-    keys: &crate::cache::CacheKeys,
-    kind: Option<crate::config::CacheKind>,
+    keys: &Keys,
+    kind: Option<crate::config::ClearKind>,
     tag: Option<String>,
     tenant: Option<String>,
     pattern: Option<String>,
 ) -> anyhow::Result<()> {
-    use crate::cache::Kind;
-    use crate::config::CacheKind;
+    use crate::config::ClearKind;
     let removed = if let Some(tag) = tag {
-        crate::cache::tags::check(&tag).map_err(|reason| literal_only("--tag", &reason))?;
+        tags::check(&tag).map_err(|reason| literal_only("--tag", &reason))?;
         let tag_keys = match tenant {
             Some(tenant) => {
                 let tenant = fleet_jobs::TenantId::parse(&tenant)
@@ -487,16 +481,14 @@ pub async fn cache_clear(
                 .filter(|key| keys.tag_of(key).is_some_and(|(_, found)| found == tag))
                 .collect(),
         };
-        crate::cache::invalidate(redis, &tag_keys).await?
+        crate::redis::cache::invalidate(redis, &tag_keys).await?
     } else {
         let patterns: Vec<String> = match (kind, pattern) {
-            (_, Some(pattern)) => vec![format!("{}{pattern}", keys.namespace())],
-            (Some(CacheKind::All), None) => {
-                vec![format!("{}*", keys.namespace()), keys.tags_pattern()]
+            (_, Some(pattern)) => vec![format!("{}{pattern}", keys.cache_namespace())],
+            (Some(ClearKind::All), None) => {
+                vec![format!("{}*", keys.cache_namespace()), keys.tags_pattern()]
             }
-            (Some(CacheKind::Enrollments), None) => vec![keys.pattern(Kind::Enrollments)],
-            (Some(CacheKind::Statistics), None) => vec![keys.pattern(Kind::Statistics)],
-            (Some(CacheKind::Dashboard), None) => vec![keys.pattern(Kind::Dashboard)],
+            (Some(ClearKind::Only(kind)), None) => vec![keys.kind_pattern(kind)],
             (None, None) => Vec::new(),
         };
         let mut removed = 0;

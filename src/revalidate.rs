@@ -16,8 +16,9 @@ use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::cache::{self, CacheKeys};
-use crate::config::ApiToken;
+use crate::redis::cache;
+use crate::redis::keys::Keys;
+use crate::secrets::ApiToken;
 use crate::urls::RevalidateUrl;
 
 /// The header carrying the shared secret.
@@ -33,7 +34,7 @@ pub struct Revalidator {
 
 impl Revalidator {
     /// Starts the background task that calls `url`.
-    pub fn spawn(url: RevalidateUrl, secret: Option<ApiToken>, redis: ConnectionManager, keys: CacheKeys) -> Self {
+    pub fn spawn(url: RevalidateUrl, secret: Option<ApiToken>, redis: ConnectionManager, keys: Keys) -> Self {
         let (queue, mut batches) = mpsc::channel::<Vec<String>>(QUEUE);
         let failures = Arc::new(AtomicU64::new(0));
         let counted = failures.clone();

@@ -11,17 +11,16 @@
 //! `sslmode=require` is rarely what an operator needs from a log. See
 //! `docs/decisions/0008-urls-are-shown-redacted.md`.
 //!
-//! Parsing goes through [`SecretValueParser`], which clap picks for these
+//! Parsing goes through [`crate::secrets::SecretValueParser`], which clap picks for these
 //! types on its own: clap's default message ("invalid value '<value>'…")
 //! would print the whole URL, password included.
 
-use std::ffi::OsStr;
 use std::fmt;
-use std::marker::PhantomData;
 use std::str::FromStr;
 
-use clap::builder::{TypedValueParser, ValueParserFactory};
-use clap::error::ErrorKind;
+use clap::builder::ValueParserFactory;
+
+use crate::secrets::SecretValueParser;
 
 /// What a hidden part of a shown URL reads as.
 pub const REDACTED: &str = "REDACTED";
@@ -48,60 +47,6 @@ pub fn redact(url: &url::Url) -> String {
         shown.set_fragment(Some(REDACTED));
     }
     shown.to_string()
-}
-
-/// A clap value parser for a value that may hold a secret: its error names
-/// the setting and what is wrong, never the value. `T::from_str` must not
-/// quote its input either.
-pub struct SecretValueParser<T>(PhantomData<fn() -> T>);
-
-impl<T> SecretValueParser<T> {
-    pub fn new() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T> Default for SecretValueParser<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> Clone for SecretValueParser<T> {
-    fn clone(&self) -> Self {
-        Self::new()
-    }
-}
-
-impl<T> TypedValueParser for SecretValueParser<T>
-where
-    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
-{
-    type Value = T;
-
-    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
-        let setting = arg.map_or_else(|| "a setting".to_owned(), setting_name);
-        let reason = match value.to_str() {
-            Some(text) => match text.parse() {
-                Ok(parsed) => return Ok(parsed),
-                Err(reason) => reason,
-            },
-            None => "not UTF-8".to_owned(),
-        };
-        let message = format!("invalid {setting}: {reason} (the value is not shown: it may hold a secret)");
-        Err(cmd.clone().error(ErrorKind::ValueValidation, message))
-    }
-}
-
-/// `DATABASE_URL (--database-url)`: the names an operator sets it by.
-fn setting_name(arg: &clap::Arg) -> String {
-    let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
-    let flag = arg.get_long().map(|long| format!("--{long}"));
-    match (env, flag) {
-        (Some(env), Some(flag)) => format!("{env} ({flag})"),
-        (Some(name), None) | (None, Some(name)) => name,
-        (None, None) => arg.get_id().to_string(),
-    }
 }
 
 /// Parses `text` as a URL with one of `schemes`; errors never quote the text.

@@ -40,7 +40,7 @@
 //!   refused.
 //! - **Fresh dashboards**: after a batch commits, a task beside the event
 //!   loop invalidates the union of its cache tags once, prewarms the keys the
-//!   dashboard reads (see `crate::cache`) and calls the revalidation hook;
+//!   dashboard reads (see `crate::read_model::cached`) and calls the revalidation hook;
 //!   only then are the entries acknowledged. Batches that commit while it
 //!   works are covered together by its next round.
 
@@ -58,11 +58,14 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{self, CacheKeys, Touched};
 use crate::config::WorkerSettings;
 use crate::health::{Dependency, Health};
+use crate::read_model::cached::{Cached, Touched};
+use crate::redis::failures::{self, Failure, FailureKind};
+use crate::redis::keys::{Keys, GROUP};
+use crate::redis::stream::{self, Entry, ReadFrom};
+use crate::redis::{cache, leases};
 use crate::revalidate::Revalidator;
-use crate::stream::{self, Entry, Failure, FailureKind, Keys, ReadFrom};
 
 /// How often the stream is trimmed, at most.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
@@ -104,7 +107,6 @@ pub struct Worker {
     settings: WorkerSettings,
     health: Health,
     lease_token: String,
-    cache_keys: CacheKeys,
     revalidator: Option<Revalidator>,
 }
 
@@ -132,14 +134,14 @@ impl Worker {
         keys: Keys,
         settings: WorkerSettings,
     ) -> Result<Self, WorkerError> {
-        let reader = stream::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
-        let mut redis = stream::connect(redis_url, Duration::from_secs(5)).await?;
+        let reader = crate::redis::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
+        let mut redis = crate::redis::connect(redis_url, Duration::from_secs(5)).await?;
         stream::ensure_group(&mut redis, &keys).await?;
         let lease_token = uuid::Uuid::new_v4().to_string();
         let consumer = &settings.consumer_name;
         let deadline = Instant::now() + settings.lease + Duration::from_millis(500);
         let mut warned = false;
-        while !stream::hold_consumer_lease(&mut redis, &keys, consumer, &lease_token, settings.lease).await? {
+        while !leases::hold_consumer_lease(&mut redis, &keys, consumer, &lease_token, settings.lease).await? {
             if Instant::now() >= deadline {
                 return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
             }
@@ -149,17 +151,7 @@ impl Worker {
             }
             tokio::time::sleep((settings.lease / 5).min(Duration::from_millis(500))).await;
         }
-        Ok(Self {
-            db,
-            reader,
-            redis,
-            cache_keys: CacheKeys::new(&keys),
-            keys,
-            settings,
-            health: Health::default(),
-            lease_token,
-            revalidator: None,
-        })
+        Ok(Self { db, reader, redis, keys, settings, health: Health::default(), lease_token, revalidator: None })
     }
 
     /// Also POST each batch's invalidated tags to the revalidation hook.
@@ -187,7 +179,7 @@ impl Worker {
             stop.clone(),
         ));
         tracing::info!(
-            %consumer, group = stream::GROUP, stream = %self.keys.events(),
+            %consumer, group = GROUP, stream = %self.keys.events(),
             max_attempts = self.settings.retry.max_attempts, claim_idle_ms = self.settings.claim_idle.as_millis() as u64,
             "worker started"
         );
@@ -196,7 +188,7 @@ impl Worker {
         stop.cancel();
         let lost = heartbeat.await.unwrap_or(false);
         let mut redis = self.redis.clone();
-        if let Err(err) = stream::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token).await {
+        if let Err(err) = leases::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token).await {
             tracing::warn!(error = %err, %consumer, "could not release the consumer name; it frees itself when the lease runs out");
         }
         tracing::info!(%consumer, "worker stopped");
@@ -396,10 +388,14 @@ impl Worker {
             );
         }
         let dead = &dead;
-        self.redis_op(stop, |mut redis| async move { stream::dead_letter(&mut redis, &self.keys, dead).await }).await?;
-        let retries = &retries;
-        self.redis_op(stop, |mut redis| async move { stream::schedule_retries(&mut redis, &self.keys, retries).await })
+        self.redis_op(stop, |mut redis| async move { failures::dead_letter(&mut redis, &self.keys, dead).await })
             .await?;
+        let retries = &retries;
+        self.redis_op(
+            stop,
+            |mut redis| async move { failures::schedule_retries(&mut redis, &self.keys, retries).await },
+        )
+        .await?;
         // Acknowledged once the cache reflects the batch, so a crash before
         // that redoes the cache work.
         let acks = acks.into_iter().map(str::to_owned).collect();
@@ -437,14 +433,14 @@ impl Worker {
         if touched.is_empty() {
             return Some(());
         }
-        let tag_keys: Vec<String> = touched.tags.iter().map(|(tenant, tag)| self.cache_keys.tag(tenant, tag)).collect();
+        let tag_keys: Vec<String> = touched.tags.iter().map(|(tenant, tag)| self.keys.tag(tenant, tag)).collect();
         let tag_keys = &tag_keys;
         self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
         let ttls = &self.settings.cache_ttls;
-        let items = &cache::Cached::touched_by(touched);
+        let items = &Cached::touched_by(touched);
         let computed = self
             .postgres_op(stop, &[], || async {
-                cache::Cached::compute(&self.db, &self.cache_keys, ttls, items).await.map_err(ApplyError::from)
+                Cached::compute(&self.db, &self.keys, ttls, items).await.map_err(ApplyError::from)
             })
             .await?;
         let entries = computed.unwrap_or_else(|error| {
@@ -724,7 +720,7 @@ impl Maintenance {
         let mut redis = worker.redis.clone();
         if now >= self.next_promote {
             self.next_promote = now + self.promote_every;
-            match stream::promote_due_retries(&mut redis, &worker.keys, worker.settings.batch_size).await {
+            match failures::promote_due_retries(&mut redis, &worker.keys, worker.settings.batch_size).await {
                 Ok(0) => {}
                 Ok(moved) => tracing::debug!(moved, "due retries moved back onto the stream"),
                 Err(err) => {
@@ -754,7 +750,7 @@ impl Maintenance {
                         let deleted = &claimed.deleted;
                         worker
                             .redis_op(stop, |mut redis| async move {
-                                stream::dead_letter_deleted(&mut redis, &worker.keys, deleted).await
+                                failures::dead_letter_deleted(&mut redis, &worker.keys, deleted).await
                             })
                             .await;
                     }
@@ -814,7 +810,7 @@ async fn heartbeat(
             () = stop.cancelled() => return false,
             () = tokio::time::sleep(lease / 3) => {}
         }
-        match stream::hold_consumer_lease(&mut redis, &keys, &consumer, &token, lease).await {
+        match leases::hold_consumer_lease(&mut redis, &keys, &consumer, &token, lease).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::error!(%consumer, "another worker holds this consumer name; stopping");

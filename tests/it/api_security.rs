@@ -6,9 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fleet::cache::{self, CacheKeys, Entry};
 use fleet::config::ApiTuning;
-use fleet::read_model::Versioned;
+use fleet::redis::cache::{self, Entry, Versioned};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -282,7 +281,7 @@ fn entry(key: &str, tag: &str, ttl: Duration) -> Entry {
 #[tokio::test]
 async fn a_tag_set_expires_with_the_longest_lived_value_in_it() {
     let ctx = context().await;
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let tag = keys.tag(TENANT, "course:1");
     let mut redis = ctx.redis.clone();
     let tag_ttl = |redis: &mut redis::aio::ConnectionManager| {
@@ -330,7 +329,7 @@ async fn a_huge_tag_is_invalidated_without_blocking_redis() {
     // over the whole tag keeps Redis busy far longer.
     const LONGEST_PING: Duration = Duration::from_millis(250);
     let ctx = context().await;
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let tag = keys.tag(TENANT, "course:huge");
     let stem = format!("{}cache:{TENANT}:huge:", ctx.prefix.as_str());
     let mut redis = ctx.redis.clone();
@@ -340,7 +339,7 @@ async fn a_huge_tag_is_invalidated_without_blocking_redis() {
     let stop = tokio_util::sync::CancellationToken::new();
     let pinger = {
         let stop = stop.clone();
-        let mut other = fleet::stream::connect(&ctx.redis_url, Duration::from_secs(2)).await.expect("connect");
+        let mut other = fleet::redis::connect(&ctx.redis_url, Duration::from_secs(2)).await.expect("connect");
         tokio::spawn(async move {
             let (mut longest, mut pings) = (Duration::ZERO, 0u32);
             while !stop.is_cancelled() {

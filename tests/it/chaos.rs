@@ -80,7 +80,7 @@ async fn workers_killed_with_sigkill_over_and_over_lose_nothing() {
 async fn pending_of(ctx: &TestContext, consumer: &str) -> u64 {
     let mut redis = ctx.redis.clone();
     let reply: redis::streams::StreamPendingReply =
-        redis::AsyncCommands::xpending(&mut redis, ctx.keys.events(), fleet::stream::GROUP).await.expect("XPENDING");
+        redis::AsyncCommands::xpending(&mut redis, ctx.keys.events(), fleet::redis::GROUP).await.expect("XPENDING");
     match reply {
         redis::streams::StreamPendingReply::Data(data) => {
             data.consumers.iter().filter(|c| c.name == consumer).map(|c| c.pending as u64).sum()

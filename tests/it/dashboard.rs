@@ -5,8 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet::cache::{self, CacheKeys, Entry, Ttls};
-use fleet::read_model::Versioned;
+use fleet::redis::cache::{self, Entry, Ttls, Versioned};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
@@ -104,13 +103,15 @@ async fn prewarmed_keys_use_the_configured_ttls() {
     let worker = ctx.spawn_worker(settings).await;
     ctx.wait_until_drained().await;
     worker.stop().await;
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let page = fleet::read_model::PageRequest { tenant_id: TENANT.into(), course_id: COURSE, page: 1, per_page: 20 };
     let mut redis = ctx.redis.clone();
     let now = chrono::Utc::now().timestamp_millis();
-    for (key, ttl) in
-        [(keys.statistics(TENANT, COURSE), 42), (keys.dashboard(TENANT), 53), (keys.enrollments(&page), 31)]
-    {
+    for (key, ttl) in [
+        (keys.statistics(TENANT, COURSE), 42),
+        (keys.dashboard(TENANT), 53),
+        (keys.enrollments(&page.tenant_id, page.course_id, page.page, page.per_page), 31),
+    ] {
         let fresh_until: i64 = redis.hget(&key, "fresh_until").await.expect("prewarmed");
         let fresh_for = (fresh_until - now) / 1000;
         assert!((ttl - 3..=ttl).contains(&fresh_for), "{key}: fresh for {fresh_for} s, expected {ttl}");
@@ -126,7 +127,7 @@ fn entry(key: &str, tags: &[String], version: i64, body: Value) -> Entry {
 #[tokio::test]
 async fn a_tag_invalidation_removes_exactly_its_keys() {
     let ctx = context().await;
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let (course_a, course_b) = (keys.tag(TENANT, "course:1"), keys.tag(TENANT, "course:2"));
     let other_school = keys.tag("other", "course:1");
     let mut redis = ctx.redis.clone();
@@ -157,7 +158,7 @@ async fn a_tag_invalidation_removes_exactly_its_keys() {
 #[tokio::test]
 async fn the_version_guard_rejects_an_older_write() {
     let ctx = context().await;
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let key = keys.statistics(TENANT, COURSE);
     let mut redis = ctx.redis.clone();
     assert_eq!(cache::put(&mut redis, &[entry(&key, &[], 5, json!({"enrollments": 5}))]).await.expect("put"), 1);
@@ -172,7 +173,7 @@ async fn concurrent_misses_on_one_key_cause_one_computation() {
     let ctx = context().await;
     apply_through_worker(&ctx, &course_history()).await;
     let mut redis = ctx.redis.clone();
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let _: () = redis.del(keys.statistics(TENANT, COURSE)).await.expect("cold");
 
     let api = ctx.spawn_api(api_tuning()).await;
@@ -198,7 +199,7 @@ async fn concurrent_misses_on_one_key_cause_one_computation() {
 async fn a_stale_value_is_served_while_one_request_recomputes_it() {
     let ctx = context().await;
     apply_through_worker(&ctx, &course_history()).await;
-    let keys = CacheKeys::new(&ctx.keys);
+    let keys = ctx.keys.clone();
     let key = keys.statistics(TENANT, COURSE);
     let mut redis = ctx.redis.clone();
     let _: () = redis.del(&key).await.expect("DEL");
@@ -262,7 +263,7 @@ async fn worker_with_hook(
         url.parse().expect("URL"),
         Some("hook-secret".parse().expect("secret")),
         ctx.redis.clone(),
-        CacheKeys::new(&ctx.keys),
+        ctx.keys.clone(),
     );
     let worker = worker.with_revalidator(revalidator.clone());
     (crate::helpers::WorkerHandle::run(worker), revalidator)
@@ -317,8 +318,7 @@ async fn a_failing_revalidation_hook_does_not_fail_the_batch() {
     worker.stop().await;
     assert!(hook.calls.lock().expect("lock").len() >= 2, "retried before giving up");
     let mut redis = ctx.redis.clone();
-    let counted: Option<u64> =
-        redis.hget(CacheKeys::new(&ctx.keys).metrics(), "revalidate_failures").await.expect("HGET");
+    let counted: Option<u64> = redis.hget(ctx.keys.clone().cache_metrics(), "revalidate_failures").await.expect("HGET");
     assert_eq!(counted, Some(1));
     assert!(ctx.dead_letters().await.is_empty());
 }
@@ -421,7 +421,7 @@ async fn cache_stats_and_clear_from_the_command_line() {
     eventually("reads are counted", Duration::from_secs(5), || async {
         let mut redis = ctx.redis.clone();
         let metrics: std::collections::HashMap<String, String> =
-            redis.hgetall(CacheKeys::new(&ctx.keys).metrics()).await.unwrap_or_default();
+            redis.hgetall(ctx.keys.clone().cache_metrics()).await.unwrap_or_default();
         metrics.get("hits").map(String::as_str) == Some("1") && metrics.get("misses").map(String::as_str) == Some("1")
     })
     .await;

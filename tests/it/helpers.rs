@@ -14,9 +14,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet::config::{IntakeSettings, KeyPrefix, WebhookKeys, WorkerSettings};
+use fleet::config::{IntakeSettings, WorkerSettings};
 use fleet::local_services::{LocalPostgres, LocalRedis};
-use fleet::stream::{self, Keys, GROUP};
+use fleet::redis::stream;
+use fleet::redis::{KeyPrefix, Keys, GROUP};
+use fleet::secrets::WebhookKeys;
 use fleet::worker::Worker;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -107,7 +109,7 @@ pub async fn context_on(redis_url: &str) -> TestContext {
     fleet::db::migrate(&db).await.expect("migrate");
     let prefix: KeyPrefix = format!("test:{id}:").parse().expect("valid prefix");
     let keys = Keys::new(&prefix);
-    let redis = stream::connect(redis_url, Duration::from_secs(5)).await.expect("connect to Redis");
+    let redis = fleet::redis::connect(redis_url, Duration::from_secs(5)).await.expect("connect to Redis");
     TestContext {
         db,
         database_url,
@@ -192,13 +194,13 @@ impl TestContext {
     }
 
     pub async fn spawn_intake_with(&self, settings: IntakeSettings) -> IntakeServer {
-        let mut redis = stream::connect(&self.redis_url, Duration::from_secs(2)).await.expect("connect to Redis");
+        let mut redis = fleet::redis::connect(&self.redis_url, Duration::from_secs(2)).await.expect("connect to Redis");
         stream::ensure_group(&mut redis, &self.keys).await.expect("group");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
         let app = fleet::intake::router(redis, self.keys.clone(), settings);
-        let task = tokio::spawn(fleet::intake::serve(listener, app, shutdown.clone()));
+        let task = tokio::spawn(fleet::runtime::serve(listener, app, shutdown.clone()));
         IntakeServer { address, shutdown, task }
     }
 
@@ -211,7 +213,7 @@ impl TestContext {
             claim_idle: Duration::from_secs(60),
             lease: Duration::from_secs(2),
             retry: fleet::retry::RetryPolicy::default(),
-            cache_ttls: fleet::cache::Ttls::default(),
+            cache_ttls: fleet::redis::cache::Ttls::default(),
         }
     }
 
@@ -569,18 +571,17 @@ impl TestContext {
     }
 
     pub async fn spawn_api(&self, tuning: fleet::config::ApiTuning) -> ApiServer {
-        self.spawn_api_with(tuning, fleet::cache::Ttls::default()).await
+        self.spawn_api_with(tuning, fleet::redis::cache::Ttls::default()).await
     }
 
-    pub async fn spawn_api_with(&self, tuning: fleet::config::ApiTuning, ttls: fleet::cache::Ttls) -> ApiServer {
-        let redis = stream::connect(&self.redis_url, Duration::from_secs(1)).await.expect("connect to Redis");
+    pub async fn spawn_api_with(&self, tuning: fleet::config::ApiTuning, ttls: fleet::redis::cache::Ttls) -> ApiServer {
+        let redis = fleet::redis::connect(&self.redis_url, Duration::from_secs(1)).await.expect("connect to Redis");
         let redis = std::sync::Arc::new(OnceCell::new_with(Some(redis)));
-        let state =
-            fleet::api::ApiState::new(self.db.clone(), redis, fleet::cache::CacheKeys::new(&self.keys), ttls, tuning);
+        let state = fleet::api::ApiState::new(self.db.clone(), redis, self.keys.clone(), ttls, tuning);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        tokio::spawn(fleet::intake::serve(listener, fleet::api::app(state.clone()), shutdown.clone()));
+        tokio::spawn(fleet::runtime::serve(listener, fleet::api::app(state.clone()), shutdown.clone()));
         ApiServer { address, state, shutdown }
     }
 }

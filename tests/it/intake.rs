@@ -5,7 +5,8 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use fleet::config::{IntakeSettings, WebhookKeys};
+use fleet::config::IntakeSettings;
+use fleet::secrets::WebhookKeys;
 
 use crate::helpers::{
     context, context_on, event, fixture, intake_settings, post_signed, scratch_dir, IntakeServer, TestContext, SECRET,

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fleet::stream::{self, Entry, Failure, FailureKind};
+use fleet::redis::failures::{self, Failure, FailureKind};
+use fleet::redis::stream::{self, Entry};
 use serde_json::{json, Value};
 
 use crate::helpers::{context, event, eventually, fixture, fleet, TestContext};
@@ -58,7 +59,7 @@ async fn dead_letters(ctx: &TestContext, topics: &[&str]) -> Vec<String> {
         .collect();
     let mut redis = ctx.redis.clone();
     stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
-    stream::dead_letter(&mut redis, &ctx.keys, &failures).await.expect("dead letters");
+    failures::dead_letter(&mut redis, &ctx.keys, &failures).await.expect("dead letters");
     ctx.dead_letters().await.into_iter().map(|letter| letter.id).collect()
 }
 
@@ -234,18 +235,18 @@ async fn status_shows_backlog_retries_and_dead_letters() {
 
 /// Caches course 1's statistics for schools `a` and `b`, under the tag `course:1` of each.
 async fn cache_two_schools(ctx: &TestContext) -> [String; 2] {
-    let keys = fleet::cache::CacheKeys::new(&ctx.keys);
-    let entries: Vec<fleet::cache::Entry> = ["a", "b"]
+    let keys = ctx.keys.clone();
+    let entries: Vec<fleet::redis::cache::Entry> = ["a", "b"]
         .into_iter()
-        .map(|tenant| fleet::cache::Entry {
+        .map(|tenant| fleet::redis::cache::Entry {
             key: keys.statistics(tenant, 1),
-            tags: vec![keys.tag(tenant, &fleet::cache::tags::course(1))],
+            tags: vec![keys.tag(tenant, &fleet::redis::keys::tags::course(1))],
             ttl: Duration::from_secs(600),
-            value: fleet::read_model::Versioned { version: 1, body: json!({ "course_id": 1 }) },
+            value: fleet::redis::cache::Versioned { version: 1, body: json!({ "course_id": 1 }) },
         })
         .collect();
     let mut redis = ctx.redis.clone();
-    assert_eq!(fleet::cache::put(&mut redis, &entries).await.expect("put"), 2);
+    assert_eq!(fleet::redis::cache::put(&mut redis, &entries).await.expect("put"), 2);
     [keys.statistics("a", 1), keys.statistics("b", 1)]
 }
 

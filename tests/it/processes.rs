@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet::stream::{self, NewEntry};
+use fleet::redis::stream::{self, NewEntry};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -74,7 +74,7 @@ async fn sigterm_mid_stream_acknowledges_all_it_applied_and_exits_0() {
     let applied_by_it = applied(&ctx).await;
     assert!(applied_by_it > 0 && applied_by_it < total as i64, "stopped mid-stream ({applied_by_it})");
     let pending: redis::streams::StreamPendingReply =
-        redis.xpending(ctx.keys.events(), stream::GROUP).await.expect("XPENDING");
+        redis.xpending(ctx.keys.events(), fleet::redis::GROUP).await.expect("XPENDING");
     assert_eq!(pending.count(), 0, "the terminated worker left entries pending");
 
     // Another worker finishes the rest; each event is applied once and the

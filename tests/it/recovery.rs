@@ -82,13 +82,13 @@ async fn a_scheduled_retry_survives_a_worker_restart() {
 /// that each crashed while holding it would have.
 async fn deliver_to_crashing_workers(ctx: &crate::helpers::TestContext, times: usize) {
     let mut redis = ctx.redis.clone();
-    let options = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "crashed-0").count(10);
+    let options = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "crashed-0").count(10);
     let read: redis::streams::StreamReadReply =
         redis.xread_options(&[ctx.keys.events()], &[">"], &options).await.expect("XREADGROUP");
     let ids: Vec<String> = read.keys.iter().flat_map(|key| key.ids.iter().map(|id| id.id.clone())).collect();
     for crash in 1..times {
         let _: redis::Value = redis
-            .xclaim(ctx.keys.events(), fleet::stream::GROUP, format!("crashed-{crash}"), 0, &ids)
+            .xclaim(ctx.keys.events(), fleet::redis::GROUP, format!("crashed-{crash}"), 0, &ids)
             .await
             .expect("XCLAIM");
     }
@@ -195,15 +195,15 @@ async fn consumers_of_long_gone_workers_are_removed_from_the_group() {
     ctx.enqueue(&fixture("user.signup")).await;
     let mut redis = ctx.redis.clone();
     // A worker that read once (and acknowledged) and then vanished.
-    let options = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "ghost").count(10);
+    let options = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "ghost").count(10);
     let read: redis::streams::StreamReadReply =
         redis.xread_options(&[ctx.keys.events()], &[">"], &options).await.expect("XREADGROUP");
     let ids: Vec<String> = read.keys.iter().flat_map(|key| key.ids.iter().map(|id| id.id.clone())).collect();
-    let _: i64 = redis.xack(ctx.keys.events(), fleet::stream::GROUP, &ids).await.expect("XACK");
+    let _: i64 = redis.xack(ctx.keys.events(), fleet::redis::GROUP, &ids).await.expect("XACK");
     let consumers = || async {
         let mut redis = ctx.redis.clone();
         let reply: redis::streams::StreamInfoConsumersReply =
-            redis.xinfo_consumers(ctx.keys.events(), fleet::stream::GROUP).await.expect("XINFO CONSUMERS");
+            redis.xinfo_consumers(ctx.keys.events(), fleet::redis::GROUP).await.expect("XINFO CONSUMERS");
         reply.consumers.into_iter().map(|consumer| consumer.name).collect::<Vec<String>>()
     };
     assert_eq!(consumers().await, vec!["ghost"]);

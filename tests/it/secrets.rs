@@ -192,7 +192,7 @@ async fn worker_with_a_failing_hook(ctx: &TestContext) -> Printed {
     ctx.enqueue(&fixture("enrollment.created")).await;
     let mut worker = command.spawn().expect("spawn worker");
     let output = collect(&mut worker);
-    let metrics = fleet::cache::CacheKeys::new(&ctx.keys).metrics();
+    let metrics = ctx.keys.clone().cache_metrics();
     crate::helpers::eventually("the hook's failure is counted", Duration::from_secs(30), || {
         let mut redis = ctx.redis.clone();
         let metrics = metrics.clone();

@@ -217,7 +217,7 @@ async fn a_worker_first_finishes_its_own_pending_entries() {
     post_signed(&intake, &fixture("user.signup"), SECRET).await;
     // A worker named "w1" reads both entries and dies before applying them.
     let mut redis = ctx.redis.clone();
-    let opts = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "w1").count(10);
+    let opts = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "w1").count(10);
     let read: redis::streams::StreamReadReply =
         redis.xread_options(&[ctx.keys.events()], &[">"], &opts).await.expect("XREADGROUP");
     assert_eq!(read.keys[0].ids.len(), 2);
@@ -241,20 +241,20 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
     }
     // Six entries delivered to a consumer that never acknowledges them.
     let mut redis = ctx.redis.clone();
-    let opts = redis::streams::StreamReadOptions::default().group(fleet::stream::GROUP, "stuck").count(6);
+    let opts = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "stuck").count(6);
     let _: redis::streams::StreamReadReply =
         redis.xread_options(&[ctx.keys.events()], &[">"], &opts).await.expect("XREADGROUP");
 
-    let trimmed = fleet::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
+    let trimmed = fleet::redis::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
     assert_eq!(trimmed, 0, "the oldest entries are pending: nothing may go");
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 10);
 
     // Acknowledge the first three: exactly those may go.
     let pending: redis::streams::StreamPendingCountReply =
-        redis.xpending_count(ctx.keys.events(), fleet::stream::GROUP, "-", "+", 3).await.expect("XPENDING");
+        redis.xpending_count(ctx.keys.events(), fleet::redis::GROUP, "-", "+", 3).await.expect("XPENDING");
     let first_three: Vec<String> = pending.ids.iter().map(|p| p.id.clone()).collect();
-    let _: i64 = redis.xack(ctx.keys.events(), fleet::stream::GROUP, &first_three).await.expect("XACK");
-    let trimmed = fleet::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
+    let _: i64 = redis.xack(ctx.keys.events(), fleet::redis::GROUP, &first_three).await.expect("XACK");
+    let trimmed = fleet::redis::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
     assert_eq!(trimmed, 3);
     assert_eq!(ctx.group_backlog().await, (4, 3), "undelivered and pending entries all remain");
 
@@ -267,15 +267,15 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     worker.stop().await;
-    let _: i64 = redis.xack(ctx.keys.events(), fleet::stream::GROUP, &pending_ids(&ctx).await).await.expect("XACK");
-    fleet::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
+    let _: i64 = redis.xack(ctx.keys.events(), fleet::redis::GROUP, &pending_ids(&ctx).await).await.expect("XACK");
+    fleet::redis::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
     assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
 }
 
 async fn pending_ids(ctx: &TestContext) -> Vec<String> {
     let mut redis = ctx.redis.clone();
     let pending: redis::streams::StreamPendingCountReply =
-        redis.xpending_count(ctx.keys.events(), fleet::stream::GROUP, "-", "+", 100).await.expect("XPENDING");
+        redis.xpending_count(ctx.keys.events(), fleet::redis::GROUP, "-", "+", 100).await.expect("XPENDING");
     pending.ids.into_iter().map(|p| p.id).collect()
 }
 
@@ -289,14 +289,16 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // An event appended to the new stream, which has no group yet.
     let body = fixture("enrollment.created");
-    let entry = fleet::stream::NewEntry {
+    let entry = fleet::redis::stream::NewEntry {
         body: body.as_bytes(),
         topic: "enrollment.created",
         tenant_id: "184532",
         event_id: "20250314153012345678901",
         received_at: chrono::Utc::now(),
     };
-    fleet::stream::enqueue(&mut redis, &ctx.keys, &entry, std::time::Duration::from_secs(60)).await.expect("enqueue");
+    fleet::redis::stream::enqueue(&mut redis, &ctx.keys, &entry, std::time::Duration::from_secs(60))
+        .await
+        .expect("enqueue");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !redis.exists::<_, bool>(ctx.keys.events()).await.expect("EXISTS")
         || redis

@@ -6,17 +6,18 @@
 //! newer than itself. The same statement decides whether what was asked
 //! for exists at all ([`Missing`]), so a request for an unknown school,
 //! course or page costs one round trip and is never cached. The SQL lives
-//! beside this file in `read_model/`.
+//! beside this file, one statement per file.
+//!
+//! Shared by the read API (cache-aside) and the worker (prewarming after a
+//! batch), so it sits beside the roles, not inside one of them. [`cached`]
+//! says which values the dashboard reads and what makes them stale.
+
+pub mod cached;
 
 use serde_json::Value;
 use sqlx::PgPool;
 
-/// A body and the version of the data it was computed from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Versioned {
-    pub version: i64,
-    pub body: Value,
-}
+use crate::redis::cache::Versioned;
 
 /// What a read was about that does not exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,7 @@ fn found(rows: Vec<Row>) -> Result<Vec<Found>, sqlx::Error> {
         .collect()
 }
 
-const COURSE_STATISTICS: &str = include_str!("read_model/course_statistics.sql");
+const COURSE_STATISTICS: &str = include_str!("course_statistics.sql");
 
 /// Statistics of each (tenant, course), in the order asked; zeros for a
 /// course without enrollments.
@@ -61,7 +62,7 @@ pub async fn course_statistics(db: &PgPool, courses: &[(String, i64)]) -> Result
     found(sqlx::query_as(COURSE_STATISTICS).bind(tenants).bind(ids).fetch_all(db).await?)
 }
 
-const DASHBOARDS: &str = include_str!("read_model/dashboards.sql");
+const DASHBOARDS: &str = include_str!("dashboards.sql");
 
 /// Each school's dashboard summary, in the order asked: totals and its largest courses.
 pub async fn dashboards(db: &PgPool, tenants: &[String]) -> Result<Vec<Found>, sqlx::Error> {
@@ -77,7 +78,7 @@ pub struct PageRequest {
     pub per_page: i64,
 }
 
-const ENROLLMENT_PAGES: &str = include_str!("read_model/enrollment_pages.sql");
+const ENROLLMENT_PAGES: &str = include_str!("enrollment_pages.sql");
 
 /// Pages of enrollments, in the order asked.
 pub async fn enrollment_pages(db: &PgPool, pages: &[PageRequest]) -> Result<Vec<Found>, sqlx::Error> {

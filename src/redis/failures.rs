@@ -1,0 +1,214 @@
+//! Events the worker could not apply: retries scheduled for later, and the
+//! dead-letter stream an operator inspects, replays and purges.
+//!
+//! A failed event leaves the events stream (acknowledged) in the same
+//! MULTI/EXEC that records it in the retry set or the dead letters, so it is
+//! always in exactly one place. A retry carries the event's fields and its
+//! failure history; when due it is appended to the events stream again.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, RedisError};
+
+use super::keys::{Keys, GROUP};
+use super::scripts;
+use super::stream::{Entry, EVENT_FIELDS};
+
+/// Why an event was given up on; recorded with each dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Not an applicable event at all: it can never succeed, so no retries.
+    Malformed,
+    /// Postgres refused it on every attempt.
+    Event,
+    /// The workers holding it kept dying before finishing it.
+    Crashed,
+    /// Its stream entry vanished before it was applied.
+    Deleted,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Event => "event",
+            Self::Crashed => "crashed",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// An entry given up on (for now or for good), and why.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    pub entry: &'a Entry,
+    pub kind: FailureKind,
+    pub error: String,
+    /// Attempts made, this one included.
+    pub attempts: u32,
+}
+
+impl Failure<'_> {
+    /// The fields a dead letter or a scheduled retry carries: the event,
+    /// where it came from, and its failure history.
+    fn fields(&self, now: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let entry = self.entry;
+        let mut fields: Vec<(&'static str, Vec<u8>)> =
+            EVENT_FIELDS.iter().map(|name| (*name, entry.field(name).unwrap_or_default().to_vec())).collect();
+        let first_failed_at = entry.text("first_failed_at").unwrap_or(now);
+        fields.push(("source_entry_id", entry.id.clone().into_bytes()));
+        fields.push(("attempts", self.attempts.to_string().into_bytes()));
+        fields.push(("error_kind", self.kind.as_str().as_bytes().to_vec()));
+        fields.push(("error", self.error.clone().into_bytes()));
+        fields.push(("first_failed_at", first_failed_at.as_bytes().to_vec()));
+        fields.push(("last_failed_at", now.as_bytes().to_vec()));
+        fields
+    }
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Moves entries to the dead-letter stream and acknowledges them, in one
+/// MULTI/EXEC so an entry is never both lost and unacknowledged.
+pub async fn dead_letter(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    failures: &[Failure<'_>],
+) -> Result<(), RedisError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let now = now_text();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for failure in failures {
+        pipe.xadd(keys.dead_letters(), "*", &failure.fields(&now)).ignore();
+        pipe.xack(keys.events(), GROUP, &[&failure.entry.id]).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// Schedules each failure for another attempt at its due time and
+/// acknowledges its entry, in one MULTI/EXEC: the event is always either
+/// pending in the stream or waiting in the retry set.
+pub async fn schedule_retries(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    retries: &[(Failure<'_>, DateTime<Utc>)],
+) -> Result<(), RedisError> {
+    if retries.is_empty() {
+        return Ok(());
+    }
+    let now = now_text();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (failure, due) in retries {
+        let flat: Vec<String> = failure
+            .fields(&now)
+            .into_iter()
+            .flat_map(|(name, value)| [name.to_owned(), String::from_utf8_lossy(&value).into_owned()])
+            .collect();
+        let member = serde_json::Value::from(flat).to_string();
+        pipe.zadd(keys.retries(), member, due.timestamp_millis()).ignore();
+        pipe.xack(keys.events(), GROUP, &[&failure.entry.id]).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// Moves retries that are due back onto the events stream, atomically;
+/// returns how many moved.
+pub async fn promote_due_retries(conn: &mut ConnectionManager, keys: &Keys, limit: usize) -> Result<u64, RedisError> {
+    scripts::PROMOTE_RETRIES
+        .key(keys.retries())
+        .key(keys.events())
+        .arg(Utc::now().timestamp_millis())
+        .arg(limit)
+        .invoke_async(conn)
+        .await
+}
+
+/// Records entries that vanished from the stream while pending (XAUTOCLAIM
+/// reports them and drops them from the pending list).
+pub async fn dead_letter_deleted(conn: &mut ConnectionManager, keys: &Keys, ids: &[String]) -> Result<(), RedisError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now = now_text();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for id in ids {
+        let fields: [(&str, &str); 6] = [
+            ("source_entry_id", id),
+            ("attempts", "0"),
+            ("error_kind", FailureKind::Deleted.as_str()),
+            ("error", "the stream entry was deleted while pending; its event is unknown"),
+            ("first_failed_at", &now),
+            ("last_failed_at", &now),
+        ];
+        pipe.xadd(keys.dead_letters(), "*", &fields).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// The outcome of replaying dead letters.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// (dead-letter id, new events-stream id)
+    pub replayed: Vec<(String, String)>,
+    /// Ids that are not dead letters (or carry no event to replay).
+    pub missing: Vec<String>,
+}
+
+/// Puts dead letters back on the events stream with fresh attempts.
+pub async fn replay_dead_letters(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    ids: &[String],
+) -> Result<Replayed, RedisError> {
+    if ids.is_empty() {
+        return Ok(Replayed::default());
+    }
+    let (replayed, missing): (Vec<String>, Vec<String>) = scripts::REPLAY
+        .key(keys.dead_letters())
+        .key(keys.events())
+        .arg(EVENT_FIELDS.len())
+        .arg(&EVENT_FIELDS[..])
+        .arg(ids)
+        .invoke_async(conn)
+        .await?;
+    Ok(Replayed {
+        replayed: replayed.chunks(2).filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone()))).collect(),
+        missing,
+    })
+}
+
+/// Reads dead letters in stream order from `start` (inclusive).
+pub async fn read_dead_letters(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    start: &str,
+    count: usize,
+) -> Result<Vec<Entry>, RedisError> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange_count(keys.dead_letters(), start, "+", count).await?;
+    Ok(reply.ids.into_iter().map(Entry::from_stream_id).collect())
+}
+
+/// One dead letter, if it exists.
+pub async fn dead_letter_by_id(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    id: &str,
+) -> Result<Option<Entry>, RedisError> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange(keys.dead_letters(), id, id).await?;
+    Ok(reply.ids.into_iter().map(Entry::from_stream_id).next())
+}
+
+/// Deletes dead letters; returns how many existed.
+pub async fn purge_dead_letters(conn: &mut ConnectionManager, keys: &Keys, ids: &[String]) -> Result<u64, RedisError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    conn.xdel(keys.dead_letters(), ids).await
+}

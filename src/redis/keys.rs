@@ -1,0 +1,243 @@
+//! The name of every Redis key, stream and cache tag the fleet owns.
+//!
+//! Everything lives under one prefix (`FLEET_KEY_PREFIX`, default `fleet:`):
+//!
+//! | name | what |
+//! |---|---|
+//! | `<prefix>events` | the stream of accepted webhooks |
+//! | `<prefix>dead-letters` | the stream of events given up on |
+//! | `<prefix>retries` | failed events waiting for their retry (sorted set, by due time) |
+//! | `<prefix>seen:<tenant>:<event id>` | an accepted event id, for deduplication |
+//! | `<prefix>consumer:<name>` | the lease that keeps a consumer name to one worker |
+//! | `<prefix>cache:<tenant>:<kind>…` | a cached dashboard value |
+//! | `<prefix>tag:<tenant>:<tag>` | the set of cached keys under one tag |
+//! | `<prefix>lock:cache:…` | the single-flight lock of a cached key |
+//! | `<prefix>cache-metrics` | hit and miss counters |
+//! | `<prefix>ratelimit:…:<window>` | the read API's request counter for one client |
+//!
+//! This module depends on nothing else in the crate.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// The name of the consumer group every worker joins.
+pub const GROUP: &str = "fleet-workers";
+
+/// The prefix of every Redis key the fleet owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KeyPrefix {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || text.len() > 64 {
+            return Err("must be 1 to 64 characters".into());
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[') {
+            return Err("must not contain spaces, control characters or glob characters (* ? [)".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+/// The kinds of cached values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Enrollments,
+    Statistics,
+    Dashboard,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Enrollments, Kind::Statistics, Kind::Dashboard];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Statistics => "statistics",
+            Self::Dashboard => "dashboard",
+            Self::Enrollments => "enrollments",
+        }
+    }
+
+    /// The kind named `name` (as [`Kind::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+/// The names of the keys the fleet owns, all under its prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &KeyPrefix) -> Self {
+        Self { prefix: prefix.as_str().to_owned() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream of accepted webhooks.
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// The stream of events that could not be applied.
+    pub fn dead_letters(&self) -> String {
+        format!("{}dead-letters", self.prefix)
+    }
+
+    /// Failed events waiting for their retry, scored by due time (ms).
+    pub fn retries(&self) -> String {
+        format!("{}retries", self.prefix)
+    }
+
+    /// The lease that keeps a consumer name to one live worker.
+    pub fn consumer_lease(&self, consumer: &str) -> String {
+        format!("{}consumer:{consumer}", self.prefix)
+    }
+
+    /// Remembers that an event id was accepted, and as which stream entry.
+    pub fn seen(&self, tenant_id: &str, event_id: &str) -> String {
+        format!("{}seen:{tenant_id}:{event_id}", self.prefix)
+    }
+
+    /// Every cache key starts with this.
+    pub fn cache_namespace(&self) -> String {
+        format!("{}cache:", self.prefix)
+    }
+
+    pub fn statistics(&self, tenant: &str, course: i64) -> String {
+        format!("{}cache:{tenant}:statistics:course:{course}", self.prefix)
+    }
+
+    pub fn dashboard(&self, tenant: &str) -> String {
+        format!("{}cache:{tenant}:dashboard", self.prefix)
+    }
+
+    pub fn enrollments(&self, tenant: &str, course: i64, page: i64, per_page: i64) -> String {
+        format!("{}cache:{tenant}:enrollments:course:{course}:page:{page}:per:{per_page}", self.prefix)
+    }
+
+    /// The pattern matching every cache key of `kind`.
+    pub fn kind_pattern(&self, kind: Kind) -> String {
+        format!("{}cache:*:{}*", self.prefix, kind.as_str())
+    }
+
+    /// The kind of a cache key, read back from its name.
+    pub fn kind_of(&self, key: &str) -> Option<Kind> {
+        let rest = key.strip_prefix(&self.cache_namespace())?;
+        let (_tenant, rest) = rest.split_once(':')?;
+        Kind::ALL.into_iter().find(|kind| rest.starts_with(kind.as_str()))
+    }
+
+    /// The set of cache keys registered under `tag` (see [`tags`]) in one school.
+    pub fn tag(&self, tenant: &str, tag: &str) -> String {
+        format!("{}tag:{tenant}:{tag}", self.prefix)
+    }
+
+    /// The (tenant, tag) a tag set's key names, read back from it.
+    pub fn tag_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("tag:")?.split_once(':')
+    }
+
+    pub fn tags_pattern(&self) -> String {
+        format!("{}tag:*", self.prefix)
+    }
+
+    /// The single-flight lock of the cache key `key`.
+    pub fn lock(&self, key: &str) -> String {
+        format!("{}lock:{}", self.prefix, key.strip_prefix(&self.prefix).unwrap_or(key))
+    }
+
+    /// The hash of cache counters behind `fleet cache stats`.
+    pub fn cache_metrics(&self) -> String {
+        format!("{}cache-metrics", self.prefix)
+    }
+
+    /// The read API's request counter for one client in one rate-limit
+    /// window: a token (by its fingerprint, never the token itself), a
+    /// client address, or both.
+    pub fn rate_limit(&self, token_fingerprint: Option<&str>, client: Option<IpAddr>, window: u64) -> String {
+        let mut key = format!("{}ratelimit:", self.prefix);
+        if let Some(fingerprint) = token_fingerprint {
+            let _ = write!(key, "token:{fingerprint}:");
+        }
+        if let Some(client) = client {
+            let _ = write!(key, "client:{client}:");
+        }
+        let _ = write!(key, "{window}");
+        key
+    }
+}
+
+/// The tags a cached value is registered under; `<tag>` without the tenant.
+/// The revalidation hook receives them as `<tenant>:<tag>`.
+pub mod tags {
+    pub const DASHBOARD: &str = "dashboard";
+
+    pub fn course(id: i64) -> String {
+        format!("course:{id}")
+    }
+
+    pub fn user(id: i64) -> String {
+        format!("user:{id}")
+    }
+
+    pub fn enrollment(id: i64) -> String {
+        format!("enrollment:{id}")
+    }
+
+    pub fn order(id: i64) -> String {
+        format!("order:{id}")
+    }
+
+    /// The longest tag accepted from outside (an operator's `--tag`).
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks a tag given from outside: 1 to [`MAX_LEN`] letters, digits,
+    /// `:`, `-`, `_` or `.`, so it names one tag and is never a glob pattern.
+    pub fn check(tag: &str) -> Result<(), String> {
+        if tag.is_empty() || tag.len() > MAX_LEN {
+            return Err(format!("a tag is 1 to {MAX_LEN} characters"));
+        }
+        if !tag.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b':' | b'-' | b'_' | b'.')) {
+            return Err("a tag may only hold letters, digits, `:`, `-`, `_` and `.`".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_prefix_rules() {
+        assert!("fleet:".parse::<KeyPrefix>().is_ok());
+        for bad in ["", "a b", "fleet*", &"x".repeat(65)] {
+            assert!(bad.parse::<KeyPrefix>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_read_back() {
+        let keys = Keys::new(&"p:".parse().expect("prefix"));
+        assert_eq!(keys.kind_of(&keys.statistics("t", 1)), Some(Kind::Statistics));
+        assert_eq!(keys.kind_of(&keys.enrollments("t", 1, 2, 20)), Some(Kind::Enrollments));
+        assert_eq!(keys.kind_of(&keys.dashboard("t")), Some(Kind::Dashboard));
+        assert_eq!(keys.tag_of(&keys.tag("t", "course:1")), Some(("t", "course:1")));
+        assert_eq!(keys.lock(&keys.dashboard("t")), "p:lock:cache:t:dashboard");
+        assert_eq!(Kind::from_name("dashboard"), Some(Kind::Dashboard));
+    }
+}

@@ -1,0 +1,40 @@
+//! Everything the fleet keeps in Redis, below every role.
+//!
+//! - [`keys`]: the name of every key, stream and tag, built in one place, so
+//!   a change of naming (a prefix, a cluster hash tag) is one edit.
+//! - [`stream`]: the events stream and its consumer group (the Redis
+//!   Streams recipe is documented there).
+//! - [`failures`]: scheduled retries and the dead-letter stream.
+//! - [`leases`]: one live worker per consumer name.
+//! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
+//!
+//! The Lua scripts live in `scripts/`, one file each, and are loaded once
+//! ([`scripts`]).
+
+pub mod cache;
+pub mod failures;
+pub mod keys;
+pub mod leases;
+mod scripts;
+pub mod stream;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisError;
+
+pub use keys::{KeyPrefix, Keys, GROUP};
+
+/// Opens a reconnecting Redis connection.
+///
+/// Commands fail after `response_timeout` instead of hanging, and a broken
+/// connection is re-established on the next command.
+pub async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_with_config(client, config).await
+}

@@ -1,0 +1,23 @@
+//! The Lua scripts, each from its own file beside this one, built once per
+//! process (`Script` hashes its source; `invoke_async` sends `EVALSHA` and
+//! loads the script only when Redis does not know it yet).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        pub static $name: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!($file)));
+    };
+}
+
+script!(ENQUEUE, "scripts/enqueue.lua");
+script!(PROMOTE_RETRIES, "scripts/promote_retries.lua");
+script!(REPLAY, "scripts/replay.lua");
+script!(HOLD_LEASE, "scripts/hold_lease.lua");
+// Releases a consumer-name lease and a cache lock alike.
+script!(RELEASE, "scripts/release.lua");
+script!(TRIM, "scripts/trim.lua");
+script!(CACHE_PUT, "scripts/cache_put.lua");
+script!(CACHE_INVALIDATE, "scripts/cache_invalidate.lua");

@@ -1,0 +1,270 @@
+//! The events stream and its consumer group.
+//!
+//! The recipe:
+//! - Intake appends with one Lua script that checks the event id against a
+//!   `seen` key and appends only when it is new, so the duplicate check and
+//!   the append are one atomic step.
+//! - Workers read through one consumer group (`XREADGROUP`), apply a batch,
+//!   then `XACK` it; an entry is acknowledged only after its effect is
+//!   committed in Postgres, so a crash at any point leaves it pending.
+//! - The stream is trimmed with `XTRIM MINID` at an id below which every
+//!   entry is acknowledged by every group: a trim never drops unfinished work.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, RedisError, Value};
+
+use super::keys::{Keys, GROUP};
+use super::scripts;
+
+/// Creates the consumer group if it is missing, reading from the start of
+/// the stream so that entries appended before any worker ran are consumed.
+pub async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
+    let created: Result<(), RedisError> = conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// An accepted webhook, as the intake appends it.
+#[derive(Debug, Clone)]
+pub struct NewEntry<'a> {
+    pub body: &'a [u8],
+    pub topic: &'a str,
+    pub tenant_id: &'a str,
+    pub event_id: &'a str,
+    pub received_at: DateTime<Utc>,
+}
+
+/// What the intake's append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Appended as this new stream entry.
+    Accepted(String),
+    /// Already accepted within the window, as this entry; nothing appended.
+    Duplicate(String),
+}
+
+/// Appends `entry` unless its event id was accepted within `window`.
+pub async fn enqueue(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    entry: &NewEntry<'_>,
+    window: Duration,
+) -> Result<Enqueued, RedisError> {
+    let (appended, id): (i64, String) = scripts::ENQUEUE
+        .key(keys.seen(entry.tenant_id, entry.event_id))
+        .key(keys.events())
+        .arg(window.as_secs().max(1))
+        .arg("body")
+        .arg(entry.body)
+        .arg("topic")
+        .arg(entry.topic)
+        .arg("tenant")
+        .arg(entry.tenant_id)
+        .arg("event_id")
+        .arg(entry.event_id)
+        .arg("received_at")
+        .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .invoke_async(conn)
+        .await?;
+    Ok(if appended == 1 { Enqueued::Accepted(id) } else { Enqueued::Duplicate(id) })
+}
+
+/// One stream entry as a worker reads it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub fields: HashMap<String, Vec<u8>>,
+}
+
+impl Entry {
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields.get(name).map(Vec::as_slice)
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.field(name).and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    /// Failed attempts recorded before this entry was (re)appended.
+    pub fn attempts(&self) -> u32 {
+        self.text("attempts").and_then(|text| text.parse().ok()).unwrap_or(0)
+    }
+
+    pub(crate) fn from_stream_id(stream_id: redis::streams::StreamId) -> Self {
+        Self {
+            id: stream_id.id,
+            fields: stream_id
+                .map
+                .into_iter()
+                .filter_map(|(name, value)| match value {
+                    Value::BulkString(bytes) => Some((name, bytes)),
+                    Value::SimpleString(text) => Some((name, text.into_bytes())),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The fields an entry carries from one life to the next: the event itself.
+pub const EVENT_FIELDS: [&str; 5] = ["body", "topic", "tenant", "event_id", "received_at"];
+
+/// Where a group read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Entries already delivered to this consumer and not yet acknowledged,
+    /// with ids after this one (`0-0` for all of them).
+    OwnPendingAfter(String),
+    /// Entries never delivered to any consumer of the group.
+    New,
+}
+
+impl ReadFrom {
+    /// A pass over all of this consumer's pending entries.
+    pub fn own_pending() -> Self {
+        Self::OwnPendingAfter("0-0".to_owned())
+    }
+}
+
+/// Reads up to `count` entries for `consumer`, waiting up to `block` for new
+/// ones. Use a connection of its own whose response timeout exceeds `block`.
+pub async fn read_group(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    consumer: &str,
+    from: &ReadFrom,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<Entry>, RedisError> {
+    let mut options = StreamReadOptions::default().group(GROUP, consumer).count(count);
+    let id = match from {
+        ReadFrom::OwnPendingAfter(id) => id.as_str(),
+        ReadFrom::New => {
+            options = options.block(block.as_millis() as usize);
+            ">"
+        }
+    };
+    let reply: Option<StreamReadReply> = conn.xread_options(&[keys.events()], &[id], &options).await?;
+    let Some(reply) = reply else {
+        return Ok(Vec::new());
+    };
+    Ok(reply.keys.into_iter().flat_map(|key| key.ids).map(Entry::from_stream_id).collect())
+}
+
+/// What one `XAUTOCLAIM` took over.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub entries: Vec<Entry>,
+    /// Pending entries that no longer exist in the stream; Redis dropped
+    /// them from the pending list.
+    pub deleted: Vec<String>,
+    /// Where the next scan continues; `0-0` when it went round.
+    pub cursor: String,
+}
+
+/// Takes over up to `count` entries idle for at least `min_idle` on any
+/// consumer, scanning from `cursor`. Each claim adds one to the entry's
+/// delivery count.
+pub async fn autoclaim(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    consumer: &str,
+    min_idle: Duration,
+    cursor: &str,
+    count: usize,
+) -> Result<Claimed, RedisError> {
+    let options = redis::streams::StreamAutoClaimOptions::default().count(count);
+    let reply: redis::streams::StreamAutoClaimReply =
+        conn.xautoclaim_options(keys.events(), GROUP, consumer, min_idle.as_millis() as u64, cursor, options).await?;
+    Ok(Claimed {
+        entries: reply.claimed.into_iter().map(Entry::from_stream_id).collect(),
+        deleted: reply.deleted_ids,
+        cursor: reply.next_stream_id,
+    })
+}
+
+/// How many times each of `ids` (pending on `consumer`) was delivered.
+pub async fn delivery_counts(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    consumer: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, u32>, RedisError> {
+    let first = ids.iter().min_by(|a, b| compare_ids(a, b));
+    let last = ids.iter().max_by(|a, b| compare_ids(a, b));
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(HashMap::new());
+    };
+    let reply: redis::streams::StreamPendingCountReply =
+        conn.xpending_consumer_count(keys.events(), GROUP, *first, *last, ids.len() * 4, consumer).await?;
+    Ok(reply.ids.into_iter().map(|pending| (pending.id, pending.times_delivered as u32)).collect())
+}
+
+/// Orders stream ids numerically (`ms-seq`).
+pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    parse(a).cmp(&parse(b))
+}
+
+/// Resets the idle time of entries this consumer holds, without counting a
+/// delivery, so a long wait for Postgres is not mistaken for a crash.
+pub async fn touch(conn: &mut ConnectionManager, keys: &Keys, consumer: &str, ids: &[&str]) -> Result<(), RedisError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let options = redis::streams::StreamClaimOptions::default().with_justid();
+    let _: Value = conn.xclaim_options(keys.events(), GROUP, consumer, 0, ids, options).await?;
+    Ok(())
+}
+
+/// Removes consumers other than `me` that hold no pending entry, have not
+/// read for `idle`, and whose name no worker holds; returns their names. A
+/// live worker reads at least every `FLEET_BLOCK_MS`, so it is never idle
+/// that long.
+pub async fn remove_idle_consumers(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    me: &str,
+    idle: Duration,
+) -> Result<Vec<String>, RedisError> {
+    let reply: redis::streams::StreamInfoConsumersReply = conn.xinfo_consumers(keys.events(), GROUP).await?;
+    let mut removed = Vec::new();
+    for consumer in reply.consumers {
+        let stale = consumer.name != me && consumer.pending == 0 && consumer.idle as u128 > idle.as_millis();
+        if stale && !conn.exists::<_, bool>(keys.consumer_lease(&consumer.name)).await? {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(keys.events())
+                .arg(GROUP)
+                .arg(&consumer.name)
+                .query_async(conn)
+                .await?;
+            removed.push(consumer.name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Acknowledges entries whose effect is committed.
+pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let _: i64 = conn.xack(keys.events(), GROUP, ids).await?;
+    Ok(())
+}
+
+/// Trims acknowledged entries beyond `keep`; returns how many went.
+pub async fn trim(conn: &mut ConnectionManager, keys: &Keys, keep: u64) -> Result<u64, RedisError> {
+    scripts::TRIM.key(keys.events()).arg(keep).invoke_async(conn).await
+}
