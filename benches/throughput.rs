@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleet::config::WorkerSettings;
 use fleet::local_services::{LocalPostgres, LocalRedis};
 use fleet::redis::{stream, KeyPrefix, Keys};
+use fleet::worker::Settings as WorkerSettings;
 use serde_json::json;
 use sqlx::Connection;
 
@@ -89,16 +89,16 @@ async fn main() -> anyhow::Result<()> {
 
     // --- intake: sequential latency, then concurrent throughput
     let secret = "bench-secret";
-    let settings = fleet::config::IntakeSettings {
+    let settings = fleet::intake::Settings {
         keys: fleet::secrets::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
         max_body_bytes: 1024 * 1024,
         dedup_window: Duration::from_secs(3600),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let intake = fleet::intake::Application::build(local, &redis_url, keys.clone(), settings).await?;
+    let address = intake.address();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let app = fleet::intake::router(redis.clone(), keys.clone(), settings);
-    let server = tokio::spawn(fleet::runtime::serve(listener, app, shutdown.clone()));
+    let server = tokio::spawn(intake.run_until_stopped(shutdown.clone()));
     let client = reqwest::Client::new();
     let url = format!("http://{address}/webhooks/thinkific");
     let bodies: Vec<(String, String)> = (0..requests)
@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         stream_max_len: 10_000_000,
         claim_idle: Duration::from_secs(60),
         lease: Duration::from_secs(15),
-        retry: fleet::retry::RetryPolicy::default(),
+        retry: fleet::worker::RetryPolicy::default(),
         cache_ttls: fleet::redis::cache::Ttls::default(),
     };
     let worker = fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;

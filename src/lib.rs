@@ -5,22 +5,23 @@
 //! very same intake and worker in-process. The Thinkific event model and the
 //! Postgres handlers live in the `fleet-jobs` crate.
 
+// The roles, each in its own folder.
 pub mod api;
-pub mod commands;
-pub mod config;
-pub mod db;
-pub mod health;
 pub mod intake;
-pub mod local_services;
 pub mod operator;
+pub mod worker;
+
+// The command line: clap, and the one place that knows every role.
+pub mod cli;
+
+// Shared plumbing, below the roles.
+pub mod db;
+pub mod local_services;
 pub mod read_model;
 pub mod redis;
-pub mod retry;
-pub mod revalidate;
 pub mod runtime;
 pub mod secrets;
 pub mod telemetry;
 pub mod urls;
-pub mod worker;
 
 pub use fleet_jobs as jobs;

@@ -1,11 +1,11 @@
 use clap::Parser;
-use fleet::config::Cli;
+use fleet::cli::Cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     fleet::telemetry::init();
     let cli = Cli::parse();
-    match fleet::commands::run(cli.command).await {
+    match fleet::cli::run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             if let Some(exit) = err.downcast_ref::<fleet::operator::OperatorExit>() {

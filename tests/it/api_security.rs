@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fleet::config::ApiTuning;
+use fleet::api::Settings as ApiTuning;
 use fleet::redis::cache::{self, Entry, Versioned};
 use redis::AsyncCommands;
 use serde_json::{json, Value};

@@ -238,8 +238,10 @@ async fn receiver(status: u16) -> Receiver {
         axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
             let recorded = recorded.clone();
             async move {
-                let secret =
-                    headers.get(fleet::revalidate::SECRET_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let secret = headers
+                    .get(fleet::worker::revalidate::SECRET_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 recorded.lock().expect("lock").push((secret, body.0));
                 axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::OK)
             }
@@ -254,12 +256,12 @@ async fn receiver(status: u16) -> Receiver {
 async fn worker_with_hook(
     ctx: &TestContext,
     url: &str,
-) -> (crate::helpers::WorkerHandle, fleet::revalidate::Revalidator) {
+) -> (crate::helpers::WorkerHandle, fleet::worker::revalidate::Revalidator) {
     let worker =
         fleet::worker::Worker::connect(ctx.db.clone(), &ctx.redis_url, ctx.keys.clone(), ctx.worker_settings("hooked"))
             .await
             .expect("worker");
-    let revalidator = fleet::revalidate::Revalidator::spawn(
+    let revalidator = fleet::worker::revalidate::Revalidator::spawn(
         url.parse().expect("URL"),
         Some("hook-secret".parse().expect("secret")),
         ctx.redis.clone(),

@@ -14,11 +14,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet::config::{IntakeSettings, WorkerSettings};
+use fleet::intake::Settings as IntakeSettings;
 use fleet::local_services::{LocalPostgres, LocalRedis};
 use fleet::redis::stream;
 use fleet::redis::{KeyPrefix, Keys, GROUP};
 use fleet::secrets::WebhookKeys;
+use fleet::worker::Settings as WorkerSettings;
 use fleet::worker::Worker;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -194,13 +195,13 @@ impl TestContext {
     }
 
     pub async fn spawn_intake_with(&self, settings: IntakeSettings) -> IntakeServer {
-        let mut redis = fleet::redis::connect(&self.redis_url, Duration::from_secs(2)).await.expect("connect to Redis");
-        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let intake = fleet::intake::Application::build(local, &self.redis_url, self.keys.clone(), settings)
+            .await
+            .expect("intake starts");
+        let address = intake.address();
         let shutdown = CancellationToken::new();
-        let app = fleet::intake::router(redis, self.keys.clone(), settings);
-        let task = tokio::spawn(fleet::runtime::serve(listener, app, shutdown.clone()));
+        let task = tokio::spawn(intake.run_until_stopped(shutdown.clone()));
         IntakeServer { address, shutdown, task }
     }
 
@@ -212,7 +213,7 @@ impl TestContext {
             stream_max_len: 1_000_000,
             claim_idle: Duration::from_secs(60),
             lease: Duration::from_secs(2),
-            retry: fleet::retry::RetryPolicy::default(),
+            retry: fleet::worker::RetryPolicy::default(),
             cache_ttls: fleet::redis::cache::Ttls::default(),
         }
     }
@@ -354,7 +355,7 @@ impl TestContext {
     /// A worker configuration with a fast retry schedule for tests.
     pub fn fast_retry_settings(&self, consumer: &str, max_attempts: u32) -> WorkerSettings {
         WorkerSettings {
-            retry: fleet::retry::RetryPolicy {
+            retry: fleet::worker::RetryPolicy {
                 base: Duration::from_millis(100),
                 factor: 2.0,
                 cap: Duration::from_millis(400),
@@ -543,8 +544,8 @@ impl Drop for ApiServer {
     }
 }
 
-pub fn api_tuning() -> fleet::config::ApiTuning {
-    fleet::config::ApiTuning {
+pub fn api_tuning() -> fleet::api::Settings {
+    fleet::api::Settings {
         rate_limit_requests: 10_000,
         rate_limit_window_ms: 60_000,
         api_token: None,
@@ -570,11 +571,11 @@ impl TestContext {
         .expect("insert a course");
     }
 
-    pub async fn spawn_api(&self, tuning: fleet::config::ApiTuning) -> ApiServer {
+    pub async fn spawn_api(&self, tuning: fleet::api::Settings) -> ApiServer {
         self.spawn_api_with(tuning, fleet::redis::cache::Ttls::default()).await
     }
 
-    pub async fn spawn_api_with(&self, tuning: fleet::config::ApiTuning, ttls: fleet::redis::cache::Ttls) -> ApiServer {
+    pub async fn spawn_api_with(&self, tuning: fleet::api::Settings, ttls: fleet::redis::cache::Ttls) -> ApiServer {
         let redis = fleet::redis::connect(&self.redis_url, Duration::from_secs(1)).await.expect("connect to Redis");
         let redis = std::sync::Arc::new(OnceCell::new_with(Some(redis)));
         let state = fleet::api::ApiState::new(self.db.clone(), redis, self.keys.clone(), ttls, tuning);

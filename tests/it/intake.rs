@@ -5,7 +5,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use fleet::config::IntakeSettings;
+use fleet::intake::Settings as IntakeSettings;
 use fleet::secrets::WebhookKeys;
 
 use crate::helpers::{

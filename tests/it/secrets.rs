@@ -97,7 +97,7 @@ fn help_invocations() -> Vec<Vec<String>> {
         }
     }
     let mut found = Vec::new();
-    walk(&fleet::config::Cli::command(), &[], &mut found);
+    walk(&fleet::cli::Cli::command(), &[], &mut found);
     found
 }
 

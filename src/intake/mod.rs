@@ -19,15 +19,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use fleet_jobs::{Envelope, EnvelopeError, TenantId};
-use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use serde_json::json;
-use sha2::Sha256;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::IntakeSettings;
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
 use crate::secrets::{KeyScope, WebhookKeys};
+
+pub use signature::sign;
+use signature::signer;
+
+mod signature;
 
 /// The header carrying the hex HMAC-SHA256 of the raw body.
 pub const SIGNATURE_HEADER: &str = "x-thinkific-hmac-sha256";
@@ -36,15 +41,68 @@ pub const SIGNATURE_HEADER: &str = "x-thinkific-hmac-sha256";
 /// logged at debug level.
 pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
 
+/// The intake's settings in their validated form.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub keys: WebhookKeys,
+    pub max_body_bytes: usize,
+    pub dedup_window: Duration,
+}
+
+/// Why the intake cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot connect to Redis; check REDIS_URL and that the server is up")]
+    Redis(#[source] redis::RedisError),
+    #[error("cannot create the consumer group")]
+    Group(#[source] redis::RedisError),
+    #[error("cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+}
+
+/// An intake connected to Redis and bound to its address, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// Connects to Redis, makes sure the consumer group exists (so entries
+    /// appended before any worker ran are consumed) and binds `address`.
+    pub async fn build(
+        address: SocketAddr,
+        redis_url: &str,
+        keys: Keys,
+        settings: Settings,
+    ) -> Result<Self, BuildError> {
+        let mut redis = crate::redis::connect(redis_url, Duration::from_secs(2)).await.map_err(BuildError::Redis)?;
+        stream::ensure_group(&mut redis, &keys).await.map_err(BuildError::Group)?;
+        let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
+        let address = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
+        tracing::info!(%address, stream = %keys.events(), "intake listening");
+        Ok(Self { listener, router: router(redis, keys, settings) })
+    }
+
+    /// The address it listens on (the port chosen when asked for port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` fires, then finishes the requests in flight.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        crate::runtime::serve(self.listener, self.router, shutdown).await
+    }
+}
+
 #[derive(Clone)]
 struct IntakeState {
     redis: ConnectionManager,
     keys: Keys,
-    settings: IntakeSettings,
+    settings: Settings,
 }
 
-/// The intake's routes, ready to serve.
-pub fn router(redis: ConnectionManager, keys: Keys, settings: IntakeSettings) -> Router {
+/// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
+pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Router {
     let body_limit = settings.max_body_bytes;
     let state = IntakeState { redis, keys, settings };
     Router::new()
@@ -54,26 +112,6 @@ pub fn router(redis: ConnectionManager, keys: Keys, settings: IntakeSettings) ->
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// Signs `body` the way Thinkific does: lowercase hex HMAC-SHA256.
-pub fn sign(key: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// The scope of the key that signed `body`, if any did. `signature` is
-/// checked against every key, each in constant time.
-fn signer<'k>(keys: &'k WebhookKeys, body: &[u8], signature: &str) -> Option<&'k KeyScope> {
-    let expected = hex::decode(signature.trim()).ok()?;
-    keys.iter().fold(None, |matched, (key, scope)| {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
-        mac.update(body);
-        // No early exit: the answer takes as long whichever key matched.
-        let this_key = mac.verify_slice(&expected).is_ok().then_some(scope);
-        matched.or(this_key)
-    })
 }
 
 /// The school a signed event belongs to: the one its key is bound to, else
@@ -218,24 +256,6 @@ mod tests {
 
     fn school(id: &str) -> TenantId {
         TenantId::parse(id).expect("a valid id")
-    }
-
-    #[test]
-    fn the_signer_is_whichever_configured_key_matched() {
-        let keys = WebhookKeys::new(
-            Some("old,new".parse().expect("keys")),
-            Some("school-a=key-a,school-b=key=b".parse().expect("school keys")),
-        )
-        .expect("keys");
-        let body = br#"{"id":"1"}"#;
-        assert_eq!(signer(&keys, body, &sign(b"old", body)), Some(&KeyScope::AnySchool));
-        assert_eq!(signer(&keys, body, &sign(b"new", body)), Some(&KeyScope::AnySchool));
-        assert_eq!(signer(&keys, body, &sign(b"new", body).to_uppercase()), Some(&KeyScope::AnySchool));
-        assert_eq!(signer(&keys, body, &sign(b"key-a", body)), Some(&KeyScope::School(school("school-a"))));
-        assert_eq!(signer(&keys, body, &sign(b"key=b", body)), Some(&KeyScope::School(school("school-b"))));
-        assert_eq!(signer(&keys, body, &sign(b"other", body)), None);
-        assert_eq!(signer(&keys, body, "not hex"), None);
-        assert_eq!(signer(&keys, b"tampered", &sign(b"old", body)), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - **The event's fault** (Postgres refuses its rows): the batch is split in
 //!   halves until the refused events are isolated, so the others commit. A
 //!   refused event costs one attempt and is scheduled for a retry with
-//!   exponential backoff and jitter (`crate::retry`); after the last attempt
+//!   exponential backoff and jitter ([`retry`]); after the last attempt
 //!   it is dead-lettered. An entry that is not an applicable event at all is
 //!   dead-lettered at once. `/readyz` stays ready meanwhile.
 //! - **The infrastructure's fault** (Postgres or Redis unreachable, timeouts,
@@ -58,14 +58,38 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::WorkerSettings;
-use crate::health::{Dependency, Health};
+use self::health::{Dependency, Health};
+use self::revalidate::Revalidator;
 use crate::read_model::cached::{Cached, Touched};
 use crate::redis::failures::{self, Failure, FailureKind};
 use crate::redis::keys::{Keys, GROUP};
 use crate::redis::stream::{self, Entry, ReadFrom};
 use crate::redis::{cache, leases};
-use crate::revalidate::Revalidator;
+
+pub mod health;
+pub mod retry;
+pub mod revalidate;
+
+pub use retry::RetryPolicy;
+
+/// The worker's settings in their validated form.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub consumer_name: String,
+    pub batch_size: usize,
+    pub block: Duration,
+    pub stream_max_len: u64,
+    pub claim_idle: Duration,
+    pub lease: Duration,
+    pub retry: RetryPolicy,
+    pub cache_ttls: crate::redis::cache::Ttls,
+}
+
+/// Host name and process id: unique among live workers without any set-up.
+pub fn default_consumer_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
+    format!("{host}-{}", std::process::id())
+}
 
 /// How often the stream is trimmed, at most.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
@@ -104,7 +128,7 @@ pub struct Worker {
     reader: ConnectionManager,
     redis: ConnectionManager,
     keys: Keys,
-    settings: WorkerSettings,
+    settings: Settings,
     health: Health,
     lease_token: String,
     revalidator: Option<Revalidator>,
@@ -128,12 +152,7 @@ impl Worker {
     /// the lease on the consumer name. A name whose holder died is free
     /// again once its lease runs out, so this waits up to one lease period
     /// before refusing.
-    pub async fn connect(
-        db: PgPool,
-        redis_url: &str,
-        keys: Keys,
-        settings: WorkerSettings,
-    ) -> Result<Self, WorkerError> {
+    pub async fn connect(db: PgPool, redis_url: &str, keys: Keys, settings: Settings) -> Result<Self, WorkerError> {
         let reader = crate::redis::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
         let mut redis = crate::redis::connect(redis_url, Duration::from_secs(5)).await?;
         stream::ensure_group(&mut redis, &keys).await?;
@@ -700,7 +719,7 @@ struct Maintenance {
 }
 
 impl Maintenance {
-    fn new(settings: &WorkerSettings) -> Self {
+    fn new(settings: &Settings) -> Self {
         let now = Instant::now();
         Self {
             next_promote: now,

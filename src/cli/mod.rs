@@ -1,4 +1,5 @@
-//! Command-line and environment configuration, validated at start.
+//! The command line: every command's flags and environment variables (clap
+//! only), and [`run`], the one place that knows every role.
 //!
 //! Every setting is an environment variable and also a flag (`--redis-url` or
 //! `REDIS_URL`). A bad value stops the process with a message naming the
@@ -12,6 +13,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use run::run;
+
+mod run;
+
+use crate::operator::cache::ClearKind;
 use crate::redis::keys::Kind;
 use crate::redis::KeyPrefix;
 use crate::secrets::{ApiToken, KeysError, SchoolKeys, SchoolTokens, SecretValueParser, WebhookKeys, WebhookSecrets};
@@ -108,9 +114,15 @@ pub struct ApiTuning {
 }
 
 impl ApiTuning {
-    /// Whether any bearer token is configured; without one the read API is open.
-    pub fn has_tokens(&self) -> bool {
-        self.api_token.is_some() || self.api_tokens.as_ref().is_some_and(|tokens| !tokens.pairs().is_empty())
+    pub fn settings(&self) -> crate::api::Settings {
+        crate::api::Settings {
+            rate_limit_requests: self.rate_limit_requests,
+            rate_limit_window_ms: self.rate_limit_window_ms,
+            api_token: self.api_token.clone(),
+            api_tokens: self.api_tokens.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            default_tenant: self.default_tenant.clone(),
+        }
     }
 }
 
@@ -171,6 +183,9 @@ pub enum CacheCommand {
     },
     /// Remove cached keys (with SCAN, only under the fleet's prefix).
     Clear {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
         /// What to clear: all, enrollments, statistics or dashboard.
         #[arg(value_parser = clear_kind_parser(), required_unless_present_any = ["tag", "pattern"])]
         kind: Option<ClearKind>,
@@ -186,14 +201,6 @@ pub enum CacheCommand {
         #[arg(long, conflicts_with_all = ["kind", "tag"])]
         pattern: Option<String>,
     },
-}
-
-/// What `fleet cache clear <kind>` clears: every cached key and tag, or the
-/// keys of one [`Kind`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClearKind {
-    All,
-    Only(Kind),
 }
 
 /// `all` or a kind's name; the names come from [`Kind`] itself.
@@ -402,6 +409,17 @@ pub struct ListenArgs {
     pub port: Option<u16>,
 }
 
+impl IntakeTuning {
+    /// The intake's settings, signing with `keys`.
+    pub fn settings(&self, keys: WebhookKeys) -> crate::intake::Settings {
+        crate::intake::Settings {
+            keys,
+            max_body_bytes: self.max_body_bytes as usize,
+            dedup_window: Duration::from_secs(self.dedup_window_secs),
+        }
+    }
+}
+
 impl ListenArgs {
     /// The address to bind: `FLEET_LISTEN`, else `0.0.0.0:$PORT`, else
     /// `127.0.0.1:8080`. Setting both is refused as ambiguous.
@@ -541,39 +559,10 @@ pub enum ConfigError {
     DevelopmentWebhookKey,
 }
 
-/// Intake settings in their validated form.
-#[derive(Debug, Clone)]
-pub struct IntakeSettings {
-    pub keys: WebhookKeys,
-    pub max_body_bytes: usize,
-    pub dedup_window: Duration,
-}
-
-impl IntakeSettings {
-    pub fn new(keys: WebhookKeys, tuning: &IntakeTuning) -> Self {
-        Self {
-            keys,
-            max_body_bytes: tuning.max_body_bytes as usize,
-            dedup_window: Duration::from_secs(tuning.dedup_window_secs),
-        }
-    }
-}
-
-/// Worker settings in their validated form.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    pub consumer_name: String,
-    pub batch_size: usize,
-    pub block: Duration,
-    pub stream_max_len: u64,
-    pub claim_idle: Duration,
-    pub lease: Duration,
-    pub retry: crate::retry::RetryPolicy,
-    pub cache_ttls: crate::redis::cache::Ttls,
-}
-
-impl WorkerSettings {
-    pub fn new(tuning: &WorkerTuning) -> Result<Self, ConfigError> {
+impl WorkerTuning {
+    /// The worker's settings; refused when the consumer name is not usable.
+    pub fn settings(&self) -> Result<crate::worker::Settings, ConfigError> {
+        let tuning = self;
         let consumer_name = match &tuning.consumer_name {
             Some(name) => {
                 if name.is_empty() || name.len() > 200 || name.chars().any(char::is_whitespace) {
@@ -581,16 +570,16 @@ impl WorkerSettings {
                 }
                 name.clone()
             }
-            None => default_consumer_name(),
+            None => crate::worker::default_consumer_name(),
         };
-        Ok(Self {
+        Ok(crate::worker::Settings {
             consumer_name,
             batch_size: tuning.batch_size as usize,
             block: Duration::from_millis(tuning.block_ms),
             stream_max_len: tuning.stream_max_len,
             claim_idle: Duration::from_millis(tuning.claim_idle_ms),
             lease: Duration::from_millis(tuning.lease_ms),
-            retry: crate::retry::RetryPolicy {
+            retry: crate::worker::RetryPolicy {
                 base: Duration::from_millis(tuning.retry.retry_base_ms),
                 factor: tuning.retry.retry_factor,
                 cap: Duration::from_millis(tuning.retry.retry_cap_ms),
@@ -599,12 +588,6 @@ impl WorkerSettings {
             cache_ttls: tuning.cache.ttls(),
         })
     }
-}
-
-/// Host name and process id: unique among live workers without any set-up.
-pub fn default_consumer_name() -> String {
-    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
-    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

@@ -43,9 +43,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::ApiTuning;
+use crate::secrets::{ApiToken, SchoolTokens};
+
 use crate::read_model::cached::Cached;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
@@ -58,6 +61,74 @@ const LOCK_HOLD: Duration = Duration::from_secs(5);
 /// The largest page of enrollments served.
 const MAX_PER_PAGE: i64 = 100;
 
+/// The read API's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Requests one client may make per window; more get 429.
+    pub rate_limit_requests: u64,
+    /// The rate-limit window, in milliseconds.
+    pub rate_limit_window_ms: u64,
+    /// Reads every school.
+    pub api_token: Option<ApiToken>,
+    /// Each reads only its schools.
+    pub api_tokens: Option<SchoolTokens>,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// The school a request without `tenant_id` is about.
+    pub default_tenant: Option<TenantId>,
+}
+
+impl Settings {
+    /// Whether any bearer token is configured; without one the read API is open.
+    pub fn has_tokens(&self) -> bool {
+        self.api_token.is_some() || self.api_tokens.as_ref().is_some_and(|tokens| !tokens.pairs().is_empty())
+    }
+}
+
+/// Why the read API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+}
+
+/// The read API bound to its address, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: ApiState,
+}
+
+impl Application {
+    /// Binds `address`; Redis is reached in the background (see [`ApiState::connect`]).
+    pub async fn build(
+        address: SocketAddr,
+        db: PgPool,
+        redis_url: &str,
+        keys: Keys,
+        ttls: Ttls,
+        settings: Settings,
+    ) -> Result<Self, BuildError> {
+        let state = ApiState::connect(db, redis_url, keys, ttls, settings);
+        let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
+        let bound = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
+        tracing::info!(address = %bound, "read API listening");
+        Ok(Self { listener, state })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> ApiState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` fires, then finishes the requests in flight.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        crate::runtime::serve(self.listener, app(self.state), shutdown).await
+    }
+}
+
 /// Everything the routes share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -66,15 +137,38 @@ pub struct ApiState {
     redis: Arc<OnceCell<ConnectionManager>>,
     keys: Keys,
     ttls: Ttls,
-    tuning: ApiTuning,
+    tuning: Settings,
     access: Arc<Access>,
     queries: Arc<AtomicU64>,
 }
 
 impl ApiState {
-    pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: ApiTuning) -> Self {
+    pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: Settings) -> Self {
         let access = Arc::new(Access::new(&tuning));
         Self { db, redis, keys, ttls, tuning, access, queries: Arc::default() }
+    }
+
+    /// The state of a read API whose Redis is reached in the background:
+    /// the routes bypass the cache until it is, Postgres is required.
+    pub fn connect(db: PgPool, redis_url: &str, keys: Keys, ttls: Ttls, settings: Settings) -> Self {
+        let redis = Arc::new(OnceCell::new());
+        let cell = redis.clone();
+        let url = redis_url.to_owned();
+        tokio::spawn(async move {
+            loop {
+                match crate::redis::connect(&url, Duration::from_secs(1)).await {
+                    Ok(conn) => {
+                        let _ = cell.set(conn);
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "read API cannot reach Redis; answering from Postgres until it can");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        });
+        Self::new(db, redis, keys, ttls, settings)
     }
 
     /// Postgres queries the routes have sent (cache misses and bypasses).
@@ -173,7 +267,7 @@ impl Access {
     /// `FLEET_API_TOKEN` reads every school; a token of `FLEET_API_TOKENS`
     /// reads the schools it is paired with (every school if it is also
     /// `FLEET_API_TOKEN`).
-    fn new(tuning: &ApiTuning) -> Self {
+    fn new(tuning: &Settings) -> Self {
         let mut scopes: BTreeMap<[u8; 32], Scope> = BTreeMap::new();
         for (school, token) in tuning.api_tokens.iter().flat_map(|tokens| tokens.pairs()) {
             if let Scope::Only(schools) = scopes.entry(sha256(token.expose())).or_insert(Scope::Only(BTreeSet::new())) {

@@ -1,5 +1,6 @@
-//! The `fleet` subcommands: wiring configuration to the library and waiting
-//! for SIGTERM or Ctrl-C.
+//! Dispatch: the one place that knows every role. Each command turns its
+//! arguments into the role's validated settings, builds the role and runs
+//! it until SIGTERM or Ctrl-C.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,22 +9,23 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::config::{
-    ApiArgs, ApiTuning, CacheCommand, Command, ConfigError, DevArgs, IntakeArgs, IntakeSettings, RevalidateArgs,
-    WorkerArgs, WorkerSettings,
+use super::{
+    ApiArgs, CacheCommand, Command, ConfigError, DevArgs, DlqCommand, DlqFilter, DlqSelection, IntakeArgs,
+    RevalidateArgs, WorkerArgs,
 };
 use crate::local_services::{write_private_file, LocalPostgres, LocalRedis};
+use crate::operator::dlq::{Filter, Selection};
 use crate::redis::keys::Keys;
-use crate::redis::stream;
-use crate::revalidate::Revalidator;
 use crate::runtime::{serve, shutdown_on_signals};
 use crate::secrets::{WebhookKeys, WebhookSecrets};
 use crate::urls::{DatabaseUrl, RedisUrl};
+use crate::worker::health;
+use crate::worker::revalidate::Revalidator;
 use crate::worker::Worker;
-use crate::{api, db, health, intake, operator};
+use crate::{api, db, intake, operator};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
-pub const EXAMPLE_WEBHOOK: &str = include_str!("../tests/fixtures/thinkific/enrollment.created.json");
+pub const EXAMPLE_WEBHOOK: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
 /// `fleet dev`'s default signing key. It is published, so anyone can sign
 /// with it: `fleet intake` refuses it.
 const DEV_SECRET: &str = "fleet-dev-secret";
@@ -44,21 +46,34 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
             match args.command {
-                CacheCommand::Stats { json, reset } => operator::cache_stats(&mut redis, &keys, json, reset).await,
-                CacheCommand::Clear { kind, tag, tenant_id, pattern } => {
-                    operator::cache_clear(&mut redis, &keys, kind, tag, tenant_id, pattern).await
+                CacheCommand::Stats { json, reset } => operator::cache::stats(&mut redis, &keys, json, reset).await,
+                CacheCommand::Clear { kind, tag, tenant_id, pattern, json } => {
+                    operator::cache::clear(&mut redis, &keys, kind, tag, tenant_id, pattern, json).await
                 }
             }
         }
         Command::Status(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
-            operator::status(&mut redis, &keys, args.json).await
+            operator::status::show(&mut redis, &keys, args.json).await
         }
         Command::Dlq(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
-            operator::dlq(&mut redis, &keys, args.command).await
+            let redis = &mut redis;
+            let keys = &keys;
+            match args.command {
+                DlqCommand::List { filter, limit, json } => {
+                    operator::dlq::list(redis, keys, &filter.into(), limit, json).await
+                }
+                DlqCommand::Show { id, json } => operator::dlq::show(redis, keys, id, json).await,
+                DlqCommand::Replay { selection, dry_run, json } => {
+                    operator::dlq::replay(redis, keys, &selection.into(), dry_run, json).await
+                }
+                DlqCommand::Purge { selection, yes, json } => {
+                    operator::dlq::purge(redis, keys, &selection.into(), yes, json).await
+                }
+            }
         }
     }
 }
@@ -92,20 +107,16 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     if webhook_keys.contains(DEV_SECRET.as_bytes()) {
         return Err(ConfigError::DevelopmentWebhookKey.into());
     }
-    let settings = IntakeSettings::new(webhook_keys, &args.tuning);
+    let settings = args.tuning.settings(webhook_keys);
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
-    stream::ensure_group(&mut redis, &keys).await.context("cannot create the consumer group")?;
-    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(%address, stream = %keys.events(), "intake listening");
-    let shutdown = shutdown_on_signals();
-    serve(listener, intake::router(redis, keys, settings), shutdown).await?;
+    let intake = intake::Application::build(address, args.redis.redis_url.as_str(), keys, settings).await?;
+    intake.run_until_stopped(shutdown_on_signals()).await?;
     tracing::info!("intake stopped");
     Ok(())
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let settings = WorkerSettings::new(&args.tuning)?;
+    let settings = args.tuning.settings()?;
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
@@ -138,37 +149,8 @@ async fn with_revalidation(
     Ok(worker.with_revalidator(Revalidator::spawn(url, args.revalidate_secret.clone(), redis, keys.clone())))
 }
 
-/// The read API's state: Redis is optional (routes bypass the cache until
-/// it is reachable), Postgres is not.
-pub async fn api_state(
-    pool: PgPool,
-    redis_url: &str,
-    keys: &Keys,
-    ttls: crate::redis::cache::Ttls,
-    tuning: ApiTuning,
-) -> api::ApiState {
-    let redis = std::sync::Arc::new(tokio::sync::OnceCell::new());
-    let cell = redis.clone();
-    let url = redis_url.to_owned();
-    tokio::spawn(async move {
-        loop {
-            match crate::redis::connect(&url, Duration::from_secs(1)).await {
-                Ok(conn) => {
-                    let _ = cell.set(conn);
-                    return;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "read API cannot reach Redis; answering from Postgres until it can");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            }
-        }
-    });
-    api::ApiState::new(pool, redis, keys.clone(), ttls, tuning)
-}
-
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
-    if !args.api.has_tokens() {
+    if !args.api.settings().has_tokens() {
         anyhow::bail!(
             "the read API serves learners' names and emails and will not run open: set FLEET_API_TOKEN \
              (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
@@ -178,10 +160,9 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let state = api_state(pool, args.redis.redis_url.as_str(), &keys, args.cache.ttls(), args.api.clone()).await;
-    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(%address, "read API listening");
-    serve(listener, api::app(state), shutdown_on_signals()).await?;
+    let redis_url = args.redis.redis_url.as_str();
+    let api = api::Application::build(address, pool, redis_url, keys, args.cache.ttls(), args.api.settings()).await?;
+    api.run_until_stopped(shutdown_on_signals()).await?;
     tracing::info!("read API stopped");
     Ok(())
 }
@@ -224,7 +205,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let keys = Keys::new(&args.key_prefix.key_prefix);
     let shutdown = shutdown_on_signals();
 
-    let worker_settings = WorkerSettings::new(&args.worker)?;
+    let worker_settings = args.worker.settings()?;
     let worker = Worker::connect(pool.clone(), redis_url.as_str(), keys.clone(), worker_settings).await?;
     let worker = with_revalidation(worker, &args.worker.revalidate, redis_url.as_str(), &keys).await?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
@@ -233,8 +214,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis = connect_redis(redis_url.as_str()).await?;
-    let api = api_state(pool, redis_url.as_str(), &keys, args.worker.cache.ttls(), args.api.clone()).await;
-    let intake_settings = IntakeSettings::new(WebhookKeys::new(Some(secrets.clone()), None)?, &args.intake);
+    let api =
+        api::ApiState::connect(pool, redis_url.as_str(), keys.clone(), args.worker.cache.ttls(), args.api.settings());
+    let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?);
     let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
     let intake_task = tokio::spawn(serve(listener, app, shutdown.clone()));
 
@@ -314,4 +296,16 @@ fn print_welcome(address: &str, urls: &DevUrls<'_>, secrets: &WebhookSecrets, de
          \x20 . '{env_file}' && psql \"$DATABASE_URL\" -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n",
         example = example.display(),
     );
+}
+
+impl From<DlqFilter> for Filter {
+    fn from(filter: DlqFilter) -> Self {
+        Self { topic: filter.topic, since: filter.since }
+    }
+}
+
+impl From<DlqSelection> for Selection {
+    fn from(selection: DlqSelection) -> Self {
+        Self { ids: selection.ids, all: selection.all, filter: selection.filter.into() }
+    }
 }

@@ -1,0 +1,25 @@
+//! Operator commands: `fleet status` ([`status`]), `fleet dlq …` ([`dlq`])
+//! and `fleet cache …` ([`cache`]), answering alike ([`output`]).
+//!
+//! Output is a readable table or text by default and JSON with `--json`, on
+//! stdout; progress and refusals go to stderr. Exit codes scripts can rely
+//! on: 0 done, 1 failure (e.g. Redis unreachable), 2 refused or bad usage,
+//! 3 some named dead letter does not exist.
+
+pub mod cache;
+pub mod dlq;
+pub mod output;
+pub mod status;
+
+/// A refusal or a partial failure with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OperatorExit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl OperatorExit {
+    pub const REFUSED: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+}
