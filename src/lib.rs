@@ -18,6 +18,7 @@ pub mod read_model;
 pub mod retry;
 pub mod revalidate;
 pub mod stream;
+pub mod systemd;
 pub mod telemetry;
 pub mod urls;
 pub mod worker;

@@ -13,4 +13,5 @@ mod processes;
 mod properties;
 mod recovery;
 mod secrets;
+mod systemd;
 mod worker;
