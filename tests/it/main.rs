@@ -4,6 +4,7 @@
 mod api_security;
 mod chaos;
 mod dashboard;
+mod deploy;
 mod helpers;
 mod intake;
 mod local_services;
