@@ -21,6 +21,7 @@ pub mod read_model;
 pub mod redis;
 pub mod runtime;
 pub mod secrets;
+pub mod systemd;
 pub mod telemetry;
 pub mod urls;
 

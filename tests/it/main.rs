@@ -4,6 +4,7 @@
 mod api_security;
 mod chaos;
 mod dashboard;
+mod deploy;
 mod helpers;
 mod intake;
 mod local_services;
@@ -13,4 +14,5 @@ mod processes;
 mod properties;
 mod recovery;
 mod secrets;
+mod systemd;
 mod worker;
