@@ -4,6 +4,7 @@
 mod api_security;
 mod chaos;
 mod dashboard;
+mod fuzz;
 mod helpers;
 mod intake;
 mod local_services;
