@@ -5,6 +5,7 @@ mod api_security;
 mod chaos;
 mod dashboard;
 mod deploy;
+mod fuzz;
 mod helpers;
 mod intake;
 mod local_services;
