@@ -7,6 +7,7 @@ mod dashboard;
 mod helpers;
 mod intake;
 mod local_services;
+mod metrics;
 mod operator;
 mod poison;
 mod processes;
