@@ -53,6 +53,8 @@ use crate::read_model::cached::Cached;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
+use crate::telemetry::metrics;
+use crate::telemetry::readiness::{self, Check};
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -144,6 +146,7 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: Settings) -> Self {
+        metrics::install();
         let access = Arc::new(Access::new(&tuning));
         Self { db, redis, keys, ttls, tuning, access, queries: Arc::default() }
     }
@@ -193,20 +196,26 @@ pub fn routes(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// The routes plus `/healthz` and `/readyz` (Postgres reachable).
+/// The routes plus `/healthz`, `/readyz` (Postgres reachable; Redis
+/// reported) and `/metrics`.
 pub fn app(state: ApiState) -> Router {
     let health = Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
         .with_state(state.clone());
     routes(state).merge(health)
 }
 
+/// Postgres is required; without Redis the routes answer from Postgres
+/// (`BYPASS`), so it is reported but keeps the API ready.
 async fn readyz(State(state): State<ApiState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => Json(json!({ "status": "ready", "redis": state.redis.get().is_some() })).into_response(),
-        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("postgres: {err}")),
-    }
+    let postgres = readiness::probe_postgres(&state.db).await;
+    let redis = match state.redis() {
+        Some(redis) => readiness::probe_redis(&redis).await,
+        None => Err("not connected yet".to_owned()),
+    };
+    readiness::answer(&[Check::required("postgres", postgres), Check::optional("redis", redis)])
 }
 
 /// A request the API cannot answer as asked.
@@ -497,6 +506,12 @@ fn not_found(item: &Cached, missing: Missing) -> ApiError {
 }
 
 fn answer(value: &Value, outcome: Outcome) -> Response {
+    metrics::cache_request(match outcome {
+        Outcome::Hit => "hit",
+        Outcome::Miss => "miss",
+        Outcome::Stale => "stale",
+        Outcome::Bypass => "bypass",
+    });
     let mut response = Json(value.clone()).into_response();
     response.headers_mut().insert("x-cache", HeaderValue::from_static(outcome.as_str()));
     response

@@ -471,7 +471,7 @@ pub struct WorkerTuning {
     #[arg(long, env = "FLEET_CONSUMER_LEASE_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(300..=600_000), value_name = "FLEET_CONSUMER_LEASE_MS")]
     pub lease_ms: u64,
-    /// Serve the worker's /healthz and /readyz on this address (off when unset).
+    /// Serve the worker's /healthz, /readyz and /metrics on this address (off when unset).
     #[arg(long, env = "FLEET_HEALTH_LISTEN", value_name = "FLEET_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
     #[command(flatten)]

@@ -8,7 +8,7 @@
 //! that signed it when that key is bound to a school, else the body's
 //! `tenant_id`. Headers are not signed, so none of them decides tenancy.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
 use crate::secrets::{KeyScope, WebhookKeys};
+use crate::telemetry::metrics::{self, Answer};
+use crate::telemetry::readiness::{self, Check};
 
 pub use signature::sign;
 use signature::signer;
@@ -103,6 +105,7 @@ struct IntakeState {
 
 /// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
 pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Router {
+    metrics::install();
     let body_limit = settings.max_body_bytes;
     let state = IntakeState { redis, keys, settings };
     Router::new()
@@ -110,6 +113,7 @@ pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Route
         .route("/api/webhooks/enrollment", post(receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -147,6 +151,18 @@ enum IntakeError {
     QueueUnavailable(#[source] redis::RedisError),
 }
 
+impl IntakeError {
+    fn answer(&self) -> Answer {
+        match self {
+            Self::TooLarge(_) => Answer::TooLarge,
+            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => Answer::Invalid,
+            Self::MissingSignature | Self::BadSignature => Answer::Unauthorized,
+            Self::TenantNotTheKeys => Answer::Forbidden,
+            Self::QueueUnavailable(_) => Answer::Unavailable,
+        }
+    }
+}
+
 impl IntoResponse for IntakeError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -164,11 +180,31 @@ impl IntoResponse for IntakeError {
     }
 }
 
+/// Answers a webhook and counts the answer (by topic, once the body is
+/// parsed) and its latency.
 async fn receive(
     State(state): State<IntakeState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IntakeError> {
+    let started = Instant::now();
+    let mut topic = None;
+    let result = accept(&state, &headers, body, &mut topic).await;
+    let answer = match &result {
+        Ok((answer, _)) => *answer,
+        Err(err) => err.answer(),
+    };
+    metrics::webhook(topic.as_deref(), answer, started.elapsed());
+    result.map(|(_, json)| json)
+}
+
+/// Checks, parses and queues a webhook; sets `topic` once it is known.
+async fn accept(
+    state: &IntakeState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    topic_seen: &mut Option<String>,
+) -> Result<(Answer, Json<serde_json::Value>), IntakeError> {
     let received_at = Utc::now();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -194,15 +230,15 @@ async fn receive(
         tracing::warn!(error = %err, "signed webhook rejected: not a Thinkific event");
     })?;
     let topic = envelope.topic();
+    *topic_seen = Some(topic.clone());
     let tenant = tenant_of(scope, envelope.tenant_id.as_ref()).inspect_err(|err| match (err, scope) {
         (IntakeError::TenantNotTheKeys, KeyScope::School(key_school)) => tracing::warn!(
-            event_id = %envelope.id, %topic, %key_school,
-            body_tenant_id = envelope.tenant_id.as_ref().map(TenantId::as_str),
+            event_id = %envelope.id, %topic, tenant = envelope.tenant_id.as_ref().map(TenantId::as_str), %key_school,
             "signed webhook rejected: its tenant_id is not the school its key is bound to; if one key \
              signs for several schools, move it from THINKIFIC_SCHOOL_KEYS to THINKIFIC_WEBHOOK_SECRET"
         ),
         _ => tracing::warn!(
-            event_id = %envelope.id, %topic,
+            event_id = %envelope.id, %topic, tenant = "unknown",
             "signed webhook rejected: no tenant_id, and its key is valid for any school; bind the key of \
              the school whose webhooks lack tenant_id to it in THINKIFIC_SCHOOL_KEYS"
         ),
@@ -210,44 +246,37 @@ async fn receive(
     let tenant_id = tenant.as_str();
     let subdomain = headers.get(SUBDOMAIN_HEADER).and_then(|value| value.to_str().ok());
     if subdomain.is_some_and(|subdomain| subdomain != tenant_id) {
-        tracing::debug!(tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
+        tracing::debug!(event_id = %envelope.id, %topic, tenant = tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
     }
     let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
     let mut redis = state.redis.clone();
     let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
         .await
         .map_err(|err| {
+            metrics::dependency_up("redis", false);
             tracing::error!(
-                error = %err, event_id = %envelope.id, %topic,
+                error = %err, event_id = %envelope.id, %topic, tenant = tenant_id,
                 "could not queue webhook, answered 503 (Thinkific will retry); check that Redis is up and REDIS_URL is right"
             );
             IntakeError::QueueUnavailable(err)
         })?;
-    let (status, entry_id) = match enqueued {
-        Enqueued::Accepted(id) => ("accepted", id),
-        Enqueued::Duplicate(id) => ("duplicate", id),
+    metrics::dependency_up("redis", true);
+    let (answer, entry_id) = match enqueued {
+        Enqueued::Accepted(id) => (Answer::Accepted, id),
+        Enqueued::Duplicate(id) => (Answer::Duplicate, id),
     };
-    tracing::info!(event_id = %envelope.id, %topic, tenant_id, status, stream_entry_id = %entry_id, "webhook received");
-    Ok(Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id })))
+    let status = answer.as_str();
+    tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, stream_entry_id = %entry_id, "webhook received");
+    Ok((answer, Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id }))))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when Redis answers: the intake needs nothing else.
 async fn readyz(State(state): State<IntakeState>) -> Response {
-    let mut redis = state.redis.clone();
-    let ping = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async::<String>(&mut redis)).await;
-    match ping {
-        Ok(Ok(_)) => Json(json!({ "status": "ready", "redis": "ok" })).into_response(),
-        Ok(Err(err)) => not_ready(err.to_string()),
-        Err(_) => not_ready("timed out".into()),
-    }
-}
-
-fn not_ready(reason: String) -> Response {
-    tracing::warn!(%reason, "not ready: Redis unreachable");
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "redis": reason }))).into_response()
+    readiness::answer(&[Check::required("redis", readiness::probe_redis(&state.redis).await)])
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ async fn survive_an_outage_of(dependency: &str) {
         ctx.enqueue(&progress_event(n)).await;
     }
     eventually("readiness reports the outage", Duration::from_secs(20), || async {
-        matches!(readiness(health_port).await, Some((503, body)) if body["dependency"] == dependency)
+        matches!(readiness(health_port).await, Some((503, body)) if body["dependencies"][dependency]["state"] == "down")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -9,6 +9,7 @@ mod fuzz;
 mod helpers;
 mod intake;
 mod local_services;
+mod metrics;
 mod operator;
 mod poison;
 mod processes;
