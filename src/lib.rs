@@ -17,6 +17,7 @@ pub mod operator;
 pub mod read_model;
 pub mod retry;
 pub mod revalidate;
+pub mod scheduled;
 pub mod stream;
 pub mod telemetry;
 pub mod urls;
