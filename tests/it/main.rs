@@ -12,5 +12,6 @@ mod poison;
 mod processes;
 mod properties;
 mod recovery;
+mod scheduled;
 mod secrets;
 mod worker;
