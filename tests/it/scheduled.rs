@@ -1,17 +1,20 @@
 //! The scheduled jobs: each repairs what it is for (drift injected by hand),
-//! and each occurrence runs once across two runners sharing a prefix.
+//! each occurrence runs once across two runners sharing a prefix (in-process
+//! and as two `fleet worker` processes), and what the read API serves is
+//! kept warm.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use fleet::api::cache_status;
 use fleet::read_model::cached::Cached;
 use fleet::redis::cache::{self, Lookup, Ttls};
 use fleet::scheduled::{self, dead_letter_age, reconcile, retention, rewarm, Job, JobSchedule, ScheduleSettings};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{context, eventually, TestContext};
+use crate::helpers::{api_tuning, context, eventually, fleet, signal, wait_exit, TestContext};
 
 /// One enrollment, straight in Postgres (the statistics triggers count it).
 async fn enroll(
@@ -430,6 +433,105 @@ async fn each_occurrence_runs_once_across_two_runners() {
     assert_ran_once_each(&ctx, ["runner-a", "runner-b"], &jobs).await;
 }
 
+/// The same across two real `fleet worker` processes, configured only by
+/// their environment: the schedules are part of the worker.
+#[tokio::test]
+async fn two_worker_processes_share_the_occurrences() {
+    let ctx = context().await;
+    seed(&ctx).await;
+    inject_drift(&ctx).await;
+    let runners = ["scheduled-a", "scheduled-b"];
+    let mut workers = runners.map(|name| {
+        fleet(&ctx, &["worker"])
+            .env("FLEET_CONSUMER_NAME", name)
+            .env("FLEET_SCHEDULE_RECONCILE", "* * * * * *")
+            .env("FLEET_SCHEDULE_DEAD_LETTER_AGE", "* * * * * *")
+            .env("FLEET_SCHEDULE_RETENTION", "off")
+            .env("FLEET_SCHEDULE_REWARM", "off")
+            .spawn()
+            .expect("spawn fleet worker")
+    });
+
+    let jobs = [Job::Reconcile, Job::DeadLetterAge];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !tried_by_both(&runs(&ctx).await, &jobs, 3) {
+        for worker in &mut workers {
+            if worker.try_wait().expect("try_wait").is_some() {
+                let (status, stderr) = wait_exit(worker).await;
+                panic!("a worker exited early ({status:?}):\n{stderr}");
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for shared occurrences");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for worker in &workers {
+        signal(worker, "TERM");
+    }
+    for worker in &mut workers {
+        let (status, stderr) = wait_exit(worker).await;
+        assert!(status.success(), "exit status {status:?}; stderr:\n{stderr}");
+        assert!(stderr.contains("scheduled jobs stopped"), "{stderr}");
+    }
+    assert_ran_once_each(&ctx, runners, &jobs).await;
+}
+
+/// A dashboard read through the API is recorded, and the rewarm job keeps
+/// the value a HIT long after the API's own TTL would have let it expire.
+#[tokio::test]
+async fn rewarm_keeps_what_the_api_served_a_hit() {
+    let ctx = context().await;
+    seed(&ctx).await;
+    let one_second = Ttls {
+        enrollments: Duration::from_secs(1),
+        statistics: Duration::from_secs(1),
+        dashboard: Duration::from_secs(1),
+    };
+    let api = ctx.spawn_api_with(api_tuning(), one_second).await;
+    let path = "/api/dashboard/cached?tenant_id=school-a";
+    let first = api.get(path).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(cache_status(first.headers()), Some("MISS"));
+
+    let read = Cached::Dashboard { tenant: "school-a".into() };
+    let key = read.key(&ctx.keys);
+    let (ctx_ref, member) = (&ctx, rewarm::member(&read));
+    eventually("the API records the read", Duration::from_secs(5), || {
+        let member = member.clone();
+        async move {
+            let mut redis = ctx_ref.redis.clone();
+            let score: Option<f64> = redis.zscore(ctx_ref.keys.cache_reads(), member).await.expect("ZSCORE");
+            score.is_some()
+        }
+    })
+    .await;
+
+    // The rewarm job every second, writing with the worker's TTLs (300 s for a dashboard).
+    let shutdown = CancellationToken::new();
+    let settings = every_second("rewarmer", &[Job::Rewarm]);
+    let jobs =
+        tokio::spawn(scheduled::run(settings, ctx.db.clone(), ctx.redis.clone(), ctx.keys.clone(), shutdown.clone()));
+    let key_ref = &key;
+    eventually("the read value is rewarmed", Duration::from_secs(10), || async move {
+        fresh_until(ctx_ref, key_ref).await.is_some_and(|until| until > Utc::now().timestamp_millis() + 200_000)
+    })
+    .await;
+    // Past the API's TTL and as long again: left alone, the value would be gone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = api.get(path).await;
+    assert_eq!(later.status(), 200);
+    assert_eq!(cache_status(later.headers()), Some("HIT"));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), jobs).await.expect("stops on shutdown").expect("no panic");
+    let rewarms: Vec<_> = runs(&ctx)
+        .await
+        .into_iter()
+        .filter(|((job, _), _)| job == "rewarm")
+        .flat_map(|(_, attempts)| attempts)
+        .collect();
+    assert!(rewarms.iter().any(|attempt| attempt.summary.contains("1 recomputed, 1 written")), "{rewarms:?}");
+}
+
 #[test]
 fn schedules_parse_from_configuration() {
     for text in ["0 0 * * * *", "*/30 * * * * *", "@hourly", "*/5 * * * *", "OFF", " off "] {
@@ -443,4 +545,31 @@ fn schedules_parse_from_configuration() {
     let next = five_fields.next_after(at).expect("next");
     assert_eq!(next.to_rfc3339(), "2026-01-01T10:05:00+00:00");
     assert!(matches!("off".parse::<JobSchedule>(), Ok(JobSchedule::Off)));
+}
+
+/// The settings are part of `fleet worker`'s and `fleet dev`'s arguments,
+/// with their defaults and overrides.
+#[test]
+fn settings_are_worker_and_dev_arguments() {
+    use clap::Parser;
+    use fleet::cli::{Cli, Command};
+
+    let urls = ["--redis-url", "redis://127.0.0.1:1", "--database-url", "postgres://fleet@127.0.0.1:1/fleet"];
+    let worker = |extra: &[&str]| {
+        let args = ["fleet", "worker"].iter().chain(&urls).chain(extra).copied().collect::<Vec<_>>();
+        Cli::try_parse_from(args).map(|cli| match cli.command {
+            Command::Worker(args) => args.schedule,
+            other => panic!("not the worker: {other:?}"),
+        })
+    };
+    let parsed = worker(&["--schedule-rewarm", "off", "--events-retention-days", "7"]).expect("parse");
+    assert!(matches!(parsed.schedule_rewarm, JobSchedule::Off));
+    assert!(matches!(parsed.schedule_reconcile, JobSchedule::Cron(_)));
+    assert_eq!(parsed.events_retention_days, 7);
+    assert_eq!(parsed.rewarm_max_items, 1000, "a default");
+    assert!(worker(&["--schedule-reconcile", "hourly"]).is_err());
+
+    let dev = Cli::try_parse_from(["fleet", "dev", "--schedule-dead-letter-age", "off"]).expect("parse");
+    let Command::Dev(dev) = dev.command else { panic!("not dev") };
+    assert!(matches!(dev.schedule.schedule_dead_letter_age, JobSchedule::Off));
 }
