@@ -9,6 +9,7 @@
 pub mod api;
 pub mod intake;
 pub mod operator;
+pub mod scheduled;
 pub mod worker;
 
 // The command line: clap, and the one place that knows every role.

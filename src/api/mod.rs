@@ -8,7 +8,9 @@
 //! query per key to Postgres, not one per request. When Redis is down every
 //! route answers from Postgres (`BYPASS`). Every answer says which in
 //! `X-Cache`. A school, course or page that does not exist is a 404 and
-//! leaves nothing in the cache.
+//! leaves nothing in the cache. Every HIT, STALE and MISS is also recorded,
+//! after the answer, as a recent read (`crate::scheduled::rewarm::record_read`),
+//! so the rewarm job keeps what the dashboard reads fresh.
 //!
 //! The answers hold learners' names and emails, so every request passes,
 //! in this order:
@@ -55,6 +57,7 @@ use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
 use crate::telemetry::metrics;
 use crate::telemetry::readiness::{self, Check};
+use crate::scheduled::rewarm;
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -521,6 +524,7 @@ fn answer(value: &Value, outcome: Outcome) -> Response {
 /// Only values that exist are cached: a 404 leaves no key and no tag.
 async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
     let key = item.key(&state.keys);
+    let read = item.clone();
     let compute = {
         let state = state.clone();
         move || compute(state.clone(), item.clone())
@@ -536,9 +540,14 @@ async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
         }
     };
     let counter = redis.clone();
+    // Counts the outcome and records the read for the rewarm job, after the
+    // answer: neither may delay it, and a failure of either is harmless.
     let count = |outcome| {
-        let (mut redis, keys) = (counter.clone(), state.keys.clone());
-        tokio::spawn(async move { cache::count(&mut redis, &keys, outcome).await });
+        let (mut redis, keys, read) = (counter.clone(), state.keys.clone(), read.clone());
+        tokio::spawn(async move {
+            let _ = cache::count(&mut redis, &keys, outcome).await;
+            let _ = rewarm::record_read(&mut redis, &keys, &read).await;
+        });
     };
     match lookup {
         Lookup::Fresh(value) => {

@@ -441,6 +441,8 @@ pub struct WorkerArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub tuning: WorkerTuning,
+    #[command(flatten)]
+    pub schedule: crate::scheduled::ScheduleSettings,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -538,6 +540,8 @@ pub struct DevArgs {
     pub intake: IntakeTuning,
     #[command(flatten)]
     pub worker: WorkerTuning,
+    #[command(flatten)]
+    pub schedule: crate::scheduled::ScheduleSettings,
     #[command(flatten)]
     pub api: ApiTuning,
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     ApiArgs, CacheCommand, Command, ConfigError, DevArgs, DlqCommand, DlqFilter, DlqSelection, IntakeArgs,
@@ -17,6 +19,7 @@ use crate::local_services::{write_private_file, LocalPostgres, LocalRedis};
 use crate::operator::dlq::{Filter, Selection};
 use crate::redis::keys::Keys;
 use crate::runtime::{serve, shutdown_on_signals};
+use crate::scheduled::{self, ScheduleSettings};
 use crate::secrets::{WebhookKeys, WebhookSecrets};
 use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::health;
@@ -117,12 +120,14 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings()?;
+    let schedule = args.schedule.clone().with_worker(&settings);
     let pool = connect_postgres(args.database.database_url.as_str()).await?;
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys.clone(), settings).await?;
+    let worker = Worker::connect(pool.clone(), args.redis.redis_url.as_str(), keys.clone(), settings).await?;
     let worker = with_revalidation(worker, &args.tuning.revalidate, args.redis.redis_url.as_str(), &keys).await?;
     let shutdown = shutdown_on_signals();
+    let jobs = spawn_scheduled(schedule, pool, args.redis.redis_url.as_str(), &keys, &shutdown).await?;
     if let Some(address) = args.tuning.health_listen {
         let listener = TcpListener::bind(address)
             .await
@@ -130,8 +135,31 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         tracing::info!(%address, "worker health on /healthz and /readyz");
         tokio::spawn(serve(listener, health::router(worker.health()), shutdown.clone()));
     }
-    worker.run(shutdown).await?;
+    let worker_result = worker.run(shutdown.clone()).await;
+    // A worker that stopped with an error takes the jobs down with it.
+    shutdown.cancel();
+    stop_scheduled(jobs).await;
+    worker_result?;
     Ok(())
+}
+
+/// Runs the scheduled jobs beside the worker loop, on a Redis connection of
+/// their own, until `shutdown` fires.
+async fn spawn_scheduled(
+    schedule: ScheduleSettings,
+    pool: PgPool,
+    redis_url: &str,
+    keys: &Keys,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let redis = connect_redis(redis_url).await?;
+    Ok(tokio::spawn(scheduled::run(schedule, pool, redis, keys.clone(), shutdown.clone())))
+}
+
+async fn stop_scheduled(jobs: JoinHandle<()>) {
+    if let Err(err) = jobs.await {
+        tracing::error!(error = %err, "the scheduled jobs ended abnormally");
+    }
 }
 
 /// Attaches the revalidation hook when `REVALIDATE_URL` is set.
@@ -206,9 +234,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
 
     let worker_settings = args.worker.settings()?;
+    let schedule = args.schedule.clone().with_worker(&worker_settings);
     let worker = Worker::connect(pool.clone(), redis_url.as_str(), keys.clone(), worker_settings).await?;
     let worker = with_revalidation(worker, &args.worker.revalidate, redis_url.as_str(), &keys).await?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let jobs = spawn_scheduled(schedule, pool.clone(), redis_url.as_str(), &keys, &shutdown).await?;
 
     let address = args.listen.address()?;
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
@@ -230,6 +260,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     if let Ok(Err(err)) = worker_task.await {
         tracing::error!(error = %err, "worker stopped with an error");
     }
+    stop_scheduled(jobs).await;
     drop(local_redis);
     drop(local_postgres);
     intake_result.context("intake task failed")??;

@@ -15,6 +15,7 @@ mod poison;
 mod processes;
 mod properties;
 mod recovery;
+mod scheduled;
 mod secrets;
 mod systemd;
 mod worker;
