@@ -8,7 +8,8 @@
 //! query per key to Postgres, not one per request. When Redis is down every
 //! route answers from Postgres (`BYPASS`). Every answer says which in
 //! `X-Cache`. A school, course or page that does not exist is a 404 and
-//! leaves nothing in the cache.
+//! leaves nothing in the cache. While Postgres is down (at start-up too: the
+//! API listens before it is reachable), `/readyz` and the routes answer 503.
 //!
 //! The answers hold learners' names and emails, so every request passes,
 //! in this order:
@@ -47,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Dependency, Health};
 use crate::secrets::{ApiToken, SchoolTokens};
 
 use crate::read_model::cached::Cached;
@@ -140,35 +142,41 @@ pub struct ApiState {
     tuning: Settings,
     access: Arc<Access>,
     queries: Arc<AtomicU64>,
+    health: Health,
 }
 
 impl ApiState {
     pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: Settings) -> Self {
         let access = Arc::new(Access::new(&tuning));
-        Self { db, redis, keys, ttls, tuning, access, queries: Arc::default() }
+        let health = Health::default().with_optional(Dependency::Redis);
+        if redis.get().is_some() {
+            health.up(Dependency::Redis);
+        }
+        Self { db, redis, keys, ttls, tuning, access, queries: Arc::default(), health }
     }
 
     /// The state of a read API whose Redis is reached in the background:
-    /// the routes bypass the cache until it is, Postgres is required.
+    /// the routes bypass the cache until it is. Postgres is required: not
+    /// ready until it is reported up on [`ApiState::health`].
     pub fn connect(db: PgPool, redis_url: &str, keys: Keys, ttls: Ttls, settings: Settings) -> Self {
         let redis = Arc::new(OnceCell::new());
-        let cell = redis.clone();
+        let mut state = Self::new(db, redis.clone(), keys, ttls, settings);
+        state.health = Health::requiring(&[Dependency::Postgres]).with_optional(Dependency::Redis);
+        let health = state.health.clone();
         let url = redis_url.to_owned();
         tokio::spawn(async move {
-            loop {
-                match crate::redis::connect(&url, Duration::from_secs(1)).await {
-                    Ok(conn) => {
-                        let _ = cell.set(conn);
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "read API cannot reach Redis; answering from Postgres until it can");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
+            // For the life of the process: nothing to stop.
+            let forever = CancellationToken::new();
+            if let Some(conn) = crate::redis::connect_waiting(&url, Duration::from_secs(1), &health, &forever).await {
+                let _ = redis.set(conn);
             }
         });
-        Self::new(db, redis, keys, ttls, settings)
+        state
+    }
+
+    /// Which dependencies answer, as `/readyz` reports them.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Postgres queries the routes have sent (cache misses and bypasses).
@@ -202,11 +210,20 @@ pub fn app(state: ApiState) -> Router {
     routes(state).merge(health)
 }
 
+/// 503 naming Postgres while it does not answer; Redis is reported but not
+/// required (the routes bypass the cache without it).
 async fn readyz(State(state): State<ApiState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => Json(json!({ "status": "ready", "redis": state.redis.get().is_some() })).into_response(),
-        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("postgres: {err}")),
+    if state.health.outage().is_none() {
+        if let Err(err) = sqlx::query("SELECT 1").execute(&state.db).await {
+            let redis = if state.redis.get().is_some() { "ok" } else { "connecting" };
+            let body = json!({
+                "status": "waiting", "dependency": "postgres", "postgres": "waiting", "redis": redis,
+                "error": err.to_string(),
+            });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
     }
+    state.health.readyz()
 }
 
 /// A request the API cannot answer as asked.
