@@ -8,6 +8,7 @@ mod helpers;
 mod intake;
 mod local_services;
 mod operator;
+mod outages;
 mod poison;
 mod processes;
 mod properties;
