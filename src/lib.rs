@@ -17,6 +17,7 @@ pub mod cli;
 
 // Shared plumbing, below the roles.
 pub mod db;
+pub mod health;
 pub mod local_services;
 pub mod read_model;
 pub mod redis;

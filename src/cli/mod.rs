@@ -561,6 +561,48 @@ pub enum ConfigError {
          or the app's client secret)"
     )]
     DevelopmentWebhookKey,
+    #[error(
+        "the read API serves learners' names and emails and will not run open: set FLEET_API_TOKEN \
+         (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
+    )]
+    ApiWithoutToken,
+}
+
+/// Exit codes scripts and supervisors can rely on (also in the README):
+///
+/// | code | meaning |
+/// |---|---|
+/// | 0 | done, or stopped by SIGTERM / Ctrl-C (also while waiting for Redis or Postgres) |
+/// | 1 | unexpected failure (e.g. an operator command cannot reach Redis, a port is taken) |
+/// | 2 | usage or configuration error (clap's, and [`ConfigError`]); an operator command refused |
+/// | 3 | an operator command: some named dead letter does not exist |
+/// | 4 | the database schema is behind this binary: run `fleet migrate` |
+/// | 5 | the consumer name is held by another live worker |
+///
+/// A role never exits because Redis or Postgres is unreachable: it waits.
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const CONFIGURATION: u8 = 2;
+    pub const SCHEMA_BEHIND: u8 = 4;
+    pub const CONSUMER_NAME_HELD: u8 = 5;
+}
+
+/// The exit code of a command that failed with `err` (see [`exit`]).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use crate::worker::WorkerError;
+    if let Some(exit) = err.downcast_ref::<crate::operator::OperatorExit>() {
+        return exit.code;
+    }
+    if err.downcast_ref::<ConfigError>().is_some() {
+        return exit::CONFIGURATION;
+    }
+    if err.downcast_ref::<crate::db::SchemaBehind>().is_some() {
+        return exit::SCHEMA_BEHIND;
+    }
+    match err.downcast_ref::<WorkerError>() {
+        Some(WorkerError::ConsumerNameInUse(_) | WorkerError::ConsumerNameLost(_)) => exit::CONSUMER_NAME_HELD,
+        _ => exit::FAILURE,
+    }
 }
 
 impl WorkerTuning {

@@ -4,10 +4,15 @@
 //! acknowledged (2xx) before the event is in the stream: when Redis cannot
 //! take it, Thinkific gets a 503 and retries later.
 //!
+//! The intake listens before Redis is reachable: until it is, `/readyz` and
+//! every webhook answer 503 (with `Retry-After`), and Redis is waited for in
+//! the background (see [`crate::health`]).
+//!
 //! The school an event belongs to comes only from what is signed: the key
 //! that signed it when that key is bound to a school, else the body's
 //! `tenant_id`. Headers are not signed, so none of them decides tenancy.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -23,7 +28,10 @@ use redis::aio::ConnectionManager;
 use serde_json::json;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+
+use crate::health::{self, Dependency, Health};
 
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
@@ -54,35 +62,46 @@ pub struct Settings {
 /// Why the intake cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot connect to Redis; check REDIS_URL and that the server is up")]
-    Redis(#[source] redis::RedisError),
-    #[error("cannot create the consumer group")]
-    Group(#[source] redis::RedisError),
     #[error("cannot listen on {0}")]
     Listen(SocketAddr, #[source] std::io::Error),
 }
 
-/// An intake connected to Redis and bound to its address, ready to serve.
+/// An intake bound to its address, ready to serve.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    state: IntakeState,
+    /// The Redis URL, while Redis is still to be reached.
+    pending: Option<String>,
 }
 
 impl Application {
-    /// Connects to Redis, makes sure the consumer group exists (so entries
-    /// appended before any worker ran are consumed) and binds `address`.
+    /// Binds `address`, then connects to Redis and makes sure the consumer
+    /// group exists (so entries appended before any worker ran are
+    /// consumed). When Redis does not answer at once, it is waited for in
+    /// the background once serving.
     pub async fn build(
         address: SocketAddr,
         redis_url: &str,
         keys: Keys,
         settings: Settings,
     ) -> Result<Self, BuildError> {
-        let mut redis = crate::redis::connect(redis_url, Duration::from_secs(2)).await.map_err(BuildError::Redis)?;
-        stream::ensure_group(&mut redis, &keys).await.map_err(BuildError::Group)?;
         let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
         let address = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
         tracing::info!(%address, stream = %keys.events(), "intake listening");
-        Ok(Self { listener, router: router(redis, keys, settings) })
+        let state = IntakeState {
+            redis: Arc::new(OnceCell::new()),
+            keys,
+            settings,
+            health: Health::requiring(&[Dependency::Redis]),
+        };
+        let mut pending = Some(redis_url.to_owned());
+        if let Ok(mut redis) = crate::redis::connect(redis_url, Duration::from_secs(2)).await {
+            if stream::ensure_group(&mut redis, &state.keys).await.is_ok() {
+                state.connected(redis);
+                pending = None;
+            }
+        }
+        Ok(Self { listener, state, pending })
     }
 
     /// The address it listens on (the port chosen when asked for port 0).
@@ -92,22 +111,57 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        crate::runtime::serve(self.listener, self.router, shutdown).await
+        if let Some(url) = self.pending {
+            tokio::spawn(self.state.clone().connect(url, shutdown.clone()));
+        }
+        crate::runtime::serve(self.listener, routes(self.state), shutdown).await
     }
 }
 
 #[derive(Clone)]
 struct IntakeState {
-    redis: ConnectionManager,
+    /// Empty until Redis has been reached and the group exists.
+    redis: Arc<OnceCell<ConnectionManager>>,
     keys: Keys,
     settings: Settings,
+    health: Health,
+}
+
+impl IntakeState {
+    fn connected(&self, redis: ConnectionManager) {
+        // Set once: only one task connects.
+        let _ = self.redis.set(redis);
+        self.health.up(Dependency::Redis);
+    }
+
+    /// Waits for Redis and the consumer group, then serves webhooks.
+    async fn connect(self, url: String, stop: CancellationToken) {
+        let Some(redis) = crate::redis::connect_waiting(&url, Duration::from_secs(2), &self.health, &stop).await else {
+            return;
+        };
+        let address = crate::urls::shown_address(&url);
+        let group = health::until_reachable(&self.health, Dependency::Redis, &address, &stop, || {
+            let mut redis = redis.clone();
+            let keys = self.keys.clone();
+            async move { stream::ensure_group(&mut redis, &keys).await }
+        });
+        if group.await.is_some() {
+            self.connected(redis);
+            tracing::info!("intake accepting webhooks");
+        }
+    }
 }
 
 /// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
 pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Router {
+    let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default() };
+    state.connected(redis);
+    routes(state)
+}
+
+fn routes(state: IntakeState) -> Router {
     metrics::install();
-    let body_limit = settings.max_body_bytes;
-    let state = IntakeState { redis, keys, settings };
+    let body_limit = state.settings.max_body_bytes;
     Router::new()
         .route("/webhooks/thinkific", post(receive))
         .route("/api/webhooks/enrollment", post(receive))
@@ -149,6 +203,8 @@ enum IntakeError {
     TenantNotTheKeys,
     #[error("the queue is unavailable; retry later")]
     QueueUnavailable(#[source] redis::RedisError),
+    #[error("the queue is not reachable yet; retry later")]
+    NotConnected,
 }
 
 impl IntakeError {
@@ -158,7 +214,7 @@ impl IntakeError {
             Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => Answer::Invalid,
             Self::MissingSignature | Self::BadSignature => Answer::Unauthorized,
             Self::TenantNotTheKeys => Answer::Forbidden,
-            Self::QueueUnavailable(_) => Answer::Unavailable,
+            Self::QueueUnavailable(_) | Self::NotConnected => Answer::Unavailable,
         }
     }
 }
@@ -170,7 +226,7 @@ impl IntoResponse for IntakeError {
             Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => StatusCode::BAD_REQUEST,
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
             Self::TenantNotTheKeys => StatusCode::FORBIDDEN,
-            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueUnavailable(_) | Self::NotConnected => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = (status, Json(json!({ "status": "rejected", "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -249,7 +305,10 @@ async fn accept(
         tracing::debug!(event_id = %envelope.id, %topic, tenant = tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
     }
     let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
-    let mut redis = state.redis.clone();
+    let Some(mut redis) = state.redis.get().cloned() else {
+        tracing::warn!(event_id = %envelope.id, %topic, "Redis not reached yet; webhook answered 503 (Thinkific will retry)");
+        return Err(IntakeError::NotConnected);
+    };
     let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
         .await
         .map_err(|err| {
@@ -276,7 +335,14 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when Redis answers: the intake needs nothing else.
 async fn readyz(State(state): State<IntakeState>) -> Response {
-    readiness::answer(&[Check::required("redis", readiness::probe_redis(&state.redis).await)])
+    let state_of_redis = match state.redis.get() {
+        Some(redis) => readiness::probe_redis(redis).await,
+        None => Err(state.health.outage().map_or_else(
+            || "the consumer group is being created".to_owned(),
+            |(_, error, seconds)| format!("{error} (waiting for {seconds} s)"),
+        )),
+    };
+    readiness::answer(&[Check::required("redis", state_of_redis)])
 }
 
 #[cfg(test)]

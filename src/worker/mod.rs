@@ -60,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::health::{Dependency, Health};
 use self::revalidate::Revalidator;
+use crate::health::Waiter;
 use crate::read_model::cached::{Cached, Touched};
 use crate::redis::failures::{self, Failure, FailureKind};
 use crate::redis::keys::{Keys, GROUP};
@@ -121,6 +122,9 @@ pub enum WorkerError {
     ConsumerNameLost(String),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    /// Shutdown was asked for while the worker waited for a dependency.
+    #[error("stopped while waiting for Redis")]
+    Stopped,
 }
 
 pub struct Worker {
@@ -156,29 +160,68 @@ impl Worker {
     /// Connects to Redis, makes sure the consumer group exists, and takes
     /// the lease on the consumer name. A name whose holder died is free
     /// again once its lease runs out, so this waits up to one lease period
-    /// before refusing.
+    /// before refusing. Waits for Redis while it is unreachable.
     pub async fn connect(db: PgPool, redis_url: &str, keys: Keys, settings: Settings) -> Result<Self, WorkerError> {
-        let reader = crate::redis::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
-        let mut redis = crate::redis::connect(redis_url, Duration::from_secs(5)).await?;
-        stream::ensure_group(&mut redis, &keys).await?;
+        Self::connect_waiting(db, redis_url, keys, settings, Health::default(), &CancellationToken::new()).await
+    }
+
+    /// [`Worker::connect`] reporting to `health` while it waits for Redis
+    /// (a wait at any step, the lease included, is logged once and retried
+    /// with backoff); [`WorkerError::Stopped`] if `stop` fires first.
+    pub async fn connect_waiting(
+        db: PgPool,
+        redis_url: &str,
+        keys: Keys,
+        settings: Settings,
+        health: Health,
+        stop: &CancellationToken,
+    ) -> Result<Self, WorkerError> {
+        let connect = |timeout| crate::redis::connect_waiting(redis_url, timeout, &health, stop);
+        let reader = connect(settings.block + Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
+        let redis = connect(Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
+        let address = crate::urls::shown_address(redis_url);
+        let mut waiter = Waiter::new(&health, Dependency::Redis, &address);
+        loop {
+            match stream::ensure_group(&mut redis.clone(), &keys).await {
+                Ok(()) => break,
+                Err(err) => waiter.pause(&err, stop).await.ok_or(WorkerError::Stopped)?,
+            }
+        }
         let lease_token = uuid::Uuid::new_v4().to_string();
         let consumer = &settings.consumer_name;
-        let deadline = Instant::now() + settings.lease + Duration::from_millis(500);
+        // Refused only once the name was seen held for a whole lease period
+        // with Redis answering: while Redis is down, the holder cannot renew
+        // either, so its lease gets a full period again once Redis is back.
+        let mut deadline = None;
         let mut warned = false;
-        while !leases::hold_consumer_lease(&mut redis, &keys, consumer, &lease_token, settings.lease).await? {
-            if Instant::now() >= deadline {
-                return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
+        loop {
+            match leases::hold_consumer_lease(&mut redis.clone(), &keys, consumer, &lease_token, settings.lease).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    waiter.reached();
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + settings.lease + Duration::from_millis(500));
+                    if Instant::now() >= deadline {
+                        return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
+                    }
+                    if !warned {
+                        tracing::warn!(%consumer, "consumer name is held; waiting for its lease to run out");
+                        warned = true;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(WorkerError::Stopped),
+                        () = tokio::time::sleep((settings.lease / 5).min(Duration::from_millis(500))) => {}
+                    }
+                }
+                Err(err) => {
+                    deadline = None;
+                    waiter.pause(&err, stop).await.ok_or(WorkerError::Stopped)?;
+                }
             }
-            if !warned {
-                tracing::warn!(%consumer, "consumer name is held; waiting for its lease to run out");
-                warned = true;
-            }
-            tokio::time::sleep((settings.lease / 5).min(Duration::from_millis(500))).await;
         }
         metrics::install();
-        metrics::dependency_up(Dependency::Redis.as_str(), true);
-        metrics::dependency_up(Dependency::Postgres.as_str(), true);
-        Ok(Self { db, reader, redis, keys, settings, health: Health::default(), lease_token, revalidator: None })
+        waiter.reached();
+        Ok(Self { db, reader, redis, keys, settings, health, lease_token, revalidator: None })
     }
 
     /// Also POST each batch's invalidated tags to the revalidation hook.

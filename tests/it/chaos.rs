@@ -172,8 +172,9 @@ async fn a_taken_consumer_name_is_refused_and_a_killed_workers_name_comes_back()
         .output()
         .await
         .expect("run a second worker");
-    assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // Its own exit code: a supervisor must not restart it in a loop.
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("is held by another live worker"), "{stderr}");
 
     // Killed, the first worker's lease runs out and a restart takes the name.

@@ -11,6 +11,7 @@ mod intake;
 mod local_services;
 mod metrics;
 mod operator;
+mod outages;
 mod poison;
 mod processes;
 mod properties;
