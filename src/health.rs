@@ -168,13 +168,7 @@ impl Health {
                 .states
                 .iter()
                 .map(|(dependency, state)| {
-                    let state = match state {
-                        State::Up => Ok(()),
-                        State::Connecting => Err("not reached yet".to_owned()),
-                        State::Down { error, since } => {
-                            Err(format!("{error} (waiting for {} s)", since.elapsed().as_secs()))
-                        }
-                    };
+                    let state = Self::describe(state);
                     if inner.optional.contains(dependency) {
                         Check::optional(dependency.as_str(), state)
                     } else {
@@ -184,6 +178,22 @@ impl Health {
                 .collect()
         };
         readiness::answer(&checks)
+    }
+
+    /// What `/readyz` says of `dependency`: `Ok` when it answers, else why
+    /// not (`not reached yet` before the first try; the error and how long
+    /// the role has been waiting after one failed); `None` when this role
+    /// does not track it.
+    pub fn state_of(&self, dependency: Dependency) -> Option<Result<(), String>> {
+        self.lock().states.get(&dependency).map(Self::describe)
+    }
+
+    fn describe(state: &State) -> Result<(), String> {
+        match state {
+            State::Up => Ok(()),
+            State::Connecting => Err("not reached yet".to_owned()),
+            State::Down { error, since } => Err(format!("{error} (waiting for {} s)", since.elapsed().as_secs())),
+        }
     }
 }
 

@@ -223,9 +223,9 @@ pub fn app(state: ApiState) -> Router {
 /// schema check, that wait is the answer); without Redis the routes answer
 /// from Postgres (`BYPASS`), so it is reported but keeps the API ready.
 async fn readyz(State(state): State<ApiState>) -> Response {
-    let postgres = match state.health.outage() {
-        Some((_, error, seconds)) => Err(format!("{error} (waiting for {seconds} s)")),
-        None => readiness::probe_postgres(&state.db).await,
+    let postgres = match state.health.state_of(Dependency::Postgres) {
+        Some(Err(waiting)) => Err(waiting),
+        _ => readiness::probe_postgres(&state.db).await,
     };
     let redis = match state.redis() {
         Some(redis) => readiness::probe_redis(&redis).await,

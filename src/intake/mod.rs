@@ -337,10 +337,10 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<IntakeState>) -> Response {
     let state_of_redis = match state.redis.get() {
         Some(redis) => readiness::probe_redis(redis).await,
-        None => Err(state.health.outage().map_or_else(
-            || "the consumer group is being created".to_owned(),
-            |(_, error, seconds)| format!("{error} (waiting for {seconds} s)"),
-        )),
+        None => match state.health.state_of(Dependency::Redis) {
+            Some(Err(waiting)) => Err(waiting),
+            _ => Err("the consumer group is being created".to_owned()),
+        },
     };
     readiness::answer(&[Check::required("redis", state_of_redis)])
 }

@@ -162,7 +162,10 @@ impl Worker {
     /// again once its lease runs out, so this waits up to one lease period
     /// before refusing. Waits for Redis while it is unreachable.
     pub async fn connect(db: PgPool, redis_url: &str, keys: Keys, settings: Settings) -> Result<Self, WorkerError> {
-        Self::connect_waiting(db, redis_url, keys, settings, Health::default(), &CancellationToken::new()).await
+        // The caller's pool is connected: only Redis is still to be reached.
+        let health = Health::requiring(&[Dependency::Postgres, Dependency::Redis]);
+        health.up(Dependency::Postgres);
+        Self::connect_waiting(db, redis_url, keys, settings, health, &CancellationToken::new()).await
     }
 
     /// [`Worker::connect`] reporting to `health` while it waits for Redis
