@@ -53,6 +53,7 @@ use crate::read_model::cached::Cached;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
+use crate::runtime::HttpSettings;
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -76,6 +77,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     /// The school a request without `tenant_id` is about.
     pub default_tenant: Option<TenantId>,
+    /// Limits on slow and idle clients.
+    pub http: HttpSettings,
 }
 
 impl Settings {
@@ -125,7 +128,8 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        crate::runtime::serve(self.listener, app(self.state), shutdown).await
+        let http = self.state.tuning.http;
+        crate::runtime::serve(self.listener, app(self.state), http, shutdown).await
     }
 }
 

@@ -107,7 +107,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     if webhook_keys.contains(DEV_SECRET.as_bytes()) {
         return Err(ConfigError::DevelopmentWebhookKey.into());
     }
-    let settings = args.tuning.settings(webhook_keys);
+    let settings = args.tuning.settings(webhook_keys, args.http.settings());
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let intake = intake::Application::build(address, args.redis.redis_url.as_str(), keys, settings).await?;
     intake.run_until_stopped(shutdown_on_signals()).await?;
@@ -128,7 +128,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {address} (FLEET_HEALTH_LISTEN)"))?;
         tracing::info!(%address, "worker health on /healthz and /readyz");
-        tokio::spawn(serve(listener, health::router(worker.health()), shutdown.clone()));
+        tokio::spawn(serve(listener, health::router(worker.health()), args.http.settings(), shutdown.clone()));
     }
     worker.run(shutdown).await?;
     Ok(())
@@ -150,7 +150,8 @@ async fn with_revalidation(
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
-    if !args.api.settings().has_tokens() {
+    let settings = args.api.settings(args.http.settings());
+    if !settings.has_tokens() {
         anyhow::bail!(
             "the read API serves learners' names and emails and will not run open: set FLEET_API_TOKEN \
              (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
@@ -161,7 +162,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     check_schema(&pool).await?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let redis_url = args.redis.redis_url.as_str();
-    let api = api::Application::build(address, pool, redis_url, keys, args.cache.ttls(), args.api.settings()).await?;
+    let api = api::Application::build(address, pool, redis_url, keys, args.cache.ttls(), settings).await?;
     api.run_until_stopped(shutdown_on_signals()).await?;
     tracing::info!("read API stopped");
     Ok(())
@@ -214,11 +215,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis = connect_redis(redis_url.as_str()).await?;
-    let api =
-        api::ApiState::connect(pool, redis_url.as_str(), keys.clone(), args.worker.cache.ttls(), args.api.settings());
-    let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?);
+    // One server for both: the read API's routes on the intake's address.
+    let http = args.http.settings();
+    let api_settings = args.api.settings(http);
+    let api = api::ApiState::connect(pool, redis_url.as_str(), keys.clone(), args.worker.cache.ttls(), api_settings);
+    let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, http);
     let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
-    let intake_task = tokio::spawn(serve(listener, app, shutdown.clone()));
+    let intake_task = tokio::spawn(serve(listener, app, http, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
     write_private_file(&example, EXAMPLE_WEBHOOK.trim_end().as_bytes())?;

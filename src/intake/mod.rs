@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
+use crate::runtime::HttpSettings;
 use crate::secrets::{KeyScope, WebhookKeys};
 
 pub use signature::sign;
@@ -47,6 +48,8 @@ pub struct Settings {
     pub keys: WebhookKeys,
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
+    /// Limits on slow and idle clients.
+    pub http: HttpSettings,
 }
 
 /// Why the intake cannot start.
@@ -64,6 +67,7 @@ pub enum BuildError {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    http: HttpSettings,
 }
 
 impl Application {
@@ -80,7 +84,8 @@ impl Application {
         let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
         let address = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
         tracing::info!(%address, stream = %keys.events(), "intake listening");
-        Ok(Self { listener, router: router(redis, keys, settings) })
+        let http = settings.http;
+        Ok(Self { listener, router: router(redis, keys, settings), http })
     }
 
     /// The address it listens on (the port chosen when asked for port 0).
@@ -90,7 +95,7 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        crate::runtime::serve(self.listener, self.router, shutdown).await
+        crate::runtime::serve(self.listener, self.router, self.http, shutdown).await
     }
 }
 

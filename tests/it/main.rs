@@ -13,4 +13,5 @@ mod processes;
 mod properties;
 mod recovery;
 mod secrets;
+mod slow_clients;
 mod worker;
