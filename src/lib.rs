@@ -9,6 +9,7 @@
 pub mod api;
 pub mod intake;
 pub mod operator;
+pub mod scheduled;
 pub mod worker;
 
 // The command line: clap, and the one place that knows every role.
@@ -16,11 +17,13 @@ pub mod cli;
 
 // Shared plumbing, below the roles.
 pub mod db;
+pub mod health;
 pub mod local_services;
 pub mod read_model;
 pub mod redis;
 pub mod runtime;
 pub mod secrets;
+pub mod systemd;
 pub mod telemetry;
 pub mod urls;
 

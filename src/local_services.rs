@@ -7,7 +7,10 @@
 //! deletes its data. So no run leaves servers behind.
 //!
 //! PostgreSQL refuses to run as root; when this process is root, initdb and
-//! the server run as the `postgres` user (or `nobody`).
+//! the server run as the `postgres` user (or `nobody`). That user must be
+//! able to enter every directory above the cluster's: when it cannot (a
+//! checkout in a 0700 home directory, as in most containers),
+//! [`reachable_postgres_dir`] keeps the cluster under `/var/tmp` instead.
 //!
 //! Other users of the machine must not reach the data: each server asks for
 //! a generated password (Postgres with scram-sha-256 for every connection,
@@ -79,7 +82,9 @@ impl Guarded {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some((uid, gid)) = run_as {
-            command.uid(uid).gid(gid);
+            // Our working directory may be closed to that user (a checkout
+            // in a 0700 home), and PostgreSQL changes back to it at start.
+            command.uid(uid).gid(gid).current_dir("/");
         }
         // The guard must not take the terminal's Ctrl-C: this process
         // decides when the server stops.
@@ -262,6 +267,8 @@ pub struct LocalPostgres {
     server: Guarded,
     port: u16,
     password: String,
+    dir: PathBuf,
+    ephemeral: bool,
 }
 
 impl LocalPostgres {
@@ -270,6 +277,8 @@ impl LocalPostgres {
     /// An `ephemeral` cluster trades durability for speed (no fsync) and is
     /// deleted when it stops; otherwise the data stays for the next start.
     pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        // Absolute: the server does not run in our working directory.
+        let dir = &std::path::absolute(dir)?;
         let bin_dir = postgres_bin_dir()?;
         let run_as = unprivileged_user_if_root()?;
         create_private_dir(dir)?;
@@ -290,7 +299,27 @@ impl LocalPostgres {
         if !initialised {
             initdb(&bin_dir, dir, &password, ephemeral, run_as)?;
         }
-        let port = free_port()?;
+        Self::launch(dir, free_port()?, ephemeral, password).await
+    }
+
+    /// Starts a kept (not ephemeral) cluster again after [`LocalPostgres::stop`],
+    /// on the same port, so clients reconnect with their URL.
+    pub async fn restart(&mut self) -> Result<(), LocalServiceError> {
+        self.stop();
+        if self.ephemeral {
+            return Err(LocalServiceError::Failed {
+                what: "restarting PostgreSQL".into(),
+                detail: "an ephemeral cluster is deleted when it stops; start it with ephemeral = false".into(),
+            });
+        }
+        *self = Self::launch(&self.dir, self.port, false, self.password.clone()).await?;
+        Ok(())
+    }
+
+    async fn launch(dir: &Path, port: u16, ephemeral: bool, password: String) -> Result<Self, LocalServiceError> {
+        let bin_dir = postgres_bin_dir()?;
+        let run_as = unprivileged_user_if_root()?;
+        let data = dir.join("data");
         let mut args: Vec<String> = vec!["-D".into(), data.display().to_string(), "-p".into(), port.to_string()];
         let mut settings = vec![
             "listen_addresses=127.0.0.1".to_owned(),
@@ -309,7 +338,7 @@ impl LocalPostgres {
         // Fast shutdown keeps a kept cluster clean; a throwaway one is just killed.
         let (signal, cleanup) = if ephemeral { ("QUIT", Some(dir)) } else { ("INT", None) };
         let server = Guarded::spawn(&bin_dir.join("postgres"), &args, signal, cleanup, &log, run_as)?;
-        let postgres = Self { server, port, password };
+        let postgres = Self { server, port, password, dir: dir.to_owned(), ephemeral };
         postgres.wait_ready(&log).await?;
         Ok(postgres)
     }
@@ -331,6 +360,10 @@ impl LocalPostgres {
     /// show it redacted.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres:{}@127.0.0.1:{}/{database}", self.password, self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server and waits for it to exit.
@@ -365,7 +398,7 @@ fn initdb(
         initdb.arg("--no-sync");
     }
     if let Some((uid, gid)) = run_as {
-        initdb.uid(uid).gid(gid);
+        initdb.uid(uid).gid(gid).current_dir("/");
     }
     let output = initdb.output();
     std::fs::remove_file(&pwfile)?;
@@ -408,6 +441,62 @@ fn postgres_bin_dir() -> Result<PathBuf, LocalServiceError> {
         return Err(LocalServiceError::NotInstalled("initdb"));
     }
     Ok(dir)
+}
+
+/// Where to keep a PostgreSQL cluster wanted in `wanted`: there, unless we
+/// are root and the user PostgreSQL then runs as cannot enter a directory
+/// above it; then in `fleet-dev-postgres-<digest of wanted>` under
+/// `/var/tmp` (or the temp dir), so the next run finds the same cluster.
+pub fn reachable_postgres_dir(wanted: &Path) -> Result<PathBuf, LocalServiceError> {
+    let Some((uid, gid)) = unprivileged_user_if_root()? else {
+        return Ok(wanted.to_owned());
+    };
+    let parent = wanted.parent().unwrap_or(Path::new("/"));
+    if can_enter(parent, uid, gid) {
+        return Ok(wanted.to_owned());
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(wanted.as_os_str().as_encoded_bytes());
+    let name = format!("fleet-dev-postgres-{}", hex::encode(&digest[..8]));
+    for base in [PathBuf::from("/var/tmp"), std::env::temp_dir()] {
+        if can_enter(&base, uid, gid) {
+            let dir = base.join(name);
+            tracing::info!(
+                wanted = %wanted.display(), dir = %dir.display(),
+                "PostgreSQL runs as an unprivileged user, which cannot enter the directory above {}; \
+                 keeping its data in {} instead",
+                wanted.display(), dir.display()
+            );
+            return Ok(dir);
+        }
+    }
+    Err(LocalServiceError::Failed {
+        what: "finding a directory for PostgreSQL".into(),
+        detail: format!(
+            "running as root, PostgreSQL runs as uid {uid}, which cannot enter {}; set FLEET_DEV_DIR to a \
+             directory every user may enter (e.g. /var/tmp/fleet-dev), or DATABASE_URL",
+            parent.display()
+        ),
+    })
+}
+
+/// Whether `uid`/`gid` may enter `dir` and every directory above it (by the
+/// permission bits; supplementary groups are not counted). A missing
+/// directory is created enterable, so it counts as enterable.
+fn can_enter(dir: &Path, uid: u32, gid: u32) -> bool {
+    dir.ancestors().all(|ancestor| match std::fs::metadata(ancestor) {
+        Err(_) => true,
+        Ok(meta) => {
+            let mode = meta.mode();
+            if meta.uid() == uid {
+                mode & 0o100 != 0
+            } else if meta.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            }
+        }
+    })
 }
 
 /// PostgreSQL will not run as root: when we are root, the uid and gid of

@@ -1,3 +1,11 @@
+//! The `fleet` binary: parses the command line and runs it (see
+//! `fleet::cli`). Exit codes, documented in `fleet::cli::exit` and the
+//! README: 0 done or stopped by a signal, 1 unexpected failure, 2 usage or
+//! configuration error (or an operator command refused), 3 a named dead
+//! letter not found, 4 database schema behind this binary, 5 consumer name
+//! held by a live worker. Redis or Postgres being down is waited for, never
+//! an exit.
+
 use clap::Parser;
 use fleet::cli::Cli;
 
@@ -8,13 +16,14 @@ async fn main() -> std::process::ExitCode {
     match fleet::cli::run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            if let Some(exit) = err.downcast_ref::<fleet::operator::OperatorExit>() {
-                eprintln!("fleet: {exit}");
-                return std::process::ExitCode::from(exit.code);
+            let code = fleet::cli::exit_code(&err);
+            if err.downcast_ref::<fleet::operator::OperatorExit>().is_some() {
+                eprintln!("fleet: {err}");
+                return std::process::ExitCode::from(code);
             }
             tracing::error!("{err:#}");
             eprintln!("fleet: {err:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code)
         }
     }
 }

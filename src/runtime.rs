@@ -36,7 +36,7 @@
 //!
 //! These closes are logged at debug level only (a flood of slow clients
 //! must not flood the log) and counted in [`http_stats`]. Why these choices:
-//! `docs/decisions/0010-slow-clients.md`.
+//! `docs/decisions/0014-slow-clients.md`.
 //!
 //! Only HTTP/1 is served, as before (axum is built without HTTP/2).
 

@@ -49,6 +49,24 @@ pub fn redact(url: &url::Url) -> String {
     shown.to_string()
 }
 
+/// The host and port `url` names, for saying what a role waits for: never
+/// a user name, password or option. A socket path when there is no host.
+pub fn shown_address(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return "an unparsable URL".to_owned();
+    };
+    let default_port = match parsed.scheme() {
+        "redis" | "rediss" => Some(6379),
+        "postgres" | "postgresql" => Some(5432),
+        _ => None,
+    };
+    match (parsed.host_str(), parsed.port().or(default_port)) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => parsed.path().to_owned(),
+    }
+}
+
 /// Parses `text` as a URL with one of `schemes`; errors never quote the text.
 fn parse_with_scheme(text: &str, schemes: &[&str], expected: &str) -> Result<url::Url, String> {
     // url's errors are fixed sentences ("invalid port number"), never the input.
@@ -156,6 +174,13 @@ mod tests {
             shown("postgres://u@db/fleet?password=pw&sslmode=require"),
             "postgres://u@db/fleet?password=REDACTED&sslmode=REDACTED"
         );
+    }
+
+    #[test]
+    fn shown_addresses_are_host_and_port_only() {
+        assert_eq!(shown_address("redis://default:hunter2@127.0.0.1:6390/0"), "127.0.0.1:6390");
+        assert_eq!(shown_address("postgres://fleet:hunter2@db/fleet?password=x"), "db:5432");
+        assert_eq!(shown_address("redis+unix:///run/redis.sock"), "/run/redis.sock");
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum EnvelopeError {
     MissingField(&'static str),
     #[error("`{0}` is longer than {MAX_ENVELOPE_FIELD_LEN} characters")]
     FieldTooLong(&'static str),
+    /// Postgres `text` cannot hold U+0000, and the topic is stored.
+    #[error("`{0}` holds U+0000")]
+    NulCharacter(&'static str),
     #[error("`created_at` is not a timestamp")]
     BadCreatedAt,
     #[error(transparent)]
@@ -48,6 +51,9 @@ impl Envelope {
             let text = object.get(name).and_then(parse::string_or_number).ok_or(EnvelopeError::MissingField(name))?;
             if text.len() > MAX_ENVELOPE_FIELD_LEN {
                 return Err(EnvelopeError::FieldTooLong(name));
+            }
+            if text.contains('\0') {
+                return Err(EnvelopeError::NulCharacter(name));
             }
             Ok(text)
         };
@@ -186,7 +192,7 @@ pub struct User {
     pub last_name: Option<String>,
     #[serde(default, deserialize_with = "parse::optional_text")]
     pub company: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parse::optional_json")]
     pub roles: Option<Value>,
     #[serde(default, deserialize_with = "parse::optional_timestamp")]
     pub created_at: Option<DateTime<Utc>>,
@@ -227,9 +233,9 @@ pub struct Order {
     pub product_id: Option<i64>,
     #[serde(default, deserialize_with = "parse::optional_text")]
     pub product_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parse::optional_json")]
     pub coupon: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "parse::optional_json")]
     pub items: Option<Value>,
     #[serde(default, deserialize_with = "parse::optional_id")]
     pub user_id: Option<i64>,
@@ -372,5 +378,24 @@ mod tests {
         let courseless =
             decode(r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":5,"user":{"id":1}}}"#);
         assert!(matches!(courseless, Err(DecodeError::Payload { .. })));
+    }
+
+    #[test]
+    fn what_postgres_cannot_store_is_refused() {
+        // Each was accepted, then refused by Postgres on every retry (SQLSTATE 22021 for U+0000 in
+        // text, 22P05 in jsonb, 22008 before 4713 BC) and dead-lettered as `event`, not `malformed`.
+        // tests/it/fuzz.rs found the NUL in a topic, jobs/tests/fuzz.rs the year -5000.
+        let nul_topic = Envelope::parse(br#"{"id":"1","resource":"user\u0000","action":"signup","tenant_id":"t"}"#);
+        assert!(matches!(nul_topic, Err(EnvelopeError::NulCharacter("resource"))));
+        for body in [
+            r#"{"id":"1","resource":"user","action":"signup","payload":{"id":1,"email":"a\u0000b"}}"#,
+            r#"{"id":"1","resource":"user","action":"signup","payload":{"id":1,"roles":["\u0000"]}}"#,
+            r#"{"id":"1","resource":"order","action":"created","payload":{"id":1,"items":[{"\u0000":1}]}}"#,
+            r#"{"id":"1","resource":"course","action":"created","payload":{"id":1,"updated_at":"-5000-01-01"}}"#,
+        ] {
+            assert!(matches!(decode(body), Err(DecodeError::Payload { .. })), "{body}");
+        }
+        let old = decode(r#"{"id":"1","resource":"quiz","action":"attempted","created_at":"-5000-01-01"}"#);
+        assert!(matches!(old, Err(DecodeError::Envelope(EnvelopeError::BadCreatedAt))));
     }
 }

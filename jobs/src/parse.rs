@@ -5,8 +5,13 @@
 //! scale, and dates come with or without a time. These helpers accept every
 //! form seen in the wild and reject anything else with a message that names
 //! the value.
+//!
+//! What they accept must also be storable: Postgres `text` and `jsonb` hold
+//! no U+0000 and `timestamptz` starts in 4713 BC, so such values are
+//! rejected here, where the worker dead-letters the event as malformed at
+//! once, instead of being refused by Postgres on every retry.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -58,13 +63,37 @@ fn parse_id(value: &Value) -> Option<i64> {
 }
 
 /// A string, number or null as an optional string (order numbers, slugs).
+/// A string holding U+0000 is rejected (see the module).
 pub fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     let value = Value::deserialize(deserializer)?;
+    if holds_nul(&value) {
+        return Err(serde::de::Error::custom(format!("text holds U+0000: {}", describe(&value))));
+    }
     Ok(match value {
         Value::Null => None,
         Value::String(text) => Some(text),
         other => Some(other.to_string()),
     })
+}
+
+/// Any JSON value stored as `jsonb` (roles, coupons, order items); `null`
+/// and absence are `None`. A string or key holding U+0000 is rejected.
+pub fn optional_json<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    let value = Value::deserialize(deserializer)?;
+    if holds_nul(&value) {
+        return Err(serde::de::Error::custom(format!("JSON holds U+0000: {}", describe(&value))));
+    }
+    Ok(Some(value).filter(|value| !value.is_null()))
+}
+
+/// Whether a string or key anywhere in `value` holds U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// `percentage_completed` on the fleet's single scale, 0–100.
@@ -103,7 +132,18 @@ pub fn optional_timestamp<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
     }
 }
 
+/// The earliest year Postgres's `timestamptz` holds: 4713 BC. chrono reads
+/// signed years back to -262144 (`"-5000-01-01"`); its latest, 262143, is
+/// within Postgres's range (294276 AD).
+const EARLIEST_YEAR: i32 = -4712;
+
+/// A timestamp in any form [`optional_timestamp`] accepts, within
+/// Postgres's range.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    parse_any_timestamp(text).filter(|stamp| stamp.year() >= EARLIEST_YEAR)
+}
+
+fn parse_any_timestamp(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(stamp) = DateTime::parse_from_rfc3339(text) {
         return Some(stamp.with_timezone(&Utc));
     }
@@ -160,5 +200,36 @@ mod tests {
         expect("2025-03-14 15:30:11", "2025-03-14T15:30:11Z");
         expect("2025-12-31", "2025-12-31T00:00:00Z");
         assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn timestamps_outside_postgres_range_are_refused() {
+        // Found by jobs/tests/fuzz.rs; Postgres refuses them (SQLSTATE 22008) on every retry.
+        assert_eq!(parse_timestamp("-5000-1-1"), None);
+        assert_eq!(parse_timestamp("-4713-12-31T23:59:59Z"), None);
+        assert!(parse_timestamp("-4712-01-01").is_some());
+        assert!(parse_timestamp("0000-01-01").is_some());
+        assert!(parse_timestamp("9999-12-31T23:59:59Z").is_some());
+    }
+
+    #[derive(Deserialize)]
+    struct Stored {
+        #[serde(default, deserialize_with = "optional_text")]
+        text: Option<String>,
+        #[serde(default, deserialize_with = "optional_json")]
+        json: Option<Value>,
+    }
+
+    #[test]
+    fn values_postgres_cannot_store_are_refused() {
+        // Postgres refuses U+0000 in text (SQLSTATE 22021) and in jsonb (22P05).
+        let stored = |value: Value| serde_json::from_value::<Stored>(value);
+        assert!(stored(json!({"text": "a\u{0}b"})).is_err());
+        assert!(stored(json!({"json": ["a", {"b": "\u{0}"}]})).is_err());
+        assert!(stored(json!({"json": {"\u{0}": 1}})).is_err());
+        let fine = stored(json!({"text": 12, "json": {"a": ["\\0"]}})).expect("storable");
+        assert_eq!((fine.text.as_deref(), fine.json), (Some("12"), Some(json!({"a": ["\\0"]}))));
+        let null = stored(json!({"json": null})).expect("null is absence");
+        assert_eq!((null.text, null.json), (None, None));
     }
 }

@@ -8,7 +8,11 @@
 //! query per key to Postgres, not one per request. When Redis is down every
 //! route answers from Postgres (`BYPASS`). Every answer says which in
 //! `X-Cache`. A school, course or page that does not exist is a 404 and
-//! leaves nothing in the cache.
+//! leaves nothing in the cache. While Postgres is down (at start-up too: the
+//! API listens before it is reachable), `/readyz` and the routes answer 503.
+//! Every HIT, STALE and MISS is also recorded, after the answer, as a recent
+//! read (`crate::scheduled::rewarm::record_read`), so the rewarm job keeps
+//! what the dashboard reads fresh.
 //!
 //! The answers hold learners' names and emails, so every request passes,
 //! in this order:
@@ -47,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Dependency, Health};
 use crate::secrets::{ApiToken, SchoolTokens};
 
 use crate::read_model::cached::Cached;
@@ -54,6 +59,9 @@ use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
 use crate::runtime::HttpSettings;
+use crate::scheduled::rewarm;
+use crate::telemetry::metrics;
+use crate::telemetry::readiness::{self, Check};
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);
@@ -144,35 +152,42 @@ pub struct ApiState {
     tuning: Settings,
     access: Arc<Access>,
     queries: Arc<AtomicU64>,
+    health: Health,
 }
 
 impl ApiState {
     pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: Settings) -> Self {
+        metrics::install();
         let access = Arc::new(Access::new(&tuning));
-        Self { db, redis, keys, ttls, tuning, access, queries: Arc::default() }
+        let health = Health::default().with_optional(Dependency::Redis);
+        if redis.get().is_some() {
+            health.up(Dependency::Redis);
+        }
+        Self { db, redis, keys, ttls, tuning, access, queries: Arc::default(), health }
     }
 
     /// The state of a read API whose Redis is reached in the background:
-    /// the routes bypass the cache until it is, Postgres is required.
+    /// the routes bypass the cache until it is. Postgres is required: not
+    /// ready until it is reported up on [`ApiState::health`].
     pub fn connect(db: PgPool, redis_url: &str, keys: Keys, ttls: Ttls, settings: Settings) -> Self {
         let redis = Arc::new(OnceCell::new());
-        let cell = redis.clone();
+        let mut state = Self::new(db, redis.clone(), keys, ttls, settings);
+        state.health = Health::requiring(&[Dependency::Postgres]).with_optional(Dependency::Redis);
+        let health = state.health.clone();
         let url = redis_url.to_owned();
         tokio::spawn(async move {
-            loop {
-                match crate::redis::connect(&url, Duration::from_secs(1)).await {
-                    Ok(conn) => {
-                        let _ = cell.set(conn);
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "read API cannot reach Redis; answering from Postgres until it can");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                }
+            // For the life of the process: nothing to stop.
+            let forever = CancellationToken::new();
+            if let Some(conn) = crate::redis::connect_waiting(&url, Duration::from_secs(1), &health, &forever).await {
+                let _ = redis.set(conn);
             }
         });
-        Self::new(db, redis, keys, ttls, settings)
+        state
+    }
+
+    /// Which dependencies answer, as `/readyz` reports them.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Postgres queries the routes have sent (cache misses and bypasses).
@@ -197,20 +212,30 @@ pub fn routes(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// The routes plus `/healthz` and `/readyz` (Postgres reachable).
+/// The routes plus `/healthz`, `/readyz` (Postgres reachable; Redis
+/// reported) and `/metrics`.
 pub fn app(state: ApiState) -> Router {
     let health = Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
         .with_state(state.clone());
     routes(state).merge(health)
 }
 
+/// Postgres is required (while the start-up still waits for it, or its
+/// schema check, that wait is the answer); without Redis the routes answer
+/// from Postgres (`BYPASS`), so it is reported but keeps the API ready.
 async fn readyz(State(state): State<ApiState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => Json(json!({ "status": "ready", "redis": state.redis.get().is_some() })).into_response(),
-        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("postgres: {err}")),
-    }
+    let postgres = match state.health.outage() {
+        Some((_, error, seconds)) => Err(format!("{error} (waiting for {seconds} s)")),
+        None => readiness::probe_postgres(&state.db).await,
+    };
+    let redis = match state.redis() {
+        Some(redis) => readiness::probe_redis(&redis).await,
+        None => Err("not connected yet".to_owned()),
+    };
+    readiness::answer(&[Check::required("postgres", postgres), Check::optional("redis", redis)])
 }
 
 /// A request the API cannot answer as asked.
@@ -501,6 +526,12 @@ fn not_found(item: &Cached, missing: Missing) -> ApiError {
 }
 
 fn answer(value: &Value, outcome: Outcome) -> Response {
+    metrics::cache_request(match outcome {
+        Outcome::Hit => "hit",
+        Outcome::Miss => "miss",
+        Outcome::Stale => "stale",
+        Outcome::Bypass => "bypass",
+    });
     let mut response = Json(value.clone()).into_response();
     response.headers_mut().insert("x-cache", HeaderValue::from_static(outcome.as_str()));
     response
@@ -510,6 +541,7 @@ fn answer(value: &Value, outcome: Outcome) -> Response {
 /// Only values that exist are cached: a 404 leaves no key and no tag.
 async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
     let key = item.key(&state.keys);
+    let read = item.clone();
     let compute = {
         let state = state.clone();
         move || compute(state.clone(), item.clone())
@@ -525,9 +557,14 @@ async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
         }
     };
     let counter = redis.clone();
+    // Counts the outcome and records the read for the rewarm job, after the
+    // answer: neither may delay it, and a failure of either is harmless.
     let count = |outcome| {
-        let (mut redis, keys) = (counter.clone(), state.keys.clone());
-        tokio::spawn(async move { cache::count(&mut redis, &keys, outcome).await });
+        let (mut redis, keys, read) = (counter.clone(), state.keys.clone(), read.clone());
+        tokio::spawn(async move {
+            let _ = cache::count(&mut redis, &keys, outcome).await;
+            let _ = rewarm::record_read(&mut redis, &keys, &read).await;
+        });
     };
     match lookup {
         Lookup::Fresh(value) => {

@@ -485,6 +485,8 @@ pub struct WorkerArgs {
     /// Limits of the health listener (FLEET_HEALTH_LISTEN).
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub schedule: crate::scheduled::ScheduleSettings,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -515,7 +517,7 @@ pub struct WorkerTuning {
     #[arg(long, env = "FLEET_CONSUMER_LEASE_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(300..=600_000), value_name = "FLEET_CONSUMER_LEASE_MS")]
     pub lease_ms: u64,
-    /// Serve the worker's /healthz and /readyz on this address (off when unset).
+    /// Serve the worker's /healthz, /readyz and /metrics on this address (off when unset).
     #[arg(long, env = "FLEET_HEALTH_LISTEN", value_name = "FLEET_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
     #[command(flatten)]
@@ -583,6 +585,8 @@ pub struct DevArgs {
     #[command(flatten)]
     pub worker: WorkerTuning,
     #[command(flatten)]
+    pub schedule: crate::scheduled::ScheduleSettings,
+    #[command(flatten)]
     pub api: ApiTuning,
     #[command(flatten)]
     pub http: HttpArgs,
@@ -603,6 +607,48 @@ pub enum ConfigError {
          or the app's client secret)"
     )]
     DevelopmentWebhookKey,
+    #[error(
+        "the read API serves learners' names and emails and will not run open: set FLEET_API_TOKEN \
+         (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
+    )]
+    ApiWithoutToken,
+}
+
+/// Exit codes scripts and supervisors can rely on (also in the README):
+///
+/// | code | meaning |
+/// |---|---|
+/// | 0 | done, or stopped by SIGTERM / Ctrl-C (also while waiting for Redis or Postgres) |
+/// | 1 | unexpected failure (e.g. an operator command cannot reach Redis, a port is taken) |
+/// | 2 | usage or configuration error (clap's, and [`ConfigError`]); an operator command refused |
+/// | 3 | an operator command: some named dead letter does not exist |
+/// | 4 | the database schema is behind this binary: run `fleet migrate` |
+/// | 5 | the consumer name is held by another live worker |
+///
+/// A role never exits because Redis or Postgres is unreachable: it waits.
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const CONFIGURATION: u8 = 2;
+    pub const SCHEMA_BEHIND: u8 = 4;
+    pub const CONSUMER_NAME_HELD: u8 = 5;
+}
+
+/// The exit code of a command that failed with `err` (see [`exit`]).
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    use crate::worker::WorkerError;
+    if let Some(exit) = err.downcast_ref::<crate::operator::OperatorExit>() {
+        return exit.code;
+    }
+    if err.downcast_ref::<ConfigError>().is_some() {
+        return exit::CONFIGURATION;
+    }
+    if err.downcast_ref::<crate::db::SchemaBehind>().is_some() {
+        return exit::SCHEMA_BEHIND;
+    }
+    match err.downcast_ref::<WorkerError>() {
+        Some(WorkerError::ConsumerNameInUse(_) | WorkerError::ConsumerNameLost(_)) => exit::CONSUMER_NAME_HELD,
+        _ => exit::FAILURE,
+    }
 }
 
 impl WorkerTuning {

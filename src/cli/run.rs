@@ -1,6 +1,11 @@
 //! Dispatch: the one place that knows every role. Each command turns its
 //! arguments into the role's validated settings, builds the role and runs
 //! it until SIGTERM or Ctrl-C.
+//!
+//! No role exits because Redis or Postgres is down: each listens first, then
+//! waits for its dependencies (see [`crate::health`]); SIGTERM during a wait
+//! exits 0. Only a configuration error, an outdated schema and a consumer
+//! name held by a live worker end a role (see [`super::exit_code`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,20 +13,24 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     ApiArgs, CacheCommand, Command, ConfigError, DevArgs, DlqCommand, DlqFilter, DlqSelection, IntakeArgs,
     RevalidateArgs, WorkerArgs,
 };
-use crate::local_services::{write_private_file, LocalPostgres, LocalRedis};
+use crate::health::{Dependency, Health};
+use crate::local_services::{reachable_postgres_dir, write_private_file, LocalPostgres, LocalRedis};
 use crate::operator::dlq::{Filter, Selection};
 use crate::redis::keys::Keys;
 use crate::runtime::{serve, shutdown_on_signals};
+use crate::scheduled::{self, ScheduleSettings};
 use crate::secrets::{WebhookKeys, WebhookSecrets};
 use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::health;
 use crate::worker::revalidate::Revalidator;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerError};
 use crate::{api, db, intake, operator};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
@@ -33,7 +42,11 @@ const DEV_SECRET: &str = "fleet-dev-secret";
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(args) => {
-            let pool = connect_postgres(args.database.database_url.as_str()).await?;
+            let url = args.database.database_url.as_str();
+            let pool = lazy_postgres(url)?;
+            if !db::wait_until_reachable(&pool, url, &Health::default(), &shutdown_on_signals()).await {
+                return Ok(());
+            }
             db::migrate(&pool).await.context("migration failed")?;
             tracing::info!("database is up to date");
             Ok(())
@@ -82,23 +95,21 @@ async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
     db::connect(url).await.context("cannot connect to Postgres; check DATABASE_URL and that the server is up")
 }
 
+/// A pool that connects when first used, so a role starts while Postgres is down.
+fn lazy_postgres(url: &str) -> anyhow::Result<PgPool> {
+    db::connect_lazy(url).context("DATABASE_URL cannot be used")
+}
+
+/// Refuses to run against a schema older than this binary (exit 4), waiting
+/// for Postgres first; false if stopped meanwhile.
+async fn check_schema(pool: &PgPool, url: &str, health: &Health, stop: &CancellationToken) -> anyhow::Result<bool> {
+    Ok(db::check_schema(pool, url, health, stop).await?)
+}
+
 async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
     crate::redis::connect(url, Duration::from_secs(2))
         .await
         .context("cannot connect to Redis; check REDIS_URL and that the server is up")
-}
-
-/// Refuses to run against a schema older than this binary.
-async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
-    let newest = fleet_jobs::MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
-    let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(None);
-    if applied.unwrap_or(0) < newest {
-        anyhow::bail!("the database schema is behind this binary; run `fleet migrate` first");
-    }
-    Ok(())
 }
 
 async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
@@ -117,21 +128,60 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings()?;
-    let pool = connect_postgres(args.database.database_url.as_str()).await?;
-    check_schema(&pool).await?;
-    let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let worker = Worker::connect(pool, args.redis.redis_url.as_str(), keys.clone(), settings).await?;
-    let worker = with_revalidation(worker, &args.tuning.revalidate, args.redis.redis_url.as_str(), &keys).await?;
+    let schedule = args.schedule.clone().with_worker(&settings);
+    let database_url = args.database.database_url.as_str();
+    let redis_url = args.redis.redis_url.as_str();
+    let pool = lazy_postgres(database_url)?;
     let shutdown = shutdown_on_signals();
+    // Listening first, so /readyz tells what the worker waits for.
+    let health = Health::requiring(&[Dependency::Postgres, Dependency::Redis]);
     if let Some(address) = args.tuning.health_listen {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address} (FLEET_HEALTH_LISTEN)"))?;
         tracing::info!(%address, "worker health on /healthz and /readyz");
-        tokio::spawn(serve(listener, health::router(worker.health()), args.http.settings(), shutdown.clone()));
+        tokio::spawn(serve(listener, health::router(health.clone()), args.http.settings(), shutdown.clone()));
     }
-    worker.run(shutdown).await?;
+    if !check_schema(&pool, database_url, &health, &shutdown).await? {
+        return Ok(());
+    }
+    let keys = Keys::new(&args.redis.key_prefix.key_prefix);
+    let worker = match Worker::connect_waiting(pool.clone(), redis_url, keys.clone(), settings, health, &shutdown).await
+    {
+        Err(WorkerError::Stopped) => return Ok(()),
+        connected => connected?,
+    };
+    let worker = with_revalidation(worker, &args.tuning.revalidate, redis_url, &keys, &shutdown).await?;
+    let Some(jobs) = spawn_scheduled(schedule, pool, redis_url, &keys, &worker.health(), &shutdown).await else {
+        return Ok(());
+    };
+    let worker_result = worker.run(shutdown.clone()).await;
+    // A worker that stopped with an error takes the jobs down with it.
+    shutdown.cancel();
+    stop_scheduled(jobs).await;
+    worker_result?;
     Ok(())
+}
+
+/// Runs the scheduled jobs beside the worker loop, on a Redis connection of
+/// their own (waited for like the worker's), until `shutdown` fires; `None`
+/// when stopped before Redis answered.
+async fn spawn_scheduled(
+    schedule: ScheduleSettings,
+    pool: PgPool,
+    redis_url: &str,
+    keys: &Keys,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let redis = crate::redis::connect_waiting(redis_url, Duration::from_secs(2), health, shutdown).await?;
+    Some(tokio::spawn(scheduled::run(schedule, pool, redis, keys.clone(), shutdown.clone())))
+}
+
+async fn stop_scheduled(jobs: JoinHandle<()>) {
+    if let Err(err) = jobs.await {
+        tracing::error!(error = %err, "the scheduled jobs ended abnormally");
+    }
 }
 
 /// Attaches the revalidation hook when `REVALIDATE_URL` is set.
@@ -140,11 +190,16 @@ async fn with_revalidation(
     args: &RevalidateArgs,
     redis_url: &str,
     keys: &Keys,
+    stop: &CancellationToken,
 ) -> anyhow::Result<Worker> {
     let Some(url) = args.revalidate_url.clone() else {
         return Ok(worker);
     };
-    let redis = connect_redis(redis_url).await?;
+    let Some(redis) = crate::redis::connect_waiting(redis_url, Duration::from_secs(2), &worker.health(), stop).await
+    else {
+        // Stopping: the worker stops at once too.
+        return Ok(worker);
+    };
     tracing::info!(hook = %url, "revalidation hook on");
     Ok(worker.with_revalidator(Revalidator::spawn(url, args.revalidate_secret.clone(), redis, keys.clone())))
 }
@@ -152,18 +207,24 @@ async fn with_revalidation(
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let settings = args.api.settings(args.http.settings());
     if !settings.has_tokens() {
-        anyhow::bail!(
-            "the read API serves learners' names and emails and will not run open: set FLEET_API_TOKEN \
-             (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
-        );
+        return Err(ConfigError::ApiWithoutToken.into());
     }
     let address = args.address()?;
-    let pool = connect_postgres(args.database.database_url.as_str()).await?;
-    check_schema(&pool).await?;
+    let database_url = args.database.database_url.as_str();
+    let pool = lazy_postgres(database_url)?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let redis_url = args.redis.redis_url.as_str();
-    let api = api::Application::build(address, pool, redis_url, keys, args.cache.ttls(), settings).await?;
-    api.run_until_stopped(shutdown_on_signals()).await?;
+    let api = api::Application::build(address, pool.clone(), redis_url, keys, args.cache.ttls(), settings).await?;
+    let health = api.state().health();
+    let shutdown = shutdown_on_signals();
+    // Serving first, so /readyz tells what the API waits for.
+    let server = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+    if let Err(outdated) = check_schema(&pool, database_url, &health, &shutdown).await {
+        shutdown.cancel();
+        let _ = server.await;
+        return Err(outdated);
+    }
+    server.await.context("read API task failed")??;
     tracing::info!("read API stopped");
     Ok(())
 }
@@ -187,7 +248,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let database_url: DatabaseUrl = match &args.database_url {
         Some(url) => url.clone(),
         None => {
-            let postgres = LocalPostgres::start(&data_dir.join("postgres"), false).await?;
+            let dir = reachable_postgres_dir(&data_dir.join("postgres"))?;
+            let postgres = LocalPostgres::start(&dir, false).await?;
             create_database_if_missing(&postgres.url("postgres"), "fleet").await?;
             let url = postgres.url("fleet").parse().map_err(anyhow::Error::msg)?;
             local_postgres = Some(postgres);
@@ -207,8 +269,12 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
 
     let worker_settings = args.worker.settings()?;
+    let schedule = args.schedule.clone().with_worker(&worker_settings);
     let worker = Worker::connect(pool.clone(), redis_url.as_str(), keys.clone(), worker_settings).await?;
-    let worker = with_revalidation(worker, &args.worker.revalidate, redis_url.as_str(), &keys).await?;
+    let worker = with_revalidation(worker, &args.worker.revalidate, redis_url.as_str(), &keys, &shutdown).await?;
+    let jobs = spawn_scheduled(schedule, pool.clone(), redis_url.as_str(), &keys, &worker.health(), &shutdown)
+        .await
+        .context("stopped before Redis answered")?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let address = args.listen.address()?;
@@ -233,6 +299,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     if let Ok(Err(err)) = worker_task.await {
         tracing::error!(error = %err, "worker stopped with an error");
     }
+    stop_scheduled(jobs).await;
     drop(local_redis);
     drop(local_postgres);
     intake_result.context("intake task failed")??;

@@ -4,11 +4,16 @@
 //! acknowledged (2xx) before the event is in the stream: when Redis cannot
 //! take it, Thinkific gets a 503 and retries later.
 //!
+//! The intake listens before Redis is reachable: until it is, `/readyz` and
+//! every webhook answer 503 (with `Retry-After`), and Redis is waited for in
+//! the background (see [`crate::health`]).
+//!
 //! The school an event belongs to comes only from what is signed: the key
 //! that signed it when that key is bound to a school, else the body's
 //! `tenant_id`. Headers are not signed, so none of them decides tenancy.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,12 +28,17 @@ use redis::aio::ConnectionManager;
 use serde_json::json;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+
+use crate::health::{self, Dependency, Health};
 
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
 use crate::runtime::HttpSettings;
 use crate::secrets::{KeyScope, WebhookKeys};
+use crate::telemetry::metrics::{self, Answer};
+use crate::telemetry::readiness::{self, Check};
 
 pub use signature::sign;
 use signature::signer;
@@ -55,37 +65,48 @@ pub struct Settings {
 /// Why the intake cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot connect to Redis; check REDIS_URL and that the server is up")]
-    Redis(#[source] redis::RedisError),
-    #[error("cannot create the consumer group")]
-    Group(#[source] redis::RedisError),
     #[error("cannot listen on {0}")]
     Listen(SocketAddr, #[source] std::io::Error),
 }
 
-/// An intake connected to Redis and bound to its address, ready to serve.
+/// An intake bound to its address, ready to serve.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    state: IntakeState,
+    /// The Redis URL, while Redis is still to be reached.
+    pending: Option<String>,
     http: HttpSettings,
 }
 
 impl Application {
-    /// Connects to Redis, makes sure the consumer group exists (so entries
-    /// appended before any worker ran are consumed) and binds `address`.
+    /// Binds `address`, then connects to Redis and makes sure the consumer
+    /// group exists (so entries appended before any worker ran are
+    /// consumed). When Redis does not answer at once, it is waited for in
+    /// the background once serving.
     pub async fn build(
         address: SocketAddr,
         redis_url: &str,
         keys: Keys,
         settings: Settings,
     ) -> Result<Self, BuildError> {
-        let mut redis = crate::redis::connect(redis_url, Duration::from_secs(2)).await.map_err(BuildError::Redis)?;
-        stream::ensure_group(&mut redis, &keys).await.map_err(BuildError::Group)?;
         let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
         let address = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
         tracing::info!(%address, stream = %keys.events(), "intake listening");
         let http = settings.http;
-        Ok(Self { listener, router: router(redis, keys, settings), http })
+        let state = IntakeState {
+            redis: Arc::new(OnceCell::new()),
+            keys,
+            settings,
+            health: Health::requiring(&[Dependency::Redis]),
+        };
+        let mut pending = Some(redis_url.to_owned());
+        if let Ok(mut redis) = crate::redis::connect(redis_url, Duration::from_secs(2)).await {
+            if stream::ensure_group(&mut redis, &state.keys).await.is_ok() {
+                state.connected(redis);
+                pending = None;
+            }
+        }
+        Ok(Self { listener, state, pending, http })
     }
 
     /// The address it listens on (the port chosen when asked for port 0).
@@ -95,26 +116,63 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        crate::runtime::serve(self.listener, self.router, self.http, shutdown).await
+        if let Some(url) = self.pending {
+            tokio::spawn(self.state.clone().connect(url, shutdown.clone()));
+        }
+        crate::runtime::serve(self.listener, routes(self.state), self.http, shutdown).await
     }
 }
 
 #[derive(Clone)]
 struct IntakeState {
-    redis: ConnectionManager,
+    /// Empty until Redis has been reached and the group exists.
+    redis: Arc<OnceCell<ConnectionManager>>,
     keys: Keys,
     settings: Settings,
+    health: Health,
+}
+
+impl IntakeState {
+    fn connected(&self, redis: ConnectionManager) {
+        // Set once: only one task connects.
+        let _ = self.redis.set(redis);
+        self.health.up(Dependency::Redis);
+    }
+
+    /// Waits for Redis and the consumer group, then serves webhooks.
+    async fn connect(self, url: String, stop: CancellationToken) {
+        let Some(redis) = crate::redis::connect_waiting(&url, Duration::from_secs(2), &self.health, &stop).await else {
+            return;
+        };
+        let address = crate::urls::shown_address(&url);
+        let group = health::until_reachable(&self.health, Dependency::Redis, &address, &stop, || {
+            let mut redis = redis.clone();
+            let keys = self.keys.clone();
+            async move { stream::ensure_group(&mut redis, &keys).await }
+        });
+        if group.await.is_some() {
+            self.connected(redis);
+            tracing::info!("intake accepting webhooks");
+        }
+    }
 }
 
 /// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
 pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Router {
-    let body_limit = settings.max_body_bytes;
-    let state = IntakeState { redis, keys, settings };
+    let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default() };
+    state.connected(redis);
+    routes(state)
+}
+
+fn routes(state: IntakeState) -> Router {
+    metrics::install();
+    let body_limit = state.settings.max_body_bytes;
     Router::new()
         .route("/webhooks/thinkific", post(receive))
         .route("/api/webhooks/enrollment", post(receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -150,6 +208,20 @@ enum IntakeError {
     TenantNotTheKeys,
     #[error("the queue is unavailable; retry later")]
     QueueUnavailable(#[source] redis::RedisError),
+    #[error("the queue is not reachable yet; retry later")]
+    NotConnected,
+}
+
+impl IntakeError {
+    fn answer(&self) -> Answer {
+        match self {
+            Self::TooLarge(_) => Answer::TooLarge,
+            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => Answer::Invalid,
+            Self::MissingSignature | Self::BadSignature => Answer::Unauthorized,
+            Self::TenantNotTheKeys => Answer::Forbidden,
+            Self::QueueUnavailable(_) | Self::NotConnected => Answer::Unavailable,
+        }
+    }
 }
 
 impl IntoResponse for IntakeError {
@@ -159,7 +231,7 @@ impl IntoResponse for IntakeError {
             Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => StatusCode::BAD_REQUEST,
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
             Self::TenantNotTheKeys => StatusCode::FORBIDDEN,
-            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QueueUnavailable(_) | Self::NotConnected => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = (status, Json(json!({ "status": "rejected", "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -169,11 +241,31 @@ impl IntoResponse for IntakeError {
     }
 }
 
+/// Answers a webhook and counts the answer (by topic, once the body is
+/// parsed) and its latency.
 async fn receive(
     State(state): State<IntakeState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IntakeError> {
+    let started = Instant::now();
+    let mut topic = None;
+    let result = accept(&state, &headers, body, &mut topic).await;
+    let answer = match &result {
+        Ok((answer, _)) => *answer,
+        Err(err) => err.answer(),
+    };
+    metrics::webhook(topic.as_deref(), answer, started.elapsed());
+    result.map(|(_, json)| json)
+}
+
+/// Checks, parses and queues a webhook; sets `topic` once it is known.
+async fn accept(
+    state: &IntakeState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    topic_seen: &mut Option<String>,
+) -> Result<(Answer, Json<serde_json::Value>), IntakeError> {
     let received_at = Utc::now();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -199,15 +291,15 @@ async fn receive(
         tracing::warn!(error = %err, "signed webhook rejected: not a Thinkific event");
     })?;
     let topic = envelope.topic();
+    *topic_seen = Some(topic.clone());
     let tenant = tenant_of(scope, envelope.tenant_id.as_ref()).inspect_err(|err| match (err, scope) {
         (IntakeError::TenantNotTheKeys, KeyScope::School(key_school)) => tracing::warn!(
-            event_id = %envelope.id, %topic, %key_school,
-            body_tenant_id = envelope.tenant_id.as_ref().map(TenantId::as_str),
+            event_id = %envelope.id, %topic, tenant = envelope.tenant_id.as_ref().map(TenantId::as_str), %key_school,
             "signed webhook rejected: its tenant_id is not the school its key is bound to; if one key \
              signs for several schools, move it from THINKIFIC_SCHOOL_KEYS to THINKIFIC_WEBHOOK_SECRET"
         ),
         _ => tracing::warn!(
-            event_id = %envelope.id, %topic,
+            event_id = %envelope.id, %topic, tenant = "unknown",
             "signed webhook rejected: no tenant_id, and its key is valid for any school; bind the key of \
              the school whose webhooks lack tenant_id to it in THINKIFIC_SCHOOL_KEYS"
         ),
@@ -215,44 +307,47 @@ async fn receive(
     let tenant_id = tenant.as_str();
     let subdomain = headers.get(SUBDOMAIN_HEADER).and_then(|value| value.to_str().ok());
     if subdomain.is_some_and(|subdomain| subdomain != tenant_id) {
-        tracing::debug!(tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
+        tracing::debug!(event_id = %envelope.id, %topic, tenant = tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
     }
     let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
-    let mut redis = state.redis.clone();
+    let Some(mut redis) = state.redis.get().cloned() else {
+        tracing::warn!(event_id = %envelope.id, %topic, "Redis not reached yet; webhook answered 503 (Thinkific will retry)");
+        return Err(IntakeError::NotConnected);
+    };
     let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
         .await
         .map_err(|err| {
+            metrics::dependency_up("redis", false);
             tracing::error!(
-                error = %err, event_id = %envelope.id, %topic,
+                error = %err, event_id = %envelope.id, %topic, tenant = tenant_id,
                 "could not queue webhook, answered 503 (Thinkific will retry); check that Redis is up and REDIS_URL is right"
             );
             IntakeError::QueueUnavailable(err)
         })?;
-    let (status, entry_id) = match enqueued {
-        Enqueued::Accepted(id) => ("accepted", id),
-        Enqueued::Duplicate(id) => ("duplicate", id),
+    metrics::dependency_up("redis", true);
+    let (answer, entry_id) = match enqueued {
+        Enqueued::Accepted(id) => (Answer::Accepted, id),
+        Enqueued::Duplicate(id) => (Answer::Duplicate, id),
     };
-    tracing::info!(event_id = %envelope.id, %topic, tenant_id, status, stream_entry_id = %entry_id, "webhook received");
-    Ok(Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id })))
+    let status = answer.as_str();
+    tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, stream_entry_id = %entry_id, "webhook received");
+    Ok((answer, Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id }))))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when Redis answers: the intake needs nothing else.
 async fn readyz(State(state): State<IntakeState>) -> Response {
-    let mut redis = state.redis.clone();
-    let ping = tokio::time::timeout(Duration::from_secs(2), redis::cmd("PING").query_async::<String>(&mut redis)).await;
-    match ping {
-        Ok(Ok(_)) => Json(json!({ "status": "ready", "redis": "ok" })).into_response(),
-        Ok(Err(err)) => not_ready(err.to_string()),
-        Err(_) => not_ready("timed out".into()),
-    }
-}
-
-fn not_ready(reason: String) -> Response {
-    tracing::warn!(%reason, "not ready: Redis unreachable");
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "redis": reason }))).into_response()
+    let state_of_redis = match state.redis.get() {
+        Some(redis) => readiness::probe_redis(redis).await,
+        None => Err(state.health.outage().map_or_else(
+            || "the consumer group is being created".to_owned(),
+            |(_, error, seconds)| format!("{error} (waiting for {seconds} s)"),
+        )),
+    };
+    readiness::answer(&[Check::required("redis", state_of_redis)])
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@
 //! | `<prefix>lock:cache:…` | the single-flight lock of a cached key |
 //! | `<prefix>cache-metrics` | hit and miss counters |
 //! | `<prefix>ratelimit:…:<window>` | the read API's request counter for one client |
+//! | `<prefix>schedule:<job>:<occurrence>` | the lock of one occurrence of a scheduled job; names its runner |
+//! | `<prefix>schedule-runs` | the capped stream of scheduled runs (the run log) |
+//! | `<prefix>cache-reads` | recently read cache values, for the rewarm job (sorted set, by last read) |
 //!
 //! This module depends on nothing else in the crate.
 
@@ -179,6 +182,23 @@ impl Keys {
         let _ = write!(key, "{window}");
         key
     }
+
+    /// The lock of one occurrence (its unix second) of the scheduled job
+    /// named `job`; its value names the runner that took it.
+    pub fn schedule_lock(&self, job: &str, occurrence: i64) -> String {
+        format!("{}schedule:{job}:{occurrence}", self.prefix)
+    }
+
+    /// The capped stream of scheduled runs: who ran which occurrence, and how it went.
+    pub fn schedule_runs(&self) -> String {
+        format!("{}schedule-runs", self.prefix)
+    }
+
+    /// The sorted set of recently read cache values (member: the value, as
+    /// the rewarm job spells it; score: the last read, unix ms).
+    pub fn cache_reads(&self) -> String {
+        format!("{}cache-reads", self.prefix)
+    }
 }
 
 /// The tags a cached value is registered under; `<tag>` without the tenant.
@@ -239,5 +259,8 @@ mod tests {
         assert_eq!(keys.tag_of(&keys.tag("t", "course:1")), Some(("t", "course:1")));
         assert_eq!(keys.lock(&keys.dashboard("t")), "p:lock:cache:t:dashboard");
         assert_eq!(Kind::from_name("dashboard"), Some(Kind::Dashboard));
+        assert_eq!(keys.schedule_lock("reconcile", 1_700_000_000), "p:schedule:reconcile:1700000000");
+        assert_eq!(keys.schedule_runs(), "p:schedule-runs");
+        assert_eq!(keys.cache_reads(), "p:cache-reads");
     }
 }

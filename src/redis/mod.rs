@@ -22,6 +22,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{self, Dependency, Health};
 
 pub use keys::{KeyPrefix, Keys, GROUP};
 
@@ -37,4 +40,16 @@ pub async fn connect(url: &str, response_timeout: Duration) -> Result<Connection
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(1));
     ConnectionManager::new_with_config(client, config).await
+}
+
+/// Like [`connect`], waiting with backoff while Redis is unreachable (see
+/// [`crate::health`]); `None` if `stop` fires first.
+pub async fn connect_waiting(
+    url: &str,
+    response_timeout: Duration,
+    health: &Health,
+    stop: &CancellationToken,
+) -> Option<ConnectionManager> {
+    let address = crate::urls::shown_address(url);
+    health::until_reachable(health, Dependency::Redis, &address, stop, || connect(url, response_timeout)).await
 }

@@ -60,12 +60,15 @@ use tokio_util::sync::CancellationToken;
 
 use self::health::{Dependency, Health};
 use self::revalidate::Revalidator;
+use crate::health::Waiter;
 use crate::read_model::cached::{Cached, Touched};
 use crate::redis::failures::{self, Failure, FailureKind};
 use crate::redis::keys::{Keys, GROUP};
 use crate::redis::stream::{self, Entry, ReadFrom};
 use crate::redis::{cache, leases};
+use crate::telemetry::metrics;
 
+pub mod backlog;
 pub mod health;
 pub mod retry;
 pub mod revalidate;
@@ -119,6 +122,9 @@ pub enum WorkerError {
     ConsumerNameLost(String),
     #[error(transparent)]
     Redis(#[from] RedisError),
+    /// Shutdown was asked for while the worker waited for a dependency.
+    #[error("stopped while waiting for Redis")]
+    Stopped,
 }
 
 pub struct Worker {
@@ -138,6 +144,9 @@ pub struct Worker {
 struct Settled {
     touched: Touched,
     acks: Vec<String>,
+    /// (topic, received at the intake) of each applied event, for the
+    /// freshness histogram once the refresh covering it completes.
+    received: Vec<(String, DateTime<Utc>)>,
 }
 
 /// Entries of one batch, decoded, with the attempts they already cost.
@@ -151,26 +160,68 @@ impl Worker {
     /// Connects to Redis, makes sure the consumer group exists, and takes
     /// the lease on the consumer name. A name whose holder died is free
     /// again once its lease runs out, so this waits up to one lease period
-    /// before refusing.
+    /// before refusing. Waits for Redis while it is unreachable.
     pub async fn connect(db: PgPool, redis_url: &str, keys: Keys, settings: Settings) -> Result<Self, WorkerError> {
-        let reader = crate::redis::connect(redis_url, settings.block + Duration::from_secs(5)).await?;
-        let mut redis = crate::redis::connect(redis_url, Duration::from_secs(5)).await?;
-        stream::ensure_group(&mut redis, &keys).await?;
+        Self::connect_waiting(db, redis_url, keys, settings, Health::default(), &CancellationToken::new()).await
+    }
+
+    /// [`Worker::connect`] reporting to `health` while it waits for Redis
+    /// (a wait at any step, the lease included, is logged once and retried
+    /// with backoff); [`WorkerError::Stopped`] if `stop` fires first.
+    pub async fn connect_waiting(
+        db: PgPool,
+        redis_url: &str,
+        keys: Keys,
+        settings: Settings,
+        health: Health,
+        stop: &CancellationToken,
+    ) -> Result<Self, WorkerError> {
+        let connect = |timeout| crate::redis::connect_waiting(redis_url, timeout, &health, stop);
+        let reader = connect(settings.block + Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
+        let redis = connect(Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
+        let address = crate::urls::shown_address(redis_url);
+        let mut waiter = Waiter::new(&health, Dependency::Redis, &address);
+        loop {
+            match stream::ensure_group(&mut redis.clone(), &keys).await {
+                Ok(()) => break,
+                Err(err) => waiter.pause(&err, stop).await.ok_or(WorkerError::Stopped)?,
+            }
+        }
         let lease_token = uuid::Uuid::new_v4().to_string();
         let consumer = &settings.consumer_name;
-        let deadline = Instant::now() + settings.lease + Duration::from_millis(500);
+        // Refused only once the name was seen held for a whole lease period
+        // with Redis answering: while Redis is down, the holder cannot renew
+        // either, so its lease gets a full period again once Redis is back.
+        let mut deadline = None;
         let mut warned = false;
-        while !leases::hold_consumer_lease(&mut redis, &keys, consumer, &lease_token, settings.lease).await? {
-            if Instant::now() >= deadline {
-                return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
+        loop {
+            match leases::hold_consumer_lease(&mut redis.clone(), &keys, consumer, &lease_token, settings.lease).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    waiter.reached();
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + settings.lease + Duration::from_millis(500));
+                    if Instant::now() >= deadline {
+                        return Err(WorkerError::ConsumerNameInUse(consumer.clone()));
+                    }
+                    if !warned {
+                        tracing::warn!(%consumer, "consumer name is held; waiting for its lease to run out");
+                        warned = true;
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return Err(WorkerError::Stopped),
+                        () = tokio::time::sleep((settings.lease / 5).min(Duration::from_millis(500))) => {}
+                    }
+                }
+                Err(err) => {
+                    deadline = None;
+                    waiter.pause(&err, stop).await.ok_or(WorkerError::Stopped)?;
+                }
             }
-            if !warned {
-                tracing::warn!(%consumer, "consumer name is held; waiting for its lease to run out");
-                warned = true;
-            }
-            tokio::time::sleep((settings.lease / 5).min(Duration::from_millis(500))).await;
         }
-        Ok(Self { db, reader, redis, keys, settings, health: Health::default(), lease_token, revalidator: None })
+        metrics::install();
+        waiter.reached();
+        Ok(Self { db, reader, redis, keys, settings, health, lease_token, revalidator: None })
     }
 
     /// Also POST each batch's invalidated tags to the revalidation hook.
@@ -197,6 +248,7 @@ impl Worker {
             self.settings.lease,
             stop.clone(),
         ));
+        let sampler = tokio::spawn(backlog::run(self.redis.clone(), self.keys.clone(), stop.clone()));
         tracing::info!(
             %consumer, group = GROUP, stream = %self.keys.events(),
             max_attempts = self.settings.retry.max_attempts, claim_idle_ms = self.settings.claim_idle.as_millis() as u64,
@@ -206,6 +258,7 @@ impl Worker {
         tokio::join!(self.consume(&stop, settled), self.refresh_and_acknowledge(to_refresh, &stop));
         stop.cancel();
         let lost = heartbeat.await.unwrap_or(false);
+        let _ = sampler.await;
         let mut redis = self.redis.clone();
         if let Err(err) = leases::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token).await {
             tracing::warn!(error = %err, %consumer, "could not release the consumer name; it frees itself when the lease runs out");
@@ -243,6 +296,7 @@ impl Worker {
                 Ok(entries) => {
                     read_backoff = infrastructure_backoff();
                     self.health.available();
+                    metrics::worker_progress();
                     let Some(last) = entries.last() else {
                         // A pass over our own pending entries is over.
                         read_from = ReadFrom::New;
@@ -292,6 +346,7 @@ impl Worker {
         stop: &CancellationToken,
         settled: &mpsc::Sender<Settled>,
     ) -> Option<usize> {
+        let started = Instant::now();
         let consumer = &self.settings.consumer_name;
         let policy = &self.settings.retry;
         let deliveries = if count_deliveries {
@@ -396,6 +451,8 @@ impl Worker {
             .map(|(_, event)| event.clone())
             .collect();
         let touched = Touched::of(&applied);
+        let received: Vec<(String, DateTime<Utc>)> =
+            applied.iter().map(|event| (event.topic.clone(), event.received_at)).collect();
 
         for failure in &dead {
             tracing::warn!(
@@ -409,16 +466,31 @@ impl Worker {
         let dead = &dead;
         self.redis_op(stop, |mut redis| async move { failures::dead_letter(&mut redis, &self.keys, dead).await })
             .await?;
+        for failure in dead {
+            metrics::event_dead_lettered(failure.entry.text("topic").unwrap_or("unknown"), failure.kind.as_str());
+        }
         let retries = &retries;
         self.redis_op(
             stop,
             |mut redis| async move { failures::schedule_retries(&mut redis, &self.keys, retries).await },
         )
         .await?;
+        for (failure, _) in retries {
+            metrics::event_retried(failure.entry.text("topic").unwrap_or("unknown"));
+        }
+        let mut applied_by_topic: HashMap<&str, u64> = HashMap::new();
+        for event in &applied {
+            *applied_by_topic.entry(&event.topic).or_default() += 1;
+        }
+        for (topic, count) in applied_by_topic {
+            metrics::events_applied(topic, count);
+        }
         // Acknowledged once the cache reflects the batch, so a crash before
         // that redoes the cache work.
         let acks = acks.into_iter().map(str::to_owned).collect();
-        settled.send(Settled { touched, acks }).await.ok()?;
+        settled.send(Settled { touched, acks, received }).await.ok()?;
+        metrics::batch(entries.len(), started.elapsed());
+        metrics::worker_progress();
         tracing::debug!(entries = entries.len(), dead = dead.len(), retries = retries.len(), "batch settled");
         Some(entries.len())
     }
@@ -429,15 +501,20 @@ impl Worker {
     /// costs one refresh per round instead of one per batch.
     async fn refresh_and_acknowledge(&self, mut committed: mpsc::Receiver<Settled>, stop: &CancellationToken) {
         while let Some(first) = committed.recv().await {
-            let Settled { mut touched, mut acks } = first;
+            let Settled { mut touched, mut acks, mut received } = first;
             while let Ok(more) = committed.try_recv() {
                 touched.merge(more.touched);
                 acks.extend(more.acks);
+                received.extend(more.received);
             }
             if self.refresh_cache(&touched, stop).await.is_none() {
                 // Stopped while a dependency was down: the entries stay
                 // pending and are applied and refreshed again later.
                 continue;
+            }
+            let now = Utc::now();
+            for (topic, received_at) in &received {
+                metrics::freshness(topic, *received_at, now);
             }
             let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
             let ids = &ids;
@@ -455,6 +532,7 @@ impl Worker {
         let tag_keys: Vec<String> = touched.tags.iter().map(|(tenant, tag)| self.keys.tag(tenant, tag)).collect();
         let tag_keys = &tag_keys;
         self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
+        metrics::cache_invalidations(tag_keys.len() as u64);
         let ttls = &self.settings.cache_ttls;
         let items = &Cached::touched_by(touched);
         let computed = self
@@ -470,7 +548,8 @@ impl Worker {
             Vec::new()
         });
         let entries = &entries;
-        self.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
+        let written = self.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
+        metrics::cache_prewarms(written as u64);
         if let Some(revalidator) = &self.revalidator {
             revalidator.notify(touched.tag_names());
         }
@@ -767,11 +846,16 @@ impl Maintenance {
                             "pending entries were deleted from the stream before being applied; recorded in dead letters"
                         );
                         let deleted = &claimed.deleted;
-                        worker
+                        let recorded = worker
                             .redis_op(stop, |mut redis| async move {
                                 failures::dead_letter_deleted(&mut redis, &worker.keys, deleted).await
                             })
                             .await;
+                        if recorded.is_some() {
+                            for _ in deleted {
+                                metrics::event_dead_lettered("unknown", FailureKind::Deleted.as_str());
+                            }
+                        }
                     }
                     if !claimed.entries.is_empty() {
                         tracing::info!(

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::redis::cache;
 use crate::redis::keys::Keys;
 use crate::secrets::ApiToken;
+use crate::telemetry::metrics;
 use crate::urls::RevalidateUrl;
 
 /// The header carrying the shared secret.
@@ -53,7 +54,9 @@ impl Revalidator {
                     .with_max_delay(Duration::from_secs(2))
                     .with_jitter()
                     .with_max_times(3);
-                if let Err(err) = call.retry(schedule).sleep(tokio::time::sleep).await {
+                let result = call.retry(schedule).sleep(tokio::time::sleep).await;
+                metrics::revalidation(result.is_ok());
+                if let Err(err) = result {
                     counted.fetch_add(1, Ordering::Relaxed);
                     let mut redis = redis.clone();
                     let _ = cache::count_revalidation_failure(&mut redis, &keys).await;
@@ -75,6 +78,7 @@ impl Revalidator {
             return;
         }
         if self.queue.try_send(tags).is_err() {
+            metrics::revalidation(false);
             self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("revalidation queue full; a batch's tags were not sent");
         }

@@ -100,6 +100,15 @@ pub async fn context() -> TestContext {
 /// Like [`context`], with Redis at `redis_url` (e.g. a test's own server).
 pub async fn context_on(redis_url: &str) -> TestContext {
     let services = services().await;
+    context_on_servers(redis_url, &services.admin_url).await
+}
+
+/// Like [`context`], on a test's own Redis and Postgres (`admin_url` names
+/// a database of that Postgres the harness may create others from).
+pub async fn context_on_servers(redis_url: &str, admin_url: &str) -> TestContext {
+    let services =
+        Services { redis_url: redis_url.to_owned(), admin_url: admin_url.to_owned(), _redis: None, _postgres: None };
+    let services = &services;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let database = format!("fleet_test_{id}");
     let mut admin = sqlx::PgConnection::connect(&services.admin_url).await.expect("connect to Postgres");

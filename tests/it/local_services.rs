@@ -8,7 +8,7 @@ use std::path::Path;
 use fleet::local_services::{LocalPostgres, LocalRedis};
 use sqlx::Connection;
 
-use crate::helpers::scratch_dir;
+use crate::helpers::{scratch_dir, signal, wait_exit};
 
 /// The permission bits of `path` (not following a symlink).
 fn mode(path: &Path) -> u32 {
@@ -118,4 +118,62 @@ async fn local_postgres_wants_its_password_and_keeps_its_files_private() {
     assert_eq!(again_url.password(), parsed.password());
     drop(again);
     std::fs::remove_dir_all(&dir).expect("remove the kept cluster");
+}
+
+/// As root, `fleet dev` run from a checkout inside a directory only root may
+/// enter (a 0700 home, as in most containers) starts: PostgreSQL, which runs
+/// as an unprivileged user, keeps its data where that user can reach it.
+#[tokio::test]
+async fn fleet_dev_runs_from_a_checkout_in_a_private_home_directory() {
+    use tokio::io::AsyncBufReadExt;
+    let home = scratch_dir("home");
+    let checkout = home.join("checkout");
+    std::fs::create_dir_all(&checkout).expect("checkout");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod 700");
+    let dev_dir = checkout.join(".fleet/dev");
+    let postgres_dir = fleet::local_services::reachable_postgres_dir(&dev_dir.join("postgres")).expect("a directory");
+    let port = fleet::local_services::free_port().expect("port");
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .arg("dev")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FLEET_DEV_DIR", &dev_dir)
+        .env("FLEET_LISTEN", format!("127.0.0.1:{port}"))
+        .current_dir(&checkout)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fleet dev");
+    let mut stdout = tokio::io::BufReader::new(dev.stdout.take().expect("stdout")).lines();
+    let welcome = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            if line.contains("fleet dev is running") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("fleet dev starts within 120 s");
+    if !welcome {
+        let (status, stderr) = wait_exit(&mut dev).await;
+        panic!("fleet dev exited ({status}) without its welcome text:\n{stderr}");
+    }
+    let body = crate::helpers::fixture("enrollment.created");
+    let body = body.as_str();
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhooks/thinkific"))
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(b"fleet-dev-secret", body.as_bytes()))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    signal(&dev, "TERM");
+    let (status, stderr) = wait_exit(&mut dev).await;
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&home);
+    let _ = std::fs::remove_dir_all(&postgres_dir);
 }

@@ -189,8 +189,8 @@ async fn the_development_webhook_key_is_refused_outside_fleet_dev() {
     ];
     for (variable, value) in cases {
         let (code, stderr) = refused_intake(&ctx, &[(variable, value)]).await;
-        // Exit 1 with `fleet: <why>`, as every configuration error found after parsing.
-        assert_eq!(code, Some(1), "{variable}={value}: {stderr}");
+        // Exit 2 with `fleet: <why>`, as every configuration error (clap's too).
+        assert_eq!(code, Some(2), "{variable}={value}: {stderr}");
         assert!(stderr.contains("fleet: ") && stderr.contains(variable), "{variable}: {stderr}");
         assert!(stderr.contains("set the real signing key"), "{variable}: {stderr}");
         for key in ["fleet-dev-secret", "real-key-one", "real-key-two"] {
@@ -217,7 +217,7 @@ async fn webhook_key_settings_are_refused_without_quoting_a_key() {
     ];
     for (env, named) in cases {
         let (code, stderr) = refused_intake(&ctx, env).await;
-        assert_ne!(code, Some(0), "{env:?}");
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
         for name in named {
             assert!(stderr.contains(name), "{env:?}: the message does not name {name}:\n{stderr}");
         }
@@ -243,6 +243,12 @@ async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
             "FLEET_LISTEN",
         ),
         (vec!["worker"], vec![("FLEET_CONSUMER_NAME", "two words")], "FLEET_CONSUMER_NAME"),
+        (vec!["api"], vec![], "FLEET_API_TOKEN"),
+        (
+            vec!["api"],
+            vec![("FLEET_API_TOKEN", "t"), ("PORT", "8080"), ("FLEET_API_LISTEN", "127.0.0.1:1")],
+            "FLEET_LISTEN",
+        ),
     ];
     for (args, env, named) in cases {
         let mut command = fleet(&ctx, &args);
@@ -251,7 +257,8 @@ async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
         }
         let output = command.output().await.expect("run fleet");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} {env:?} was accepted");
+        // Exit 2, as clap's own usage errors: a supervisor can tell them from a crash.
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}:\n{stderr}");
         assert!(stderr.contains(named), "{args:?} {env:?}: the message does not name {named}:\n{stderr}");
     }
 }
@@ -261,9 +268,13 @@ async fn a_worker_refuses_an_unmigrated_database_until_fleet_migrate_runs() {
     let ctx = context().await;
     sqlx::query("DROP SCHEMA public CASCADE").execute(&ctx.db).await.expect("unmigrate");
     sqlx::query("CREATE SCHEMA public").execute(&ctx.db).await.expect("empty schema");
-    let output = fleet(&ctx, &["worker"]).output().await.expect("run");
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("fleet migrate"));
+    // Exit 4, its own code, from the worker and the read API alike.
+    for args in [&["worker"][..], &["api"][..]] {
+        let output = fleet(&ctx, args).env("FLEET_API_TOKEN", "t").env("PORT", "0").output().await.expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{args:?}: {stderr}");
+        assert!(stderr.contains("fleet migrate"), "{args:?}: {stderr}");
+    }
 
     let output = fleet(&ctx, &["migrate"]).output().await.expect("run");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

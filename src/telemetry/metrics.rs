@@ -1,0 +1,256 @@
+//! Every series the fleet exports, named in one place, and `GET /metrics`
+//! in the Prometheus text format.
+//!
+//! The `metrics` crate's facade records into one process-global recorder
+//! (`metrics-exporter-prometheus`), installed by [`install`] the first time
+//! a role is built; installing again is a no-op, so tests that run many
+//! roles in one process share it. Each role serves `/metrics` from its own
+//! router ([`render`]): the intake and the read API on their port, the
+//! worker on `FLEET_HEALTH_LISTEN`.
+//!
+//! The alert rules are written against these names: rename one only with
+//! them.
+//!
+//! | series | type | labels | recorded by |
+//! |---|---|---|---|
+//! | `fleet_webhooks_total` | counter | topic, answer | intake |
+//! | `fleet_intake_request_duration_seconds` | histogram | | intake |
+//! | `fleet_events_applied_total` | counter | topic | worker |
+//! | `fleet_events_retried_total` | counter | topic | worker |
+//! | `fleet_events_dead_lettered_total` | counter | topic, kind | worker |
+//! | `fleet_batch_size`, `fleet_batch_duration_seconds` | histogram | | worker |
+//! | `fleet_stream_length`, `fleet_consumer_group_lag`, `fleet_pending_entries`, `fleet_oldest_pending_age_seconds`, `fleet_retry_backlog`, `fleet_dead_letters`, `fleet_dead_letter_oldest_age_seconds` | gauge | | worker, sampled from Redis |
+//! | `fleet_cache_requests_total` | counter | outcome (hit, miss, stale, bypass) | read API |
+//! | `fleet_cache_invalidations_total`, `fleet_cache_prewarms_total` | counter | | worker |
+//! | `fleet_revalidations_total` | counter | outcome (ok, failed) | worker |
+//! | `fleet_freshness_seconds` | histogram | topic | worker |
+//! | `fleet_dependency_up` | gauge | dependency (redis, postgres) | every role |
+//! | `fleet_worker_progress_total`, `fleet_worker_last_progress_timestamp_seconds` | counter, gauge | | worker |
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const WEBHOOKS: &str = "fleet_webhooks_total";
+pub const INTAKE_DURATION: &str = "fleet_intake_request_duration_seconds";
+pub const EVENTS_APPLIED: &str = "fleet_events_applied_total";
+pub const EVENTS_RETRIED: &str = "fleet_events_retried_total";
+pub const EVENTS_DEAD_LETTERED: &str = "fleet_events_dead_lettered_total";
+pub const BATCH_SIZE: &str = "fleet_batch_size";
+pub const BATCH_DURATION: &str = "fleet_batch_duration_seconds";
+pub const STREAM_LENGTH: &str = "fleet_stream_length";
+pub const GROUP_LAG: &str = "fleet_consumer_group_lag";
+pub const PENDING_ENTRIES: &str = "fleet_pending_entries";
+pub const OLDEST_PENDING_AGE: &str = "fleet_oldest_pending_age_seconds";
+pub const RETRY_BACKLOG: &str = "fleet_retry_backlog";
+pub const DEAD_LETTERS: &str = "fleet_dead_letters";
+pub const DEAD_LETTER_OLDEST_AGE: &str = "fleet_dead_letter_oldest_age_seconds";
+pub const CACHE_REQUESTS: &str = "fleet_cache_requests_total";
+pub const CACHE_INVALIDATIONS: &str = "fleet_cache_invalidations_total";
+pub const CACHE_PREWARMS: &str = "fleet_cache_prewarms_total";
+pub const REVALIDATIONS: &str = "fleet_revalidations_total";
+pub const FRESHNESS: &str = "fleet_freshness_seconds";
+pub const DEPENDENCY_UP: &str = "fleet_dependency_up";
+pub const WORKER_PROGRESS: &str = "fleet_worker_progress_total";
+pub const WORKER_LAST_PROGRESS: &str = "fleet_worker_last_progress_timestamp_seconds";
+
+/// Request latencies: half a millisecond to 2.5 s.
+const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Webhook receipt to fresh dashboard: 5 ms to a minute.
+const FRESHNESS_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Batch durations: a millisecond to a minute (a batch may wait out an outage).
+const BATCH_DURATION_BUCKETS: [f64; 13] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+/// Entries per batch: 1 to 10,000.
+const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0, 10000.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder once; later calls return the same
+/// handle. If another recorder was installed first (an embedding program's),
+/// the fleet's series go there and `/metrics` renders an empty page.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = buckets(PrometheusBuilder::new());
+        let handle = match builder.install_recorder() {
+            Ok(handle) => handle,
+            Err(err) => {
+                tracing::warn!(error = %err, "metrics recorder not installed; /metrics stays empty");
+                buckets(PrometheusBuilder::new()).build_recorder().handle()
+            }
+        };
+        describe();
+        let upkeep = handle.clone();
+        // Histograms are drained into their buckets by upkeep; without it
+        // their samples pile up between scrapes.
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            upkeep.run_upkeep();
+        });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "no metrics upkeep thread; histograms are drained on scrape only");
+        }
+        handle
+    })
+}
+
+fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
+    let sets: [(&str, &[f64]); 4] = [
+        (INTAKE_DURATION, &LATENCY_BUCKETS),
+        (FRESHNESS, &FRESHNESS_BUCKETS),
+        (BATCH_DURATION, &BATCH_DURATION_BUCKETS),
+        (BATCH_SIZE, &BATCH_SIZE_BUCKETS),
+    ];
+    sets.into_iter().fold(builder, |builder, (name, buckets)| {
+        // Only an empty list is refused, and none is.
+        builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets).expect("bucket lists are not empty")
+    })
+}
+
+fn describe() {
+    describe_counter!(WEBHOOKS, "Webhooks answered, by topic (unknown when not parsed) and answer");
+    describe_histogram!(INTAKE_DURATION, Unit::Seconds, "Time to answer a webhook");
+    describe_counter!(EVENTS_APPLIED, "Events committed to Postgres");
+    describe_counter!(EVENTS_RETRIED, "Events refused by Postgres and scheduled for a retry");
+    describe_counter!(EVENTS_DEAD_LETTERED, "Events moved to dead letters, by topic and kind");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Entries per batch the worker settles");
+    describe_histogram!(BATCH_DURATION, Unit::Seconds, "Time to settle a batch");
+    describe_gauge!(STREAM_LENGTH, "Entries in the events stream (XLEN)");
+    describe_gauge!(GROUP_LAG, "Entries not yet delivered to the consumer group");
+    describe_gauge!(PENDING_ENTRIES, "Entries delivered but not acknowledged");
+    describe_gauge!(OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest pending entry (from its stream id)");
+    describe_gauge!(RETRY_BACKLOG, "Events waiting for a scheduled retry");
+    describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter stream");
+    describe_gauge!(DEAD_LETTER_OLDEST_AGE, Unit::Seconds, "Age of the oldest dead letter");
+    describe_counter!(CACHE_REQUESTS, "Cached reads, by outcome: hit, miss, stale, bypass");
+    describe_counter!(CACHE_INVALIDATIONS, "Cache tags invalidated after a batch");
+    describe_counter!(CACHE_PREWARMS, "Cached values written ahead of readers after a batch");
+    describe_counter!(REVALIDATIONS, "Revalidation hook calls, by outcome: ok, failed");
+    describe_histogram!(FRESHNESS, Unit::Seconds, "From a webhook's receipt to the cache refresh covering it");
+    describe_gauge!(DEPENDENCY_UP, "Whether a dependency answered last time it was used or probed (1) or not (0)");
+    describe_counter!(WORKER_PROGRESS, "Steps of the worker loop: reads returned and batches settled");
+    describe_gauge!(WORKER_LAST_PROGRESS, Unit::Seconds, "Unix time of the worker loop's last step");
+}
+
+/// `GET /metrics`: every series, in the Prometheus text format.
+pub async fn render() -> Response {
+    let mut response = install().render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// How the intake answered a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Accepted,
+    Duplicate,
+    Unauthorized,
+    Forbidden,
+    Invalid,
+    TooLarge,
+    Unavailable,
+}
+
+impl Answer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Invalid => "invalid",
+            Self::TooLarge => "too_large",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One webhook answered; `topic` is `None` when its body was not parsed.
+pub fn webhook(topic: Option<&str>, answer: Answer, took: Duration) {
+    let topic = topic.unwrap_or("unknown").to_owned();
+    counter!(WEBHOOKS, "topic" => topic, "answer" => answer.as_str()).increment(1);
+    histogram!(INTAKE_DURATION).record(took.as_secs_f64());
+}
+
+pub fn events_applied(topic: &str, count: u64) {
+    counter!(EVENTS_APPLIED, "topic" => topic.to_owned()).increment(count);
+}
+
+pub fn event_retried(topic: &str) {
+    counter!(EVENTS_RETRIED, "topic" => topic.to_owned()).increment(1);
+}
+
+pub fn event_dead_lettered(topic: &str, kind: &'static str) {
+    counter!(EVENTS_DEAD_LETTERED, "topic" => topic.to_owned(), "kind" => kind).increment(1);
+}
+
+pub fn batch(size: usize, took: Duration) {
+    histogram!(BATCH_SIZE).record(size as f64);
+    histogram!(BATCH_DURATION).record(took.as_secs_f64());
+}
+
+/// What the worker samples from Redis every few seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub stream_length: u64,
+    /// `None` when Redis cannot tell (after some deletions).
+    pub lag: Option<u64>,
+    pub pending: u64,
+    pub oldest_pending_age: Duration,
+    pub retries: u64,
+    pub dead_letters: u64,
+    pub oldest_dead_letter_age: Duration,
+}
+
+pub fn backlog(sample: &Backlog) {
+    gauge!(STREAM_LENGTH).set(sample.stream_length as f64);
+    if let Some(lag) = sample.lag {
+        gauge!(GROUP_LAG).set(lag as f64);
+    }
+    gauge!(PENDING_ENTRIES).set(sample.pending as f64);
+    gauge!(OLDEST_PENDING_AGE).set(sample.oldest_pending_age.as_secs_f64());
+    gauge!(RETRY_BACKLOG).set(sample.retries as f64);
+    gauge!(DEAD_LETTERS).set(sample.dead_letters as f64);
+    gauge!(DEAD_LETTER_OLDEST_AGE).set(sample.oldest_dead_letter_age.as_secs_f64());
+}
+
+/// One cached read answered (`outcome` as in `X-Cache`, lower case).
+pub fn cache_request(outcome: &'static str) {
+    counter!(CACHE_REQUESTS, "outcome" => outcome).increment(1);
+}
+
+pub fn cache_invalidations(tags: u64) {
+    counter!(CACHE_INVALIDATIONS).increment(tags);
+}
+
+pub fn cache_prewarms(values: u64) {
+    counter!(CACHE_PREWARMS).increment(values);
+}
+
+pub fn revalidation(ok: bool) {
+    counter!(REVALIDATIONS, "outcome" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
+/// An event's dashboard is fresh: `received_at` is when the intake took it.
+pub fn freshness(topic: &str, received_at: DateTime<Utc>, now: DateTime<Utc>) {
+    let seconds = (now - received_at).to_std().unwrap_or_default().as_secs_f64();
+    histogram!(FRESHNESS, "topic" => topic.to_owned()).record(seconds);
+}
+
+/// `dependency` answered (`true`) or failed.
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    gauge!(DEPENDENCY_UP, "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
+}
+
+/// The worker loop moved on.
+pub fn worker_progress() {
+    counter!(WORKER_PROGRESS).increment(1);
+    gauge!(WORKER_LAST_PROGRESS).set(Utc::now().timestamp_millis() as f64 / 1000.0);
+}

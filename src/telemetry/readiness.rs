@@ -1,0 +1,90 @@
+//! `/readyz`: whether a role can do its work, with the state of each
+//! dependency it uses, as JSON:
+//!
+//! ```text
+//! {"status": "ready" | "unavailable",
+//!  "dependencies": {"redis": {"state": "up"}, "postgres": {"state": "down", "error": "…"}}}
+//! ```
+//!
+//! The answer is 503 when a required dependency is down; an optional one
+//! (Redis for the read API, which then answers from Postgres) is reported
+//! but keeps the role ready. Every check also sets `fleet_dependency_up`.
+//! `/healthz` stays cheap and checks nothing: the process answers.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use redis::aio::ConnectionManager;
+use serde_json::{json, Map, Value};
+use sqlx::PgPool;
+
+use super::metrics;
+
+/// How long a probe may take before its dependency counts as down.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One dependency's state.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub dependency: &'static str,
+    /// Whether the role is unavailable while it is down.
+    pub required: bool,
+    /// `Err` says why it is down.
+    pub state: Result<(), String>,
+}
+
+impl Check {
+    pub fn required(dependency: &'static str, state: Result<(), String>) -> Self {
+        Self { dependency, required: true, state }
+    }
+
+    pub fn optional(dependency: &'static str, state: Result<(), String>) -> Self {
+        Self { dependency, required: false, state }
+    }
+}
+
+/// The `/readyz` answer for `checks` (and `fleet_dependency_up` set from them).
+pub fn answer(checks: &[Check]) -> Response {
+    let mut dependencies = Map::new();
+    let mut ready = true;
+    for check in checks {
+        metrics::dependency_up(check.dependency, check.state.is_ok());
+        let state = match &check.state {
+            Ok(()) => json!({ "state": "up" }),
+            Err(error) => {
+                ready &= !check.required;
+                tracing::warn!(dependency = check.dependency, %error, required = check.required, "not ready: dependency down");
+                json!({ "state": "down", "error": error })
+            }
+        };
+        dependencies.insert(check.dependency.to_owned(), state);
+    }
+    let status = if ready { "ready" } else { "unavailable" };
+    let body = Json(json!({ "status": status, "dependencies": Value::Object(dependencies) }));
+    if ready {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// Whether Redis answers a PING in time.
+pub async fn probe_redis(redis: &ConnectionManager) -> Result<(), String> {
+    let mut redis = redis.clone();
+    match tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+    }
+}
+
+/// Whether Postgres answers a query in time.
+pub async fn probe_postgres(db: &PgPool) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(db)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+    }
+}

@@ -1,0 +1,89 @@
+//! The backlog gauges, sampled from Redis every few seconds by each
+//! worker: how long the stream is, what the group has yet to deliver or
+//! acknowledge and since when, and what waits in retries and dead letters.
+//! Every worker samples the same keys, so any one of them answers for the
+//! fleet; the cost is a handful of O(1) commands per interval.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
+use redis::RedisError;
+use tokio_util::sync::CancellationToken;
+
+use crate::redis::keys::{Keys, GROUP};
+use crate::telemetry::metrics::{self, Backlog};
+
+/// How often the gauges are sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Samples until `stop`; a failed sample keeps the last values.
+pub async fn run(mut redis: ConnectionManager, keys: Keys, stop: CancellationToken) {
+    loop {
+        match sample(&mut redis, &keys).await {
+            Ok(backlog) => metrics::backlog(&backlog),
+            Err(err) => tracing::debug!(error = %err, "could not sample the backlog; will try again"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SAMPLE_INTERVAL) => {}
+        }
+    }
+}
+
+/// One sample, in one round trip: XLEN, XINFO GROUPS (lag and pending),
+/// XPENDING's summary (the oldest pending id), ZCARD of the retries, XLEN
+/// and the first entry of the dead letters.
+pub async fn sample(redis: &mut ConnectionManager, keys: &Keys) -> Result<Backlog, RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.xlen(keys.events())
+        .xinfo_groups(keys.events())
+        .xpending(keys.events(), GROUP)
+        .zcard(keys.retries())
+        .xlen(keys.dead_letters())
+        .xrange_count(keys.dead_letters(), "-", "+", 1);
+    let (stream_length, groups, pending, retries, dead_letters, first_dead): (
+        u64,
+        StreamInfoGroupsReply,
+        StreamPendingReply,
+        u64,
+        u64,
+        StreamRangeReply,
+    ) = pipe.query_async(redis).await?;
+    let group = groups.groups.into_iter().find(|group| group.name == GROUP);
+    let (lag, pending_count) =
+        group.map_or((Some(0), 0), |group| (group.lag.map(|lag| lag as u64), group.pending as u64));
+    let oldest_pending = match &pending {
+        StreamPendingReply::Data(data) => Some(data.start_id.as_str()),
+        _ => None,
+    };
+    Ok(Backlog {
+        stream_length,
+        lag,
+        pending: pending_count,
+        oldest_pending_age: oldest_pending.map(age_of).unwrap_or_default(),
+        retries,
+        dead_letters,
+        oldest_dead_letter_age: first_dead.ids.first().map(|entry| age_of(&entry.id)).unwrap_or_default(),
+    })
+}
+
+/// How long ago the entry with stream id `id` (`<ms>-<seq>`) was added.
+fn age_of(id: &str) -> Duration {
+    let added = id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(i64::MAX);
+    Duration::from_millis(Utc::now().timestamp_millis().saturating_sub(added).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_age_comes_from_its_id() {
+        let ten_seconds_ago = Utc::now().timestamp_millis() - 10_000;
+        let age = age_of(&format!("{ten_seconds_ago}-3"));
+        assert!(age >= Duration::from_secs(10) && age < Duration::from_secs(12), "{age:?}");
+        assert_eq!(age_of("garbage"), Duration::ZERO);
+    }
+}
