@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         keys: fleet::secrets::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
         max_body_bytes: 1024 * 1024,
         dedup_window: Duration::from_secs(3600),
+        http: fleet::runtime::HttpSettings::default(),
     };
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let intake = fleet::intake::Application::build(local, &redis_url, keys.clone(), settings).await?;

@@ -58,6 +58,7 @@ use crate::read_model::cached::Cached;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
+use crate::runtime::HttpSettings;
 use crate::scheduled::rewarm;
 use crate::telemetry::metrics;
 use crate::telemetry::readiness::{self, Check};
@@ -84,6 +85,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     /// The school a request without `tenant_id` is about.
     pub default_tenant: Option<TenantId>,
+    /// Limits on slow and idle clients.
+    pub http: HttpSettings,
 }
 
 impl Settings {
@@ -133,7 +136,8 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        crate::runtime::serve(self.listener, app(self.state), shutdown).await
+        let http = self.state.tuning.http;
+        crate::runtime::serve(self.listener, app(self.state), http, shutdown).await
     }
 }
 

@@ -20,6 +20,7 @@ mod run;
 use crate::operator::cache::ClearKind;
 use crate::redis::keys::Kind;
 use crate::redis::KeyPrefix;
+use crate::runtime::HttpSettings;
 use crate::secrets::{ApiToken, KeysError, SchoolKeys, SchoolTokens, SecretValueParser, WebhookKeys, WebhookSecrets};
 use crate::urls::{DatabaseUrl, RedisUrl, RevalidateUrl};
 
@@ -72,6 +73,8 @@ pub struct ApiArgs {
     pub api: ApiTuning,
     #[command(flatten)]
     pub cache: CacheTuning,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 impl ApiArgs {
@@ -114,7 +117,8 @@ pub struct ApiTuning {
 }
 
 impl ApiTuning {
-    pub fn settings(&self) -> crate::api::Settings {
+    /// The read API's settings, served with `http`'s limits.
+    pub fn settings(&self, http: HttpSettings) -> crate::api::Settings {
         crate::api::Settings {
             rate_limit_requests: self.rate_limit_requests,
             rate_limit_window_ms: self.rate_limit_window_ms,
@@ -122,6 +126,40 @@ impl ApiTuning {
             api_tokens: self.api_tokens.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             default_tenant: self.default_tenant.clone(),
+            http,
+        }
+    }
+}
+
+/// How every HTTP server (intake, read API, worker health) treats slow and
+/// idle clients; see [`crate::runtime`].
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// How long a connection may take to send a request's line and headers, in milliseconds;
+    /// also how long an idle keep-alive connection stays open. Slower connections are closed.
+    #[arg(long = "http-header-timeout-ms", env = "FLEET_HTTP_HEADER_TIMEOUT_MS",
+          default_value_t = crate::runtime::DEFAULT_HEADER_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=300_000), value_name = "FLEET_HTTP_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: u64,
+    /// How long a request may take from its headers to its response, body included, in
+    /// milliseconds; slower requests get 408.
+    #[arg(long = "http-request-timeout-ms", env = "FLEET_HTTP_REQUEST_TIMEOUT_MS",
+          default_value_t = crate::runtime::DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=600_000), value_name = "FLEET_HTTP_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: u64,
+    /// The most connections served at once; at the cap, new ones wait to be accepted until one closes.
+    #[arg(long = "http-max-connections", env = "FLEET_HTTP_MAX_CONNECTIONS",
+          default_value_t = crate::runtime::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..=65_536), value_name = "FLEET_HTTP_MAX_CONNECTIONS")]
+    pub max_connections: u32,
+}
+
+impl HttpArgs {
+    pub fn settings(&self) -> HttpSettings {
+        HttpSettings {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_connections: self.max_connections,
         }
     }
 }
@@ -353,6 +391,8 @@ pub struct IntakeArgs {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub tuning: IntakeTuning,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// The intake's signing keys; at least one of the two settings must be given.
@@ -410,12 +450,13 @@ pub struct ListenArgs {
 }
 
 impl IntakeTuning {
-    /// The intake's settings, signing with `keys`.
-    pub fn settings(&self, keys: WebhookKeys) -> crate::intake::Settings {
+    /// The intake's settings, signing with `keys` and served with `http`'s limits.
+    pub fn settings(&self, keys: WebhookKeys, http: HttpSettings) -> crate::intake::Settings {
         crate::intake::Settings {
             keys,
             max_body_bytes: self.max_body_bytes as usize,
             dedup_window: Duration::from_secs(self.dedup_window_secs),
+            http,
         }
     }
 }
@@ -441,6 +482,9 @@ pub struct WorkerArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub tuning: WorkerTuning,
+    /// Limits of the health listener (FLEET_HEALTH_LISTEN).
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub schedule: crate::scheduled::ScheduleSettings,
 }
@@ -544,6 +588,8 @@ pub struct DevArgs {
     pub schedule: crate::scheduled::ScheduleSettings,
     #[command(flatten)]
     pub api: ApiTuning,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Configuration errors found after parsing.
@@ -654,5 +700,55 @@ mod tests {
         assert_eq!(listen(None, Some(5000)).address().ok(), "0.0.0.0:5000".parse().ok());
         assert_eq!(listen(Some("10.0.0.1:1"), None).address().ok(), "10.0.0.1:1".parse().ok());
         assert!(listen(Some("10.0.0.1:1"), Some(2)).address().is_err());
+    }
+
+    #[test]
+    fn every_server_takes_the_http_limits_with_defaults_and_ranges() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let http = |command: Command| match command {
+            Command::Intake(args) => args.http.settings(),
+            Command::Api(args) => args.http.settings(),
+            Command::Worker(args) => args.http.settings(),
+            Command::Dev(args) => args.http.settings(),
+            _ => unreachable!("a serving command"),
+        };
+        let redis = ["--redis-url", "redis://localhost"];
+        let database = ["--database-url", "postgres://localhost/fleet"];
+        let commands: [Vec<&str>; 4] = [
+            [&["fleet", "intake", "--webhook-secret", "k"][..], &redis].concat(),
+            [&["fleet", "api"][..], &redis, &database].concat(),
+            [&["fleet", "worker"][..], &redis, &database].concat(),
+            vec!["fleet", "dev"],
+        ];
+        for command in commands {
+            let defaults = parse(&command).unwrap_or_else(|err| panic!("{command:?}: {err}")).command;
+            assert_eq!(http(defaults), HttpSettings::default(), "{command:?}");
+            let custom = [
+                &command[..],
+                &[
+                    "--http-header-timeout-ms",
+                    "300",
+                    "--http-request-timeout-ms",
+                    "1000",
+                    "--http-max-connections",
+                    "10",
+                ],
+            ]
+            .concat();
+            let custom = parse(&custom).unwrap_or_else(|err| panic!("{command:?}: {err}")).command;
+            let expected = HttpSettings {
+                header_timeout: Duration::from_millis(300),
+                request_timeout: Duration::from_millis(1000),
+                max_connections: 10,
+            };
+            assert_eq!(http(custom), expected, "{command:?}");
+            for refused in [
+                ["--http-header-timeout-ms", "99"],
+                ["--http-request-timeout-ms", "600001"],
+                ["--http-max-connections", "0"],
+            ] {
+                assert!(parse(&[&command[..], &refused].concat()).is_err(), "{command:?} {refused:?}");
+            }
+        }
     }
 }

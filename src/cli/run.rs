@@ -118,7 +118,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     if webhook_keys.contains(DEV_SECRET.as_bytes()) {
         return Err(ConfigError::DevelopmentWebhookKey.into());
     }
-    let settings = args.tuning.settings(webhook_keys);
+    let settings = args.tuning.settings(webhook_keys, args.http.settings());
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let intake = intake::Application::build(address, args.redis.redis_url.as_str(), keys, settings).await?;
     intake.run_until_stopped(shutdown_on_signals()).await?;
@@ -140,7 +140,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {address} (FLEET_HEALTH_LISTEN)"))?;
         tracing::info!(%address, "worker health on /healthz and /readyz");
-        tokio::spawn(serve(listener, health::router(health.clone()), shutdown.clone()));
+        tokio::spawn(serve(listener, health::router(health.clone()), args.http.settings(), shutdown.clone()));
     }
     if !check_schema(&pool, database_url, &health, &shutdown).await? {
         return Ok(());
@@ -205,7 +205,8 @@ async fn with_revalidation(
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
-    if !args.api.settings().has_tokens() {
+    let settings = args.api.settings(args.http.settings());
+    if !settings.has_tokens() {
         return Err(ConfigError::ApiWithoutToken.into());
     }
     let address = args.address()?;
@@ -213,8 +214,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let pool = lazy_postgres(database_url)?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let redis_url = args.redis.redis_url.as_str();
-    let api =
-        api::Application::build(address, pool.clone(), redis_url, keys, args.cache.ttls(), args.api.settings()).await?;
+    let api = api::Application::build(address, pool.clone(), redis_url, keys, args.cache.ttls(), settings).await?;
     let health = api.state().health();
     let shutdown = shutdown_on_signals();
     // Serving first, so /readyz tells what the API waits for.
@@ -281,11 +281,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis = connect_redis(redis_url.as_str()).await?;
-    let api =
-        api::ApiState::connect(pool, redis_url.as_str(), keys.clone(), args.worker.cache.ttls(), args.api.settings());
-    let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?);
+    // One server for both: the read API's routes on the intake's address.
+    let http = args.http.settings();
+    let api_settings = args.api.settings(http);
+    let api = api::ApiState::connect(pool, redis_url.as_str(), keys.clone(), args.worker.cache.ttls(), api_settings);
+    let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, http);
     let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
-    let intake_task = tokio::spawn(serve(listener, app, shutdown.clone()));
+    let intake_task = tokio::spawn(serve(listener, app, http, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
     write_private_file(&example, EXAMPLE_WEBHOOK.trim_end().as_bytes())?;

@@ -35,6 +35,7 @@ use crate::health::{self, Dependency, Health};
 
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
+use crate::runtime::HttpSettings;
 use crate::secrets::{KeyScope, WebhookKeys};
 use crate::telemetry::metrics::{self, Answer};
 use crate::telemetry::readiness::{self, Check};
@@ -57,6 +58,8 @@ pub struct Settings {
     pub keys: WebhookKeys,
     pub max_body_bytes: usize,
     pub dedup_window: Duration,
+    /// Limits on slow and idle clients.
+    pub http: HttpSettings,
 }
 
 /// Why the intake cannot start.
@@ -72,6 +75,7 @@ pub struct Application {
     state: IntakeState,
     /// The Redis URL, while Redis is still to be reached.
     pending: Option<String>,
+    http: HttpSettings,
 }
 
 impl Application {
@@ -88,6 +92,7 @@ impl Application {
         let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
         let address = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
         tracing::info!(%address, stream = %keys.events(), "intake listening");
+        let http = settings.http;
         let state = IntakeState {
             redis: Arc::new(OnceCell::new()),
             keys,
@@ -101,7 +106,7 @@ impl Application {
                 pending = None;
             }
         }
-        Ok(Self { listener, state, pending })
+        Ok(Self { listener, state, pending, http })
     }
 
     /// The address it listens on (the port chosen when asked for port 0).
@@ -114,7 +119,7 @@ impl Application {
         if let Some(url) = self.pending {
             tokio::spawn(self.state.clone().connect(url, shutdown.clone()));
         }
-        crate::runtime::serve(self.listener, routes(self.state), shutdown).await
+        crate::runtime::serve(self.listener, routes(self.state), self.http, shutdown).await
     }
 }
 

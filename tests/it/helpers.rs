@@ -195,6 +195,7 @@ pub fn intake_settings(secrets: &str) -> IntakeSettings {
         keys: WebhookKeys::new(Some(secrets.parse().expect("secrets")), None).expect("keys"),
         max_body_bytes: 1024 * 1024,
         dedup_window: Duration::from_secs(72 * 3600),
+        http: fleet::runtime::HttpSettings::default(),
     }
 }
 
@@ -561,6 +562,7 @@ pub fn api_tuning() -> fleet::api::Settings {
         api_tokens: None,
         trusted_proxies: Vec::new(),
         default_tenant: None,
+        http: fleet::runtime::HttpSettings::default(),
     }
 }
 
@@ -587,11 +589,12 @@ impl TestContext {
     pub async fn spawn_api_with(&self, tuning: fleet::api::Settings, ttls: fleet::redis::cache::Ttls) -> ApiServer {
         let redis = fleet::redis::connect(&self.redis_url, Duration::from_secs(1)).await.expect("connect to Redis");
         let redis = std::sync::Arc::new(OnceCell::new_with(Some(redis)));
+        let http = tuning.http;
         let state = fleet::api::ApiState::new(self.db.clone(), redis, self.keys.clone(), ttls, tuning);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        tokio::spawn(fleet::runtime::serve(listener, fleet::api::app(state.clone()), shutdown.clone()));
+        tokio::spawn(fleet::runtime::serve(listener, fleet::api::app(state.clone()), http, shutdown.clone()));
         ApiServer { address, state, shutdown }
     }
 }

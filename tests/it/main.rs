@@ -18,5 +18,6 @@ mod properties;
 mod recovery;
 mod scheduled;
 mod secrets;
+mod slow_clients;
 mod systemd;
 mod worker;

@@ -351,7 +351,12 @@ async fn readiness_names_the_dependency_that_is_down_and_recovers() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let worker_base = format!("http://{}", listener.local_addr().expect("address"));
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(fleet::runtime::serve(listener, fleet::worker::health::router(worker.health()), shutdown.clone()));
+    tokio::spawn(fleet::runtime::serve(
+        listener,
+        fleet::worker::health::router(worker.health()),
+        fleet::runtime::HttpSettings::default(),
+        shutdown.clone(),
+    ));
     let worker = crate::helpers::WorkerHandle::run(worker);
 
     for base in [&intake_base, &api_base, &worker_base] {
