@@ -262,6 +262,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
             () = terminate => tracing::info!("SIGTERM received, shutting down"),
         }
         cancel.cancel();
+        crate::systemd::notify_stopping();
     });
     token
 }

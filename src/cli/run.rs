@@ -31,7 +31,7 @@ use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::health;
 use crate::worker::revalidate::Revalidator;
 use crate::worker::{Worker, WorkerError};
-use crate::{api, db, intake, operator};
+use crate::{api, db, intake, operator, systemd};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
 pub const EXAMPLE_WEBHOOK: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
@@ -121,6 +121,8 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings(webhook_keys, args.http.settings());
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let intake = intake::Application::build(address, args.redis.redis_url.as_str(), keys, settings).await?;
+    // Serving from here on (webhooks get 503 until Redis answers).
+    systemd::notify_ready();
     intake.run_until_stopped(shutdown_on_signals()).await?;
     tracing::info!("intake stopped");
     Ok(())
@@ -155,6 +157,10 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let Some(jobs) = spawn_scheduled(schedule, pool, redis_url, &keys, &worker.health(), &shutdown).await else {
         return Ok(());
     };
+    // Holding its consumer name and about to consume: ready, and from now
+    // on systemd's watchdog is fed only while the loop advances.
+    tokio::spawn(systemd::run_watchdog(worker.progress(), shutdown.clone()));
+    systemd::notify_ready();
     let worker_result = worker.run(shutdown.clone()).await;
     // A worker that stopped with an error takes the jobs down with it.
     shutdown.cancel();
@@ -219,6 +225,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals();
     // Serving first, so /readyz tells what the API waits for.
     let server = tokio::spawn(api.run_until_stopped(shutdown.clone()));
+    systemd::notify_ready();
     if let Err(outdated) = check_schema(&pool, database_url, &health, &shutdown).await {
         shutdown.cancel();
         let _ = server.await;

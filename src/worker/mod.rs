@@ -66,6 +66,7 @@ use crate::redis::failures::{self, Failure, FailureKind};
 use crate::redis::keys::{Keys, GROUP};
 use crate::redis::stream::{self, Entry, ReadFrom};
 use crate::redis::{cache, leases};
+use crate::systemd::Progress;
 use crate::telemetry::metrics;
 
 pub mod backlog;
@@ -138,6 +139,9 @@ pub struct Worker {
     health: Health,
     lease_token: String,
     revalidator: Option<Revalidator>,
+    /// Advanced each time the loop gets an answer; systemd's watchdog
+    /// (`crate::systemd`) is fed only while it moves.
+    progress: Progress,
 }
 
 /// A committed batch waiting for its cache refresh and acknowledgement.
@@ -224,7 +228,17 @@ impl Worker {
         }
         metrics::install();
         waiter.reached();
-        Ok(Self { db, reader, redis, keys, settings, health, lease_token, revalidator: None })
+        Ok(Self {
+            db,
+            reader,
+            redis,
+            keys,
+            settings,
+            health,
+            lease_token,
+            revalidator: None,
+            progress: Progress::new(),
+        })
     }
 
     /// Also POST each batch's invalidated tags to the revalidation hook.
@@ -236,6 +250,11 @@ impl Worker {
     /// The worker's health, for `/readyz`.
     pub fn health(&self) -> Health {
         self.health.clone()
+    }
+
+    /// The loop's progress, for systemd's watchdog.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// Consumes until `shutdown` fires, then finishes the batch in hand
@@ -295,6 +314,7 @@ impl Worker {
                 self.settings.block,
             )
             .await;
+            self.progress.advance();
             match read {
                 Ok(entries) => {
                     read_backoff = infrastructure_backoff();
@@ -331,7 +351,7 @@ impl Worker {
                     let pause = read_backoff.next().unwrap_or(MAX_PAUSE);
                     tokio::select! {
                         () = stop.cancelled() => {}
-                        () = tokio::time::sleep(pause) => {}
+                        () = self.progress.pause(pause) => {}
                     }
                 }
             }
@@ -657,7 +677,7 @@ impl Worker {
         let pause = backoff.next().unwrap_or(MAX_PAUSE);
         tokio::select! {
             () = stop.cancelled() => None,
-            () = tokio::time::sleep(pause) => Some(()),
+            () = self.progress.pause(pause) => Some(()),
         }
     }
 
@@ -669,14 +689,16 @@ impl Worker {
     {
         let mut backoff = infrastructure_backoff();
         loop {
-            match op(self.redis.clone()).await {
+            let result = op(self.redis.clone()).await;
+            self.progress.advance();
+            match result {
                 Ok(value) => return Some(value),
                 Err(err) => {
                     self.health.unavailable(Dependency::Redis, &err);
                     let pause = backoff.next().unwrap_or(MAX_PAUSE);
                     tokio::select! {
                         () = stop.cancelled() => return None,
-                        () = tokio::time::sleep(pause) => {}
+                        () = self.progress.pause(pause) => {}
                     }
                 }
             }
@@ -700,7 +722,9 @@ impl Worker {
         let mut backoff = infrastructure_backoff();
         let mut waited = false;
         loop {
-            match op().await {
+            let result = op().await;
+            self.progress.advance();
+            match result {
                 Err(error @ ApplyError::Outage(_)) => {
                     waited = true;
                     self.wait_for_postgres(&error, held, &mut backoff, stop).await?;

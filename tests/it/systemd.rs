@@ -235,3 +235,73 @@ async fn a_deliberate_pause_keeps_the_watchdog_pinging() {
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.expect("the watchdog stops on shutdown").expect("no panic");
 }
+
+/// Every message that arrives within `during`, with when it arrived.
+async fn collect_timed(systemd: &FakeSystemd, during: Duration) -> Vec<(tokio::time::Instant, String)> {
+    let deadline = tokio::time::Instant::now() + during;
+    let mut messages = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match systemd.next(left).await {
+            Some(message) if !left.is_zero() => messages.push((tokio::time::Instant::now(), message)),
+            _ => return messages,
+        }
+    }
+}
+
+/// The real `fleet worker` under a notify socket and a watchdog, as systemd
+/// runs it: `READY=1` once it holds its consumer name, pings while its loop
+/// advances (idle reads included), silence while its Redis connection
+/// hangs (every client paused with `CLIENT PAUSE`), pings again once it
+/// answers, and `STOPPING=1` on SIGTERM.
+#[tokio::test]
+async fn the_worker_process_is_ready_pings_and_falls_silent_while_its_loop_hangs() {
+    let redis_dir = scratch_dir("watchdog-redis");
+    let _redis = fleet::local_services::LocalRedis::start(&redis_dir, true).await.expect("start the test's Redis");
+    let ctx = crate::helpers::context_on(&_redis.url()).await;
+    let systemd = FakeSystemd::bind();
+    let mut worker = crate::helpers::fleet(&ctx, &["worker"])
+        .env("NOTIFY_SOCKET", systemd.dir.join("notify"))
+        .env("WATCHDOG_USEC", "400000")
+        .env("FLEET_BLOCK_MS", "100")
+        .env("FLEET_CONSUMER_NAME", "watchdog-1")
+        .spawn()
+        .expect("start fleet worker");
+
+    let mut ready = false;
+    for _ in 0..150 {
+        match systemd.next(Duration::from_millis(200)).await.as_deref() {
+            Some("READY=1") => {
+                ready = true;
+                break;
+            }
+            _ => assert!(worker.try_wait().expect("poll the worker").is_none(), "the worker exited before READY=1"),
+        }
+    }
+    assert!(ready, "the worker said READY=1 within 30 s");
+    let idle = collect_timed(&systemd, Duration::from_millis(1500)).await;
+    let pings = idle.iter().filter(|(_, message)| message == "WATCHDOG=1").count();
+    assert!(pings >= 4, "an idle worker pings every 200 ms: {idle:?}");
+
+    let mut redis = ctx.redis.clone();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("ALL").query_async(&mut redis).await.expect("pause");
+    let paused_at = tokio::time::Instant::now();
+    let hung = collect_timed(&systemd, Duration::from_millis(2800)).await;
+    // The reads in flight when the pause began may still return; from then
+    // on every read hangs, and the watchdog must fall silent.
+    let late: Vec<_> = hung
+        .iter()
+        .filter(|(at, message)| message == "WATCHDOG=1" && *at - paused_at > Duration::from_millis(1000))
+        .collect();
+    assert!(late.is_empty(), "no ping while every read hangs: {hung:?}");
+    let after = collect_timed(&systemd, Duration::from_millis(2500)).await;
+    let pings = after.iter().filter(|(_, message)| message == "WATCHDOG=1").count();
+    assert!(pings >= 3, "pings again once Redis answers: {after:?}");
+
+    crate::helpers::signal(&worker, "TERM");
+    let stopping = systemd.collect(Duration::from_secs(3)).await;
+    assert!(stopping.iter().any(|message| message == "STOPPING=1"), "{stopping:?}");
+    let (status, stderr) = crate::helpers::wait_exit(&mut worker).await;
+    assert!(status.success(), "{stderr}");
+    let _ = std::fs::remove_dir_all(&redis_dir);
+}
