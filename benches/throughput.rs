@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet::local_services::{LocalPostgres, LocalRedis};
+use fleet::local_services::{postgres_given_or_started, redis_given_or_started};
 use fleet::redis::{stream, KeyPrefix, Keys};
 use fleet::worker::Settings as WorkerSettings;
 use serde_json::json;
@@ -55,26 +55,11 @@ async fn main() -> anyhow::Result<()> {
     let courses = env_number("BENCH_COURSES", 500).max(1);
     let scratch = std::env::temp_dir().join(format!("fleet-bench-{}", uuid::Uuid::new_v4().simple()));
 
-    let (_redis, redis_url) = match std::env::var("REDIS_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let redis = LocalRedis::start(&scratch.join("redis"), true).await?;
-            let url = redis.url();
-            (Some(redis), url)
-        }
-    };
-    let (_postgres, admin_url) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (None, url),
-        Err(_) => {
-            let postgres = LocalPostgres::start(
-                &std::env::temp_dir().join(format!("fleet-bench-pg-{}", uuid::Uuid::new_v4().simple())),
-                true,
-            )
-            .await?;
-            let url = postgres.url("postgres");
-            (Some(postgres), url)
-        }
-    };
+    let (redis_url, _redis) =
+        redis_given_or_started(std::env::var("REDIS_URL").ok(), &scratch.join("redis"), true).await?;
+    let postgres_dir = std::env::temp_dir().join(format!("fleet-bench-pg-{}", uuid::Uuid::new_v4().simple()));
+    let (admin_url, _postgres) =
+        postgres_given_or_started(std::env::var("DATABASE_URL").ok(), "postgres", &postgres_dir, true).await?;
     let database = format!("fleet_bench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
     sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await?;

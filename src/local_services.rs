@@ -18,6 +18,11 @@
 //! its files (data, logs, the password) are 0600. The password is kept in
 //! `<dir>/password`, so a kept server restarts with the same URL. It never
 //! appears on a command line, where `ps` would show it.
+//!
+//! [`redis_given_or_started`] and [`postgres_given_or_started`] are the one
+//! rule every user follows (`fleet dev`, the test suite, the bench): a URL
+//! given by the caller (`REDIS_URL` / `DATABASE_URL`) is used as it is;
+//! only a missing one starts a server.
 
 use std::io::{self, Write};
 use std::net::TcpListener;
@@ -36,8 +41,47 @@ pub enum LocalServiceError {
     Failed { what: String, detail: String },
     #[error("{what} did not become ready within {seconds} s; its log:\n{log}")]
     NotReady { what: &'static str, seconds: u64, log: String },
+    #[error("creating the database {database} failed")]
+    CreateDatabase {
+        database: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// A Redis URL: `given` when there is one, else that of a [`LocalRedis`]
+/// started in `dir` (deleted when it stops if `ephemeral`), returned too:
+/// the server runs as long as the caller keeps it.
+pub async fn redis_given_or_started(
+    given: Option<String>,
+    dir: &Path,
+    ephemeral: bool,
+) -> Result<(String, Option<LocalRedis>), LocalServiceError> {
+    if let Some(url) = given {
+        return Ok((url, None));
+    }
+    let redis = LocalRedis::start(dir, ephemeral).await?;
+    Ok((redis.url(), Some(redis)))
+}
+
+/// A PostgreSQL URL: `given` when there is one, else that of `database`
+/// (created if missing) on a [`LocalPostgres`] started in `dir`, or where
+/// [`reachable_postgres_dir`] keeps it, returned too: the server runs as
+/// long as the caller keeps it.
+pub async fn postgres_given_or_started(
+    given: Option<String>,
+    database: &str,
+    dir: &Path,
+    ephemeral: bool,
+) -> Result<(String, Option<LocalPostgres>), LocalServiceError> {
+    if let Some(url) = given {
+        return Ok((url, None));
+    }
+    let postgres = LocalPostgres::start(&reachable_postgres_dir(dir)?, ephemeral).await?;
+    postgres.create_database_if_missing(database).await?;
+    Ok((postgres.url(database), Some(postgres)))
 }
 
 /// A server process under a guard; stopping is closing the guard's pipe.
@@ -364,6 +408,23 @@ impl LocalPostgres {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Creates `database` unless the cluster has it already.
+    pub async fn create_database_if_missing(&self, database: &str) -> Result<(), LocalServiceError> {
+        use sqlx::Connection;
+        let failed = |source| LocalServiceError::CreateDatabase { database: database.to_owned(), source };
+        let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await.map_err(failed)?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(failed)?;
+        if !exists {
+            sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut conn).await.map_err(failed)?;
+        }
+        let _ = conn.close().await;
+        Ok(())
     }
 
     /// Stops the server and waits for it to exit.

@@ -21,7 +21,7 @@ use super::{
     RevalidateArgs, WorkerArgs,
 };
 use crate::health::{Dependency, Health};
-use crate::local_services::{reachable_postgres_dir, write_private_file, LocalPostgres, LocalRedis};
+use crate::local_services::{postgres_given_or_started, redis_given_or_started, write_private_file};
 use crate::operator::dlq::{Filter, Selection};
 use crate::redis::keys::Keys;
 use crate::runtime::{serve, shutdown_on_signals};
@@ -241,28 +241,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     // Not private itself (when we are root, the PostgreSQL user passes
     // through it); everything in it is.
     std::fs::create_dir_all(&data_dir)?;
-    let mut local_redis = None;
-    let redis_url: RedisUrl = match &args.redis_url {
-        Some(url) => url.clone(),
-        None => {
-            let redis = LocalRedis::start(&data_dir.join("redis"), false).await?;
-            let url = redis.url().parse().map_err(anyhow::Error::msg)?;
-            local_redis = Some(redis);
-            url
-        }
-    };
-    let mut local_postgres = None;
-    let database_url: DatabaseUrl = match &args.database_url {
-        Some(url) => url.clone(),
-        None => {
-            let dir = reachable_postgres_dir(&data_dir.join("postgres"))?;
-            let postgres = LocalPostgres::start(&dir, false).await?;
-            create_database_if_missing(&postgres.url("postgres"), "fleet").await?;
-            let url = postgres.url("fleet").parse().map_err(anyhow::Error::msg)?;
-            local_postgres = Some(postgres);
-            url
-        }
-    };
+    let given_redis = args.redis_url.as_ref().map(|url| url.as_str().to_owned());
+    let (redis_url, local_redis) = redis_given_or_started(given_redis, &data_dir.join("redis"), false).await?;
+    let redis_url: RedisUrl = redis_url.parse().map_err(anyhow::Error::msg)?;
+    let given_postgres = args.database_url.as_ref().map(|url| url.as_str().to_owned());
+    let (database_url, local_postgres) =
+        postgres_given_or_started(given_postgres, "fleet", &data_dir.join("postgres"), false).await?;
+    let database_url: DatabaseUrl = database_url.parse().map_err(anyhow::Error::msg)?;
     let env_file = data_dir.join("env");
     write_private_file(&env_file, dev_env(&redis_url, &database_url).as_bytes())?;
     let pool = connect_postgres(database_url.as_str()).await?;
@@ -310,19 +295,6 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     drop(local_redis);
     drop(local_postgres);
     intake_result.context("intake task failed")??;
-    Ok(())
-}
-
-async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
-    if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).await?;
-    }
     Ok(())
 }
 
