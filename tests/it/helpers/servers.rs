@@ -1,0 +1,240 @@
+//! The servers every test shares (started once per test binary) and each
+//! test's own world on them: a [`TestContext`], and what a test reads back
+//! from its database and streams.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet::local_services::{postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis};
+use fleet::redis::stream;
+use fleet::redis::{KeyPrefix, Keys, GROUP};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use sqlx::{Connection, PgPool};
+use tokio::sync::OnceCell;
+
+struct Services {
+    redis_url: String,
+    /// A database the harness may connect to to create and drop others.
+    admin_url: String,
+    _redis: Option<LocalRedis>,
+    _postgres: Option<LocalPostgres>,
+}
+
+static SERVICES: OnceCell<Services> = OnceCell::const_new();
+
+/// A fresh directory under the system temp dir.
+pub fn scratch_dir(purpose: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("fleet-{purpose}-{}", uuid::Uuid::new_v4().simple()))
+}
+
+async fn services() -> &'static Services {
+    SERVICES
+        .get_or_init(|| async {
+            let (redis_url, local_redis) =
+                redis_given_or_started(std::env::var("REDIS_URL").ok(), &scratch_dir("redis"), true)
+                    .await
+                    .expect("start redis-server");
+            let (admin_url, local_postgres) = postgres_given_or_started(
+                std::env::var("DATABASE_URL").ok(),
+                "postgres",
+                &scratch_dir("postgres"),
+                true,
+            )
+            .await
+            .expect("start postgres");
+            Services { redis_url, admin_url, _redis: local_redis, _postgres: local_postgres }
+        })
+        .await
+}
+
+/// Replaces the database name in a Postgres URL.
+fn with_database(url: &str, database: &str) -> String {
+    let mut url = url::Url::parse(url).expect("DATABASE_URL is a URL");
+    url.set_path(&format!("/{database}"));
+    url.to_string()
+}
+
+/// One test's world: its own database (migrated) and its own key prefix.
+pub struct TestContext {
+    pub db: PgPool,
+    pub database_url: String,
+    pub redis_url: String,
+    pub prefix: KeyPrefix,
+    pub keys: Keys,
+    pub redis: ConnectionManager,
+    database: String,
+    admin_url: String,
+}
+
+pub async fn context() -> TestContext {
+    let services = services().await;
+    context_on(&services.redis_url).await
+}
+
+/// Like [`context`], with Redis at `redis_url` (e.g. a test's own server).
+pub async fn context_on(redis_url: &str) -> TestContext {
+    let services = services().await;
+    context_on_servers(redis_url, &services.admin_url).await
+}
+
+/// Like [`context`], on a test's own Redis and Postgres (`admin_url` names
+/// a database of that Postgres the harness may create others from).
+pub async fn context_on_servers(redis_url: &str, admin_url: &str) -> TestContext {
+    let services =
+        Services { redis_url: redis_url.to_owned(), admin_url: admin_url.to_owned(), _redis: None, _postgres: None };
+    let services = &services;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let database = format!("fleet_test_{id}");
+    let mut admin = sqlx::PgConnection::connect(&services.admin_url).await.expect("connect to Postgres");
+    sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await.expect("create database");
+    admin.close().await.ok();
+    let database_url = with_database(&services.admin_url, &database);
+    let db = fleet::db::connect(&database_url).await.expect("connect to the test database");
+    fleet::db::migrate(&db).await.expect("migrate");
+    let prefix: KeyPrefix = format!("test:{id}:").parse().expect("valid prefix");
+    let keys = Keys::new(&prefix);
+    let redis = fleet::redis::connect(redis_url, Duration::from_secs(5)).await.expect("connect to Redis");
+    TestContext {
+        db,
+        database_url,
+        redis_url: redis_url.to_owned(),
+        prefix,
+        keys,
+        redis,
+        database,
+        admin_url: services.admin_url.clone(),
+    }
+}
+
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        let database = self.database.clone();
+        let admin_url = self.admin_url.clone();
+        let redis_url = self.redis_url.clone();
+        let pattern = format!("{}*", self.prefix.as_str());
+        // Dropped inside the test's runtime: clean up on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+                let Ok(client) = redis::Client::open(redis_url) else {
+                    return;
+                };
+                let connect = client.get_multiplexed_async_connection();
+                let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
+                    return;
+                };
+                let mut keys: Vec<String> = Vec::new();
+                if let Ok(mut iter) = conn.scan_match::<_, String>(&pattern).await {
+                    while let Some(Ok(key)) = iter.next_item().await {
+                        keys.push(key);
+                    }
+                }
+                if !keys.is_empty() {
+                    let _: Result<(), _> = conn.del(keys).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+impl TestContext {
+    /// (entries not yet delivered, entries delivered but not acknowledged).
+    /// An unknown lag (Redis cannot tell after some trims) counts as 1.
+    pub async fn group_backlog(&self) -> (u64, u64) {
+        let mut redis = self.redis.clone();
+        let reply: redis::streams::StreamInfoGroupsReply =
+            redis.xinfo_groups(self.keys.events()).await.expect("XINFO GROUPS");
+        let group = reply.groups.into_iter().find(|group| group.name == GROUP).expect("the fleet's group exists");
+        (group.lag.map_or(1, |lag| lag as u64), group.pending as u64)
+    }
+
+    pub async fn stream_len(&self, key: &str) -> u64 {
+        let mut redis = self.redis.clone();
+        redis.xlen(key).await.expect("XLEN")
+    }
+
+    pub async fn dead_letters(&self) -> Vec<redis::streams::StreamId> {
+        let mut redis = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis.xrange_all(self.keys.dead_letters()).await.expect("XRANGE");
+        reply.ids
+    }
+
+    pub async fn applied_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.db).await.expect("count")
+    }
+
+    pub async fn scheduled_retries(&self) -> u64 {
+        let mut redis = self.redis.clone();
+        redis.zcard(self.keys.retries()).await.expect("ZCARD")
+    }
+
+    /// Makes Postgres refuse any write of enrollment 666, as a constraint would.
+    pub async fn refuse_enrollment_666(&self) {
+        sqlx::query(
+            "CREATE FUNCTION refuse_666() RETURNS trigger AS $$
+             BEGIN
+               IF NEW.enrollment_id = 666 THEN
+                 RAISE EXCEPTION 'enrollment 666 is refused by the test' USING ERRCODE = 'check_violation';
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql",
+        )
+        .execute(&self.db)
+        .await
+        .expect("function");
+        sqlx::query("CREATE TRIGGER refuse_666 BEFORE INSERT OR UPDATE ON enrollments FOR EACH ROW EXECUTE FUNCTION refuse_666()")
+            .execute(&self.db)
+            .await
+            .expect("trigger");
+    }
+
+    pub async fn accept_enrollment_666(&self) {
+        sqlx::query("DROP TRIGGER refuse_666 ON enrollments").execute(&self.db).await.expect("drop trigger");
+    }
+
+    /// Appends a webhook body straight to the stream, as the intake would.
+    pub async fn enqueue(&self, body: &str) -> String {
+        let envelope = fleet::jobs::Envelope::parse(body.as_bytes()).expect("an event");
+        let topic = envelope.topic();
+        let entry = stream::NewEntry {
+            body: body.as_bytes(),
+            topic: &topic,
+            tenant_id: envelope
+                .tenant_id
+                .as_ref()
+                .expect("enqueue takes bodies that name their tenant_id, as a key for any school requires")
+                .as_str(),
+            event_id: &envelope.id,
+            received_at: chrono::Utc::now(),
+        };
+        let mut redis = self.redis.clone();
+        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
+        match stream::enqueue(&mut redis, &self.keys, &entry, Duration::from_secs(3600)).await.expect("enqueue") {
+            stream::Enqueued::Accepted(id) | stream::Enqueued::Duplicate(id) => id,
+        }
+    }
+
+    /// Gives `tenant` a course without enrollments, straight in Postgres: the
+    /// school and the course then exist for the read API.
+    pub async fn add_course(&self, tenant: &str, course: i64) {
+        sqlx::query(
+            "INSERT INTO courses (tenant_id, course_id, name, source_rank, source_updated_at,
+                                  source_event_created_at, source_event_id)
+             VALUES ($1, $2, 'A course without enrollments', 0, now(), now(), 'test')",
+        )
+        .bind(tenant)
+        .bind(course)
+        .execute(&self.db)
+        .await
+        .expect("insert a course");
+    }
+}
