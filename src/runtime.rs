@@ -34,6 +34,15 @@
 //!   a real sender waits about that long at worst, where refusing it would
 //!   turn a short surge into errors for every sender.
 //!
+//! # Request traces
+//!
+//! Every request gets one debug-level span (tower-http's `TraceLayer`)
+//! holding its method and path, and a debug event when its answer starts,
+//! with the status and the latency; a 408 of the request timeout included.
+//! The query string is left out (a caller may put a token there by
+//! mistake), and so are the headers (the bearer token, the webhook's
+//! signature).
+//!
 //! These closes are logged at debug level only (a flood of slow clients
 //! must not flood the log) and counted in [`http_stats`]. Why these choices:
 //! `docs/decisions/0014-slow-clients.md`.
@@ -58,6 +67,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 /// The default of [`HttpSettings::header_timeout`], in milliseconds.
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 5_000;
@@ -154,6 +165,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = tower::ServiceBuilder::new()
         .map_response(count_request_timeout)
+        .map_response(|response: Response<_>| response.map(axum::body::Body::new))
+        // Outside the timeout, so a 408 is traced like any answer.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                // A 5xx is logged where it is handled, with its cause.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout))
         .service(app);
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -219,6 +240,11 @@ pub async fn serve(
     Ok(())
 }
 
+/// A request's span: its method and path, never its query string or headers.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+}
+
 fn count_request_timeout(response: Response) -> Response {
     if response.status() == StatusCode::REQUEST_TIMEOUT {
         HTTP_STATS.request_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -265,4 +291,77 @@ pub fn shutdown_on_signals() -> CancellationToken {
         crate::systemd::notify_stopping();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The log lines written while it is the default subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Self;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_request_is_traced_with_method_path_status_and_latency_but_no_query_or_headers() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_max_level(Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = Router::new().route("/traced", get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, HttpSettings::default(), shutdown.clone()));
+
+        let mut client = tokio::net::TcpStream::connect(address).await.expect("connect");
+        client
+            .write_all(
+                b"GET /traced?tenant_id=school-7&token=query-secret HTTP/1.1\r\nHost: fleet\r\n\
+                  Authorization: Bearer header-secret\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("send");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        shutdown.cancel();
+        server.await.expect("server task").expect("served");
+
+        let log = String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("UTF-8 log");
+        let finished = log.lines().find(|line| line.contains("finished processing request")).unwrap_or_default();
+        for expected in ["DEBUG", "method=GET", "path=/traced", "status=200", "latency="] {
+            assert!(finished.contains(expected), "missing {expected:?} in the trace:\n{log}");
+        }
+        for secret in ["query-secret", "tenant_id", "header-secret", "authorization"] {
+            assert!(!log.to_lowercase().contains(secret), "{secret:?} logged:\n{log}");
+        }
+    }
 }

@@ -16,27 +16,26 @@
 //!
 //! The answers hold learners' names and emails, so every request passes,
 //! in this order:
-//! 1. the bearer token (401): `FLEET_API_TOKEN` reads every school, each
-//!    token of `FLEET_API_TOKENS` only its own schools (403 for another).
-//!    Only `fleet dev` runs without any token; `fleet api` refuses to.
-//!    Tokens are kept as SHA-256 digests and compared in constant time.
-//! 2. the rate limit (429 with `Retry-After`): a fixed window in Redis per
-//!    token, so callers without a valid token never spend a client's
-//!    budget. Behind a proxy listed in `FLEET_TRUSTED_PROXIES` the budget is
-//!    per token and client address (from `X-Forwarded-For`); without tokens
-//!    it is per peer address.
+//! 1. the bearer token (401; 403 for a school the token may not read):
+//!    `auth.rs`.
+//! 2. the rate limit (429 with `Retry-After`), per token and, behind a
+//!    trusted proxy, per client address: `rate_limit.rs`.
 //! 3. the parameters (400 with a JSON error, like every refusal here).
+//!
+//! This file holds the application, its settings and state, and the routes.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod auth;
+mod rate_limit;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -44,13 +43,12 @@ use fleet_jobs::TenantId;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use self::auth::{Access, Caller};
 use crate::health::{Dependency, Health};
 use crate::secrets::{ApiToken, SchoolTokens};
 
@@ -207,8 +205,8 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/dashboard/cached", get(dashboard))
         .route("/api/enrollments/cached", get(enrollments))
         // The last layer added runs first: authorize, then rate_limit.
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .with_state(state)
 }
 
@@ -267,160 +265,6 @@ impl IntoResponse for ApiError {
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
-}
-
-/// The schools one token may read.
-enum Scope {
-    Every,
-    Only(BTreeSet<TenantId>),
-}
-
-/// A configured token, known only by its SHA-256 digest.
-struct Credential {
-    digest: [u8; 32],
-    /// The first 16 hex digits of the digest: names the token in Redis keys.
-    fingerprint: String,
-    scope: Scope,
-}
-
-/// Every configured token; none means an open API (`fleet dev` only).
-struct Access {
-    credentials: Vec<Arc<Credential>>,
-}
-
-fn sha256(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
-}
-
-impl Access {
-    /// `FLEET_API_TOKEN` reads every school; a token of `FLEET_API_TOKENS`
-    /// reads the schools it is paired with (every school if it is also
-    /// `FLEET_API_TOKEN`).
-    fn new(tuning: &Settings) -> Self {
-        let mut scopes: BTreeMap<[u8; 32], Scope> = BTreeMap::new();
-        for (school, token) in tuning.api_tokens.iter().flat_map(|tokens| tokens.pairs()) {
-            if let Scope::Only(schools) = scopes.entry(sha256(token.expose())).or_insert(Scope::Only(BTreeSet::new())) {
-                schools.insert(school.clone());
-            }
-        }
-        if let Some(token) = &tuning.api_token {
-            scopes.insert(sha256(token.expose()), Scope::Every);
-        }
-        let credentials = scopes
-            .into_iter()
-            .map(|(digest, scope)| Arc::new(Credential { digest, fingerprint: hex::encode(&digest[..8]), scope }))
-            .collect();
-        Self { credentials }
-    }
-
-    /// The credential of `token`, comparing digests in constant time.
-    fn authenticate(&self, token: &str) -> Option<Arc<Credential>> {
-        let given = sha256(token);
-        self.credentials.iter().find(|credential| bool::from(credential.digest.ct_eq(&given))).cloned()
-    }
-}
-
-/// Who is asking, as `authorize` found out; read by the rate limit and the routes.
-#[derive(Clone)]
-struct Caller {
-    /// None when the API runs without tokens.
-    credential: Option<Arc<Credential>>,
-}
-
-impl Caller {
-    fn may_read(&self, school: &TenantId) -> bool {
-        match self.credential.as_deref().map(|credential| &credential.scope) {
-            None | Some(Scope::Every) => true,
-            Some(Scope::Only(schools)) => schools.contains(school),
-        }
-    }
-
-    fn token_fingerprint(&self) -> Option<&str> {
-        self.credential.as_deref().map(|credential| credential.fingerprint.as_str())
-    }
-}
-
-async fn authorize(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
-    let caller = if state.access.credentials.is_empty() {
-        Caller { credential: None }
-    } else {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        match state.access.authenticate(given) {
-            Some(credential) => Caller { credential: Some(credential) },
-            None => {
-                let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-        }
-    };
-    request.extensions_mut().insert(caller);
-    next.run(request).await
-}
-
-/// The client behind a trusted proxy: the right-most `X-Forwarded-For`
-/// address that is not itself a trusted proxy (addresses to its left are
-/// whatever the client chose to send). None when `peer` is not a trusted
-/// proxy: then the header is the client's own claim and is ignored.
-fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let is_trusted = |address: IpAddr| trusted.iter().any(|proxy| proxy.to_canonical() == address.to_canonical());
-    if !is_trusted(peer) {
-        return None;
-    }
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    for hop in hops.into_iter().rev() {
-        let address = hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|addr| addr.ip()));
-        match address {
-            Some(address) if is_trusted(address) => continue,
-            Some(address) => return Some(address.to_canonical()),
-            // A hop our own proxies wrote but we cannot read: count the proxy.
-            None => break,
-        }
-    }
-    Some(peer.to_canonical())
-}
-
-async fn rate_limit(
-    State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Extension(caller): Extension<Caller>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let window = state.tuning.rate_limit_window_ms.max(1);
-    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    let slot = now / window;
-    if let Some(mut redis) = state.redis() {
-        let forwarded = forwarded_client(peer.ip(), request.headers(), &state.tuning.trusted_proxies);
-        let token = caller.token_fingerprint();
-        let client = if token.is_some() { forwarded } else { Some(forwarded.unwrap_or(peer.ip().to_canonical())) };
-        let key = state.keys.rate_limit(token, client, slot);
-        let counted: Result<(u64,), _> =
-            redis::pipe().incr(&key, 1).cmd("PEXPIRE").arg(&key).arg(window * 2).ignore().query_async(&mut redis).await;
-        match counted {
-            Ok((count,)) if count > state.tuning.rate_limit_requests => {
-                let retry_after = ((slot + 1) * window - now).div_ceil(1000).max(1);
-                let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded; retry later");
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-                return response;
-            }
-            Ok(_) => {}
-            // Fail open: a Redis outage must not take the dashboard down.
-            Err(err) => tracing::debug!(error = %err, "rate limit unavailable"),
-        }
-    }
-    next.run(request).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -617,32 +461,4 @@ async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
 /// The API's own headers, for tests and clients.
 pub fn cache_status(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-cache").and_then(|value| value.to_str().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn forwarded(peer: &str, header: Option<&str>, trusted: &[&str]) -> Option<IpAddr> {
-        let mut headers = HeaderMap::new();
-        if let Some(header) = header {
-            headers.insert("x-forwarded-for", HeaderValue::from_str(header).expect("header"));
-        }
-        let trusted: Vec<IpAddr> = trusted.iter().map(|ip| ip.parse().expect("IP")).collect();
-        forwarded_client(peer.parse().expect("IP"), &headers, &trusted)
-    }
-
-    #[test]
-    fn the_client_is_the_right_most_untrusted_forwarded_address() {
-        let ip = |text: &str| text.parse::<IpAddr>().ok();
-        assert_eq!(forwarded("10.0.0.1", Some("192.0.2.1"), &[]), None, "untrusted peer: ignored");
-        assert_eq!(forwarded("10.0.0.1", Some("6.6.6.6, 192.0.2.1"), &["10.0.0.1"]), ip("192.0.2.1"));
-        assert_eq!(forwarded("10.0.0.1", Some("192.0.2.1, 10.0.0.2"), &["10.0.0.1", "10.0.0.2"]), ip("192.0.2.1"));
-        assert_eq!(forwarded("10.0.0.1", Some("192.0.2.1:4711"), &["10.0.0.1"]), ip("192.0.2.1"));
-        assert_eq!(forwarded("10.0.0.1", Some("[2001:db8::1]:4711"), &["10.0.0.1"]), ip("2001:db8::1"));
-        assert_eq!(forwarded("::ffff:10.0.0.1", Some("192.0.2.1"), &["10.0.0.1"]), ip("192.0.2.1"), "mapped IPv4");
-        // Nothing usable from the proxy: the proxy itself is the client.
-        assert_eq!(forwarded("10.0.0.1", None, &["10.0.0.1"]), ip("10.0.0.1"));
-        assert_eq!(forwarded("10.0.0.1", Some("garbage"), &["10.0.0.1"]), ip("10.0.0.1"));
-    }
 }

@@ -23,6 +23,7 @@ use super::{
 use crate::health::{Dependency, Health};
 use crate::local_services::{postgres_given_or_started, redis_given_or_started, write_private_file};
 use crate::operator::dlq::{Filter, Selection};
+use crate::operator::output::Output;
 use crate::redis::keys::Keys;
 use crate::runtime::{serve, shutdown_on_signals};
 use crate::scheduled::{self, ScheduleSettings};
@@ -59,16 +60,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
             match args.command {
-                CacheCommand::Stats { json, reset } => operator::cache::stats(&mut redis, &keys, json, reset).await,
+                CacheCommand::Stats { json, reset } => {
+                    operator::cache::stats(&mut redis, &keys, Output::new(json), reset).await
+                }
                 CacheCommand::Clear { kind, tag, tenant_id, pattern, json } => {
-                    operator::cache::clear(&mut redis, &keys, kind, tag, tenant_id, pattern, json).await
+                    operator::cache::clear(&mut redis, &keys, kind, tag, tenant_id, pattern, Output::new(json)).await
                 }
             }
         }
         Command::Status(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
-            operator::status::show(&mut redis, &keys, args.json).await
+            operator::status::show(&mut redis, &keys, Output::new(args.json)).await
         }
         Command::Dlq(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
@@ -77,14 +80,14 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let keys = &keys;
             match args.command {
                 DlqCommand::List { filter, limit, json } => {
-                    operator::dlq::list(redis, keys, &filter.into(), limit, json).await
+                    operator::dlq::list(redis, keys, &filter.into(), limit, Output::new(json)).await
                 }
-                DlqCommand::Show { id, json } => operator::dlq::show(redis, keys, id, json).await,
+                DlqCommand::Show { id, json } => operator::dlq::show(redis, keys, id, Output::new(json)).await,
                 DlqCommand::Replay { selection, dry_run, json } => {
-                    operator::dlq::replay(redis, keys, &selection.into(), dry_run, json).await
+                    operator::dlq::replay(redis, keys, &selection.into(), dry_run, Output::new(json)).await
                 }
                 DlqCommand::Purge { selection, yes, json } => {
-                    operator::dlq::purge(redis, keys, &selection.into(), yes, json).await
+                    operator::dlq::purge(redis, keys, &selection.into(), yes, Output::new(json)).await
                 }
             }
         }

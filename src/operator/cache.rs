@@ -1,12 +1,10 @@
 //! `fleet cache stats|clear`: what the dashboard cache holds, and clearing it.
 
-use std::io::Write;
-
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-use super::output::{human_bytes, print_json};
+use super::output::{human_bytes, Output};
 use super::OperatorExit;
 use crate::redis::keys::{tags, Keys, Kind};
 
@@ -40,7 +38,7 @@ fn literal_only(flag: &str, reason: &str) -> OperatorExit {
 }
 
 /// `fleet cache stats`: keys and memory by kind, hits and misses, tags.
-pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, json: bool, reset: bool) -> anyhow::Result<()> {
+pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, output: Output, reset: bool) -> anyhow::Result<()> {
     if reset {
         let _: () = redis.del(keys.cache_metrics()).await?;
     }
@@ -68,30 +66,29 @@ pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, json: bool, reset
     let served = hits + stale + misses;
     let hit_rate = if served > 0 { (hits + stale) as f64 / served as f64 } else { 0.0 };
     let since = metrics.get("since").cloned();
-    if json {
-        let kinds: serde_json::Map<String, Value> = per_kind
-            .iter()
-            .map(|(kind, (count, bytes))| ((*kind).to_owned(), json!({ "keys": count, "memory_bytes": bytes })))
-            .collect();
-        return print_json(&json!({
-            "kinds": kinds, "tags": tags, "hits": hits, "misses": misses, "stale": stale, "bypass": bypass,
-            "hit_rate": hit_rate, "since": since, "revalidate_failures": number("revalidate_failures"),
-        }));
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<12} {:>8} {:>12}", "KIND", "KEYS", "MEMORY")?;
-    for (kind, (count, bytes)) in &per_kind {
-        writeln!(out, "{kind:<12} {count:>8} {:>12}", human_bytes(*bytes))?;
-    }
-    writeln!(out, "tags         {tags}")?;
-    writeln!(
-        out,
-        "reads        {hits} hits, {stale} stale, {misses} misses, {bypass} bypassed; hit rate {:.1}% since {}",
-        hit_rate * 100.0,
-        since.as_deref().unwrap_or("the first read")
-    )?;
-    writeln!(out, "revalidation failures {}", number("revalidate_failures"))?;
-    Ok(())
+    let kinds: serde_json::Map<String, Value> = per_kind
+        .iter()
+        .map(|(kind, (count, bytes))| ((*kind).to_owned(), json!({ "keys": count, "memory_bytes": bytes })))
+        .collect();
+    let data = json!({
+        "kinds": kinds, "tags": tags, "hits": hits, "misses": misses, "stale": stale, "bypass": bypass,
+        "hit_rate": hit_rate, "since": since, "revalidate_failures": number("revalidate_failures"),
+    });
+    output.data(&data, |out| {
+        writeln!(out, "{:<12} {:>8} {:>12}", "KIND", "KEYS", "MEMORY")?;
+        for (kind, (count, bytes)) in &per_kind {
+            writeln!(out, "{kind:<12} {count:>8} {:>12}", human_bytes(*bytes))?;
+        }
+        writeln!(out, "tags         {tags}")?;
+        writeln!(
+            out,
+            "reads        {hits} hits, {stale} stale, {misses} misses, {bypass} bypassed; hit rate {:.1}% since {}",
+            hit_rate * 100.0,
+            since.as_deref().unwrap_or("the first read")
+        )?;
+        writeln!(out, "revalidation failures {}", number("revalidate_failures"))?;
+        Ok(())
+    })
 }
 
 /// `fleet cache clear`: removes cached keys under the fleet's prefix only.
@@ -106,7 +103,7 @@ pub async fn clear(
     tag: Option<String>,
     tenant: Option<String>,
     pattern: Option<String>,
-    json: bool,
+    output: Output,
 ) -> anyhow::Result<()> {
     let removed = if let Some(tag) = tag {
         tags::check(&tag).map_err(|reason| literal_only("--tag", &reason))?;
@@ -142,9 +139,5 @@ pub async fn clear(
         }
         removed
     };
-    if json {
-        return print_json(&json!({ "removed": removed }));
-    }
-    println!("removed {removed} keys");
-    Ok(())
+    output.data(&json!({ "removed": removed }), |out| writeln!(out, "removed {removed} keys"))
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::Write;
 
-use super::output::{print_json, shorten};
+use super::output::{shorten, summary, Output};
 use super::OperatorExit;
 use crate::redis::failures;
 use crate::redis::keys::Keys;
@@ -108,8 +108,8 @@ async fn matching(
     Ok(found)
 }
 
-fn print_table(letters: &[DeadLetterView]) {
-    let mut out = std::io::stdout().lock();
+/// The dead letters as a table; a table cut short (e.g. by `| head`) is not an error.
+fn print_table(out: &mut dyn Write, letters: &[DeadLetterView]) -> std::io::Result<()> {
     let _ = writeln!(
         out,
         "{:<17} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} ERROR",
@@ -129,6 +129,7 @@ fn print_table(letters: &[DeadLetterView]) {
             shorten(&letter.error, 80)
         );
     }
+    Ok(())
 }
 
 /// The dead letters a replay or purge acts on: the named ones (missing ids
@@ -177,22 +178,20 @@ pub async fn list(
     keys: &Keys,
     filter: &Filter,
     limit: u32,
-    json: bool,
+    output: Output,
 ) -> anyhow::Result<()> {
     let entries = matching(redis, keys, filter, limit as usize).await?;
     let letters: Vec<DeadLetterView> = entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect();
-    if json {
-        print_json(&letters)?;
-    } else {
-        print_table(&letters);
+    output.data(&letters, |out| print_table(out, &letters))?;
+    if !output.is_json() {
         let total: u64 = redis.xlen(keys.dead_letters()).await?;
-        eprintln!("{} shown, {total} dead letters in all", letters.len());
+        summary(&format!("{} shown, {total} dead letters in all", letters.len()));
     }
     Ok(())
 }
 
 /// `fleet dlq show`: one dead letter whole, its body pretty-printed.
-pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, json: bool) -> anyhow::Result<()> {
+pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, output: Output) -> anyhow::Result<()> {
     let entry = match failures::dead_letter_by_id(redis, keys, &id).await {
         Ok(entry) => entry,
         Err(err) if err.code() == Some("ERR") => None,
@@ -202,28 +201,25 @@ pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, json: 
         return not_found(&[id]);
     };
     let letter = DeadLetterView::from_entry(&entry, true);
-    if json {
-        return print_json(&letter);
-    }
-    let mut out = std::io::stdout().lock();
-    for (name, value) in [
-        ("id", &letter.id),
-        ("event id", &letter.event_id),
-        ("topic", &letter.topic),
-        ("tenant", &letter.tenant),
-        ("error kind", &letter.error_kind),
-        ("error", &letter.error),
-        ("received at", &letter.received_at),
-        ("first failed at", &letter.first_failed_at),
-        ("last failed at", &letter.last_failed_at),
-        ("source entry", &letter.source_entry_id),
-    ] {
-        writeln!(out, "{name:<16} {value}")?;
-    }
-    writeln!(out, "{:<16} {}", "attempts", letter.attempts)?;
-    writeln!(out, "body:")?;
-    writeln!(out, "{}", serde_json::to_string_pretty(&letter.body.unwrap_or(Value::Null))?)?;
-    Ok(())
+    output.data(&letter, |out| {
+        for (name, value) in [
+            ("id", &letter.id),
+            ("event id", &letter.event_id),
+            ("topic", &letter.topic),
+            ("tenant", &letter.tenant),
+            ("error kind", &letter.error_kind),
+            ("error", &letter.error),
+            ("received at", &letter.received_at),
+            ("first failed at", &letter.first_failed_at),
+            ("last failed at", &letter.last_failed_at),
+            ("source entry", &letter.source_entry_id),
+        ] {
+            writeln!(out, "{name:<16} {value}")?;
+        }
+        writeln!(out, "{:<16} {}", "attempts", letter.attempts)?;
+        writeln!(out, "body:")?;
+        writeln!(out, "{}", serde_json::to_string_pretty(letter.body.as_ref().unwrap_or(&Value::Null))?)
+    })
 }
 
 /// `fleet dlq replay`: dead letters back onto the events stream, with fresh attempts.
@@ -232,17 +228,16 @@ pub async fn replay(
     keys: &Keys,
     selection: &Selection,
     dry_run: bool,
-    json: bool,
+    output: Output,
 ) -> anyhow::Result<()> {
     let (entries, missing) = select(redis, keys, selection).await?;
     if dry_run {
         let letters: Vec<DeadLetterView> =
             entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect();
-        if json {
-            print_json(&json!({ "dry_run": true, "would_replay": letters, "missing": missing }))?;
-        } else {
-            print_table(&letters);
-            eprintln!("dry run: {} dead letters would be replayed; nothing changed", letters.len());
+        let data = json!({ "dry_run": true, "would_replay": letters, "missing": missing });
+        output.data(&data, |out| print_table(out, &letters))?;
+        if !output.is_json() {
+            summary(&format!("dry run: {} dead letters would be replayed; nothing changed", letters.len()));
         }
         return not_found(&missing);
     }
@@ -254,19 +249,20 @@ pub async fn replay(
         replayed.extend(outcome.replayed);
         vanished.extend(outcome.missing);
         if ids.len() > CHUNK {
-            eprintln!("replayed {}/{}", replayed.len() + vanished.len(), ids.len());
+            summary(&format!("replayed {}/{}", replayed.len() + vanished.len(), ids.len()));
         }
     }
     let missing: Vec<String> = missing.into_iter().chain(vanished).collect();
-    if json {
-        let replayed: Vec<Value> =
-            replayed.iter().map(|(from, to)| json!({ "dead_letter_id": from, "stream_entry_id": to })).collect();
-        print_json(&json!({ "replayed": replayed, "missing": missing }))?;
-    } else {
+    let pairs: Vec<Value> =
+        replayed.iter().map(|(from, to)| json!({ "dead_letter_id": from, "stream_entry_id": to })).collect();
+    output.data(&json!({ "replayed": pairs, "missing": missing }), |out| {
         for (from, to) in &replayed {
-            println!("replayed {from} as {to}");
+            writeln!(out, "replayed {from} as {to}")?;
         }
-        eprintln!("{} dead letters replayed onto {}", replayed.len(), keys.events());
+        Ok(())
+    })?;
+    if !output.is_json() {
+        summary(&format!("{} dead letters replayed onto {}", replayed.len(), keys.events()));
     }
     not_found(&missing)
 }
@@ -277,7 +273,7 @@ pub async fn purge(
     keys: &Keys,
     selection: &Selection,
     yes: bool,
-    json: bool,
+    output: Output,
 ) -> anyhow::Result<()> {
     let (entries, missing) = select(redis, keys, selection).await?;
     if !yes {
@@ -292,10 +288,8 @@ pub async fn purge(
     for chunk in ids.chunks(CHUNK) {
         purged += failures::purge_dead_letters(redis, keys, chunk).await?;
     }
-    if json {
-        print_json(&json!({ "purged": purged, "ids": ids, "missing": missing }))?;
-    } else {
-        println!("purged {purged} dead letters");
-    }
+    output.data(&json!({ "purged": purged, "ids": ids, "missing": missing }), |out| {
+        writeln!(out, "purged {purged} dead letters")
+    })?;
     not_found(&missing)
 }

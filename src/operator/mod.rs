@@ -2,9 +2,9 @@
 //! and `fleet cache …` ([`cache`]), answering alike ([`output`]).
 //!
 //! Output is a readable table or text by default and JSON with `--json`, on
-//! stdout; progress and refusals go to stderr. Exit codes scripts can rely
-//! on: 0 done, 1 failure (e.g. Redis unreachable), 2 refused or bad usage,
-//! 3 some named dead letter does not exist.
+//! stdout; summaries, progress and refusals go to stderr. Exit codes
+//! scripts can rely on: 0 done, 1 failure (e.g. Redis unreachable), 2
+//! refused or bad usage, 3 some named dead letter does not exist.
 
 pub mod cache;
 pub mod dlq;

@@ -1,20 +1,59 @@
 //! How every operator command answers: data on stdout (a table or text, or
-//! JSON with `--json`), summaries and progress on stderr, so a script can
-//! pipe the data and still show a person what happened.
+//! JSON with `--json`), summaries, progress and refusals on stderr, so a
+//! script can pipe the data and still show a person what happened.
+//!
+//! Commands write only through this module: [`Output::data`] for what they
+//! found or did, [`summary`] for the line a person reads. A refusal is an
+//! [`OperatorExit`](super::OperatorExit) error, printed on stderr by `main`
+//! with its exit code.
 
 use std::io::Write;
 
 use serde::Serialize;
 
+/// How one command answers: text for people, or JSON (`--json`) for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// JSON when `json` (the command's `--json` flag), text otherwise.
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    /// Whether the data is JSON.
+    pub fn is_json(self) -> bool {
+        self.json
+    }
+
+    /// The command's data on stdout: `value` as pretty JSON, or what `text`
+    /// writes.
+    pub fn data(
+        self,
+        value: &impl Serialize,
+        text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            return print_json(value);
+        }
+        let mut out = std::io::stdout().lock();
+        text(&mut out)?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
-pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
 }
 
-/// A one-line summary on stderr (never part of the data).
+/// A summary or progress line on stderr (never part of the data).
 pub fn summary(text: &str) {
     eprintln!("{text}");
 }

@@ -1,14 +1,12 @@
 //! `fleet status`: the stream backlog, consumers, retries and dead letters.
 
-use std::io::Write;
-
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::json;
 
-use super::output::print_json;
+use super::output::Output;
 use crate::redis::keys::{Keys, GROUP};
 
 #[derive(Debug, Serialize)]
@@ -19,7 +17,7 @@ struct ConsumerView {
 }
 
 /// The fleet as Redis sees it.
-pub async fn show(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> anyhow::Result<()> {
+pub async fn show(redis: &mut ConnectionManager, keys: &Keys, output: Output) -> anyhow::Result<()> {
     let length: u64 = redis.xlen(keys.events()).await?;
     let dead_letters: u64 = redis.xlen(keys.dead_letters()).await?;
     let retries: u64 = redis.zcard(keys.retries()).await?;
@@ -50,29 +48,28 @@ pub async fn show(redis: &mut ConnectionManager, keys: &Keys, json: bool) -> any
     }
     let (pending, lag) =
         group.as_ref().map_or((0, None), |group| (group.pending as u64, group.lag.map(|lag| lag as u64)));
-    if json {
-        return print_json(&json!({
-            "stream": keys.events(), "length": length, "group": GROUP,
-            "undelivered": lag, "pending": pending, "consumers": consumers,
-            "retries_scheduled": retries, "next_retry_at": next_retry, "dead_letters": dead_letters,
-        }));
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "stream       {} ({length} entries)", keys.events())?;
-    match lag {
-        Some(lag) => writeln!(out, "undelivered  {lag}")?,
-        None => writeln!(out, "undelivered  unknown")?,
-    }
-    writeln!(out, "pending      {pending} (delivered, not yet acknowledged)")?;
-    writeln!(
-        out,
-        "retries      {retries} scheduled{}",
-        next_retry.map(|at| format!(", next at {at}")).unwrap_or_default()
-    )?;
-    writeln!(out, "dead letters {dead_letters}{}", if dead_letters > 0 { " (see `fleet dlq list`)" } else { "" })?;
-    writeln!(out, "consumers    {}", consumers.len())?;
-    for consumer in &consumers {
-        writeln!(out, "  {:<40} pending {:>6}  idle {:>8} ms", consumer.name, consumer.pending, consumer.idle_ms)?;
-    }
-    Ok(())
+    let data = json!({
+        "stream": keys.events(), "length": length, "group": GROUP,
+        "undelivered": lag, "pending": pending, "consumers": consumers,
+        "retries_scheduled": retries, "next_retry_at": next_retry, "dead_letters": dead_letters,
+    });
+    output.data(&data, |out| {
+        writeln!(out, "stream       {} ({length} entries)", keys.events())?;
+        match lag {
+            Some(lag) => writeln!(out, "undelivered  {lag}")?,
+            None => writeln!(out, "undelivered  unknown")?,
+        }
+        writeln!(out, "pending      {pending} (delivered, not yet acknowledged)")?;
+        writeln!(
+            out,
+            "retries      {retries} scheduled{}",
+            next_retry.map(|at| format!(", next at {at}")).unwrap_or_default()
+        )?;
+        writeln!(out, "dead letters {dead_letters}{}", if dead_letters > 0 { " (see `fleet dlq list`)" } else { "" })?;
+        writeln!(out, "consumers    {}", consumers.len())?;
+        for consumer in &consumers {
+            writeln!(out, "  {:<40} pending {:>6}  idle {:>8} ms", consumer.name, consumer.pending, consumer.idle_ms)?;
+        }
+        Ok(())
+    })
 }

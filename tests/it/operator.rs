@@ -1,4 +1,4 @@
-//! `fleet dlq`, `fleet status` and `fleet cache clear` as an operator or a
+//! `fleet dlq`, `fleet status` and `fleet cache` as an operator or a
 //! script uses them: output, JSON, exit codes and refusals.
 
 use std::collections::HashMap;
@@ -234,6 +234,42 @@ async fn status_shows_backlog_retries_and_dead_letters() {
 }
 
 /// Caches course 1's statistics for schools `a` and `b`, under the tag `course:1` of each.
+#[tokio::test]
+async fn every_command_answers_json_on_stdout_and_summaries_on_stderr() {
+    let ctx = context().await;
+    let ids = dead_letters(&ctx, &["enrollment.progress", "user.signup", "user.signup"]).await;
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status", "--json"],
+        vec!["dlq", "list", "--json"],
+        vec!["dlq", "show", &ids[0], "--json"],
+        vec!["dlq", "replay", &ids[0], "--dry-run", "--json"],
+        vec!["dlq", "replay", &ids[0], "--json"],
+        vec!["dlq", "purge", &ids[1], "--yes", "--json"],
+        vec!["cache", "stats", "--json"],
+        vec!["cache", "clear", "all", "--json"],
+    ];
+    for args in &commands {
+        let answer = run(&ctx, args).await;
+        assert_eq!(answer.code, Some(0), "{args:?}: {}", answer.stderr);
+        let parsed: Result<Value, _> = serde_json::from_str(&answer.stdout);
+        assert!(parsed.is_ok(), "{args:?} printed no JSON on stdout:\n{}", answer.stdout);
+    }
+
+    // As text, the data is on stdout and the summary only on stderr.
+    let summaries = [
+        (vec!["dlq", "list"], "1 shown, 1 dead letters in all"),
+        (vec!["dlq", "replay", &ids[2], "--dry-run"], "dry run: 1 dead letters would be replayed"),
+        (vec!["dlq", "replay", &ids[2]], "1 dead letters replayed onto"),
+    ];
+    for (args, summary) in &summaries {
+        let answer = run(&ctx, args).await;
+        assert_eq!(answer.code, Some(0), "{args:?}: {}", answer.stderr);
+        assert!(answer.stderr.contains(summary), "{args:?}: no {summary:?} on stderr:\n{}", answer.stderr);
+        assert!(!answer.stdout.contains(summary), "{args:?}: the summary is in the data:\n{}", answer.stdout);
+        assert!(answer.stdout.contains(&ids[2]), "{args:?}: the data is not on stdout:\n{}", answer.stdout);
+    }
+}
+
 async fn cache_two_schools(ctx: &TestContext) -> [String; 2] {
     let keys = ctx.keys.clone();
     let entries: Vec<fleet::redis::cache::Entry> = ["a", "b"]
