@@ -8,12 +8,14 @@
 //! shared by the parts below. The parts, one file each:
 //! - `consume`: the read loop, `XREADGROUP` first over the worker's own
 //!   pending entries, then new ones;
-//! - `settle`: what becomes of each entry of a batch, and applying it
-//!   with splitting around the refused events;
+//! - `settle`: what becomes of each entry of a batch (a pure plan), and
+//!   the I/O around it: applying with splitting around the refused events,
+//!   retries, dead letters;
 //! - `refresh`: the cache refresh after a commit, then the `XACK`;
 //! - `maintenance`: timed chores between reads (due retries, claims of
 //!   idle entries, trimming, stale consumers, the progress report);
-//! - [`retry`], [`revalidate`], [`backlog`], [`health`].
+//! - [`retry`], [`revalidate`] (drained before [`Worker::run`] returns),
+//!   [`backlog`], [`health`].
 //!
 //! The loop, in order of what can go wrong:
 //! - Each batch is read with `XREADGROUP`, applied, committed, and only then
@@ -243,7 +245,8 @@ impl Worker {
     }
 
     /// Consumes until `shutdown` fires, then finishes the batch in hand
-    /// (unless a dependency is down: then it stays pending) and returns.
+    /// (unless a dependency is down: then it stays pending), makes the
+    /// revalidation hook calls still queued, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let consumer = self.settings.consumer_name.clone();
         let stop = shutdown.child_token();
@@ -263,6 +266,10 @@ impl Worker {
         );
         let (settled, to_refresh) = mpsc::channel::<Settled>(2);
         tokio::join!(self.consume(&stop, settled), self.refresh_and_acknowledge(to_refresh, &stop));
+        if let Some(revalidator) = &self.revalidator {
+            // The last batches' hook calls, so their pages do not stay stale.
+            revalidator.drain().await;
+        }
         stop.cancel();
         let lost = heartbeat.await.unwrap_or(false);
         let _ = sampler.await;
