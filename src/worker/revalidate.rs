@@ -6,6 +6,10 @@
 //! retried with backoff, and made by a background task behind a bounded
 //! queue: the event path never waits for the hook and never fails because
 //! of it. Failures are counted (`fleet cache stats`) and logged.
+//!
+//! A stopping worker [drains](Revalidator::drain) the queue before it
+//! returns: the calls already queued are made (each bounded by its retries),
+//! so the last batches' pages do not stay stale until their TTL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +19,8 @@ use backon::{ExponentialBuilder, Retryable};
 use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::redis::cache;
 use crate::redis::keys::Keys;
@@ -31,6 +37,10 @@ const QUEUE: usize = 256;
 pub struct Revalidator {
     queue: mpsc::Sender<Vec<String>>,
     failures: Arc<AtomicU64>,
+    /// The background task, closed to new tasks once spawned.
+    tracker: TaskTracker,
+    /// Fired by [`Revalidator::drain`]: finish what is queued, then stop.
+    closing: CancellationToken,
 }
 
 impl Revalidator {
@@ -40,8 +50,18 @@ impl Revalidator {
         let failures = Arc::new(AtomicU64::new(0));
         let counted = failures.clone();
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        tokio::spawn(async move {
-            while let Some(tags) = batches.recv().await {
+        let tracker = TaskTracker::new();
+        let closing = CancellationToken::new();
+        let closed = closing.clone();
+        tracker.spawn(async move {
+            loop {
+                let tags = tokio::select! {
+                    // What is queued goes first, also once closing.
+                    biased;
+                    tags = batches.recv() => tags,
+                    () = closed.cancelled() => batches.try_recv().ok(),
+                };
+                let Some(tags) = tags else { break };
                 let call = || async {
                     let mut request = client.post(url.url().clone()).json(&json!({ "tags": tags }));
                     if let Some(secret) = &secret {
@@ -69,7 +89,8 @@ impl Revalidator {
                 }
             }
         });
-        Self { queue, failures }
+        tracker.close();
+        Self { queue, failures, tracker, closing }
     }
 
     /// Queues one call with `tags`; never waits.
@@ -82,6 +103,13 @@ impl Revalidator {
             self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("revalidation queue full; a batch's tags were not sent");
         }
+    }
+
+    /// Makes the calls already queued (each bounded by its retries), then
+    /// stops the background task; tags queued later are not sent.
+    pub async fn drain(&self) {
+        self.closing.cancel();
+        self.tracker.wait().await;
     }
 
     /// Calls that failed (after retries) or were dropped, since start.

@@ -326,6 +326,36 @@ async fn a_failing_revalidation_hook_does_not_fail_the_batch() {
 }
 
 #[tokio::test]
+async fn a_stopping_worker_finishes_the_queued_revalidation_calls() {
+    let ctx = context().await;
+    // A slow hook: a call is only recorded once it is answered, a second
+    // after it arrives, so at the stop the batch's call is still under way.
+    let calls: Calls = Arc::default();
+    let recorded = calls.clone();
+    let app = axum::Router::new().route(
+        "/api/revalidate",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let recorded = recorded.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                recorded.lock().expect("lock").push((None, body.0));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/api/revalidate", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    ctx.enqueue(&fixture("enrollment.created")).await;
+    let (worker, revalidator) = worker_with_hook(&ctx, &url).await;
+    ctx.wait_until_drained().await;
+    worker.stop().await;
+    assert_eq!(calls.lock().expect("lock").len(), 1, "the queued call was made before the worker returned");
+    assert_eq!(revalidator.failures(), 0);
+}
+
+#[tokio::test]
 async fn a_client_over_the_rate_limit_gets_429_with_retry_after() {
     let ctx = context().await;
     let mut tuning = api_tuning();

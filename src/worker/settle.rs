@@ -1,0 +1,619 @@
+//! Settling a batch: every entry ends applied (and acknowledged after the
+//! cache refresh), scheduled for a retry, or dead-lettered.
+//!
+//! What becomes of each entry is decided by [`plan`], a pure function of
+//! the entries, their decoding, the attempts they already cost, which of
+//! those out of attempts Postgres already holds, and which Postgres refused
+//! ([`Fault`] says why an event failed). The I/O around it lives here too:
+//! delivery counts, the already-applied lookup, applying with splitting
+//! around the refused events, and writing retries and dead letters.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use fleet_jobs::{ApplyError, Event};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::refresh::Settled;
+use super::{infrastructure_backoff, RetryPolicy, Worker};
+use crate::read_model::cached::Touched;
+use crate::redis::failures::{self, Failure, FailureKind};
+use crate::redis::stream::{self, Entry};
+use crate::telemetry::metrics;
+
+/// Tries of an event refused alone for an unexplained reason before it is
+/// judged; a deadlock or a serialization failure passes on a later try.
+const LONE_TRIES: u32 = 3;
+/// The pause before the second of those tries, doubled before each next.
+const LONE_PAUSE: Duration = Duration::from_millis(50);
+/// SQLSTATE classes that point at the deploy or the database's setup rather
+/// than at an event's data: feature not supported, invalid transaction
+/// state, invalid authorization, unknown database or schema, syntax error
+/// or access rule violation (a missing table or column, a revoked grant).
+const SETUP_CLASSES: [&str; 6] = ["0A", "25", "28", "3D", "3F", "42"];
+
+/// The entries of a batch to apply: decoded, with attempts left.
+struct Decoded<'a> {
+    entries: Vec<&'a Entry>,
+    events: Vec<Event>,
+    /// Each one's index in the batch as read.
+    at: Vec<usize>,
+}
+
+impl Worker {
+    /// Settles a batch: applies what can be applied, schedules retries and
+    /// dead-letters the rest, then acknowledges. Returns the number of
+    /// entries settled, or `None` when stopped while a dependency was down
+    /// (the entries stay pending). Every log line of the batch carries its
+    /// consumer, size and first and last entry ids.
+    pub(super) async fn settle(
+        &self,
+        entries: &[Entry],
+        count_deliveries: bool,
+        stop: &CancellationToken,
+        settled: &mpsc::Sender<Settled>,
+    ) -> Option<usize> {
+        let span = tracing::info_span!(
+            "batch",
+            consumer = %self.settings.consumer_name,
+            entries = entries.len(),
+            first = entries.first().map_or("", |entry| entry.id.as_str()),
+            last = entries.last().map_or("", |entry| entry.id.as_str()),
+        );
+        self.settle_batch(entries, count_deliveries, stop, settled).instrument(span).await
+    }
+
+    async fn settle_batch(
+        &self,
+        entries: &[Entry],
+        count_deliveries: bool,
+        stop: &CancellationToken,
+        settled: &mpsc::Sender<Settled>,
+    ) -> Option<usize> {
+        let started = Instant::now();
+        let consumer = &self.settings.consumer_name;
+        let policy = &self.settings.retry;
+        let deliveries = if count_deliveries {
+            let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+            self.redis_op(stop, |mut redis| {
+                let ids = &ids;
+                async move { stream::delivery_counts(&mut redis, &self.keys, consumer, ids).await }
+            })
+            .await?
+        } else {
+            HashMap::new()
+        };
+        let prior_attempts: Vec<u32> = entries
+            .iter()
+            .map(|entry| entry.attempts() + deliveries.get(&entry.id).map_or(0, |count| count.saturating_sub(1)))
+            .collect();
+        let decoded: Vec<Result<Event, String>> = entries.iter().map(decode).collect();
+
+        // Out of attempts through crashes. If the event was applied and only
+        // its acknowledgement was lost, there is nothing to give up.
+        let exhausted: Vec<usize> = (0..entries.len())
+            .filter(|&index| decoded[index].is_ok() && !policy.allows_another(prior_attempts[index]))
+            .collect();
+        let already_applied = self.already_applied(&exhausted, &decoded, stop).await?;
+
+        let mut batch = Decoded { entries: Vec::new(), events: Vec::new(), at: Vec::new() };
+        for (index, entry) in entries.iter().enumerate() {
+            if let Ok(event) = &decoded[index] {
+                if policy.allows_another(prior_attempts[index]) {
+                    batch.entries.push(entry);
+                    batch.events.push(event.clone());
+                    batch.at.push(index);
+                }
+            }
+        }
+        let refused: Vec<(usize, Fault)> = self
+            .apply_splitting(&batch, stop)
+            .await?
+            .into_iter()
+            .map(|(index, error)| (batch.at[index], Fault::refused(&error)))
+            .collect();
+
+        let plan = plan(entries, &decoded, &prior_attempts, &already_applied, refused, policy, Utc::now());
+        for retry in &plan.retries {
+            let entry = retry.entry;
+            tracing::warn!(
+                stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
+                topic = entry.text("topic").unwrap_or("?"), tenant = entry.text("tenant").unwrap_or("?"),
+                sqlstate = retry.fault.sqlstate().unwrap_or("none"), attempts = retry.attempts,
+                max_attempts = policy.max_attempts, retry_in_ms = retry.delay.as_millis() as u64,
+                error = %retry.fault.message(entry, retry.attempts),
+                "event refused by Postgres; retry scheduled"
+            );
+        }
+        let applied: Vec<Event> = plan.applied.iter().map(|&event| event.clone()).collect();
+        let touched = Touched::of(&applied);
+        let received: Vec<(String, DateTime<Utc>)> =
+            applied.iter().map(|event| (event.topic.clone(), event.received_at)).collect();
+
+        let dead = &plan.dead_letters;
+        for failure in dead {
+            tracing::warn!(
+                stream_entry_id = %failure.entry.id, event_id = failure.entry.text("event_id").unwrap_or("?"),
+                topic = failure.entry.text("topic").unwrap_or("?"), tenant = failure.entry.text("tenant").unwrap_or("?"),
+                kind = failure.kind.as_str(),
+                attempts = failure.attempts, error = %failure.error,
+                "event moved to dead letters; inspect with `fleet dlq show`, replay with `fleet dlq replay` once the cause is fixed"
+            );
+        }
+        self.redis_op(stop, |mut redis| async move { failures::dead_letter(&mut redis, &self.keys, dead).await })
+            .await?;
+        for failure in dead {
+            metrics::event_dead_lettered(failure.entry.text("topic").unwrap_or("unknown"), failure.kind.as_str());
+        }
+        let retries: Vec<(Failure<'_>, DateTime<Utc>)> =
+            plan.retries.iter().map(|retry| (retry.failure(), retry.due)).collect();
+        let retries = &retries;
+        self.redis_op(
+            stop,
+            |mut redis| async move { failures::schedule_retries(&mut redis, &self.keys, retries).await },
+        )
+        .await?;
+        for (failure, _) in retries {
+            metrics::event_retried(failure.entry.text("topic").unwrap_or("unknown"));
+        }
+        let mut applied_by_topic: HashMap<&str, u64> = HashMap::new();
+        for event in &applied {
+            *applied_by_topic.entry(&event.topic).or_default() += 1;
+        }
+        for (topic, count) in applied_by_topic {
+            metrics::events_applied(topic, count);
+        }
+        // Acknowledged once the cache reflects the batch, so a crash before
+        // that redoes the cache work.
+        let acks = plan.acks.iter().map(|entry| entry.id.clone()).collect();
+        settled.send(Settled { touched, acks, received }).await.ok()?;
+        metrics::batch(entries.len(), started.elapsed());
+        metrics::worker_progress();
+        tracing::debug!(entries = entries.len(), dead = dead.len(), retries = retries.len(), "batch settled");
+        Some(entries.len())
+    }
+
+    /// Which of the `exhausted` entries' events Postgres already holds; none
+    /// if it cannot tell (they are then dead-lettered). `None` if stopped.
+    async fn already_applied(
+        &self,
+        exhausted: &[usize],
+        decoded: &[Result<Event, String>],
+        stop: &CancellationToken,
+    ) -> Option<HashSet<usize>> {
+        if exhausted.is_empty() {
+            return Some(HashSet::new());
+        }
+        let key =
+            |index: usize| decoded[index].as_ref().ok().map(|event| (event.tenant_id.clone(), event.event_id.clone()));
+        let keys: Vec<(String, String)> = exhausted.iter().filter_map(|&index| key(index)).collect();
+        let applied = match self.postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys)).await? {
+            Ok(applied) => applied,
+            Err(error) => {
+                tracing::warn!(
+                    sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
+                    "could not tell whether events out of attempts were applied; dead-lettering them"
+                );
+                HashSet::new()
+            }
+        };
+        Some(exhausted.iter().copied().filter(|&index| key(index).is_some_and(|key| applied.contains(&key))).collect())
+    }
+
+    /// Applies `batch`, splitting it to isolate the events at fault; returns
+    /// (index, error) for each. Waits out outages, including rounds in which
+    /// nothing commits for a reason that may be Postgres's fault.
+    async fn apply_splitting(&self, batch: &Decoded<'_>, stop: &CancellationToken) -> Option<Vec<(usize, ApplyError)>> {
+        let held: Vec<&str> = batch.entries.iter().map(|entry| entry.id.as_str()).collect();
+        let mut backoff = infrastructure_backoff();
+        let mut waited = false;
+        loop {
+            let mut round = self.apply_round(batch, &held, stop).await?;
+            let outage = if round.unproven() {
+                self.probe().await.err().or_else(|| round.take_setup_refusal(batch))
+            } else {
+                None
+            };
+            if let Some(error) = outage {
+                if !waited {
+                    tracing::warn!(
+                        events = batch.events.len(), sqlstate = error.sqlstate().as_deref().unwrap_or("none"),
+                        error = %error,
+                        "no event of the batch commits and the error points at Postgres, not at the data: \
+                         waiting as for an outage; check the last migration, grants and the server's log"
+                    );
+                }
+                waited = true;
+                self.wait_for_postgres(&error, &held, &mut backoff, stop).await?;
+                continue;
+            }
+            if waited {
+                self.health.available();
+            }
+            return Some(round.into_refused(batch));
+        }
+    }
+
+    /// Applies `batch` once, split in halves around refused slices, and
+    /// tries events refused alone for unexplained reasons again in place.
+    async fn apply_round(&self, batch: &Decoded<'_>, held: &[&str], stop: &CancellationToken) -> Option<Round> {
+        let mut round = Round { committed: false, refused: Vec::new(), unexplained: Vec::new() };
+        // A stack of slices still to apply; a refused slice is split in two.
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        ranges.push(0..batch.events.len());
+        while let Some(range) = ranges.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let events = &batch.events[range.clone()];
+            match self.postgres_op(stop, held, || apply_once(&self.db, events)).await? {
+                Ok(()) => round.committed = true,
+                Err(error) if range.len() == 1 => round.refused_alone(range.start, error),
+                Err(_) => {
+                    let middle = range.start + range.len() / 2;
+                    ranges.push(middle..range.end);
+                    ranges.push(range.start..middle);
+                }
+            }
+        }
+        let mut pause = LONE_PAUSE;
+        for _ in 1..LONE_TRIES {
+            if round.unexplained.is_empty() {
+                break;
+            }
+            // Short enough to finish even when stopping.
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            for (index, _) in std::mem::take(&mut round.unexplained) {
+                let event = &batch.events[index..=index];
+                match self.postgres_op(stop, held, || apply_once(&self.db, event)).await? {
+                    Ok(()) => round.committed = true,
+                    Err(error) => round.refused_alone(index, error),
+                }
+            }
+        }
+        Some(round)
+    }
+
+    /// Whether Postgres answers a query that writes nothing.
+    async fn probe(&self) -> Result<(), ApplyError> {
+        sqlx::query("SELECT 1").execute(&self.db).await?;
+        Ok(())
+    }
+}
+
+/// What one round over a batch found.
+struct Round {
+    /// Some slice of the batch committed: Postgres takes writes.
+    committed: bool,
+    /// Events refused alone for their data (or judged so).
+    refused: Vec<(usize, ApplyError)>,
+    /// Events refused alone for another reason, not yet judged.
+    unexplained: Vec<(usize, ApplyError)>,
+}
+
+impl Round {
+    fn refused_alone(&mut self, index: usize, error: ApplyError) {
+        match error {
+            ApplyError::Event(_) => self.refused.push((index, error)),
+            _ => self.unexplained.push((index, error)),
+        }
+    }
+
+    /// Whether events were refused for unexplained reasons while nothing
+    /// committed: then Postgres itself may be at fault.
+    fn unproven(&self) -> bool {
+        !self.committed && !self.unexplained.is_empty()
+    }
+
+    /// Removes and returns a refusal with a SQLSTATE of the deploy
+    /// ([`SETUP_CLASSES`]), which would refuse every event alike. An event
+    /// refused on an earlier attempt does not count: it was refused while
+    /// others committed (that is how it got a retry), so it stays at fault.
+    fn take_setup_refusal(&mut self, batch: &Decoded<'_>) -> Option<ApplyError> {
+        let setup = self.unexplained.iter().position(|(index, error)| {
+            batch.entries[*index].attempts() == 0
+                && error.sqlstate().is_some_and(|code| SETUP_CLASSES.iter().any(|class| code.starts_with(class)))
+        })?;
+        Some(self.unexplained.swap_remove(setup).1)
+    }
+
+    /// Every event refused alone; the unexplained ones are the events'
+    /// fault once Postgres is not to blame.
+    fn into_refused(mut self, batch: &Decoded<'_>) -> Vec<(usize, ApplyError)> {
+        for (index, error) in &self.unexplained {
+            let entry = batch.entries[*index];
+            tracing::warn!(
+                stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
+                topic = entry.text("topic").unwrap_or("?"), tenant = entry.text("tenant").unwrap_or("?"),
+                sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
+                others_committed = self.committed,
+                "Postgres refuses this event alone on every try, for a reason that does not point at Postgres: \
+                 the event is at fault"
+            );
+        }
+        self.refused.append(&mut self.unexplained);
+        self.refused
+    }
+}
+
+/// An error for a dead letter and the logs: the message and its SQLSTATE.
+pub(super) fn describe(error: &ApplyError) -> String {
+    match error.sqlstate() {
+        Some(code) => format!("{error} (SQLSTATE {code})"),
+        None => error.to_string(),
+    }
+}
+
+/// One transaction for a slice of a batch.
+async fn apply_once(db: &PgPool, events: &[Event]) -> Result<(), ApplyError> {
+    let mut tx = db.begin().await?;
+    fleet_jobs::apply_batch(&mut tx, events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+/// Decodes an entry; the error says why it can never be applied.
+fn decode(entry: &Entry) -> Result<Event, String> {
+    let body = entry
+        .field("body")
+        .filter(|body| !body.is_empty())
+        .ok_or("stream entry has no body (deleted, or not written by the intake)")?;
+    let tenant = entry.text("tenant").unwrap_or("unknown");
+    let received_at = entry
+        .text("received_at")
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map_or_else(Utc::now, |stamp| stamp.with_timezone(&Utc));
+    Event::decode(body, tenant, received_at, &entry.id).map_err(|err| err.to_string())
+}
+
+/// Why an event failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// Not an applicable event at all: it can never succeed, so no retries.
+    Malformed(String),
+    /// Postgres refused its rows: the error and its SQLSTATE.
+    Refused { error: String, sqlstate: Option<String> },
+    /// Out of attempts because the workers holding it kept stopping before
+    /// finishing it.
+    Crashed,
+}
+
+impl Fault {
+    pub(super) fn refused(error: &ApplyError) -> Self {
+        Self::Refused { error: error.to_string(), sqlstate: error.sqlstate() }
+    }
+
+    pub(super) fn kind(&self) -> FailureKind {
+        match self {
+            Self::Malformed(_) => FailureKind::Malformed,
+            Self::Refused { .. } => FailureKind::Event,
+            Self::Crashed => FailureKind::Crashed,
+        }
+    }
+
+    pub(super) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Self::Refused { sqlstate, .. } => sqlstate.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The error a dead letter or a retry of `entry` records, after
+    /// `attempts` attempts.
+    pub(super) fn message(&self, entry: &Entry, attempts: u32) -> String {
+        match self {
+            Self::Malformed(reason) => reason.clone(),
+            Self::Refused { error, sqlstate: Some(code) } => format!("{error} (SQLSTATE {code})"),
+            Self::Refused { error, sqlstate: None } => error.clone(),
+            Self::Crashed => {
+                let last = entry.text("error").map(|error| format!("; last error: {error}")).unwrap_or_default();
+                format!("gave up after {attempts} attempts; the workers holding it stopped before finishing it{last}")
+            }
+        }
+    }
+}
+
+/// An entry to append to the stream again once `due`.
+#[derive(Debug)]
+pub(super) struct Retry<'a> {
+    pub(super) entry: &'a Entry,
+    pub(super) due: DateTime<Utc>,
+    /// From the plan's `now` to `due`.
+    pub(super) delay: Duration,
+    pub(super) fault: Fault,
+    /// Attempts made, this one included.
+    pub(super) attempts: u32,
+}
+
+impl<'a> Retry<'a> {
+    pub(super) fn failure(&self) -> Failure<'a> {
+        Failure {
+            entry: self.entry,
+            kind: self.fault.kind(),
+            error: self.fault.message(self.entry, self.attempts),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// What becomes of each entry of a batch.
+#[derive(Debug, Default)]
+pub(super) struct Plan<'a> {
+    /// Entries to acknowledge once the cache refresh covers them.
+    pub(super) acks: Vec<&'a Entry>,
+    /// The events this batch committed.
+    pub(super) applied: Vec<&'a Event>,
+    pub(super) retries: Vec<Retry<'a>>,
+    pub(super) dead_letters: Vec<Failure<'a>>,
+}
+
+/// Decides, without any I/O, what becomes of each entry of a batch once it
+/// was applied. Per entry (by index): `decoded` is its event or why it is
+/// none, `prior_attempts` the attempts it already cost (failures and
+/// crashes). `already_applied` holds the entries out of attempts whose event
+/// Postgres already holds, `refused` those Postgres refused in this batch
+/// (in the order found). Every other entry with attempts left was applied.
+pub(super) fn plan<'a>(
+    entries: &'a [Entry],
+    decoded: &'a [Result<Event, String>],
+    prior_attempts: &[u32],
+    already_applied: &HashSet<usize>,
+    refused: Vec<(usize, Fault)>,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Plan<'a> {
+    let mut plan = Plan::default();
+    let dead = |entry: &'a Entry, fault: Fault, attempts: u32| Failure {
+        entry,
+        kind: fault.kind(),
+        error: fault.message(entry, attempts),
+        attempts,
+    };
+    let mut exhausted = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let prior = prior_attempts[index];
+        match &decoded[index] {
+            Err(reason) => plan.dead_letters.push(dead(entry, Fault::Malformed(reason.clone()), prior + 1)),
+            Ok(_) if !policy.allows_another(prior) => exhausted.push(index),
+            Ok(_) => {}
+        }
+    }
+    for index in exhausted {
+        let entry = &entries[index];
+        if already_applied.contains(&index) {
+            plan.acks.push(entry);
+        } else {
+            plan.dead_letters.push(dead(entry, Fault::Crashed, prior_attempts[index]));
+        }
+    }
+    let refused_at: HashSet<usize> = refused.iter().map(|(index, _)| *index).collect();
+    for (index, fault) in refused {
+        let entry = &entries[index];
+        let attempts = prior_attempts[index] + 1;
+        if policy.allows_another(attempts) {
+            let delay = policy.delay(attempts);
+            let due = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            plan.retries.push(Retry { entry, due, delay, fault, attempts });
+        } else {
+            plan.dead_letters.push(dead(entry, fault, attempts));
+        }
+    }
+    for (index, entry) in entries.iter().enumerate() {
+        if let Ok(event) = &decoded[index] {
+            if policy.allows_another(prior_attempts[index]) && !refused_at.contains(&index) {
+                plan.acks.push(entry);
+                plan.applied.push(event);
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const BODY: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
+
+    fn entry(id: &str, body: &str) -> Entry {
+        let mut fields = HashMap::new();
+        fields.insert("body".to_owned(), body.as_bytes().to_vec());
+        fields.insert("tenant".to_owned(), b"184532".to_vec());
+        Entry { id: id.to_owned(), fields }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy { base: Duration::from_secs(1), factor: 2.0, cap: Duration::from_secs(60), max_attempts: 3 }
+    }
+
+    fn refused() -> Fault {
+        Fault::Refused { error: "check constraint violated".to_owned(), sqlstate: Some("23514".to_owned()) }
+    }
+
+    /// One valid entry with `prior` attempts, planned with the given
+    /// refusal and already-applied answer.
+    fn plan_one(prior: u32, refusal: Option<Fault>, applied: bool, check: impl FnOnce(&Plan<'_>, &Entry)) {
+        let entries = [entry("1-0", BODY)];
+        let decoded: Vec<_> = entries.iter().map(decode).collect();
+        assert!(decoded[0].is_ok(), "{:?}", decoded[0]);
+        let already: HashSet<usize> = if applied { HashSet::from([0]) } else { HashSet::new() };
+        let refusals = refusal.map(|fault| vec![(0, fault)]).unwrap_or_default();
+        let plan = plan(&entries, &decoded, &[prior], &already, refusals, &policy(), Utc::now());
+        check(&plan, &entries[0]);
+    }
+
+    #[test]
+    fn a_malformed_entry_is_dead_lettered_at_once() {
+        let entries = [entry("1-0", "not json")];
+        let decoded: Vec<_> = entries.iter().map(decode).collect();
+        let plan = plan(&entries, &decoded, &[0], &HashSet::new(), Vec::new(), &policy(), Utc::now());
+        assert!(plan.acks.is_empty() && plan.retries.is_empty() && plan.applied.is_empty());
+        assert_eq!(plan.dead_letters.len(), 1);
+        assert_eq!(plan.dead_letters[0].kind, FailureKind::Malformed);
+        assert_eq!(plan.dead_letters[0].attempts, 1);
+    }
+
+    #[test]
+    fn a_refused_event_with_attempts_left_is_retried_when_the_policy_says() {
+        let now = Utc::now();
+        let entries = [entry("1-0", BODY)];
+        let decoded: Vec<_> = entries.iter().map(decode).collect();
+        let plan = plan(&entries, &decoded, &[1], &HashSet::new(), vec![(0, refused())], &policy(), now);
+        assert!(plan.acks.is_empty() && plan.dead_letters.is_empty() && plan.applied.is_empty());
+        let [retry] = plan.retries.as_slice() else { panic!("{:?}", plan.retries) };
+        assert_eq!(retry.attempts, 2);
+        assert_eq!(retry.fault, refused());
+        // The second attempt waits base × factor, plus up to as much jitter.
+        let delay = (retry.due - now).to_std().unwrap_or_default();
+        assert!(delay >= Duration::from_secs(2) && delay <= Duration::from_secs(4), "{delay:?}");
+        let failure = retry.failure();
+        assert_eq!(failure.kind, FailureKind::Event);
+        assert_eq!(failure.error, "check constraint violated (SQLSTATE 23514)");
+    }
+
+    #[test]
+    fn a_refused_event_at_its_last_attempt_is_dead_lettered() {
+        plan_one(2, Some(refused()), false, |plan, _| {
+            assert!(plan.acks.is_empty() && plan.retries.is_empty());
+            let [dead] = plan.dead_letters.as_slice() else { panic!("{:?}", plan.dead_letters) };
+            assert_eq!((dead.kind, dead.attempts), (FailureKind::Event, 3));
+            assert_eq!(dead.error, "check constraint violated (SQLSTATE 23514)");
+        });
+    }
+
+    #[test]
+    fn an_event_out_of_attempts_through_crashes_but_applied_is_acknowledged() {
+        plan_one(3, None, true, |plan, entry| {
+            assert_eq!(plan.acks.iter().map(|acked| &acked.id).collect::<Vec<_>>(), [&entry.id]);
+            assert!(plan.dead_letters.is_empty() && plan.retries.is_empty());
+            // Applied by an earlier attempt, not by this batch.
+            assert!(plan.applied.is_empty());
+        });
+    }
+
+    #[test]
+    fn an_event_out_of_attempts_through_crashes_and_not_applied_is_dead_lettered() {
+        plan_one(3, None, false, |plan, _| {
+            assert!(plan.acks.is_empty() && plan.retries.is_empty());
+            let [dead] = plan.dead_letters.as_slice() else { panic!("{:?}", plan.dead_letters) };
+            assert_eq!((dead.kind, dead.attempts), (FailureKind::Crashed, 3));
+            assert!(dead.error.starts_with("gave up after 3 attempts"), "{}", dead.error);
+        });
+    }
+
+    #[test]
+    fn an_applied_event_is_acknowledged() {
+        plan_one(0, None, false, |plan, entry| {
+            assert_eq!(plan.acks.iter().map(|acked| &acked.id).collect::<Vec<_>>(), [&entry.id]);
+            assert_eq!(plan.applied.len(), 1);
+            assert!(plan.dead_letters.is_empty() && plan.retries.is_empty());
+        });
+    }
+}
