@@ -120,6 +120,24 @@ static HTTP_STATS: HttpStats = HttpStats {
     pauses_at_capacity: AtomicU64::new(0),
 };
 
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}")]
+pub struct ListenError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `address` (port 0 picks a free port); returns the listener and the
+/// address it got.
+pub async fn bind(address: SocketAddr) -> Result<(TcpListener, SocketAddr), ListenError> {
+    let fail = |source| ListenError { address, source };
+    let listener = TcpListener::bind(address).await.map_err(fail)?;
+    let bound = listener.local_addr().map_err(fail)?;
+    Ok((listener, bound))
+}
+
 /// The process's [`HttpStats`].
 pub fn http_stats() -> &'static HttpStats {
     &HTTP_STATS

@@ -94,13 +94,6 @@ impl Settings {
     }
 }
 
-/// Why the read API cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("cannot listen on {0}")]
-    Listen(SocketAddr, #[source] std::io::Error),
-}
-
 /// The read API bound to its address, ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -116,10 +109,9 @@ impl Application {
         keys: Keys,
         ttls: Ttls,
         settings: Settings,
-    ) -> Result<Self, BuildError> {
+    ) -> Result<Self, crate::runtime::ListenError> {
         let state = ApiState::connect(db, redis_url, keys, ttls, settings);
-        let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
-        let bound = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
+        let (listener, bound) = crate::runtime::bind(address).await?;
         tracing::info!(address = %bound, "read API listening");
         Ok(Self { listener, state })
     }

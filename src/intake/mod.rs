@@ -62,13 +62,6 @@ pub struct Settings {
     pub http: HttpSettings,
 }
 
-/// Why the intake cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("cannot listen on {0}")]
-    Listen(SocketAddr, #[source] std::io::Error),
-}
-
 /// An intake bound to its address, ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -88,9 +81,8 @@ impl Application {
         redis_url: &str,
         keys: Keys,
         settings: Settings,
-    ) -> Result<Self, BuildError> {
-        let listener = TcpListener::bind(address).await.map_err(|err| BuildError::Listen(address, err))?;
-        let address = listener.local_addr().map_err(|err| BuildError::Listen(address, err))?;
+    ) -> Result<Self, crate::runtime::ListenError> {
+        let (listener, address) = crate::runtime::bind(address).await?;
         tracing::info!(%address, stream = %keys.events(), "intake listening");
         let http = settings.http;
         let state = IntakeState {
