@@ -5,7 +5,8 @@
 //! then measures:
 //! - intake: signed POSTs answered per second and the latency distribution,
 //!   over HTTP on loopback;
-//! - worker: events applied per second by one worker draining a backlog of
+//! - worker: events applied per second by `BENCH_WORKERS` workers (default 2)
+//!   draining a backlog of
 //!   enrollment events spread over many enrollments and courses.
 //!
 //! Sizes: `BENCH_EVENTS` (default 50,000), `BENCH_REQUESTS` (default 5,000),
@@ -148,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
         }
         pipe.query_async::<()>(&mut redis).await?;
     }
+    let workers = env_number("BENCH_WORKERS", 2).max(1);
     let settings = WorkerSettings {
         consumer_name: "bench".into(),
         batch_size,
@@ -158,10 +160,14 @@ async fn main() -> anyhow::Result<()> {
         retry: fleet::worker::RetryPolicy::default(),
         cache_ttls: fleet::redis::cache::Ttls::default(),
     };
-    let worker = fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?;
     let stop = tokio_util::sync::CancellationToken::new();
+    let mut running = Vec::new();
+    for n in 0..workers {
+        let settings = WorkerSettings { consumer_name: format!("bench-{n}"), ..settings.clone() };
+        running.push(fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?);
+    }
     let started = Instant::now();
-    let task = tokio::spawn(worker.run(stop.clone()));
+    let tasks: Vec<_> = running.into_iter().map(|worker| tokio::spawn(worker.run(stop.clone()))).collect();
     let expected = (events + requests) as i64;
     // Done when every entry is applied, its cache refreshed and acknowledged.
     loop {
@@ -177,9 +183,11 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(applied == expected, "{applied} of {expected} events applied");
     let elapsed = started.elapsed();
     stop.cancel();
-    task.await??;
+    for task in tasks {
+        task.await??;
+    }
     println!(
-        "worker: {} events (20,000 enrollments, {courses} courses) applied, cached and acknowledged in {:.2} s by one worker, batch {}: {:.0} events/s",
+        "worker: {} events (20,000 enrollments, {courses} courses) applied, cached and acknowledged in {:.2} s by {workers} workers, batch {}: {:.0} events/s",
         expected,
         elapsed.as_secs_f64(),
         batch_size,

@@ -9,6 +9,11 @@
 use clap::Parser;
 use fleet::cli::Cli;
 
+/// glibc's allocator cost the intake a fifth of its CPU per webhook
+/// (docs/benchmarks.md); mimalloc's thread-local heaps cost a fraction.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     fleet::telemetry::init();

@@ -187,14 +187,15 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[Event]) -> Result<Ba
         }
     }
 
-    Ok(BatchReport {
-        events: events.len(),
-        new_events: record_events(conn, events).await?,
-        courses: upsert_courses(conn, courses).await?,
-        users: upsert_users(conn, users).await?,
-        enrollments: upsert_enrollments(conn, enrollments).await?,
-        orders: upsert_orders(conn, orders).await?,
-    })
+    // Courses last: nearly every batch rewrites the rows of the courses it
+    // touches, so their locks are held only for the end of the transaction
+    // and concurrent workers' batches overlap until then.
+    let new_events = record_events(conn, events).await?;
+    let users = upsert_users(conn, users).await?;
+    let orders = upsert_orders(conn, orders).await?;
+    let enrollments = upsert_enrollments(conn, enrollments).await?;
+    let courses = upsert_courses(conn, courses).await?;
+    Ok(BatchReport { events: events.len(), new_events, enrollments, users, courses, orders })
 }
 
 fn offer_course_stub(courses: &mut Latest<CourseRow>, tenant: &str, course: &EmbeddedCourse, version: &Version) {

@@ -45,8 +45,8 @@ const MAX_ENVELOPE_FIELD_LEN: usize = 128;
 impl Envelope {
     /// Parses the envelope of a raw webhook body.
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let value: Value = serde_json::from_slice(body)?;
-        let object = value.as_object().ok_or(EnvelopeError::NotAnObject)?;
+        let EnvelopeFields(fields) = serde_json::from_slice(body)?;
+        let object = fields.ok_or(EnvelopeError::NotAnObject)?;
         let field = |name: &'static str| -> Result<String, EnvelopeError> {
             let text = object.get(name).and_then(parse::string_or_number).ok_or(EnvelopeError::MissingField(name))?;
             if text.len() > MAX_ENVELOPE_FIELD_LEN {
@@ -76,6 +76,94 @@ impl Envelope {
     /// `resource.action`, e.g. `enrollment.progress`.
     pub fn topic(&self) -> String {
         format!("{}.{}", self.resource, self.action)
+    }
+}
+
+/// The top-level fields of a body that the envelope reads, each as JSON
+/// (the last one wins when a name repeats, as in a parsed object); `None`
+/// when the body is JSON but not an object. The rest of the body, the
+/// payload included, is checked to be well-formed JSON and skipped, so the
+/// intake builds no value for it.
+struct EnvelopeFields(Option<serde_json::Map<String, Value>>);
+
+const ENVELOPE_FIELDS: [&str; 5] = ["id", "resource", "action", "tenant_id", "created_at"];
+
+impl<'de> Deserialize<'de> for EnvelopeFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EnvelopeVisitor).map(EnvelopeFields)
+    }
+}
+
+/// A top-level key: one of [`ENVELOPE_FIELDS`] (by index), or another.
+struct EnvelopeKey(Option<usize>);
+
+impl<'de> Deserialize<'de> for EnvelopeKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = EnvelopeKey;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<EnvelopeKey, E> {
+                Ok(EnvelopeKey(ENVELOPE_FIELDS.iter().position(|field| *field == name)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
+    type Value = Option<serde_json::Map<String, Value>>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(EnvelopeKey(known)) = map.next_key()? {
+            match known {
+                Some(index) => {
+                    fields.insert(ENVELOPE_FIELDS[index].to_owned(), map.next_value()?);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(fields))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 }
 
@@ -343,6 +431,19 @@ mod tests {
         let envelope = envelope.expect("a numeric id and tenant are accepted");
         assert_eq!((envelope.id.as_str(), envelope.topic().as_str()), ("12", "lesson.completed"));
         assert_eq!(envelope.tenant_id.as_ref().map(TenantId::as_str), Some("7"));
+    }
+
+    #[test]
+    fn the_envelope_reads_like_a_parsed_object() {
+        for not_an_object in [&b"[1,{\"a\":2}]"[..], b"3", b"-1.5", b"\"x\"", b"null", b"true"] {
+            assert!(matches!(Envelope::parse(not_an_object), Err(EnvelopeError::NotAnObject)));
+        }
+        // The skipped payload must still be well-formed, and nothing may trail the object.
+        for broken in [&br#"{"id":"1","resource":"a","action":"b","payload":{"x":}}"#[..], br#"{"id":"1"} x"#] {
+            assert!(matches!(Envelope::parse(broken), Err(EnvelopeError::NotJson(_))));
+        }
+        let repeated = Envelope::parse(br#"{"id":"1","resource":"a","action":"b","id":"2","payload":[{"id":"3"}]}"#);
+        assert_eq!(repeated.map(|envelope| envelope.id).ok().as_deref(), Some("2"), "the last `id` wins");
     }
 
     #[test]

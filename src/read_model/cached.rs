@@ -96,22 +96,24 @@ impl Cached {
         }
     }
 
-    /// The values the dashboard reads after a batch: each touched course's
-    /// statistics and first page of enrollments, each touched school's dashboard.
-    pub fn touched_by(touched: &Touched) -> Vec<Self> {
-        let courses = touched.courses.iter().flat_map(|(tenant, course)| {
-            [
-                Self::Statistics { tenant: tenant.clone(), course: *course },
-                Self::Enrollments(PageRequest {
-                    tenant_id: tenant.clone(),
-                    course_id: *course,
-                    page: 1,
-                    per_page: DEFAULT_PER_PAGE,
-                }),
-            ]
-        });
+    /// The summaries the dashboard reads after a batch, prewarmed before
+    /// the batch is acknowledged: each touched course's statistics and each
+    /// touched school's dashboard.
+    pub fn summaries_touched_by(touched: &Touched) -> Vec<Self> {
+        let courses =
+            touched.courses.iter().map(|(tenant, course)| Self::Statistics { tenant: tenant.clone(), course: *course });
         let schools = touched.tenants.iter().map(|tenant| Self::Dashboard { tenant: tenant.clone() });
         courses.chain(schools).collect()
+    }
+
+    /// The first page of enrollments of each course a batch touched.
+    pub fn first_pages_touched_by(touched: &Touched) -> impl Iterator<Item = PageRequest> + '_ {
+        touched.courses.iter().map(|(tenant, course)| PageRequest {
+            tenant_id: tenant.clone(),
+            course_id: *course,
+            page: 1,
+            per_page: DEFAULT_PER_PAGE,
+        })
     }
 
     /// Computes `items` from Postgres, one query per kind, as entries ready

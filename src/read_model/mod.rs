@@ -70,7 +70,7 @@ pub async fn dashboards(db: &PgPool, tenants: &[String]) -> Result<Vec<Found>, s
 }
 
 /// Which page of a course's enrollments (newest update first).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageRequest {
     pub tenant_id: String,
     pub course_id: i64,

@@ -71,7 +71,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::health::{Dependency, Health};
-use self::refresh::Settled;
+use self::refresh::{PagesToPrewarm, Settled};
 use self::revalidate::Revalidator;
 use self::settle::describe;
 use crate::health::Waiter;
@@ -265,7 +265,12 @@ impl Worker {
             "worker started"
         );
         let (settled, to_refresh) = mpsc::channel::<Settled>(2);
-        tokio::join!(self.consume(&stop, settled), self.refresh_and_acknowledge(to_refresh, &stop));
+        let pages = PagesToPrewarm::default();
+        let refresh = async {
+            self.refresh_and_acknowledge(to_refresh, &pages, &stop).await;
+            pages.close();
+        };
+        tokio::join!(self.consume(&stop, settled), refresh, self.prewarm_pages(&pages, &stop));
         if let Some(revalidator) = &self.revalidator {
             // The last batches' hook calls, so their pages do not stay stale.
             revalidator.drain().await;

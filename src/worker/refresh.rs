@@ -1,17 +1,71 @@
 //! After a batch commits: the cache refresh (invalidate its tags once,
-//! prewarm what the dashboard reads, queue the revalidation hook) and only
-//! then the acknowledgement. It runs beside the read loop, so batches that
-//! commit while it works are covered together by its next round.
+//! prewarm the statistics and dashboards, queue the revalidation hook) and
+//! only then the acknowledgement. It runs beside the read loop, so batches
+//! that commit while it works are covered together by its next round.
+//!
+//! First pages of enrollments are prewarmed apart, at most once per
+//! [`PAGE_PREWARM_EVERY`]: they cost Postgres far more than the summaries
+//! (a page is twenty rows joined to their users, a summary one row), and
+//! they are invalidated with the round, so a reader in between computes a
+//! fresh page on its miss rather than reading a stale one.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleet_jobs::ApplyError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Worker;
 use crate::read_model::cached::{Cached, Touched};
+use crate::read_model::PageRequest;
 use crate::redis::{cache, stream};
 use crate::telemetry::metrics;
+
+/// The shortest time between two page prewarms of one worker.
+pub(super) const PAGE_PREWARM_EVERY: Duration = Duration::from_secs(1);
+
+/// First pages whose course a refresh round touched, waiting for the next
+/// page prewarm; each page once, however many rounds touched it.
+#[derive(Default)]
+pub(super) struct PagesToPrewarm {
+    pages: Mutex<PendingPages>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct PendingPages {
+    pages: BTreeSet<PageRequest>,
+    /// No round will add pages any more: prewarm what is left and stop.
+    closed: bool,
+}
+
+impl PagesToPrewarm {
+    fn add(&self, pages: impl Iterator<Item = PageRequest>) {
+        let mut pending = self.pages.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.pages.extend(pages);
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn close(&self) {
+        self.pages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closed = true;
+        self.wake.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.pages.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).closed
+    }
+
+    /// Takes the pending pages, and whether the lane is closed.
+    fn take(&self) -> (Vec<PageRequest>, bool) {
+        let mut pending = self.pages.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        (std::mem::take(&mut pending.pages).into_iter().collect(), pending.closed)
+    }
+}
 
 /// A committed batch waiting for its cache refresh and acknowledgement.
 pub(super) struct Settled {
@@ -30,6 +84,7 @@ impl Worker {
     pub(super) async fn refresh_and_acknowledge(
         &self,
         mut committed: mpsc::Receiver<Settled>,
+        pages: &PagesToPrewarm,
         stop: &CancellationToken,
     ) {
         while let Some(first) = committed.recv().await {
@@ -39,7 +94,7 @@ impl Worker {
                 acks.extend(more.acks);
                 received.extend(more.received);
             }
-            if self.refresh_cache(&touched, stop).await.is_none() {
+            if self.refresh_cache(&touched, pages, stop).await.is_none() {
                 // Stopped while a dependency was down: the entries stay
                 // pending and are applied and refreshed again later.
                 continue;
@@ -55,9 +110,14 @@ impl Worker {
     }
 
     /// After a batch commits: invalidates the union of its tags once, writes
-    /// the values the dashboard will read (statistics, first pages,
-    /// dashboards), and queues the revalidation hook.
-    pub(super) async fn refresh_cache(&self, touched: &Touched, stop: &CancellationToken) -> Option<()> {
+    /// the statistics and dashboards the dashboard will read, hands the
+    /// first pages to the page prewarm, and queues the revalidation hook.
+    pub(super) async fn refresh_cache(
+        &self,
+        touched: &Touched,
+        pages: &PagesToPrewarm,
+        stop: &CancellationToken,
+    ) -> Option<()> {
         if touched.is_empty() {
             return Some(());
         }
@@ -65,8 +125,41 @@ impl Worker {
         let tag_keys = &tag_keys;
         self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
         metrics::cache_invalidations(tag_keys.len() as u64);
+        self.prewarm(&Cached::summaries_touched_by(touched), stop).await?;
+        pages.add(Cached::first_pages_touched_by(touched));
+        if let Some(revalidator) = &self.revalidator {
+            revalidator.notify(touched.tag_names());
+        }
+        Some(())
+    }
+
+    /// Prewarms first pages as rounds hand them over, at most once per
+    /// [`PAGE_PREWARM_EVERY`], until the lane is closed and empty.
+    pub(super) async fn prewarm_pages(&self, pages: &PagesToPrewarm, stop: &CancellationToken) {
+        let mut next = Instant::now();
+        loop {
+            pages.wake.notified().await;
+            if !pages.is_closed() {
+                tokio::time::sleep_until(next).await;
+            }
+            let (requests, closed) = pages.take();
+            next = Instant::now() + PAGE_PREWARM_EVERY;
+            if !requests.is_empty() {
+                let items: Vec<Cached> = requests.into_iter().map(Cached::Enrollments).collect();
+                if self.prewarm(&items, stop).await.is_none() {
+                    return;
+                }
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// Computes `items` and writes them to the cache; `None` when stopped
+    /// while a dependency was down.
+    async fn prewarm(&self, items: &[Cached], stop: &CancellationToken) -> Option<()> {
         let ttls = &self.settings.cache_ttls;
-        let items = &Cached::touched_by(touched);
         let computed = self
             .postgres_op(stop, &[], || async {
                 Cached::compute(&self.db, &self.keys, ttls, items).await.map_err(ApplyError::from)
@@ -82,9 +175,6 @@ impl Worker {
         let entries = &entries;
         let written = self.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
         metrics::cache_prewarms(written as u64);
-        if let Some(revalidator) = &self.revalidator {
-            revalidator.notify(touched.tag_names());
-        }
         Some(())
     }
 }
