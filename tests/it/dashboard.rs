@@ -476,3 +476,66 @@ async fn cache_stats_and_clear_from_the_command_line() {
     let usage = run(&["cache", "clear"]).await;
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn first_pages_are_prewarmed_while_the_worker_runs() {
+    let ctx = context().await;
+    let worker = ctx.spawn_worker(ctx.worker_settings("pages")).await;
+    let page_key = ctx.keys.enrollments(TENANT, COURSE, 1, fleet::read_model::DEFAULT_PER_PAGE);
+    let total_cached = |redis: redis::aio::ConnectionManager, key: String| async move {
+        let mut redis = redis;
+        let body: Option<String> = redis.hget(&key, "body").await.expect("HGET");
+        body.and_then(|body| serde_json::from_str::<Value>(&body).ok()).and_then(|body| body["total"].as_i64())
+    };
+    // Two batches in quick succession: the second lands inside the page
+    // prewarm's pause, and is still covered once the pause is over.
+    for (n, body) in course_history().iter().enumerate() {
+        ctx.enqueue(body).await;
+        if n == 0 {
+            eventually("the first page prewarmed", Duration::from_secs(10), || {
+                let cached = total_cached(ctx.redis.clone(), page_key.clone());
+                async move { cached.await == Some(1) }
+            })
+            .await;
+        }
+    }
+    eventually("the first page prewarmed with every enrollment", Duration::from_secs(10), || {
+        let cached = total_cached(ctx.redis.clone(), page_key.clone());
+        async move { cached.await == Some(2) }
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_real_course_change_bumps_the_schools_version() {
+    let ctx = context().await;
+    apply_through_worker(&ctx, &[fixture("enrollment.created")]).await;
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT version FROM tenant_statistics WHERE tenant_id = $1")
+            .bind(TENANT)
+            .fetch_one(&ctx.db)
+            .await
+            .expect("the school's statistics")
+    };
+    let before = version().await;
+    // What every enrollment's embedded course does: the same name, a newer version.
+    sqlx::query("UPDATE courses SET source_event_id = source_event_id || 'x' WHERE tenant_id = $1")
+        .bind(TENANT)
+        .execute(&ctx.db)
+        .await
+        .expect("rewrite");
+    assert_eq!(version().await, before, "an unchanged course leaves the dashboard's version");
+    sqlx::query("UPDATE courses SET name = 'Watercolor II' WHERE tenant_id = $1")
+        .bind(TENANT)
+        .execute(&ctx.db)
+        .await
+        .expect("rename");
+    assert_eq!(version().await, before + 1, "a renamed course changes the dashboard");
+    sqlx::query("UPDATE courses SET deleted_at = now() WHERE tenant_id = $1")
+        .bind(TENANT)
+        .execute(&ctx.db)
+        .await
+        .expect("delete");
+    assert_eq!(version().await, before + 2, "so does a deleted one");
+}
