@@ -285,7 +285,7 @@ fn observe_failure(error: ObserveError) -> anyhow::Error {
 
 fn bar(length: u64, phase: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(&format!(
-        "{phase} [{{bar:40}}] {{human_pos}}/{{human_len}} {{per_sec}} elapsed {{elapsed}}"
+        "{phase} [{{bar:40}}] {{human_pos}}/{{human_len}}, {{elapsed}} elapsed, {{eta}} left"
     ))
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");

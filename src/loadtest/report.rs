@@ -46,11 +46,13 @@ pub struct IntakeReport {
     pub seconds: f64,
     pub requests_per_second: f64,
     pub answers: Answers,
-    /// From send (or, at a rate, from when due) to answer.
+    /// From send to answer; at a rate, from when due for a webhook that found
+    /// every connection busy (no coordinated omission).
     pub latency_ms: Option<Percentiles>,
     /// At a rate: from send to answer.
     pub service_time_ms: Option<Percentiles>,
-    /// At a rate: how late sends went out; large when the connections were all busy.
+    /// At a rate: how late sends went out; large when the connections were all
+    /// busy, about a millisecond otherwise (the timer's granularity).
     pub send_lag_ms: Option<Percentiles>,
 }
 
@@ -170,8 +172,7 @@ pub fn write_text(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(error) = &answers.first_transport_error {
         writeln!(out, "    first error: {error}")?;
     }
-    let latency_name = if report.pace.rate.is_some() { "latency (from due)" } else { "latency" };
-    write_percentiles(out, latency_name, intake.latency_ms)?;
+    write_percentiles(out, "latency", intake.latency_ms)?;
     write_percentiles(out, "service time", intake.service_time_ms)?;
     write_percentiles(out, "send lag", intake.send_lag_ms)?;
 

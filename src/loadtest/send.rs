@@ -8,11 +8,14 @@
 //!   webhook as soon as the previous one is answered; latency is from send to
 //!   answer.
 //! - [`Pace::Rate`]: open loop, webhook `i` is due at `start + i / rate`
-//!   whatever the answers; latency is from when it was due, not when it
-//!   went out, so a stalled intake shows as the wait it caused (no
-//!   coordinated omission). The time from send to answer (service time) and
-//!   how late sends went out (send lag) are kept too: a large lag means the
-//!   connections, not the intake, held the webhooks back.
+//!   whatever the answers. A webhook that found every connection still
+//!   waiting for the intake when it was due counts its latency from when it
+//!   was due, not from when it went out, so a stalled intake shows as the
+//!   wait it caused (no coordinated omission); one a free connection was
+//!   waiting to send counts from its send, so the timer's lateness (tokio
+//!   wakes sleepers on the next millisecond) is not charged to the intake.
+//!   The time from send to answer (service time) and how late sends went
+//!   out (send lag, the timer's lateness included) are kept too.
 //!
 //! Each connection task keeps its own tally, merged at the end, so sending
 //! shares nothing but the counter.
@@ -110,7 +113,8 @@ impl Answers {
 #[derive(Debug)]
 pub struct Sent {
     pub answers: Answers,
-    /// Microseconds from due (rate) or sent (concurrency) to answered, sorted.
+    /// Microseconds to the answer from the send, or at a rate from when it
+    /// was due if every connection was busy then; sorted.
     pub latencies_us: Vec<u32>,
     /// Rate only: microseconds from sent to answered, sorted.
     pub service_us: Vec<u32>,
@@ -229,8 +233,10 @@ async fn send_on_connection(shared: Arc<Shared>, mut connection: Option<Connecti
             break;
         };
         let due = shared.due(index);
+        // Taken after it was due: every connection was busy with the intake until now.
+        let held_back = due.filter(|&due| due <= Instant::now());
         if let Some(due) = due {
-            if due > Instant::now() {
+            if held_back.is_none() {
                 tokio::time::sleep_until(due).await;
             }
         }
@@ -248,7 +254,7 @@ async fn send_on_connection(shared: Arc<Shared>, mut connection: Option<Connecti
                         answers.duplicate += 1;
                     }
                 }
-                tally.latencies_us.push(micros(answered_at - due.unwrap_or(sent_at)));
+                tally.latencies_us.push(micros(answered_at - held_back.unwrap_or(sent_at)));
                 if let Some(due) = due {
                     tally.service_us.push(micros(answered_at - sent_at));
                     tally.lag_us.push(micros(sent_at.saturating_duration_since(due)));
