@@ -15,6 +15,9 @@ pub mod worker;
 // The command line: clap, and the one place that knows every role.
 pub mod cli;
 
+// `fleet loadtest`: drives an intake and measures the fleet from outside.
+pub mod loadtest;
+
 // Shared plumbing, below the roles.
 pub mod db;
 pub mod health;

@@ -1,5 +1,5 @@
 //! URLs that may carry credentials (`REDIS_URL`, `DATABASE_URL`,
-//! `REVALIDATE_URL`): parsed without ever echoing the value, and shown
+//! `REVALIDATE_URL`, `fleet loadtest`'s URLs): parsed without ever echoing the value, and shown
 //! everywhere through one redaction, [`redact`].
 //!
 //! A shown URL keeps its scheme, user name, host, port and path, so an
@@ -103,7 +103,7 @@ macro_rules! secret_url {
         }
     )*};
 }
-secret_url!(RedisUrl, DatabaseUrl, RevalidateUrl);
+secret_url!(RedisUrl, DatabaseUrl, RevalidateUrl, HttpUrl);
 
 /// A Redis URL; shown redacted.
 #[derive(Clone)]
@@ -154,6 +154,25 @@ impl FromStr for RevalidateUrl {
     }
 }
 
+/// A URL `fleet loadtest` calls (the intake, a worker's `/metrics`), http
+/// or https; it may carry a password, so it is shown redacted.
+#[derive(Clone)]
+pub struct HttpUrl(url::Url);
+
+impl HttpUrl {
+    /// The URL to call.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+}
+
+impl FromStr for HttpUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_with_scheme(text, &["http", "https"], "http://host:port/path").map(Self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,10 +216,11 @@ mod tests {
     #[test]
     fn parse_errors_never_quote_the_value() {
         type ParseError = fn(&str) -> Option<String>;
-        let cases: [(&str, ParseError); 3] = [
+        let cases: [(&str, ParseError); 4] = [
             ("postgres", |text| text.parse::<DatabaseUrl>().err()),
             ("redis", |text| text.parse::<RedisUrl>().err()),
             ("https", |text| text.parse::<RevalidateUrl>().err()),
+            ("http", |text| text.parse::<HttpUrl>().err()),
         ];
         for (scheme, parse) in cases {
             for bad in [
@@ -218,6 +238,7 @@ mod tests {
         assert!("http://db".parse::<DatabaseUrl>().is_err());
         assert!("mysql://db".parse::<RedisUrl>().is_err());
         assert!("ftp://db".parse::<RevalidateUrl>().is_err());
+        assert!("redis://db".parse::<HttpUrl>().is_err());
         assert!("postgres://u@db/fleet?sslmode=bogus".parse::<DatabaseUrl>().is_err());
     }
 }

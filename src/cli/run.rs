@@ -32,7 +32,7 @@ use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::health;
 use crate::worker::revalidate::Revalidator;
 use crate::worker::{Worker, WorkerError};
-use crate::{api, db, intake, operator, systemd};
+use crate::{api, db, intake, loadtest, operator, systemd};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
 pub const EXAMPLE_WEBHOOK: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
@@ -72,6 +72,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
             let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
             operator::status::show(&mut redis, &keys, Output::new(args.json)).await
+        }
+        Command::Loadtest(args) => {
+            let development_key = DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?;
+            loadtest::run(args.settings(development_key)).await
         }
         Command::Dlq(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);

@@ -8,6 +8,7 @@ mod deploy;
 mod fuzz;
 mod helpers;
 mod intake;
+mod loadtest;
 mod local_services;
 mod metrics;
 mod operator;
