@@ -187,13 +187,16 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[Event]) -> Result<Ba
         }
     }
 
-    // Courses last: nearly every batch rewrites the rows of the courses it
-    // touches, so their locks are held only for the end of the transaction
-    // and concurrent workers' batches overlap until then.
+    // Rows that concurrent batches share come last: learners (a learner's
+    // enrollments arrive in many batches) and courses (nearly every batch
+    // rewrites the courses it touches), so their locks are held only for
+    // the end of the transaction and concurrent workers overlap until then.
+    // Statistics are added at commit (migration 20261124000004). Every
+    // batch takes its locks in this order, each table in key order.
     let new_events = record_events(conn, events).await?;
-    let users = upsert_users(conn, users).await?;
     let orders = upsert_orders(conn, orders).await?;
     let enrollments = upsert_enrollments(conn, enrollments).await?;
+    let users = upsert_users(conn, users).await?;
     let courses = upsert_courses(conn, courses).await?;
     Ok(BatchReport { events: events.len(), new_events, enrollments, users, courses, orders })
 }
