@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = fleet::intake::Settings {
         keys: fleet::secrets::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
         max_body_bytes: 1024 * 1024,
-        dedup_window: Duration::from_secs(3600),
+        dedup: fleet::redis::dedup::DedupWindow::new(Duration::from_secs(3600), 1000),
         http: fleet::runtime::HttpSettings::default(),
     };
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));

@@ -18,6 +18,7 @@ pub use run::run;
 mod run;
 
 use crate::operator::cache::ClearKind;
+use crate::redis::dedup::DedupWindow;
 use crate::redis::keys::Kind;
 use crate::redis::KeyPrefix;
 use crate::runtime::HttpSettings;
@@ -561,10 +562,16 @@ pub struct IntakeTuning {
     #[arg(long, env = "FLEET_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024), value_name = "FLEET_MAX_BODY_BYTES")]
     pub max_body_bytes: u32,
-    /// How long an accepted event id is remembered to answer its redeliveries as duplicates, in seconds.
+    /// How long an accepted event id is remembered, at least, to answer its redeliveries as duplicates, in seconds
+    /// (up to a quarter longer).
     #[arg(long, env = "FLEET_DEDUP_WINDOW_SECS", default_value_t = 72 * 3600,
           value_parser = clap::value_parser!(u64).range(60..=90 * 24 * 3600), value_name = "FLEET_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: u64,
+    /// Webhooks per second the deduplication window is laid out for: up to about this rate each of its
+    /// sets stays a compact intset; above it they take more memory, never give a wrong answer.
+    #[arg(long, env = "FLEET_DEDUP_EXPECTED_RATE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "FLEET_DEDUP_EXPECTED_RATE")]
+    pub dedup_expected_rate: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -583,7 +590,7 @@ impl IntakeTuning {
         crate::intake::Settings {
             keys,
             max_body_bytes: self.max_body_bytes as usize,
-            dedup_window: Duration::from_secs(self.dedup_window_secs),
+            dedup: DedupWindow::new(Duration::from_secs(self.dedup_window_secs), self.dedup_expected_rate),
             http,
         }
     }

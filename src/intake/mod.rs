@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Dependency, Health};
 
+use crate::redis::dedup::DedupWindow;
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Enqueued, NewEntry};
 use crate::runtime::HttpSettings;
@@ -57,7 +58,8 @@ pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
 pub struct Settings {
     pub keys: WebhookKeys,
     pub max_body_bytes: usize,
-    pub dedup_window: Duration,
+    /// How accepted events are remembered to answer redeliveries.
+    pub dedup: DedupWindow,
     /// Limits on slow and idle clients.
     pub http: HttpSettings,
 }
@@ -84,6 +86,7 @@ impl Application {
     ) -> Result<Self, crate::runtime::ListenError> {
         let (listener, address) = crate::runtime::bind(address).await?;
         tracing::info!(%address, stream = %keys.events(), "intake listening");
+        log_dedup_layout(&settings.dedup);
         let http = settings.http;
         let state = IntakeState {
             redis: Arc::new(OnceCell::new()),
@@ -151,9 +154,22 @@ impl IntakeState {
 
 /// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
 pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Router {
+    log_dedup_layout(&settings.dedup);
     let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default() };
     state.connected(redis);
     routes(state)
+}
+
+/// Says once how the deduplication window is laid out, for sizing Redis
+/// (`docs/operations.md`, "Deduplication memory").
+fn log_dedup_layout(dedup: &DedupWindow) {
+    tracing::info!(
+        window_secs = dedup.window().as_secs(),
+        bucket_secs = dedup.bucket_length().as_secs(),
+        partitions_per_bucket = dedup.partitions(),
+        set_lifetime_secs = dedup.set_lifetime_secs(),
+        "deduplication window laid out"
+    );
 }
 
 fn routes(state: IntakeState) -> Router {
@@ -306,7 +322,7 @@ async fn accept(
         tracing::warn!(event_id = %envelope.id, %topic, "Redis not reached yet; webhook answered 503 (Thinkific will retry)");
         return Err(IntakeError::NotConnected);
     };
-    let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, state.settings.dedup_window)
+    let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, &state.settings.dedup)
         .await
         .map_err(|err| {
             metrics::dependency_up("redis", false);
@@ -317,13 +333,18 @@ async fn accept(
             IntakeError::QueueUnavailable(err)
         })?;
     metrics::dependency_up("redis", true);
-    let (answer, entry_id) = match enqueued {
-        Enqueued::Accepted(id) => (Answer::Accepted, id),
-        Enqueued::Duplicate(id) => (Answer::Duplicate, id),
-    };
-    let status = answer.as_str();
-    tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, stream_entry_id = %entry_id, "webhook received");
-    Ok((answer, Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id }))))
+    Ok(match enqueued {
+        Enqueued::Accepted(entry_id) => {
+            let status = Answer::Accepted.as_str();
+            tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, stream_entry_id = %entry_id, "webhook received");
+            (Answer::Accepted, Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id })))
+        }
+        Enqueued::Duplicate => {
+            let status = Answer::Duplicate.as_str();
+            tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, "webhook received");
+            (Answer::Duplicate, Json(json!({ "status": status, "event_id": envelope.id })))
+        }
+    })
 }
 
 async fn healthz() -> Json<serde_json::Value> {

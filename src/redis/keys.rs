@@ -7,7 +7,7 @@
 //! | `<prefix>events` | the stream of accepted webhooks |
 //! | `<prefix>dead-letters` | the stream of events given up on |
 //! | `<prefix>retries` | failed events waiting for their retry (sorted set, by due time) |
-//! | `<prefix>seen:<tenant>:<event id>` | an accepted event id, for deduplication |
+//! | `<prefix>seen:<bucket>:<partition>` | fingerprints of events accepted in one time bucket, one partition of them (a set of 64-bit integers, expires as a whole; see `redis::dedup`) |
 //! | `<prefix>consumer:<name>` | the lease that keeps a consumer name to one worker |
 //! | `<prefix>cache:<tenant>:<kind>…` | a cached dashboard value |
 //! | `<prefix>tag:<tenant>:<tag>` | the set of cached keys under one tag |
@@ -110,9 +110,18 @@ impl Keys {
         format!("{}consumer:{consumer}", self.prefix)
     }
 
-    /// Remembers that an event id was accepted, and as which stream entry.
-    pub fn seen(&self, tenant_id: &str, event_id: &str) -> String {
-        format!("{}seen:{tenant_id}:{event_id}", self.prefix)
+    /// The set of fingerprints of the events of one partition accepted in
+    /// one time bucket (see `redis::dedup`). One enqueue reads the sets of
+    /// one partition in up to five buckets, and appends to the events stream
+    /// in the same script: for Redis Cluster they would share a hash tag,
+    /// added here and in [`Keys::events`].
+    pub fn seen(&self, bucket: u64, partition: u64) -> String {
+        format!("{}seen:{bucket}:{partition}", self.prefix)
+    }
+
+    /// The pattern matching every deduplication set.
+    pub fn seen_pattern(&self) -> String {
+        format!("{}seen:*", self.prefix)
     }
 
     /// Every cache key starts with this.
@@ -262,5 +271,7 @@ mod tests {
         assert_eq!(keys.schedule_lock("reconcile", 1_700_000_000), "p:schedule:reconcile:1700000000");
         assert_eq!(keys.schedule_runs(), "p:schedule-runs");
         assert_eq!(keys.cache_reads(), "p:cache-reads");
+        assert_eq!(keys.seen(26_214, 7), "p:seen:26214:7");
+        assert_eq!(keys.seen_pattern(), "p:seen:*");
     }
 }

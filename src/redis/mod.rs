@@ -4,6 +4,8 @@
 //!   a change of naming (a prefix, a cluster hash tag) is one edit.
 //! - [`stream`]: the events stream and its consumer group (the Redis
 //!   Streams recipe is documented there).
+//! - [`dedup`]: the deduplication window's layout (fingerprints, time
+//!   buckets, partitions) and its size.
 //! - [`failures`]: scheduled retries and the dead-letter stream.
 //! - [`leases`]: one live worker per consumer name.
 //! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
@@ -12,6 +14,7 @@
 //! ([`scripts`]).
 
 pub mod cache;
+pub mod dedup;
 pub mod failures;
 pub mod keys;
 pub mod leases;

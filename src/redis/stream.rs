@@ -1,9 +1,10 @@
 //! The events stream and its consumer group.
 //!
 //! The recipe:
-//! - Intake appends with one Lua script that checks the event id against a
-//!   `seen` key and appends only when it is new, so the duplicate check and
-//!   the append are one atomic step.
+//! - Intake appends with one Lua script that looks for the event's
+//!   fingerprint in the deduplication window's sets (`super::dedup`) and
+//!   appends and records it only when it is not there, so the duplicate
+//!   check and the append are one atomic step.
 //! - Workers read through one consumer group (`XREADGROUP`), apply a batch,
 //!   then `XACK` it; an entry is acknowledged only after its effect is
 //!   committed in Postgres, so a crash at any point leaves it pending.
@@ -18,6 +19,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError, Value};
 
+use super::dedup::{DedupWindow, Fingerprint};
 use super::keys::{Keys, GROUP};
 use super::scripts;
 
@@ -46,21 +48,30 @@ pub struct NewEntry<'a> {
 pub enum Enqueued {
     /// Appended as this new stream entry.
     Accepted(String),
-    /// Already accepted within the window, as this entry; nothing appended.
-    Duplicate(String),
+    /// Already accepted within the window; nothing appended. Which entry it
+    /// became is not kept (the window holds 64-bit fingerprints only).
+    Duplicate,
 }
 
-/// Appends `entry` unless its event id was accepted within `window`.
+/// Appends `entry` unless its event (tenant and event id) was accepted
+/// within `dedup`'s window, counted from `entry.received_at`.
 pub async fn enqueue(
     conn: &mut ConnectionManager,
     keys: &Keys,
     entry: &NewEntry<'_>,
-    window: Duration,
+    dedup: &DedupWindow,
 ) -> Result<Enqueued, RedisError> {
-    let (appended, id): (i64, String) = scripts::ENQUEUE
-        .key(keys.seen(entry.tenant_id, entry.event_id))
-        .key(keys.events())
-        .arg(window.as_secs().max(1))
+    let fingerprint = Fingerprint::of(entry.tenant_id, entry.event_id);
+    let partition = dedup.partition_of(&fingerprint);
+    let current = dedup.bucket_of(entry.received_at);
+    let mut invocation = scripts::ENQUEUE.prepare_invoke();
+    invocation.key(keys.events()).key(keys.seen(current, partition));
+    for bucket in dedup.earlier_buckets(current) {
+        invocation.key(keys.seen(bucket, partition));
+    }
+    let appended: Option<String> = invocation
+        .arg(fingerprint.member())
+        .arg(dedup.set_lifetime_secs())
         .arg("body")
         .arg(entry.body)
         .arg("topic")
@@ -73,7 +84,7 @@ pub async fn enqueue(
         .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true))
         .invoke_async(conn)
         .await?;
-    Ok(if appended == 1 { Enqueued::Accepted(id) } else { Enqueued::Duplicate(id) })
+    Ok(appended.map_or(Enqueued::Duplicate, Enqueued::Accepted))
 }
 
 /// One stream entry as a worker reads it.

@@ -132,17 +132,19 @@ struct Outcomes {
     malformed: usize,
 }
 
-/// Sends `bodies`, drains, and checks what became of each.
+/// Sends `bodies`, drains, and checks what became of each. `queued` holds
+/// the (tenant, event id) of every body accepted so far, in any case.
 async fn run_case(
     ctx: &TestContext,
     intake: &IntakeServer,
     bodies: &[Body],
-    queued: &RefCell<HashSet<String>>,
+    queued: &RefCell<HashSet<(String, String)>>,
     outcomes: &RefCell<Outcomes>,
 ) -> Result<(), TestCaseError> {
     // entry id → (tenant, event id, body) of the bodies this case queued.
     let mut accepted: HashMap<String, (String, String, &[u8])> = HashMap::new();
     for Body(body) in bodies {
+        let stream_length = ctx.stream_len(&ctx.keys.events()).await;
         let (status, answer) = post(intake, body).await?;
         let envelope = fleet::jobs::Envelope::parse(body);
         let tenant = envelope.as_ref().ok().and_then(|envelope| envelope.tenant_id.clone());
@@ -162,20 +164,36 @@ async fn run_case(
                         text(body)
                     )));
                 };
-                let entry = answer["stream_entry_id"].as_str().unwrap_or_default().to_owned();
-                let mut redis = ctx.redis.clone();
-                let found: redis::streams::StreamRangeReply =
-                    redis.xrange(ctx.keys.events(), &entry, &entry).await.expect("XRANGE");
-                prop_assert_eq!(found.ids.len(), 1, "a 200 ({}) whose entry {} is not in the stream", answer, entry);
+                let event = (tenant.into_string(), envelope.id);
                 match answer["status"].as_str() {
                     Some("accepted") => {
-                        queued.borrow_mut().insert(entry.clone());
-                        accepted.insert(entry, (tenant.into_string(), envelope.id, body));
+                        let entry = answer["stream_entry_id"].as_str().unwrap_or_default().to_owned();
+                        let mut redis = ctx.redis.clone();
+                        let found: redis::streams::StreamRangeReply =
+                            redis.xrange(ctx.keys.events(), &entry, &entry).await.expect("XRANGE");
+                        prop_assert_eq!(
+                            found.ids.len(),
+                            1,
+                            "accepted ({}), but entry {} is not in the stream",
+                            answer,
+                            entry
+                        );
+                        prop_assert!(queued.borrow_mut().insert(event.clone()), "{:?} accepted twice", event);
+                        accepted.insert(entry, (event.0, event.1, body));
                     }
-                    Some("duplicate") => prop_assert!(
-                        queued.borrow().contains(&entry) || accepted.contains_key(&entry),
-                        "a duplicate of {entry}, which was never accepted"
-                    ),
+                    Some("duplicate") => {
+                        prop_assert!(
+                            queued.borrow().contains(&event),
+                            "a duplicate of {:?}, which was never accepted",
+                            event
+                        );
+                        prop_assert_eq!(
+                            ctx.stream_len(&ctx.keys.events()).await,
+                            stream_length,
+                            "a duplicate ({}) appended to the stream",
+                            answer
+                        );
+                    }
                     _ => return Err(TestCaseError::fail(format!("a 200 with an unknown status: {answer}"))),
                 }
             }

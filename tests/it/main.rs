@@ -4,6 +4,7 @@
 mod api_security;
 mod chaos;
 mod dashboard;
+mod dedup;
 mod deploy;
 mod fuzz;
 mod helpers;

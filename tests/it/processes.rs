@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fleet::redis::dedup::DedupWindow;
 use fleet::redis::stream::{self, NewEntry};
 use redis::AsyncCommands;
 use serde_json::json;
@@ -37,7 +38,8 @@ async fn enqueue(ctx: &TestContext, n: usize) {
         event_id: &event_id,
         received_at: chrono::Utc::now(),
     };
-    stream::enqueue(&mut redis, &ctx.keys, &entry, Duration::from_secs(3600)).await.expect("enqueue");
+    let dedup = DedupWindow::new(Duration::from_secs(3600), 1000);
+    stream::enqueue(&mut redis, &ctx.keys, &entry, &dedup).await.expect("enqueue");
 }
 
 #[tokio::test]

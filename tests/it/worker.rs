@@ -296,9 +296,8 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
         event_id: "20250314153012345678901",
         received_at: chrono::Utc::now(),
     };
-    fleet::redis::stream::enqueue(&mut redis, &ctx.keys, &entry, std::time::Duration::from_secs(60))
-        .await
-        .expect("enqueue");
+    let dedup = fleet::redis::dedup::DedupWindow::new(std::time::Duration::from_secs(60), 1000);
+    fleet::redis::stream::enqueue(&mut redis, &ctx.keys, &entry, &dedup).await.expect("enqueue");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !redis.exists::<_, bool>(ctx.keys.events()).await.expect("EXISTS")
         || redis

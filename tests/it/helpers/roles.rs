@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleet::intake::Settings as IntakeSettings;
+use fleet::redis::dedup::DedupWindow;
 use fleet::secrets::WebhookKeys;
 use fleet::worker::Settings as WorkerSettings;
 use fleet::worker::Worker;
@@ -38,7 +39,7 @@ pub fn intake_settings(secrets: &str) -> IntakeSettings {
     IntakeSettings {
         keys: WebhookKeys::new(Some(secrets.parse().expect("secrets")), None).expect("keys"),
         max_body_bytes: 1024 * 1024,
-        dedup_window: Duration::from_secs(72 * 3600),
+        dedup: DedupWindow::new(Duration::from_secs(72 * 3600), 1000),
         http: fleet::runtime::HttpSettings::default(),
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet::local_services::{postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis};
+use fleet::redis::dedup::DedupWindow;
 use fleet::redis::stream;
 use fleet::redis::{KeyPrefix, Keys, GROUP};
 use redis::aio::ConnectionManager;
@@ -201,7 +202,9 @@ impl TestContext {
         sqlx::query("DROP TRIGGER refuse_666 ON enrollments").execute(&self.db).await.expect("drop trigger");
     }
 
-    /// Appends a webhook body straight to the stream, as the intake would.
+    /// Appends a webhook body straight to the stream, as the intake would,
+    /// and answers its stream entry id. Takes only events new to this
+    /// test's dedup window.
     pub async fn enqueue(&self, body: &str) -> String {
         let envelope = fleet::jobs::Envelope::parse(body.as_bytes()).expect("an event");
         let topic = envelope.topic();
@@ -218,8 +221,12 @@ impl TestContext {
         };
         let mut redis = self.redis.clone();
         stream::ensure_group(&mut redis, &self.keys).await.expect("group");
-        match stream::enqueue(&mut redis, &self.keys, &entry, Duration::from_secs(3600)).await.expect("enqueue") {
-            stream::Enqueued::Accepted(id) | stream::Enqueued::Duplicate(id) => id,
+        match stream::enqueue(&mut redis, &self.keys, &entry, &DedupWindow::new(Duration::from_secs(3600), 1000))
+            .await
+            .expect("enqueue")
+        {
+            stream::Enqueued::Accepted(id) => id,
+            stream::Enqueued::Duplicate => panic!("enqueue takes new events; event {} is a duplicate", envelope.id),
         }
     }
 
