@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
+use super::RedisConnection;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ pub struct Entry {
 
 /// Writes each entry unless a newer version is stored; returns how many
 /// were written. One round trip for all of them.
-pub async fn put(conn: &mut ConnectionManager, entries: &[Entry]) -> Result<usize, RedisError> {
+pub async fn put(conn: &mut RedisConnection, entries: &[Entry]) -> Result<usize, RedisError> {
     if entries.is_empty() {
         return Ok(0);
     }
@@ -103,7 +103,7 @@ pub const INVALIDATION_CHUNK: u64 = 1000;
 /// get a value of the tag that is not deleted yet, exactly what it would
 /// have got just before the invalidation, and a value cached again
 /// meanwhile may be deleted by a later call and recomputed on its next miss.
-pub async fn invalidate(conn: &mut ConnectionManager, tag_keys: &[String]) -> Result<u64, RedisError> {
+pub async fn invalidate(conn: &mut RedisConnection, tag_keys: &[String]) -> Result<u64, RedisError> {
     if tag_keys.is_empty() {
         return Ok(0);
     }
@@ -127,7 +127,7 @@ pub enum Lookup {
 }
 
 /// What the cache holds for `key`; a value it cannot read is missing.
-pub async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Lookup, RedisError> {
+pub async fn get(conn: &mut RedisConnection, key: &str) -> Result<Lookup, RedisError> {
     let (version, body, fresh_until): (Option<i64>, Option<String>, Option<i64>) =
         redis::cmd("HMGET").arg(key).arg("version").arg("body").arg("fresh_until").query_async(conn).await?;
     let (Some(version), Some(body), Some(fresh_until)) = (version, body, fresh_until) else {
@@ -142,7 +142,7 @@ pub async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Lookup, Redi
 
 /// Takes the single-flight lock of `key` for `hold`; the token releases it.
 pub async fn try_lock(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     key: &str,
     hold: Duration,
@@ -160,7 +160,7 @@ pub async fn try_lock(
 }
 
 /// Releases the lock of `key` if `token` still holds it.
-pub async fn unlock(conn: &mut ConnectionManager, keys: &Keys, key: &str, token: &str) -> Result<(), RedisError> {
+pub async fn unlock(conn: &mut RedisConnection, keys: &Keys, key: &str, token: &str) -> Result<(), RedisError> {
     let _: i64 = scripts::RELEASE.key(keys.lock(key)).arg(token).invoke_async(conn).await?;
     Ok(())
 }
@@ -195,7 +195,7 @@ impl Outcome {
 }
 
 /// Counts one read; the first count sets `since`.
-pub async fn count(conn: &mut ConnectionManager, keys: &Keys, outcome: Outcome) -> Result<(), RedisError> {
+pub async fn count(conn: &mut RedisConnection, keys: &Keys, outcome: Outcome) -> Result<(), RedisError> {
     let mut pipe = redis::pipe();
     pipe.hset_nx(keys.cache_metrics(), "since", Utc::now().to_rfc3339())
         .ignore()
@@ -205,6 +205,6 @@ pub async fn count(conn: &mut ConnectionManager, keys: &Keys, outcome: Outcome) 
 }
 
 /// Counts a failed revalidation call.
-pub async fn count_revalidation_failure(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
+pub async fn count_revalidation_failure(conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
     conn.hincr(keys.cache_metrics(), "revalidate_failures", 1).await
 }

@@ -171,9 +171,13 @@ async fn entries_deleted_while_pending_are_accounted_for() {
 async fn a_second_live_worker_with_the_same_name_is_refused() {
     let ctx = context().await;
     let first = ctx.spawn_worker(ctx.worker_settings("twin")).await;
-    let second =
-        fleet::worker::Worker::connect(ctx.db.clone(), &ctx.redis_url, ctx.keys.clone(), ctx.worker_settings("twin"))
-            .await;
+    let second = fleet::worker::Worker::connect(
+        ctx.db.clone(),
+        &ctx.redis_target(),
+        ctx.keys.clone(),
+        ctx.worker_settings("twin"),
+    )
+    .await;
     match second {
         Err(err @ fleet::worker::WorkerError::ConsumerNameInUse(_)) => {
             assert!(err.to_string().contains("FLEET_CONSUMER_NAME"), "{err}");
