@@ -239,7 +239,7 @@ pub enum CacheCommand {
         #[arg(long, requires = "tag")]
         tenant_id: Option<String>,
         /// Remove cache keys matching this glob pattern (Redis MATCH: `*`, `?`, `[…]`) under
-        /// `<prefix>cache:`, e.g. '184532:*'. The only argument that takes a pattern.
+        /// `<prefix>cache:`, e.g. '{184532}:*' (a school's keys). The only argument that takes a pattern.
         #[arg(long, conflicts_with_all = ["kind", "tag"])]
         pattern: Option<String>,
     },

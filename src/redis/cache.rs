@@ -1,12 +1,12 @@
 //! The dashboard cache in Redis: keys under tags, versioned writes, atomic
 //! tag invalidation, stale-while-revalidate and a single-flight lock.
 //!
-//! Every key lives under `<prefix>cache:<tenant>:…`. A value is a hash of
+//! Every key lives under `<prefix>cache:{<tenant>}:…`. A value is a hash of
 //! `version`, `body` and `fresh_until`; it is served fresh until then and
 //! stale (while one request recomputes it) for as long again, then expires.
 //! A write carries the version of the data it was computed from and is
 //! refused over a newer one, so a slow or reclaimed writer cannot put old
-//! numbers back. A tag is a set of keys, `<prefix>tag:<tenant>:<tag>`,
+//! numbers back. A tag is a set of keys, `<prefix>tag:{<tenant>}:<tag>`,
 //! that expires with the longest-lived of them; invalidating tags deletes
 //! every key in them, in one script for small tags and in bounded chunks
 //! for large ones (see [`invalidate`]).
@@ -70,21 +70,27 @@ pub async fn put(conn: &mut RedisConnection, entries: &[Entry]) -> Result<usize,
     // Load once, then EVALSHA in a pipeline.
     let _: String = script.prepare_invoke().load_async(conn).await?;
     let now = Utc::now().timestamp_millis();
-    let mut pipe = redis::pipe();
-    for entry in entries {
-        let ttl = entry.ttl.as_millis() as i64;
-        pipe.cmd("EVALSHA")
-            .arg(script.get_hash())
-            .arg(1 + entry.tags.len())
-            .arg(&entry.key)
-            .arg(&entry.tags)
-            .arg(entry.value.version)
-            .arg(entry.value.body.to_string())
-            .arg(now + ttl)
-            .arg(ttl * 2);
+    let mut written = 0;
+    // One pipeline for all on a single server; one per school on a cluster
+    // (a value and its tags share the school's hash tag).
+    for group in conn.same_slot_groups(entries.iter().map(|entry| entry.key.as_str())) {
+        let mut pipe = redis::pipe();
+        for entry in group.into_iter().map(|position| &entries[position]) {
+            let ttl = entry.ttl.as_millis() as i64;
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1 + entry.tags.len())
+                .arg(&entry.key)
+                .arg(&entry.tags)
+                .arg(entry.value.version)
+                .arg(entry.value.body.to_string())
+                .arg(now + ttl)
+                .arg(ttl * 2);
+        }
+        let outcomes: Vec<i64> = pipe.query_async(conn).await?;
+        written += outcomes.into_iter().filter(|written| *written == 1).count();
     }
-    let written: Vec<i64> = pipe.query_async(conn).await?;
-    Ok(written.into_iter().filter(|written| *written == 1).count())
+    Ok(written)
 }
 
 /// The most cached keys one invalidation script deletes: about a
@@ -109,13 +115,19 @@ pub async fn invalidate(conn: &mut RedisConnection, tag_keys: &[String]) -> Resu
     }
     let script = &*scripts::CACHE_INVALIDATE;
     let mut removed = 0;
-    loop {
-        let (deleted, left): (u64, u64) = script.key(tag_keys).arg(INVALIDATION_CHUNK).invoke_async(conn).await?;
-        removed += deleted;
-        if left == 0 {
-            return Ok(removed);
+    // All tags at once on a single server; on a cluster, one school's tags
+    // at a time (they share its hash tag, as do the values in them).
+    for group in conn.same_slot_groups(tag_keys.iter().map(String::as_str)) {
+        let group: Vec<&String> = group.into_iter().map(|position| &tag_keys[position]).collect();
+        loop {
+            let (deleted, left): (u64, u64) = script.key(&group).arg(INVALIDATION_CHUNK).invoke_async(conn).await?;
+            removed += deleted;
+            if left == 0 {
+                break;
+            }
         }
     }
+    Ok(removed)
 }
 
 /// What the cache holds for a key.

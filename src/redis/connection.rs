@@ -132,6 +132,27 @@ impl RedisConnection {
         matches!(self, Self::Cluster(_))
     }
 
+    /// The positions of `keys` in groups that a script or pipeline may
+    /// touch together: all of them on a single server; on a cluster, one
+    /// group per hash tag (see [`super::keys::hash_tag`]), in the order
+    /// first seen.
+    pub fn same_slot_groups<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
+        let keys = keys.into_iter();
+        if !self.is_cluster() {
+            let all: Vec<usize> = keys.enumerate().map(|(position, _)| position).collect();
+            return if all.is_empty() { Vec::new() } else { vec![all] };
+        }
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (position, key) in keys.enumerate() {
+            let tag = super::keys::hash_tag(key);
+            match groups.iter_mut().find(|(seen, _)| *seen == tag) {
+                Some((_, members)) => members.push(position),
+                None => groups.push((tag, vec![position])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
+    }
+
     /// Every key matching `pattern`, found with `SCAN` (never `KEYS`) on
     /// the server, or on every master of a cluster.
     pub async fn scan_keys(&mut self, pattern: &str) -> Result<Vec<String>, RedisError> {

@@ -145,11 +145,19 @@ pub async fn run(db: &PgPool, redis: &mut RedisConnection, keys: &Keys, policy: 
         return Ok(report);
     }
 
-    let mut freshness = redis::pipe();
-    for (_, item) in &items {
-        freshness.cmd("HGET").arg(item.key(keys)).arg("fresh_until");
+    let item_keys: Vec<String> = items.iter().map(|(_, item)| item.key(keys)).collect();
+    let mut fresh_until: Vec<Option<i64>> = vec![None; item_keys.len()];
+    // One round trip on a single server; one per school on a cluster.
+    for group in redis.same_slot_groups(item_keys.iter().map(String::as_str)) {
+        let mut freshness = redis::pipe();
+        for &position in &group {
+            freshness.cmd("HGET").arg(&item_keys[position]).arg("fresh_until");
+        }
+        let answers: Vec<Option<i64>> = freshness.query_async(redis).await?;
+        for (position, answer) in group.into_iter().zip(answers) {
+            fresh_until[position] = answer;
+        }
     }
-    let fresh_until: Vec<Option<i64>> = freshness.query_async(redis).await?;
     let due_before = now + policy.horizon.as_millis() as i64;
     let (due_members, due): (Vec<String>, Vec<Cached>) = items
         .into_iter()

@@ -331,7 +331,7 @@ async fn a_huge_tag_is_invalidated_without_blocking_redis() {
     let ctx = context().await;
     let keys = ctx.keys.clone();
     let tag = keys.tag(TENANT, "course:huge");
-    let stem = format!("{}cache:{TENANT}:huge:", ctx.prefix.as_str());
+    let stem = format!("{}cache:{{{TENANT}}}:huge:", ctx.prefix.as_str());
     let mut redis = ctx.redis.clone();
     fill_tag(&mut redis, &tag, &stem, MEMBERS).await;
     assert_eq!(redis.scard::<_, u64>(&tag).await.expect("SCARD"), MEMBERS);

@@ -469,7 +469,7 @@ async fn cache_stats_and_clear_from_the_command_line() {
     assert_eq!(String::from_utf8_lossy(&cleared.stdout).trim(), "removed 2 keys");
     let cleared = run(&["cache", "clear", "--tag", "course:2871345"]).await;
     assert_eq!(String::from_utf8_lossy(&cleared.stdout).trim(), "removed 1 keys", "the first page of enrollments");
-    let cleared = run(&["cache", "clear", "--pattern", "184532:dash*"]).await;
+    let cleared = run(&["cache", "clear", "--pattern", "{184532}:dash*"]).await;
     assert_eq!(String::from_utf8_lossy(&cleared.stdout).trim(), "removed 1 keys");
     let cleared = run(&["cache", "clear", "all"]).await;
     assert!(cleared.status.success());
