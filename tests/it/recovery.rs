@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{context, event, eventually, fixture};
+use crate::helpers::{context, event, eventually, fixture, TestContext};
 
 fn poison() -> String {
     event("enrollment.created", json!({"id": "20250314153012345600666"}), json!({"id": 666}))
@@ -18,7 +18,13 @@ fn field(entry: &redis::streams::StreamId, name: &str) -> String {
 
 #[tokio::test]
 async fn a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits() {
-    let ctx = context().await;
+    a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits_on(context().await).await;
+}
+
+/// The body of [`a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits`], on any Redis (see `crate::cluster`).
+pub(crate) async fn a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits_on(
+    ctx: TestContext,
+) {
     ctx.refuse_enrollment_666().await;
     // One batch: good, poison, good.
     ctx.enqueue(&fixture("user.signup")).await;

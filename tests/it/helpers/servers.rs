@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet::local_services::{postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis};
+use fleet::local_services::{
+    postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis, LocalRedisCluster,
+};
 use fleet::redis::dedup::DedupWindow;
 use fleet::redis::stream;
 use fleet::redis::RedisConnection;
@@ -47,6 +49,36 @@ async fn services() -> &'static Services {
             Services { redis_url, admin_url, _redis: local_redis, _postgres: local_postgres }
         })
         .await
+}
+
+/// The three-master Redis Cluster the cluster tests share, started once per
+/// test binary when the first of them asks (or the cluster named by
+/// `REDIS_CLUSTER_URL`, its nodes' URLs comma-separated).
+struct ClusterService {
+    url: String,
+    _cluster: Option<tokio::sync::Mutex<LocalRedisCluster>>,
+}
+
+static CLUSTER: OnceCell<ClusterService> = OnceCell::const_new();
+
+async fn cluster_service() -> &'static ClusterService {
+    CLUSTER
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("REDIS_CLUSTER_URL") {
+                return ClusterService { url, _cluster: None };
+            }
+            let cluster =
+                LocalRedisCluster::start(&scratch_dir("redis-cluster"), 3, true).await.expect("start a Redis Cluster");
+            ClusterService { url: cluster.url(), _cluster: Some(tokio::sync::Mutex::new(cluster)) }
+        })
+        .await
+}
+
+/// Like [`context`], with Redis a three-master Redis Cluster: the roles get
+/// every node's URL, comma-separated, as `REDIS_URL`.
+pub async fn cluster_context() -> TestContext {
+    let cluster = cluster_service().await;
+    context_on(&cluster.url).await
 }
 
 /// Replaces the database name in a Postgres URL.
