@@ -1,6 +1,6 @@
 //! `fleet cache stats|clear`: what the dashboard cache holds, and clearing it.
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
@@ -16,14 +16,20 @@ pub enum ClearKind {
     Only(Kind),
 }
 
-/// Every key matching `pattern`, found with SCAN (never KEYS).
-async fn scan(redis: &mut ConnectionManager, pattern: &str) -> anyhow::Result<Vec<String>> {
-    let mut found = Vec::new();
-    let mut iter = redis.scan_match::<_, String>(pattern).await?;
-    while let Some(key) = iter.next_item().await {
-        found.push(key?);
+/// Every key matching `pattern`, found with SCAN (never KEYS), on every
+/// master of a cluster.
+async fn scan(redis: &mut RedisConnection, pattern: &str) -> anyhow::Result<Vec<String>> {
+    Ok(redis.scan_keys(pattern).await?)
+}
+
+/// Keys handled per command or pipeline: 500 on a single server; one on a
+/// cluster, where a command or pipeline may not span slots.
+fn per_round_trip(redis: &RedisConnection) -> usize {
+    if redis.is_cluster() {
+        1
+    } else {
+        500
     }
-    Ok(found)
 }
 
 /// The refusal of a `fleet cache clear` name that is not a literal one.
@@ -38,14 +44,14 @@ fn literal_only(flag: &str, reason: &str) -> OperatorExit {
 }
 
 /// `fleet cache stats`: keys and memory by kind, hits and misses, tags.
-pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, output: Output, reset: bool) -> anyhow::Result<()> {
+pub async fn stats(redis: &mut RedisConnection, keys: &Keys, output: Output, reset: bool) -> anyhow::Result<()> {
     if reset {
         let _: () = redis.del(keys.cache_metrics()).await?;
     }
     let cached = scan(redis, &format!("{}*", keys.cache_namespace())).await?;
     let mut per_kind: std::collections::BTreeMap<&'static str, (u64, u64)> =
         Kind::ALL.iter().map(|kind| (kind.as_str(), (0, 0))).collect();
-    for chunk in cached.chunks(500) {
+    for chunk in cached.chunks(per_round_trip(redis)) {
         let mut pipe = redis::pipe();
         for key in chunk {
             pipe.cmd("MEMORY").arg("USAGE").arg(key);
@@ -97,7 +103,7 @@ pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, output: Output, r
 /// removed: `--tenant-id '*'` is refused, not a way to clear every school.
 /// Only `pattern` is a glob.
 pub async fn clear(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     kind: Option<ClearKind>,
     tag: Option<String>,
@@ -132,7 +138,7 @@ pub async fn clear(
         };
         let mut removed = 0;
         for pattern in patterns {
-            for chunk in scan(redis, &pattern).await?.chunks(500) {
+            for chunk in scan(redis, &pattern).await?.chunks(per_round_trip(redis)) {
                 let gone: u64 = redis.unlink(chunk).await?;
                 removed += gone;
             }

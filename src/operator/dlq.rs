@@ -1,7 +1,7 @@
 //! `fleet dlq list|show|replay|purge`: the dead letters, for an operator.
 
+use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -81,7 +81,7 @@ fn start_id(since: Option<DateTime<Utc>>) -> String {
 
 /// Dead letters matching `filter`, oldest first, at most `limit`.
 async fn matching(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
     limit: usize,
@@ -135,7 +135,7 @@ fn print_table(out: &mut dyn Write, letters: &[DeadLetterView]) -> std::io::Resu
 /// The dead letters a replay or purge acts on: the named ones (missing ids
 /// reported separately) or every one matching the filter.
 async fn select(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
 ) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
@@ -174,7 +174,7 @@ fn not_found(missing: &[String]) -> anyhow::Result<()> {
 
 /// `fleet dlq list`: dead letters matching `filter`, oldest first, at most `limit`.
 pub async fn list(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
     limit: u32,
@@ -191,7 +191,7 @@ pub async fn list(
 }
 
 /// `fleet dlq show`: one dead letter whole, its body pretty-printed.
-pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, output: Output) -> anyhow::Result<()> {
+pub async fn show(redis: &mut RedisConnection, keys: &Keys, id: String, output: Output) -> anyhow::Result<()> {
     let entry = match failures::dead_letter_by_id(redis, keys, &id).await {
         Ok(entry) => entry,
         Err(err) if err.code() == Some("ERR") => None,
@@ -224,7 +224,7 @@ pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, output
 
 /// `fleet dlq replay`: dead letters back onto the events stream, with fresh attempts.
 pub async fn replay(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
     dry_run: bool,
@@ -269,7 +269,7 @@ pub async fn replay(
 
 /// `fleet dlq purge`: dead letters deleted for good, only with `yes`.
 pub async fn purge(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
     yes: bool,

@@ -1,7 +1,7 @@
 //! `fleet status`: the stream backlog, consumers, retries and dead letters.
 
+use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::Serialize;
 use serde_json::json;
@@ -17,7 +17,7 @@ struct ConsumerView {
 }
 
 /// The fleet as Redis sees it.
-pub async fn show(redis: &mut ConnectionManager, keys: &Keys, output: Output) -> anyhow::Result<()> {
+pub async fn show(redis: &mut RedisConnection, keys: &Keys, output: Output) -> anyhow::Result<()> {
     let length: u64 = redis.xlen(keys.events()).await?;
     let dead_letters: u64 = redis.xlen(keys.dead_letters()).await?;
     let retries: u64 = redis.zcard(keys.retries()).await?;

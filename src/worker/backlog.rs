@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use crate::redis::RedisConnection;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use crate::telemetry::metrics::{self, Backlog};
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Samples until `stop`; a failed sample keeps the last values.
-pub async fn run(mut redis: ConnectionManager, keys: Keys, stop: CancellationToken) {
+pub async fn run(mut redis: RedisConnection, keys: Keys, stop: CancellationToken) {
     loop {
         match sample(&mut redis, &keys).await {
             Ok(backlog) => metrics::backlog(&backlog),
@@ -35,7 +35,7 @@ pub async fn run(mut redis: ConnectionManager, keys: Keys, stop: CancellationTok
 /// One sample, in one round trip: XLEN, XINFO GROUPS (lag and pending),
 /// XPENDING's summary (the oldest pending id), ZCARD of the retries, XLEN
 /// and the first entry of the dead letters.
-pub async fn sample(redis: &mut ConnectionManager, keys: &Keys) -> Result<Backlog, RedisError> {
+pub async fn sample(redis: &mut RedisConnection, keys: &Keys) -> Result<Backlog, RedisError> {
     let mut pipe = redis::pipe();
     pipe.xlen(keys.events())
         .xinfo_groups(keys.events())

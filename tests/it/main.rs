@@ -3,6 +3,7 @@
 
 mod api_security;
 mod chaos;
+mod cluster;
 mod dashboard;
 mod dedup;
 mod deploy;
