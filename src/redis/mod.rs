@@ -9,10 +9,12 @@
 //! - [`failures`]: scheduled retries and the dead-letter stream.
 //! - [`leases`]: one live worker per consumer name.
 //! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
+//! - [`activity`]: what the workers did, minute by minute (the console's charts).
 //!
 //! The Lua scripts live in `scripts/`, one file each, and are loaded once
 //! ([`scripts`]).
 
+pub mod activity;
 pub mod cache;
 pub mod dedup;
 pub mod failures;

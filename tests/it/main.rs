@@ -3,6 +3,8 @@
 
 mod api_security;
 mod chaos;
+mod console;
+mod console_browser;
 mod dashboard;
 mod dedup;
 mod deploy;
