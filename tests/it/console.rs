@@ -341,6 +341,16 @@ async fn the_cache_is_cleared_by_tag_after_a_confirmation() {
     assert_eq!((cleared.status().as_u16(), location(&cleared)), (303, "/console/cache?removed=1"));
     assert!(!exists(keys.statistics("a", 1)).await);
     assert!(exists(keys.statistics("b", 1)).await, "school b keeps its value");
+    let (_, after) = client.get_text("/console/cache?removed=1").await;
+    assert!(after.contains("Removed 1 cached keys."), "{after}");
+
+    // By kind, after its own confirmation.
+    let (status, preview) = client.get_text("/console/cache/clear?kind=statistics").await;
+    assert_eq!(status, 200);
+    assert!(preview.contains("every cached value of kind statistics"), "{preview}");
+    let cleared = client.post("/console/cache/clear", &[("csrf", &csrf), ("kind", "statistics")]).await;
+    assert_eq!((cleared.status().as_u16(), location(&cleared)), (303, "/console/cache?removed=1"));
+    assert!(!exists(keys.statistics("b", 1)).await);
 }
 
 #[tokio::test]
@@ -367,6 +377,60 @@ async fn the_workers_record_what_they_applied_for_the_charts() {
         ctx.keys.activity(minutes.iter().rev().find(|(_, t)| t.applied > 0).expect("a busy minute").0.timestamp() / 60);
     let ttl: i64 = redis.ttl(minute_key).await.expect("TTL");
     assert!(ttl > 0 && ttl <= 7200, "a minute is kept two hours: {ttl}");
+}
+
+#[tokio::test]
+async fn the_retries_page_lists_what_is_scheduled_for_when_after_which_error() {
+    let ctx = context().await;
+    let entry = fleet::redis::stream::Entry {
+        id: "5-0".into(),
+        fields: std::collections::HashMap::from([
+            ("body".to_owned(), b"{}".to_vec()),
+            ("topic".to_owned(), b"order.created".to_vec()),
+            ("tenant".to_owned(), b"184532".to_vec()),
+            ("event_id".to_owned(), b"20250401000000000000042".to_vec()),
+            ("received_at".to_owned(), b"2025-04-01T00:00:00.000Z".to_vec()),
+        ]),
+    };
+    let failure = fleet::redis::failures::Failure {
+        entry: &entry,
+        kind: FailureKind::Event,
+        error: "a value out of range (SQLSTATE 22003)".into(),
+        attempts: 3,
+    };
+    let due = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let mut redis = ctx.redis.clone();
+    fleet::redis::stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
+    fleet::redis::failures::schedule_retries(&mut redis, &ctx.keys, &[(failure, due)]).await.expect("scheduled");
+    let (_api, client) = console(&ctx).await;
+    client.signed_in().await;
+    let (status, page) = client.get_text("/console/retries").await;
+    assert_eq!(status, 200, "{page}");
+    for expected in ["1 events wait", "order.created", "20250401000000000000042", "SQLSTATE 22003", "in 9 min"] {
+        assert!(page.contains(expected), "no {expected:?} in:\n{page}");
+    }
+}
+
+#[tokio::test]
+async fn workers_add_their_tallies_to_one_minute_keeping_the_largest_figures() {
+    use fleet::redis::activity::Recorder;
+    let ctx = context().await;
+    let now = chrono::Utc::now();
+    let (first, second) = (Recorder::default(), Recorder::default());
+    first.applied(now, [Duration::from_millis(100), Duration::from_millis(900)]);
+    first.backlog(now, 40);
+    second.applied(now, [Duration::from_millis(300)]);
+    second.backlog(now, 7);
+    let mut redis = ctx.redis.clone();
+    first.flush(&mut redis, &ctx.keys).await.expect("flush");
+    second.flush(&mut redis, &ctx.keys).await.expect("flush");
+    second.flush(&mut redis, &ctx.keys).await.expect("a flush with nothing tallied writes nothing");
+    let minutes = fleet::redis::activity::read(&mut redis, &ctx.keys, fleet::redis::activity::minute_of(now), 1)
+        .await
+        .expect("read");
+    let tally = minutes[0].1;
+    assert_eq!((tally.applied, tally.freshness_count, tally.freshness_sum_ms), (3, 3, 1300));
+    assert_eq!((tally.freshness_max_ms, tally.backlog_max), (900, 40));
 }
 
 #[tokio::test]

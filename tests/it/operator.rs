@@ -116,7 +116,9 @@ async fn dlq_show_prints_the_whole_entry_with_its_body_pretty_printed() {
     let ids = dead_letters(&ctx, &["enrollment.progress"]).await;
     let shown = run(&ctx, &["dlq", "show", &ids[0]]).await;
     assert_eq!(shown.code, Some(0), "{}", shown.stderr);
-    for expected in ["event id", "2025", "enrollment.progress", "malformed", "invalid id", "first failed at", "body:"] {
+    for expected in
+        ["event id", "2025", "enrollment.progress", "malformed", "invalid id", "first failed at", "headers:", "body:"]
+    {
         assert!(shown.stdout.contains(expected), "missing {expected:?}:\n{}", shown.stdout);
     }
     assert!(shown.stdout.contains("\n  \"payload\": {\n"), "the body is pretty-printed:\n{}", shown.stdout);
