@@ -136,14 +136,14 @@ impl Browser {
     }
 
     /// A PNG of the window, written to `$FLEET_CONSOLE_SCREENSHOTS/<name>`
-    /// when that is set (how `docs/console-*.png` are made), else to a
-    /// scratch directory; returns where.
+    /// when that is set (how `docs/console-*.png` are made), else beside the
+    /// browser's profile (removed with it); returns where.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.expect("a screenshot");
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         let dir = std::env::var_os("FLEET_CONSOLE_SCREENSHOTS")
             .map(PathBuf::from)
-            .unwrap_or_else(|| super::servers::scratch_dir("screenshots"));
+            .unwrap_or_else(|| self.profile.join("screenshots"));
         std::fs::create_dir_all(&dir).expect("the screenshot directory");
         let path = dir.join(name);
         std::fs::write(&path, png).expect("write the screenshot");
