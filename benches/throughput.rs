@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (redis_url, _redis) =
         redis_given_or_started(std::env::var("REDIS_URL").ok(), &scratch.join("redis"), true).await?;
+    let redis_target = fleet::redis::RedisTarget::from(redis_url.as_str());
     let postgres_dir = std::env::temp_dir().join(format!("fleet-bench-pg-{}", uuid::Uuid::new_v4().simple()));
     let (admin_url, _postgres) =
         postgres_given_or_started(std::env::var("DATABASE_URL").ok(), "postgres", &postgres_dir, true).await?;
@@ -70,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     fleet::db::migrate(&db).await?;
     let prefix: KeyPrefix = format!("bench:{}:", uuid::Uuid::new_v4().simple()).parse().map_err(anyhow::Error::msg)?;
     let keys = Keys::new(&prefix);
-    let mut redis = fleet::redis::connect(&redis_url, Duration::from_secs(10)).await?;
+    let mut redis = fleet::redis::connect(&redis_target, Duration::from_secs(10)).await?;
     stream::ensure_group(&mut redis, &keys).await?;
 
     // --- intake: sequential latency, then concurrent throughput
@@ -82,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         http: fleet::runtime::HttpSettings::default(),
     };
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let intake = fleet::intake::Application::build(local, &redis_url, keys.clone(), settings).await?;
+    let intake = fleet::intake::Application::build(local, &redis_target, keys.clone(), settings).await?;
     let address = intake.address();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(intake.run_until_stopped(shutdown.clone()));
@@ -164,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     let mut running = Vec::new();
     for n in 0..workers {
         let settings = WorkerSettings { consumer_name: format!("bench-{n}"), ..settings.clone() };
-        running.push(fleet::worker::Worker::connect(db.clone(), &redis_url, keys.clone(), settings).await?);
+        running.push(fleet::worker::Worker::connect(db.clone(), &redis_target, keys.clone(), settings).await?);
     }
     let started = Instant::now();
     let tasks: Vec<_> = running.into_iter().map(|worker| tokio::spawn(worker.run(stop.clone()))).collect();

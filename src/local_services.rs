@@ -224,6 +224,9 @@ pub struct LocalRedis {
     dir: PathBuf,
     ephemeral: bool,
     password: String,
+    /// A node of a [`LocalRedisCluster`]: cluster mode on, data kept across
+    /// a restart (the cluster deletes its directory when it stops).
+    cluster_node: bool,
 }
 
 impl LocalRedis {
@@ -232,7 +235,7 @@ impl LocalRedis {
     pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
         create_private_dir(dir)?;
         let password = stored_or_new_password(dir)?;
-        Self::launch(dir, free_port()?, ephemeral, password).await
+        Self::launch(dir, free_port()?, ephemeral, password, false).await
     }
 
     /// Starts the server again (e.g. after [`LocalRedis::stop`]) on the
@@ -241,15 +244,31 @@ impl LocalRedis {
         self.stop();
         create_private_dir(&self.dir)?;
         write_private_file(&self.dir.join(PASSWORD_FILE), self.password.as_bytes())?;
-        *self = Self::launch(&self.dir, self.port, self.ephemeral, self.password.clone()).await?;
+        *self = Self::launch(&self.dir, self.port, self.ephemeral, self.password.clone(), self.cluster_node).await?;
         Ok(())
     }
 
-    async fn launch(dir: &Path, port: u16, ephemeral: bool, password: String) -> Result<Self, LocalServiceError> {
+    async fn launch(
+        dir: &Path,
+        port: u16,
+        ephemeral: bool,
+        password: String,
+        cluster_node: bool,
+    ) -> Result<Self, LocalServiceError> {
         let program = find_program("redis-server", &[])?;
         // The password goes in a private config file, not on the command line.
         let config = dir.join("redis.conf");
-        write_private_file(&config, format!("requirepass {password}\n").as_bytes())?;
+        let mut settings = format!("requirepass {password}\n");
+        if cluster_node {
+            // Nodes authenticate to each other with the same password; each
+            // write is on disk before it is answered, so a master restarted
+            // mid-run comes back with everything it acknowledged.
+            settings.push_str(&format!(
+                "masterauth {password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n\
+                 cluster-node-timeout 2000\nappendfsync always\n"
+            ));
+        }
+        write_private_file(&config, settings.as_bytes())?;
         let args: Vec<String> = vec![
             config.display().to_string(),
             "--bind".into(),
@@ -261,12 +280,14 @@ impl LocalRedis {
             "--save".into(),
             String::new(),
             "--appendonly".into(),
-            if ephemeral { "no" } else { "yes" }.into(),
+            if ephemeral && !cluster_node { "no" } else { "yes" }.into(),
         ];
         let log = dir.join("redis.log");
-        let cleanup = ephemeral.then_some(dir);
+        // A cluster node's directory holds its slots (nodes.conf): kept
+        // across a restart, deleted with the whole cluster.
+        let cleanup = (ephemeral && !cluster_node).then_some(dir);
         let server = Guarded::spawn(&program, &args, "KILL", cleanup, &log, None)?;
-        let redis = Self { server, port, dir: dir.to_owned(), ephemeral, password };
+        let redis = Self { server, port, dir: dir.to_owned(), ephemeral, password, cluster_node };
         redis.wait_ready(&log).await?;
         Ok(redis)
     }
@@ -302,6 +323,113 @@ impl LocalRedis {
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
         self.server.stop();
+    }
+}
+
+/// A throwaway Redis Cluster of `masters` masters (no replicas) on free
+/// loopback ports, each node a [`LocalRedis`] in cluster mode with the same
+/// generated password, created with `redis-cli --cluster create`.
+pub struct LocalRedisCluster {
+    nodes: Vec<LocalRedis>,
+    dir: PathBuf,
+    ephemeral: bool,
+    /// Deletes `dir` once this process is gone, however it exits (a cluster
+    /// kept in a static is never dropped); only when `ephemeral`.
+    _cleanup: Option<Guarded>,
+}
+
+impl LocalRedisCluster {
+    /// Starts the nodes with their files under `dir`, joins them into one
+    /// cluster covering every slot, and waits until each node reports
+    /// `cluster_state:ok`. `dir` is deleted when the cluster is dropped if
+    /// `ephemeral`.
+    pub async fn start(dir: &Path, masters: usize, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        create_private_dir(dir)?;
+        let password = stored_or_new_password(dir)?;
+        let cleanup = if ephemeral {
+            let sleep = find_program("sleep", &[PathBuf::from("/bin"), PathBuf::from("/usr/bin")])?;
+            let log = dir.join("cleanup.log");
+            Some(Guarded::spawn(&sleep, &["infinity".to_owned()], "KILL", Some(dir), &log, None)?)
+        } else {
+            None
+        };
+        let mut cluster =
+            Self { nodes: Vec::with_capacity(masters), dir: dir.to_owned(), ephemeral, _cleanup: cleanup };
+        for index in 0..masters {
+            let node_dir = dir.join(format!("node-{index}"));
+            create_private_dir(&node_dir)?;
+            cluster.nodes.push(LocalRedis::launch(&node_dir, free_port()?, ephemeral, password.clone(), true).await?);
+        }
+        let cli = find_program("redis-cli", &[])?;
+        let addresses: Vec<String> = cluster.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        // REDISCLI_AUTH: the password never shows on a command line.
+        let created = tokio::process::Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .env("REDISCLI_AUTH", &password)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        if !created.status.success() {
+            return Err(LocalServiceError::Failed {
+                what: "redis-cli --cluster create".into(),
+                detail: String::from_utf8_lossy(&created.stdout).into_owned(),
+            });
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node answers `cluster_state:ok`.
+    pub async fn wait_ready(&self) -> Result<(), LocalServiceError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        'nodes: for node in &self.nodes {
+            while Instant::now() < deadline {
+                if let Ok(client) = redis::Client::open(node.url()) {
+                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                        let info: Result<String, _> = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await;
+                        if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                            continue 'nodes;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return Err(LocalServiceError::NotReady {
+                what: "redis cluster",
+                seconds: 30,
+                log: tail(&node.dir.join("redis.log")),
+            });
+        }
+        Ok(())
+    }
+
+    /// The URLs of every node (passwords included: show them redacted).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(LocalRedis::url).collect()
+    }
+
+    /// `REDIS_URL` for the fleet: every node, comma-separated.
+    pub fn url(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// The nodes, to stop or restart one.
+    pub fn nodes_mut(&mut self) -> &mut [LocalRedis] {
+        &mut self.nodes
+    }
+}
+
+impl Drop for LocalRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        if self.ephemeral {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -120,6 +120,54 @@ impl FromStr for RedisUrl {
     }
 }
 
+/// `REDIS_URL` as given: one Redis URL, or several comma-separated ones
+/// (the nodes of a Redis Cluster); shown redacted.
+#[derive(Clone)]
+pub struct RedisUrls(Vec<RedisUrl>);
+
+impl RedisUrls {
+    /// What to connect to: a cluster when several URLs are given or
+    /// `cluster` is set (`FLEET_REDIS_CLUSTER`), else one server.
+    pub fn target(&self, cluster: bool) -> crate::redis::RedisTarget {
+        let urls = self.0.iter().map(|url| url.as_str().to_owned());
+        if cluster || self.0.len() > 1 {
+            crate::redis::RedisTarget::cluster(urls)
+        } else {
+            crate::redis::RedisTarget::single(urls.into_iter().next().unwrap_or_default())
+        }
+    }
+}
+
+impl FromStr for RedisUrls {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let urls = text
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(RedisUrl::from_str)
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err("expected redis://[:password@]host:port/db, or several comma-separated".into());
+        }
+        Ok(Self(urls))
+    }
+}
+
+impl fmt::Debug for RedisUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(|url| redact(&url.0)).collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+impl ValueParserFactory for RedisUrls {
+    type Parser = SecretValueParser<RedisUrls>;
+    fn value_parser() -> Self::Parser {
+        SecretValueParser::new()
+    }
+}
+
 /// A Postgres URL; shown redacted.
 #[derive(Clone)]
 pub struct DatabaseUrl(url::Url);

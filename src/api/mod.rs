@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis::{RedisConnection, RedisTarget};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -43,7 +44,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use fleet_jobs::TenantId;
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -111,12 +111,12 @@ impl Application {
     pub async fn build(
         address: SocketAddr,
         db: PgPool,
-        redis_url: &str,
+        redis: &RedisTarget,
         keys: Keys,
         ttls: Ttls,
         settings: Settings,
     ) -> Result<Self, crate::runtime::ListenError> {
-        let state = ApiState::connect(db, redis_url, keys, ttls, settings);
+        let state = ApiState::connect(db, redis, keys, ttls, settings);
         let (listener, bound) = crate::runtime::bind(address).await?;
         tracing::info!(address = %bound, "read API listening");
         Ok(Self { listener, state })
@@ -142,7 +142,7 @@ impl Application {
 pub struct ApiState {
     db: PgPool,
     /// Empty until Redis has been reached once; the routes bypass the cache meanwhile.
-    redis: Arc<OnceCell<ConnectionManager>>,
+    redis: Arc<OnceCell<RedisConnection>>,
     keys: Keys,
     ttls: Ttls,
     tuning: Settings,
@@ -152,7 +152,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(db: PgPool, redis: Arc<OnceCell<ConnectionManager>>, keys: Keys, ttls: Ttls, tuning: Settings) -> Self {
+    pub fn new(db: PgPool, redis: Arc<OnceCell<RedisConnection>>, keys: Keys, ttls: Ttls, tuning: Settings) -> Self {
         metrics::install();
         let access = Arc::new(Access::new(&tuning));
         let health = Health::default().with_optional(Dependency::Redis);
@@ -165,16 +165,17 @@ impl ApiState {
     /// The state of a read API whose Redis is reached in the background:
     /// the routes bypass the cache until it is. Postgres is required: not
     /// ready until it is reported up on [`ApiState::health`].
-    pub fn connect(db: PgPool, redis_url: &str, keys: Keys, ttls: Ttls, settings: Settings) -> Self {
+    pub fn connect(db: PgPool, target: &RedisTarget, keys: Keys, ttls: Ttls, settings: Settings) -> Self {
         let redis = Arc::new(OnceCell::new());
         let mut state = Self::new(db, redis.clone(), keys, ttls, settings);
         state.health = Health::requiring(&[Dependency::Postgres]).with_optional(Dependency::Redis);
         let health = state.health.clone();
-        let url = redis_url.to_owned();
+        let target = target.clone();
         tokio::spawn(async move {
             // For the life of the process: nothing to stop.
             let forever = CancellationToken::new();
-            if let Some(conn) = crate::redis::connect_waiting(&url, Duration::from_secs(1), &health, &forever).await {
+            if let Some(conn) = crate::redis::connect_waiting(&target, Duration::from_secs(1), &health, &forever).await
+            {
                 let _ = redis.set(conn);
             }
         });
@@ -191,7 +192,7 @@ impl ApiState {
         self.queries.load(Ordering::Relaxed)
     }
 
-    fn redis(&self) -> Option<ConnectionManager> {
+    fn redis(&self) -> Option<RedisConnection> {
         self.redis.get().cloned()
     }
 }

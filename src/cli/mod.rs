@@ -25,7 +25,7 @@ use crate::runtime::HttpSettings;
 use crate::secrets::{
     ApiToken, ConsoleToken, KeysError, SchoolKeys, SchoolTokens, SecretValueParser, WebhookKeys, WebhookSecrets,
 };
-use crate::urls::{DatabaseUrl, HttpUrl, RedisUrl, RevalidateUrl};
+use crate::urls::{DatabaseUrl, HttpUrl, RedisUrl, RedisUrls, RevalidateUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -249,7 +249,7 @@ pub enum CacheCommand {
         #[arg(long, requires = "tag")]
         tenant_id: Option<String>,
         /// Remove cache keys matching this glob pattern (Redis MATCH: `*`, `?`, `[…]`) under
-        /// `<prefix>cache:`, e.g. '184532:*'. The only argument that takes a pattern.
+        /// `<prefix>cache:`, e.g. '{184532}:*' (a school's keys). The only argument that takes a pattern.
         #[arg(long, conflicts_with_all = ["kind", "tag"])]
         pattern: Option<String>,
     },
@@ -524,11 +524,21 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Args)]
 pub struct RedisArgs {
-    /// Redis connection URL.
+    /// Redis connection URL; several comma-separated URLs name the nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
-    pub redis_url: RedisUrl,
+    pub redis_url: RedisUrls,
+    /// Redis is a Redis Cluster (implied by several URLs in REDIS_URL).
+    #[arg(long = "redis-cluster", env = "FLEET_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
+}
+
+impl RedisArgs {
+    /// The Redis to connect to: one server or a cluster.
+    pub fn target(&self) -> crate::redis::RedisTarget {
+        self.redis_url.target(self.redis_cluster)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ use crate::local_services::{postgres_given_or_started, redis_given_or_started, w
 use crate::operator::dlq::{Filter, Selection};
 use crate::operator::output::Output;
 use crate::redis::keys::Keys;
+use crate::redis::RedisTarget;
 use crate::runtime::{serve, shutdown_on_signals};
 use crate::scheduled::{self, ScheduleSettings};
 use crate::secrets::{WebhookKeys, WebhookSecrets};
@@ -58,7 +59,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Api(args) => run_api(args).await,
         Command::Cache(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            let mut redis = connect_redis(&args.redis.target()).await?;
             match args.command {
                 CacheCommand::Stats { json, reset } => {
                     operator::cache::stats(&mut redis, &keys, Output::new(json), reset).await
@@ -70,12 +71,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            let mut redis = connect_redis(&args.redis.target()).await?;
             operator::status::show(&mut redis, &keys, Output::new(args.json)).await
         }
         Command::Retries(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            let mut redis = connect_redis(&args.redis.target()).await?;
             operator::retries::list(&mut redis, &keys, args.limit, Output::new(args.json)).await
         }
         Command::Loadtest(args) => {
@@ -84,7 +85,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Dlq(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(args.redis.redis_url.as_str()).await?;
+            let mut redis = connect_redis(&args.redis.target()).await?;
             let redis = &mut redis;
             let keys = &keys;
             match args.command {
@@ -118,8 +119,8 @@ async fn check_schema(pool: &PgPool, url: &str, health: &Health, stop: &Cancella
     Ok(db::check_schema(pool, url, health, stop).await?)
 }
 
-async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::ConnectionManager> {
-    crate::redis::connect(url, Duration::from_secs(2))
+async fn connect_redis(target: &RedisTarget) -> anyhow::Result<crate::redis::RedisConnection> {
+    crate::redis::connect(target, Duration::from_secs(2))
         .await
         .context("cannot connect to Redis; check REDIS_URL and that the server is up")
 }
@@ -132,7 +133,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     }
     let settings = args.tuning.settings(webhook_keys, args.http.settings());
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let intake = intake::Application::build(address, args.redis.redis_url.as_str(), keys, settings).await?;
+    let intake = intake::Application::build(address, &args.redis.target(), keys, settings).await?;
     // Serving from here on (webhooks get 503 until Redis answers).
     systemd::notify_ready();
     intake.run_until_stopped(shutdown_on_signals()).await?;
@@ -144,7 +145,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings()?;
     let schedule = args.schedule.clone().with_worker(&settings);
     let database_url = args.database.database_url.as_str();
-    let redis_url = args.redis.redis_url.as_str();
+    let redis = args.redis.target();
     let pool = lazy_postgres(database_url)?;
     let shutdown = shutdown_on_signals();
     // Listening first, so /readyz tells what the worker waits for.
@@ -160,13 +161,12 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let worker = match Worker::connect_waiting(pool.clone(), redis_url, keys.clone(), settings, health, &shutdown).await
-    {
+    let worker = match Worker::connect_waiting(pool.clone(), &redis, keys.clone(), settings, health, &shutdown).await {
         Err(WorkerError::Stopped) => return Ok(()),
         connected => connected?,
     };
-    let worker = with_revalidation(worker, &args.tuning.revalidate, redis_url, &keys, &shutdown).await?;
-    let Some(jobs) = spawn_scheduled(schedule, pool, redis_url, &keys, &worker.health(), &shutdown).await else {
+    let worker = with_revalidation(worker, &args.tuning.revalidate, &redis, &keys, &shutdown).await?;
+    let Some(jobs) = spawn_scheduled(schedule, pool, &redis, &keys, &worker.health(), &shutdown).await else {
         return Ok(());
     };
     // Holding its consumer name and about to consume: ready, and from now
@@ -187,12 +187,12 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 async fn spawn_scheduled(
     schedule: ScheduleSettings,
     pool: PgPool,
-    redis_url: &str,
+    redis: &RedisTarget,
     keys: &Keys,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    let redis = crate::redis::connect_waiting(redis_url, Duration::from_secs(2), health, shutdown).await?;
+    let redis = crate::redis::connect_waiting(redis, Duration::from_secs(2), health, shutdown).await?;
     Some(tokio::spawn(scheduled::run(schedule, pool, redis, keys.clone(), shutdown.clone())))
 }
 
@@ -206,15 +206,14 @@ async fn stop_scheduled(jobs: JoinHandle<()>) {
 async fn with_revalidation(
     worker: Worker,
     args: &RevalidateArgs,
-    redis_url: &str,
+    redis: &RedisTarget,
     keys: &Keys,
     stop: &CancellationToken,
 ) -> anyhow::Result<Worker> {
     let Some(url) = args.revalidate_url.clone() else {
         return Ok(worker);
     };
-    let Some(redis) = crate::redis::connect_waiting(redis_url, Duration::from_secs(2), &worker.health(), stop).await
-    else {
+    let Some(redis) = crate::redis::connect_waiting(redis, Duration::from_secs(2), &worker.health(), stop).await else {
         // Stopping: the worker stops at once too.
         return Ok(worker);
     };
@@ -231,8 +230,8 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     let database_url = args.database.database_url.as_str();
     let pool = lazy_postgres(database_url)?;
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let redis_url = args.redis.redis_url.as_str();
-    let api = api::Application::build(address, pool.clone(), redis_url, keys, args.cache.ttls(), settings).await?;
+    let redis = args.redis.target();
+    let api = api::Application::build(address, pool.clone(), &redis, keys, args.cache.ttls(), settings).await?;
     let health = api.state().health();
     let shutdown = shutdown_on_signals();
     // Serving first, so /readyz tells what the API waits for.
@@ -256,6 +255,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let given_redis = args.redis_url.as_ref().map(|url| url.as_str().to_owned());
     let (redis_url, local_redis) = redis_given_or_started(given_redis, &data_dir.join("redis"), false).await?;
     let redis_url: RedisUrl = redis_url.parse().map_err(anyhow::Error::msg)?;
+    let redis = RedisTarget::single(redis_url.as_str());
     let given_postgres = args.database_url.as_ref().map(|url| url.as_str().to_owned());
     let (database_url, local_postgres) =
         postgres_given_or_started(given_postgres, "fleet", &data_dir.join("postgres"), false).await?;
@@ -274,9 +274,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
     let worker_settings = args.worker.settings()?;
     let schedule = args.schedule.clone().with_worker(&worker_settings);
-    let worker = Worker::connect(pool.clone(), redis_url.as_str(), keys.clone(), worker_settings).await?;
-    let worker = with_revalidation(worker, &args.worker.revalidate, redis_url.as_str(), &keys, &shutdown).await?;
-    let jobs = spawn_scheduled(schedule, pool.clone(), redis_url.as_str(), &keys, &worker.health(), &shutdown)
+    let worker = Worker::connect(pool.clone(), &redis, keys.clone(), worker_settings).await?;
+    let worker = with_revalidation(worker, &args.worker.revalidate, &redis, &keys, &shutdown).await?;
+    let jobs = spawn_scheduled(schedule, pool.clone(), &redis, &keys, &worker.health(), &shutdown)
         .await
         .context("stopped before Redis answered")?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
@@ -284,14 +284,14 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let address = args.listen.address()?;
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
-    let redis = connect_redis(redis_url.as_str()).await?;
+    let redis_connection = connect_redis(&redis).await?;
     // One server for both: the read API's routes on the intake's address.
     let http = args.http.settings();
     let api_settings = args.api.settings(http);
     let console_token = api_settings.console_token.clone();
-    let api = api::ApiState::connect(pool, redis_url.as_str(), keys.clone(), args.worker.cache.ttls(), api_settings);
+    let api = api::ApiState::connect(pool, &redis, keys.clone(), args.worker.cache.ttls(), api_settings);
     let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, http);
-    let app = intake::router(redis, keys, intake_settings).merge(api::routes(api));
+    let app = intake::router(redis_connection, keys, intake_settings).merge(api::routes(api));
     let intake_task = tokio::spawn(serve(listener, app, http, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");

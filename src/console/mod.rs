@@ -25,7 +25,7 @@
 //! (`style.css`) and no script at all: a page that refreshes itself uses
 //! `<meta http-equiv="refresh">`. Nothing is loaded from anywhere but the
 //! fleet, and every answer forbids framing, caching and any script.
-//! Why these choices: `docs/decisions/0016-operator-console.md`.
+//! Why these choices: `docs/decisions/0018-operator-console.md`.
 
 mod cache;
 mod chart;
@@ -39,6 +39,7 @@ mod session;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::redis::RedisConnection;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -46,7 +47,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -61,7 +61,7 @@ pub const BASE: &str = "/console";
 #[derive(Clone)]
 pub struct ConsoleState {
     /// Empty until the read API has reached Redis; the pages answer 503 meanwhile.
-    redis: Arc<OnceCell<ConnectionManager>>,
+    redis: Arc<OnceCell<RedisConnection>>,
     keys: Keys,
     /// The SHA-256 of `FLEET_CONSOLE_TOKEN`: the token itself is not kept.
     token_digest: [u8; 32],
@@ -74,7 +74,7 @@ pub struct ConsoleState {
 
 impl ConsoleState {
     pub fn new(
-        redis: Arc<OnceCell<ConnectionManager>>,
+        redis: Arc<OnceCell<RedisConnection>>,
         keys: Keys,
         token: &ConsoleToken,
         trusted_proxies: Vec<IpAddr>,
@@ -92,7 +92,7 @@ impl ConsoleState {
     }
 
     /// Redis, or the 503 every page answers while it has not been reached.
-    fn redis(&self) -> Result<ConnectionManager, ConsoleError> {
+    fn redis(&self) -> Result<RedisConnection, ConsoleError> {
         self.redis.get().cloned().ok_or(ConsoleError::RedisNotReached)
     }
 }

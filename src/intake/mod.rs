@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redis::{RedisConnection, RedisTarget};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -24,7 +25,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use fleet_jobs::{Envelope, EnvelopeError, TenantId};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -69,7 +69,7 @@ pub struct Application {
     listener: TcpListener,
     state: IntakeState,
     /// The Redis URL, while Redis is still to be reached.
-    pending: Option<String>,
+    pending: Option<RedisTarget>,
     http: HttpSettings,
 }
 
@@ -80,7 +80,7 @@ impl Application {
     /// the background once serving.
     pub async fn build(
         address: SocketAddr,
-        redis_url: &str,
+        redis: &RedisTarget,
         keys: Keys,
         settings: Settings,
     ) -> Result<Self, crate::runtime::ListenError> {
@@ -94,8 +94,8 @@ impl Application {
             settings,
             health: Health::requiring(&[Dependency::Redis]),
         };
-        let mut pending = Some(redis_url.to_owned());
-        if let Ok(mut redis) = crate::redis::connect(redis_url, Duration::from_secs(2)).await {
+        let mut pending = Some(redis.clone());
+        if let Ok(mut redis) = crate::redis::connect(redis, Duration::from_secs(2)).await {
             if stream::ensure_group(&mut redis, &state.keys).await.is_ok() {
                 state.connected(redis);
                 pending = None;
@@ -121,25 +121,26 @@ impl Application {
 #[derive(Clone)]
 struct IntakeState {
     /// Empty until Redis has been reached and the group exists.
-    redis: Arc<OnceCell<ConnectionManager>>,
+    redis: Arc<OnceCell<RedisConnection>>,
     keys: Keys,
     settings: Settings,
     health: Health,
 }
 
 impl IntakeState {
-    fn connected(&self, redis: ConnectionManager) {
+    fn connected(&self, redis: RedisConnection) {
         // Set once: only one task connects.
         let _ = self.redis.set(redis);
         self.health.up(Dependency::Redis);
     }
 
     /// Waits for Redis and the consumer group, then serves webhooks.
-    async fn connect(self, url: String, stop: CancellationToken) {
-        let Some(redis) = crate::redis::connect_waiting(&url, Duration::from_secs(2), &self.health, &stop).await else {
+    async fn connect(self, target: RedisTarget, stop: CancellationToken) {
+        let Some(redis) = crate::redis::connect_waiting(&target, Duration::from_secs(2), &self.health, &stop).await
+        else {
             return;
         };
-        let address = crate::urls::shown_address(&url);
+        let address = target.shown_address();
         let group = health::until_reachable(&self.health, Dependency::Redis, &address, &stop, || {
             let mut redis = redis.clone();
             let keys = self.keys.clone();
@@ -153,7 +154,7 @@ impl IntakeState {
 }
 
 /// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
-pub fn router(redis: ConnectionManager, keys: Keys, settings: Settings) -> Router {
+pub fn router(redis: RedisConnection, keys: Keys, settings: Settings) -> Router {
     log_dedup_layout(&settings.dedup);
     let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default() };
     state.connected(redis);

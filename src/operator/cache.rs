@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
 use serde_json::json;
@@ -52,14 +52,20 @@ pub enum ClearTarget {
     Pattern(String),
 }
 
-/// Every key matching `pattern`, found with SCAN (never KEYS).
-async fn scan(redis: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>, RedisError> {
-    let mut found = Vec::new();
-    let mut iter = redis.scan_match::<_, String>(pattern).await?;
-    while let Some(key) = iter.next_item().await {
-        found.push(key?);
+/// Every key matching `pattern`, found with SCAN (never KEYS), on every
+/// master of a cluster.
+async fn scan(redis: &mut RedisConnection, pattern: &str) -> Result<Vec<String>, RedisError> {
+    redis.scan_keys(pattern).await
+}
+
+/// Keys handled per command or pipeline: 500 on a single server; one on a
+/// cluster, where a command or pipeline may not span slots.
+fn per_round_trip(redis: &RedisConnection) -> usize {
+    if redis.is_cluster() {
+        1
+    } else {
+        500
     }
-    Ok(found)
 }
 
 /// The refusal of a `fleet cache clear` name that is not a literal one.
@@ -89,7 +95,7 @@ pub struct CacheCounters {
 
 /// The read counters only: one `HGETALL`, cheap enough for a page that
 /// refreshes itself.
-pub async fn counters(redis: &mut ConnectionManager, keys: &Keys) -> Result<CacheCounters, RedisError> {
+pub async fn counters(redis: &mut RedisConnection, keys: &Keys) -> Result<CacheCounters, RedisError> {
     let metrics: std::collections::HashMap<String, String> = redis.hgetall(keys.cache_metrics()).await?;
     let number = |name: &str| metrics.get(name).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
     let (hits, misses, stale, bypass) = (number("hits"), number("misses"), number("stale"), number("bypass"));
@@ -124,11 +130,11 @@ pub struct CacheReport {
 
 /// Keys and memory by kind (every cache key walked with SCAN and measured
 /// with `MEMORY USAGE`), tags, and the read counters.
-pub async fn report(redis: &mut ConnectionManager, keys: &Keys) -> Result<CacheReport, RedisError> {
+pub async fn report(redis: &mut RedisConnection, keys: &Keys) -> Result<CacheReport, RedisError> {
     let cached = scan(redis, &format!("{}*", keys.cache_namespace())).await?;
     let mut kinds: BTreeMap<&'static str, KindUsage> =
         Kind::ALL.iter().map(|kind| (kind.as_str(), KindUsage::default())).collect();
-    for chunk in cached.chunks(500) {
+    for chunk in cached.chunks(per_round_trip(redis)) {
         let mut pipe = redis::pipe();
         for key in chunk {
             pipe.cmd("MEMORY").arg("USAGE").arg(key);
@@ -147,12 +153,12 @@ pub async fn report(redis: &mut ConnectionManager, keys: &Keys) -> Result<CacheR
 }
 
 /// Starts the read counters again from zero.
-pub async fn reset_counters(redis: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
+pub async fn reset_counters(redis: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
     redis.del(keys.cache_metrics()).await
 }
 
 /// `fleet cache stats`: keys and memory by kind, hits and misses, tags.
-pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, output: Output, reset: bool) -> anyhow::Result<()> {
+pub async fn stats(redis: &mut RedisConnection, keys: &Keys, output: Output, reset: bool) -> anyhow::Result<()> {
     if reset {
         reset_counters(redis, keys).await?;
     }
@@ -185,7 +191,7 @@ pub async fn stats(redis: &mut ConnectionManager, keys: &Keys, output: Output, r
 /// A tag and a tenant are literal names, checked before anything is
 /// removed (an [`OperatorExit`] refusal otherwise): a tenant `*` is refused,
 /// not a way to clear every school. Only a [`ClearTarget::Pattern`] is a glob.
-pub async fn remove(redis: &mut ConnectionManager, keys: &Keys, target: &ClearTarget) -> anyhow::Result<u64> {
+pub async fn remove(redis: &mut RedisConnection, keys: &Keys, target: &ClearTarget) -> anyhow::Result<u64> {
     let patterns: Vec<String> = match target {
         ClearTarget::Tag { tag, tenant } => {
             tags::check(tag).map_err(|reason| literal_only("--tag", &reason))?;
@@ -210,7 +216,7 @@ pub async fn remove(redis: &mut ConnectionManager, keys: &Keys, target: &ClearTa
     };
     let mut removed = 0;
     for pattern in patterns {
-        for chunk in scan(redis, &pattern).await?.chunks(500) {
+        for chunk in scan(redis, &pattern).await?.chunks(per_round_trip(redis)) {
             let gone: u64 = redis.unlink(chunk).await?;
             removed += gone;
         }
@@ -221,7 +227,7 @@ pub async fn remove(redis: &mut ConnectionManager, keys: &Keys, target: &ClearTa
 /// `fleet cache clear`: removes cached keys (see [`remove`]) and prints how
 /// many went.
 pub async fn clear(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     kind: Option<ClearKind>,
     tag: Option<String>,

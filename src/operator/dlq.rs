@@ -5,8 +5,8 @@
 //! what they return. The operator console calls the same functions, so a
 //! dead letter is listed, replayed and purged one way only.
 
+use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -123,7 +123,7 @@ pub struct DeadLetterPage {
 /// Dead letters matching `filter`, oldest first: at most `limit` of those
 /// after the dead letter `after` (from the first when none).
 pub async fn find(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
     after: Option<&str>,
@@ -136,13 +136,13 @@ pub async fn find(
 }
 
 /// How many dead letters there are in all.
-pub async fn total(redis: &mut ConnectionManager, keys: &Keys) -> Result<u64, RedisError> {
+pub async fn total(redis: &mut RedisConnection, keys: &Keys) -> Result<u64, RedisError> {
     redis.xlen(keys.dead_letters()).await
 }
 
 /// Dead letters matching `filter` after `after`, oldest first, at most `limit`.
 async fn matching(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
     after: Option<&str>,
@@ -181,7 +181,7 @@ async fn matching(
 
 /// One dead letter, whole (its headers and body included); none when no
 /// dead letter has this id, or it is not an id at all.
-pub async fn get(redis: &mut ConnectionManager, keys: &Keys, id: &str) -> Result<Option<DeadLetterView>, RedisError> {
+pub async fn get(redis: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<DeadLetterView>, RedisError> {
     match failures::dead_letter_by_id(redis, keys, id).await {
         Ok(entry) => Ok(entry.map(|entry| DeadLetterView::from_entry(&entry, true))),
         Err(err) if err.code() == Some("ERR") => Ok(None),
@@ -200,13 +200,13 @@ pub struct Selected {
 /// The dead letters a replay or purge acts on: the named ones that match the
 /// filter (missing ids reported apart) or every one matching the filter.
 /// Changes nothing: this is the dry run.
-pub async fn select(redis: &mut ConnectionManager, keys: &Keys, selection: &Selection) -> Result<Selected, RedisError> {
+pub async fn select(redis: &mut RedisConnection, keys: &Keys, selection: &Selection) -> Result<Selected, RedisError> {
     let (entries, missing) = select_entries(redis, keys, selection).await?;
     Ok(Selected { letters: entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect(), missing })
 }
 
 async fn select_entries(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
 ) -> Result<(Vec<Entry>, Vec<String>), RedisError> {
@@ -242,7 +242,7 @@ pub struct ReplayReport {
 /// from the dead letters in one script, so an interrupted replay neither
 /// loses nor doubles one). `progress` hears (handled, total) after each step.
 pub async fn replay_selected(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
     progress: &mut (dyn FnMut(usize, usize) + Send),
@@ -274,7 +274,7 @@ pub struct PurgeReport {
 
 /// Deletes the selected dead letters for good, [`CHUNK`] per step.
 pub async fn purge_selected(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
 ) -> Result<PurgeReport, RedisError> {
@@ -324,7 +324,7 @@ fn not_found(missing: &[String]) -> anyhow::Result<()> {
 
 /// `fleet dlq list`: dead letters matching `filter`, oldest first, at most `limit`.
 pub async fn list(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
     limit: u32,
@@ -340,7 +340,7 @@ pub async fn list(
 }
 
 /// `fleet dlq show`: one dead letter whole, its body pretty-printed.
-pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, output: Output) -> anyhow::Result<()> {
+pub async fn show(redis: &mut RedisConnection, keys: &Keys, id: String, output: Output) -> anyhow::Result<()> {
     let Some(letter) = get(redis, keys, &id).await? else {
         return not_found(&[id]);
     };
@@ -378,7 +378,7 @@ pub async fn show(redis: &mut ConnectionManager, keys: &Keys, id: String, output
 /// attempts (only listed with `dry_run`); progress on stderr when there are
 /// more than one step's worth.
 pub async fn replay(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
     dry_run: bool,
@@ -415,7 +415,7 @@ pub async fn replay(
 
 /// `fleet dlq purge`: dead letters deleted for good, only with `yes`.
 pub async fn purge(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
     yes: bool,

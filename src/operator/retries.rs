@@ -4,8 +4,8 @@
 //! [`scheduled`] reads them (the operator console's retries page shows the
 //! same list); [`list`] prints it.
 
+use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use serde::Serialize;
 
@@ -57,11 +57,7 @@ fn view(member: &str, due_ms: f64) -> RetryView {
 }
 
 /// The `limit` retries due soonest.
-pub async fn scheduled(
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    limit: usize,
-) -> Result<ScheduledRetries, RedisError> {
+pub async fn scheduled(redis: &mut RedisConnection, keys: &Keys, limit: usize) -> Result<ScheduledRetries, RedisError> {
     let stop = limit.saturating_sub(1) as isize;
     let (total, members): (u64, Vec<(String, f64)>) =
         redis::pipe().zcard(keys.retries()).zrange_withscores(keys.retries(), 0, stop).query_async(redis).await?;
@@ -71,7 +67,7 @@ pub async fn scheduled(
 }
 
 /// `fleet retries`: the `limit` retries due soonest, as a table or JSON.
-pub async fn list(redis: &mut ConnectionManager, keys: &Keys, limit: u32, output: Output) -> anyhow::Result<()> {
+pub async fn list(redis: &mut RedisConnection, keys: &Keys, limit: u32, output: Output) -> anyhow::Result<()> {
     let scheduled = scheduled(redis, keys, limit as usize).await?;
     output.data(&scheduled, |out| {
         writeln!(

@@ -8,8 +8,8 @@
 
 use std::fmt;
 
+use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingReply};
 use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
@@ -106,7 +106,7 @@ pub struct StatusReport {
 
 /// Reads the fleet's state: a few O(1) commands, plus one `EXISTS` per
 /// consumer and one `HGETALL` per recent minute, in three round trips.
-pub async fn report(redis: &mut ConnectionManager, keys: &Keys) -> Result<StatusReport, RedisError> {
+pub async fn report(redis: &mut RedisConnection, keys: &Keys) -> Result<StatusReport, RedisError> {
     let now = Utc::now();
     let (length, dead_letters, retries, next_retry): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
         .xlen(keys.events())
@@ -137,12 +137,19 @@ pub async fn report(redis: &mut ConnectionManager, keys: &Keys) -> Result<Status
         if let (StreamPendingReply::Data(data), true) = (&pending, group.pending > 0) {
             oldest_pending_age_ms = age_ms(&data.start_id, now);
         }
-        let mut leases = redis::pipe();
-        for consumer in &reply.consumers {
-            leases.exists(keys.consumer_lease(&consumer.name));
+        let leases: Vec<String> = reply.consumers.iter().map(|consumer| keys.consumer_lease(&consumer.name)).collect();
+        let mut live = vec![false; leases.len()];
+        // Each lease in its own slot on a cluster: one pipeline per slot.
+        for group in redis.same_slot_groups(leases.iter().map(String::as_str)) {
+            let mut pipe = redis::pipe();
+            for &position in &group {
+                pipe.exists(&leases[position]);
+            }
+            let held: Vec<bool> = pipe.query_async(redis).await?;
+            for (position, held) in group.into_iter().zip(held) {
+                live[position] = held;
+            }
         }
-        // Redis refuses an empty pipeline.
-        let live: Vec<bool> = if reply.consumers.is_empty() { Vec::new() } else { leases.query_async(redis).await? };
         consumers = reply
             .consumers
             .into_iter()
@@ -181,7 +188,7 @@ pub async fn report(redis: &mut ConnectionManager, keys: &Keys) -> Result<Status
 /// The fleet's activity in each of the last `count` minutes (the current
 /// one included), oldest first: what the console's charts draw.
 pub async fn activity_by_minute(
-    redis: &mut ConnectionManager,
+    redis: &mut RedisConnection,
     keys: &Keys,
     count: usize,
 ) -> Result<Vec<(DateTime<Utc>, Tally)>, RedisError> {
@@ -269,7 +276,7 @@ pub fn verdict(report: &StatusReport) -> Verdict {
 }
 
 /// `fleet status`: the report as text (the verdict first) or JSON.
-pub async fn show(redis: &mut ConnectionManager, keys: &Keys, output: Output) -> anyhow::Result<()> {
+pub async fn show(redis: &mut RedisConnection, keys: &Keys, output: Output) -> anyhow::Result<()> {
     let report = report(redis, keys).await?;
     output.data(&report, |out| {
         writeln!(out, "verdict      {}", report.verdict)?;

@@ -4,7 +4,7 @@
 //! operator console draws its charts from these samples.
 //!
 //! Each worker tallies in memory ([`Recorder`]) and adds its tally to the
-//! hash of the minute, `<prefix>activity:<unix minute>`, every few seconds
+//! hash of the minute, `<prefix>activity:{activity}:<unix minute>`, every few seconds
 //! (one script call per minute touched, beside the backlog sample): counts
 //! add up across the fleet, the largest figures keep the largest. A hash is
 //! kept for [`KEPT`], so the fleet holds about 120 small hashes, and a quiet
@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use serde::Serialize;
 
@@ -101,7 +101,7 @@ impl Recorder {
 
     /// Adds what was tallied to the fleet's minutes in Redis. What could not
     /// be written is kept for the next flush.
-    pub async fn flush(&self, conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
+    pub async fn flush(&self, conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
         let taken = std::mem::take(&mut *self.minutes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let mut left = taken.into_iter().filter(|(_, tally)| !tally.is_empty()).peekable();
         while let Some((minute, tally)) = left.next() {
@@ -118,7 +118,7 @@ impl Recorder {
 }
 
 /// Adds `tally` to the fleet's activity in `minute`.
-async fn record(conn: &mut ConnectionManager, keys: &Keys, minute: i64, tally: &Tally) -> Result<(), RedisError> {
+async fn record(conn: &mut RedisConnection, keys: &Keys, minute: i64, tally: &Tally) -> Result<(), RedisError> {
     let _: i64 = scripts::RECORD_ACTIVITY
         .key(keys.activity(minute))
         .arg(tally.applied)
@@ -135,7 +135,7 @@ async fn record(conn: &mut ConnectionManager, keys: &Keys, minute: i64, tally: &
 /// The fleet's activity in each of the `count` minutes up to and including
 /// `last`, oldest first; a minute nothing was recorded in is empty.
 pub async fn read(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     last: i64,
     count: usize,
@@ -144,11 +144,19 @@ pub async fn read(
         return Ok(Vec::new());
     }
     let minutes: Vec<i64> = (0..count as i64).rev().map(|back| last - back).collect();
-    let mut pipe = redis::pipe();
-    for minute in &minutes {
-        pipe.hgetall(keys.activity(*minute));
+    let names: Vec<String> = minutes.iter().map(|minute| keys.activity(*minute)).collect();
+    let mut hashes: Vec<std::collections::HashMap<String, u64>> = vec![Default::default(); names.len()];
+    // One pipeline: the minutes share a hash tag (see `super::keys`).
+    for group in conn.same_slot_groups(names.iter().map(String::as_str)) {
+        let mut pipe = redis::pipe();
+        for &position in &group {
+            pipe.hgetall(&names[position]);
+        }
+        let replies: Vec<std::collections::HashMap<String, u64>> = pipe.query_async(conn).await?;
+        for (position, hash) in group.into_iter().zip(replies) {
+            hashes[position] = hash;
+        }
     }
-    let hashes: Vec<std::collections::HashMap<String, u64>> = pipe.query_async(conn).await?;
     Ok(minutes
         .into_iter()
         .zip(hashes)

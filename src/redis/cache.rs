@@ -1,12 +1,12 @@
 //! The dashboard cache in Redis: keys under tags, versioned writes, atomic
 //! tag invalidation, stale-while-revalidate and a single-flight lock.
 //!
-//! Every key lives under `<prefix>cache:<tenant>:…`. A value is a hash of
+//! Every key lives under `<prefix>cache:{<tenant>}:…`. A value is a hash of
 //! `version`, `body` and `fresh_until`; it is served fresh until then and
 //! stale (while one request recomputes it) for as long again, then expires.
 //! A write carries the version of the data it was computed from and is
 //! refused over a newer one, so a slow or reclaimed writer cannot put old
-//! numbers back. A tag is a set of keys, `<prefix>tag:<tenant>:<tag>`,
+//! numbers back. A tag is a set of keys, `<prefix>tag:{<tenant>}:<tag>`,
 //! that expires with the longest-lived of them; invalidating tags deletes
 //! every key in them, in one script for small tags and in bounded chunks
 //! for large ones (see [`invalidate`]).
@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
+use super::RedisConnection;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ pub struct Entry {
 
 /// Writes each entry unless a newer version is stored; returns how many
 /// were written. One round trip for all of them.
-pub async fn put(conn: &mut ConnectionManager, entries: &[Entry]) -> Result<usize, RedisError> {
+pub async fn put(conn: &mut RedisConnection, entries: &[Entry]) -> Result<usize, RedisError> {
     if entries.is_empty() {
         return Ok(0);
     }
@@ -70,21 +70,27 @@ pub async fn put(conn: &mut ConnectionManager, entries: &[Entry]) -> Result<usiz
     // Load once, then EVALSHA in a pipeline.
     let _: String = script.prepare_invoke().load_async(conn).await?;
     let now = Utc::now().timestamp_millis();
-    let mut pipe = redis::pipe();
-    for entry in entries {
-        let ttl = entry.ttl.as_millis() as i64;
-        pipe.cmd("EVALSHA")
-            .arg(script.get_hash())
-            .arg(1 + entry.tags.len())
-            .arg(&entry.key)
-            .arg(&entry.tags)
-            .arg(entry.value.version)
-            .arg(entry.value.body.to_string())
-            .arg(now + ttl)
-            .arg(ttl * 2);
+    let mut written = 0;
+    // One pipeline for all on a single server; one per school on a cluster
+    // (a value and its tags share the school's hash tag).
+    for group in conn.same_slot_groups(entries.iter().map(|entry| entry.key.as_str())) {
+        let mut pipe = redis::pipe();
+        for entry in group.into_iter().map(|position| &entries[position]) {
+            let ttl = entry.ttl.as_millis() as i64;
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1 + entry.tags.len())
+                .arg(&entry.key)
+                .arg(&entry.tags)
+                .arg(entry.value.version)
+                .arg(entry.value.body.to_string())
+                .arg(now + ttl)
+                .arg(ttl * 2);
+        }
+        let outcomes: Vec<i64> = pipe.query_async(conn).await?;
+        written += outcomes.into_iter().filter(|written| *written == 1).count();
     }
-    let written: Vec<i64> = pipe.query_async(conn).await?;
-    Ok(written.into_iter().filter(|written| *written == 1).count())
+    Ok(written)
 }
 
 /// The most cached keys one invalidation script deletes: about a
@@ -103,19 +109,25 @@ pub const INVALIDATION_CHUNK: u64 = 1000;
 /// get a value of the tag that is not deleted yet, exactly what it would
 /// have got just before the invalidation, and a value cached again
 /// meanwhile may be deleted by a later call and recomputed on its next miss.
-pub async fn invalidate(conn: &mut ConnectionManager, tag_keys: &[String]) -> Result<u64, RedisError> {
+pub async fn invalidate(conn: &mut RedisConnection, tag_keys: &[String]) -> Result<u64, RedisError> {
     if tag_keys.is_empty() {
         return Ok(0);
     }
     let script = &*scripts::CACHE_INVALIDATE;
     let mut removed = 0;
-    loop {
-        let (deleted, left): (u64, u64) = script.key(tag_keys).arg(INVALIDATION_CHUNK).invoke_async(conn).await?;
-        removed += deleted;
-        if left == 0 {
-            return Ok(removed);
+    // All tags at once on a single server; on a cluster, one school's tags
+    // at a time (they share its hash tag, as do the values in them).
+    for group in conn.same_slot_groups(tag_keys.iter().map(String::as_str)) {
+        let group: Vec<&String> = group.into_iter().map(|position| &tag_keys[position]).collect();
+        loop {
+            let (deleted, left): (u64, u64) = script.key(&group).arg(INVALIDATION_CHUNK).invoke_async(conn).await?;
+            removed += deleted;
+            if left == 0 {
+                break;
+            }
         }
     }
+    Ok(removed)
 }
 
 /// What the cache holds for a key.
@@ -127,7 +139,7 @@ pub enum Lookup {
 }
 
 /// What the cache holds for `key`; a value it cannot read is missing.
-pub async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Lookup, RedisError> {
+pub async fn get(conn: &mut RedisConnection, key: &str) -> Result<Lookup, RedisError> {
     let (version, body, fresh_until): (Option<i64>, Option<String>, Option<i64>) =
         redis::cmd("HMGET").arg(key).arg("version").arg("body").arg("fresh_until").query_async(conn).await?;
     let (Some(version), Some(body), Some(fresh_until)) = (version, body, fresh_until) else {
@@ -142,7 +154,7 @@ pub async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Lookup, Redi
 
 /// Takes the single-flight lock of `key` for `hold`; the token releases it.
 pub async fn try_lock(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     key: &str,
     hold: Duration,
@@ -160,7 +172,7 @@ pub async fn try_lock(
 }
 
 /// Releases the lock of `key` if `token` still holds it.
-pub async fn unlock(conn: &mut ConnectionManager, keys: &Keys, key: &str, token: &str) -> Result<(), RedisError> {
+pub async fn unlock(conn: &mut RedisConnection, keys: &Keys, key: &str, token: &str) -> Result<(), RedisError> {
     let _: i64 = scripts::RELEASE.key(keys.lock(key)).arg(token).invoke_async(conn).await?;
     Ok(())
 }
@@ -195,7 +207,7 @@ impl Outcome {
 }
 
 /// Counts one read; the first count sets `since`.
-pub async fn count(conn: &mut ConnectionManager, keys: &Keys, outcome: Outcome) -> Result<(), RedisError> {
+pub async fn count(conn: &mut RedisConnection, keys: &Keys, outcome: Outcome) -> Result<(), RedisError> {
     let mut pipe = redis::pipe();
     pipe.hset_nx(keys.cache_metrics(), "since", Utc::now().to_rfc3339())
         .ignore()
@@ -205,6 +217,6 @@ pub async fn count(conn: &mut ConnectionManager, keys: &Keys, outcome: Outcome) 
 }
 
 /// Counts a failed revalidation call.
-pub async fn count_revalidation_failure(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
+pub async fn count_revalidation_failure(conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
     conn.hincr(keys.cache_metrics(), "revalidate_failures", 1).await
 }

@@ -12,7 +12,7 @@
 //!   *intset* (8 bytes a member) rather than one key per event (~136 B).
 //! - Time is cut into buckets of a quarter of the window (at least 1 s). An
 //!   accepted event is added to the set of its partition in the bucket of its
-//!   receipt, `<prefix>seen:<bucket>:<partition>`; each set expires as a whole
+//!   receipt, `<prefix>seen:{shard:<n>}:<bucket>:<partition>`; each set expires as a whole
 //!   once no check can reach it any more.
 //! - A bucket has as many partitions as keep each set at no more than
 //!   [`MEMBERS_PER_SET`] members at the expected rate

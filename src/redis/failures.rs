@@ -6,8 +6,8 @@
 //! always in exactly one place. A retry carries the event's fields and its
 //! failure history; when due it is appended to the events stream again.
 
+use super::RedisConnection;
 use chrono::{DateTime, SecondsFormat, Utc};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 
 use super::keys::{Keys, GROUP};
@@ -76,11 +76,7 @@ fn now_text() -> String {
 
 /// Moves entries to the dead-letter stream and acknowledges them, in one
 /// MULTI/EXEC so an entry is never both lost and unacknowledged.
-pub async fn dead_letter(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    failures: &[Failure<'_>],
-) -> Result<(), RedisError> {
+pub async fn dead_letter(conn: &mut RedisConnection, keys: &Keys, failures: &[Failure<'_>]) -> Result<(), RedisError> {
     if failures.is_empty() {
         return Ok(());
     }
@@ -98,7 +94,7 @@ pub async fn dead_letter(
 /// acknowledges its entry, in one MULTI/EXEC: the event is always either
 /// pending in the stream or waiting in the retry set.
 pub async fn schedule_retries(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     retries: &[(Failure<'_>, DateTime<Utc>)],
 ) -> Result<(), RedisError> {
@@ -123,7 +119,7 @@ pub async fn schedule_retries(
 
 /// Moves retries that are due back onto the events stream, atomically;
 /// returns how many moved.
-pub async fn promote_due_retries(conn: &mut ConnectionManager, keys: &Keys, limit: usize) -> Result<u64, RedisError> {
+pub async fn promote_due_retries(conn: &mut RedisConnection, keys: &Keys, limit: usize) -> Result<u64, RedisError> {
     scripts::PROMOTE_RETRIES
         .key(keys.retries())
         .key(keys.events())
@@ -135,7 +131,7 @@ pub async fn promote_due_retries(conn: &mut ConnectionManager, keys: &Keys, limi
 
 /// Records entries that vanished from the stream while pending (XAUTOCLAIM
 /// reports them and drops them from the pending list).
-pub async fn dead_letter_deleted(conn: &mut ConnectionManager, keys: &Keys, ids: &[String]) -> Result<(), RedisError> {
+pub async fn dead_letter_deleted(conn: &mut RedisConnection, keys: &Keys, ids: &[String]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -167,7 +163,7 @@ pub struct Replayed {
 
 /// Puts dead letters back on the events stream with fresh attempts.
 pub async fn replay_dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     ids: &[String],
 ) -> Result<Replayed, RedisError> {
@@ -191,7 +187,7 @@ pub async fn replay_dead_letters(
 /// Reads up to `count` dead letters in stream order from `start` to `end`
 /// (XRANGE bounds: an id, `(id` to exclude it, `-` or `+`).
 pub async fn read_dead_letters(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     start: &str,
     end: &str,
@@ -202,17 +198,13 @@ pub async fn read_dead_letters(
 }
 
 /// One dead letter, if it exists.
-pub async fn dead_letter_by_id(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    id: &str,
-) -> Result<Option<Entry>, RedisError> {
+pub async fn dead_letter_by_id(conn: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<Entry>, RedisError> {
     let reply: redis::streams::StreamRangeReply = conn.xrange(keys.dead_letters(), id, id).await?;
     Ok(reply.ids.into_iter().map(Entry::from_stream_id).next())
 }
 
 /// Deletes dead letters; returns how many existed.
-pub async fn purge_dead_letters(conn: &mut ConnectionManager, keys: &Keys, ids: &[String]) -> Result<u64, RedisError> {
+pub async fn purge_dead_letters(conn: &mut RedisConnection, keys: &Keys, ids: &[String]) -> Result<u64, RedisError> {
     if ids.is_empty() {
         return Ok(0);
     }

@@ -4,23 +4,45 @@
 //!
 //! | name | what |
 //! |---|---|
-//! | `<prefix>events` | the stream of accepted webhooks |
-//! | `<prefix>dead-letters` | the stream of events given up on |
-//! | `<prefix>retries` | failed events waiting for their retry (sorted set, by due time) |
-//! | `<prefix>seen:<bucket>:<partition>` | fingerprints of events accepted in one time bucket, one partition of them (a set of 64-bit integers, expires as a whole; see `redis::dedup`) |
+//! | `<prefix>events:{shard:<n>}` | the stream of accepted webhooks (shard `n`; one shard, `0`, for now) |
+//! | `<prefix>dead-letters:{shard:<n>}` | the stream of events of shard `n` given up on |
+//! | `<prefix>retries:{shard:<n>}` | failed events of shard `n` waiting for their retry (sorted set, by due time) |
+//! | `<prefix>seen:{shard:<n>}:<bucket>:<partition>` | fingerprints of events of shard `n` accepted in one time bucket, one partition of them (a set of 64-bit integers, expires as a whole; see `redis::dedup`) |
 //! | `<prefix>consumer:<name>` | the lease that keeps a consumer name to one worker |
-//! | `<prefix>cache:<tenant>:<kind>…` | a cached dashboard value |
-//! | `<prefix>tag:<tenant>:<tag>` | the set of cached keys under one tag |
-//! | `<prefix>lock:cache:…` | the single-flight lock of a cached key |
+//! | `<prefix>cache:{<tenant>}:<kind>…` | a cached dashboard value |
+//! | `<prefix>tag:{<tenant>}:<tag>` | the set of cached keys under one tag |
+//! | `<prefix>lock:cache:{<tenant>}:…` | the single-flight lock of a cached key |
 //! | `<prefix>cache-metrics` | hit and miss counters |
 //! | `<prefix>ratelimit:…:<window>` | the read API's request counter for one client |
 //! | `<prefix>schedule:<job>:<occurrence>` | the lock of one occurrence of a scheduled job; names its runner |
 //! | `<prefix>schedule-runs` | the capped stream of scheduled runs (the run log) |
 //! | `<prefix>cache-reads` | recently read cache values, for the rewarm job (sorted set, by last read) |
-//! | `<prefix>activity:<minute>` | what the workers did in one minute (unix minutes): events applied, freshness, backlog; a hash kept two hours, drawn by the console (see `redis::activity`) |
+//! | `<prefix>activity:{activity}:<minute>` | what the workers did in one minute (unix minutes): events applied, freshness, backlog; a hash kept two hours, drawn by the console (see `redis::activity`) |
 //! | `<prefix>console:session:<digest>` | a console session, by the SHA-256 of its cookie (a hash: CSRF token, start); expires with the session |
 //! | `<prefix>console:sign-in-failures:<client>` | failed console sign-ins from one client address in the current five minutes |
 //! | `<prefix>console:job:<id>` | a replay the console runs in the background: its progress and outcome (a hash, kept a day) |
+//!
+//! **Hash tags, for Redis Cluster.** A cluster keeps each key in the slot of
+//! its hash tag (the text between its first `{` and the next `}`), and a
+//! script or a MULTI/EXEC may only touch keys of one slot. So every key a
+//! script or transaction touches together shares a tag:
+//! - `{shard:<n>}`: a stream shard's events, its dead letters, its retries
+//!   and its deduplication sets (the intake's script checks the sets and
+//!   appends; promoting retries, replaying dead letters, dead-lettering and
+//!   scheduling a retry each move an event between two of them atomically);
+//! - `{<tenant>}`: a school's cache values, their tag sets and locks (one
+//!   invalidation script deletes a tag's values; one write registers a value
+//!   under its tags). A tenant id holds no `:`, so it never equals a shard's
+//!   tag.
+//!
+//! - `{activity}`: the minutes of the workers' activity, read an hour at a
+//!   time in one pipeline.
+//!
+//! Keys used alone (leases, counters, locks of scheduled jobs, the console's
+//! sessions and jobs) need no tag.
+//! On a single Redis the tags are only part of the names. The prefix may not
+//! hold `{` or `}`, so the tag is always the one named here
+//! (`docs/decisions/0017-redis-cluster.md`).
 //!
 //! This module depends on nothing else in the crate.
 
@@ -49,6 +71,9 @@ impl FromStr for KeyPrefix {
         }
         if text.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '?' || c == '[') {
             return Err("must not contain spaces, control characters or glob characters (* ? [)".into());
+        }
+        if text.contains(['{', '}']) {
+            return Err("must not contain `{` or `}` (they mark Redis Cluster hash tags)".into());
         }
         Ok(Self(text.to_owned()))
     }
@@ -94,19 +119,24 @@ impl Keys {
         &self.prefix
     }
 
-    /// The stream of accepted webhooks.
+    /// The keys of stream shard `index`, all under its hash tag.
+    pub fn shard(&self, index: u32) -> ShardKeys {
+        ShardKeys { prefix: self.prefix.clone(), tag: format!("{{shard:{index}}}") }
+    }
+
+    /// The stream of accepted webhooks (of the first shard).
     pub fn events(&self) -> String {
-        format!("{}events", self.prefix)
+        self.shard(0).events()
     }
 
-    /// The stream of events that could not be applied.
+    /// The stream of events that could not be applied (of the first shard).
     pub fn dead_letters(&self) -> String {
-        format!("{}dead-letters", self.prefix)
+        self.shard(0).dead_letters()
     }
 
-    /// Failed events waiting for their retry, scored by due time (ms).
+    /// Failed events waiting for their retry, scored by due time (ms) (of the first shard).
     pub fn retries(&self) -> String {
-        format!("{}retries", self.prefix)
+        self.shard(0).retries()
     }
 
     /// The lease that keeps a consumer name to one live worker.
@@ -114,13 +144,9 @@ impl Keys {
         format!("{}consumer:{consumer}", self.prefix)
     }
 
-    /// The set of fingerprints of the events of one partition accepted in
-    /// one time bucket (see `redis::dedup`). One enqueue reads the sets of
-    /// one partition in up to five buckets, and appends to the events stream
-    /// in the same script: for Redis Cluster they would share a hash tag,
-    /// added here and in [`Keys::events`].
+    /// The deduplication set of one partition and time bucket (of the first shard).
     pub fn seen(&self, bucket: u64, partition: u64) -> String {
-        format!("{}seen:{bucket}:{partition}", self.prefix)
+        self.shard(0).seen(bucket, partition)
     }
 
     /// The pattern matching every deduplication set.
@@ -134,15 +160,15 @@ impl Keys {
     }
 
     pub fn statistics(&self, tenant: &str, course: i64) -> String {
-        format!("{}cache:{tenant}:statistics:course:{course}", self.prefix)
+        format!("{}cache:{{{tenant}}}:statistics:course:{course}", self.prefix)
     }
 
     pub fn dashboard(&self, tenant: &str) -> String {
-        format!("{}cache:{tenant}:dashboard", self.prefix)
+        format!("{}cache:{{{tenant}}}:dashboard", self.prefix)
     }
 
     pub fn enrollments(&self, tenant: &str, course: i64, page: i64, per_page: i64) -> String {
-        format!("{}cache:{tenant}:enrollments:course:{course}:page:{page}:per:{per_page}", self.prefix)
+        format!("{}cache:{{{tenant}}}:enrollments:course:{course}:page:{page}:per:{per_page}", self.prefix)
     }
 
     /// The pattern matching every cache key of `kind`.
@@ -159,12 +185,14 @@ impl Keys {
 
     /// The set of cache keys registered under `tag` (see [`tags`]) in one school.
     pub fn tag(&self, tenant: &str, tag: &str) -> String {
-        format!("{}tag:{tenant}:{tag}", self.prefix)
+        format!("{}tag:{{{tenant}}}:{tag}", self.prefix)
     }
 
     /// The (tenant, tag) a tag set's key names, read back from it.
     pub fn tag_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
-        key.strip_prefix(&self.prefix)?.strip_prefix("tag:")?.split_once(':')
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("tag:{")?;
+        let (tenant, tag) = rest.split_once("}:")?;
+        Some((tenant, tag))
     }
 
     pub fn tags_pattern(&self) -> String {
@@ -215,8 +243,10 @@ impl Keys {
 
     /// The hash of what the workers did in the minute `minute` (unix
     /// minutes): events applied, their freshness, the largest backlog seen.
+    /// Every minute shares the hash tag `{activity}`, so an hour of them is
+    /// read in one pipeline on a cluster too.
     pub fn activity(&self, minute: i64) -> String {
-        format!("{}activity:{minute}", self.prefix)
+        format!("{}activity:{{activity}}:{minute}", self.prefix)
     }
 
     /// A console session, named by the SHA-256 (hex) of its cookie value, so
@@ -234,6 +264,54 @@ impl Keys {
     pub fn console_job(&self, id: &str) -> String {
         format!("{}console:job:{id}", self.prefix)
     }
+}
+
+/// The keys of one stream shard, all under its hash tag `{shard:<n>}`, so
+/// that the scripts and transactions moving an event between them run on
+/// one Redis Cluster slot.
+#[derive(Debug, Clone)]
+pub struct ShardKeys {
+    prefix: String,
+    tag: String,
+}
+
+impl ShardKeys {
+    /// The stream of accepted webhooks of this shard.
+    pub fn events(&self) -> String {
+        format!("{}events:{}", self.prefix, self.tag)
+    }
+
+    /// The stream of this shard's events that could not be applied.
+    pub fn dead_letters(&self) -> String {
+        format!("{}dead-letters:{}", self.prefix, self.tag)
+    }
+
+    /// This shard's failed events waiting for their retry, scored by due time (ms).
+    pub fn retries(&self) -> String {
+        format!("{}retries:{}", self.prefix, self.tag)
+    }
+
+    /// The set of fingerprints of this shard's events of one partition
+    /// accepted in one time bucket (see `redis::dedup`). One enqueue reads
+    /// the sets of one partition in up to five buckets and appends to the
+    /// events stream in the same script: they share the shard's tag.
+    pub fn seen(&self, bucket: u64, partition: u64) -> String {
+        format!("{}seen:{}:{bucket}:{partition}", self.prefix, self.tag)
+    }
+}
+
+/// The part of `key` Redis Cluster hashes to choose its slot: the text
+/// between the first `{` and the next `}` when it is not empty, else the
+/// whole key. Keys with the same hash tag are in the same slot.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(length) = key[open + 1..].find('}') {
+            if length > 0 {
+                return &key[open + 1..open + 1 + length];
+            }
+        }
+    }
+    key
 }
 
 /// The tags a cached value is registered under; `<tag>` without the tenant.
@@ -280,7 +358,7 @@ mod tests {
     #[test]
     fn key_prefix_rules() {
         assert!("fleet:".parse::<KeyPrefix>().is_ok());
-        for bad in ["", "a b", "fleet*", &"x".repeat(65)] {
+        for bad in ["", "a b", "fleet*", "fleet{1}:", &"x".repeat(65)] {
             assert!(bad.parse::<KeyPrefix>().is_err(), "{bad:?}");
         }
     }
@@ -292,16 +370,41 @@ mod tests {
         assert_eq!(keys.kind_of(&keys.enrollments("t", 1, 2, 20)), Some(Kind::Enrollments));
         assert_eq!(keys.kind_of(&keys.dashboard("t")), Some(Kind::Dashboard));
         assert_eq!(keys.tag_of(&keys.tag("t", "course:1")), Some(("t", "course:1")));
-        assert_eq!(keys.lock(&keys.dashboard("t")), "p:lock:cache:t:dashboard");
+        assert_eq!(keys.lock(&keys.dashboard("t")), "p:lock:cache:{t}:dashboard");
         assert_eq!(Kind::from_name("dashboard"), Some(Kind::Dashboard));
         assert_eq!(keys.schedule_lock("reconcile", 1_700_000_000), "p:schedule:reconcile:1700000000");
         assert_eq!(keys.schedule_runs(), "p:schedule-runs");
         assert_eq!(keys.cache_reads(), "p:cache-reads");
-        assert_eq!(keys.seen(26_214, 7), "p:seen:26214:7");
+        assert_eq!(keys.seen(26_214, 7), "p:seen:{shard:0}:26214:7");
         assert_eq!(keys.seen_pattern(), "p:seen:*");
-        assert_eq!(keys.activity(29_000_000), "p:activity:29000000");
+        assert_eq!(keys.activity(29_000_000), "p:activity:{activity}:29000000");
         assert_eq!(keys.console_session("ab12"), "p:console:session:ab12");
         assert_eq!(keys.console_sign_in_failures([127, 0, 0, 1].into()), "p:console:sign-in-failures:127.0.0.1");
         assert_eq!(keys.console_job("j1"), "p:console:job:j1");
+    }
+
+    #[test]
+    fn keys_moved_together_share_a_slot() {
+        let keys = Keys::new(&"p:".parse().expect("prefix"));
+        let shard = keys.shard(2);
+        let events = shard.events();
+        let tag = hash_tag(&events);
+        assert_eq!(tag, "shard:2");
+        for key in [shard.dead_letters(), shard.retries(), shard.seen(1, 3)] {
+            assert_eq!(hash_tag(&key), tag, "{key}");
+        }
+        assert_ne!(hash_tag(&keys.shard(1).events()), tag);
+        let tenant = hash_tag(&keys.dashboard("184532")).to_owned();
+        assert_eq!(tenant, "184532");
+        for key in [
+            keys.statistics("184532", 1),
+            keys.enrollments("184532", 1, 1, 20),
+            keys.tag("184532", "course:1"),
+            keys.lock(&keys.dashboard("184532")),
+        ] {
+            assert_eq!(hash_tag(&key), tenant, "{key}");
+        }
+        assert_eq!(hash_tag("plain"), "plain");
+        assert_eq!(hash_tag("a{}b{c}"), "a{}b{c}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use redis::RedisError;
 
 use super::keys::Keys;
@@ -13,7 +13,7 @@ use super::scripts;
 /// Takes or renews the lease on a consumer name; false if another live
 /// worker holds it.
 pub async fn hold_consumer_lease(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,
     token: &str,
@@ -30,7 +30,7 @@ pub async fn hold_consumer_lease(
 
 /// Gives the consumer name back, if this worker still holds it.
 pub async fn release_consumer_lease(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,
     token: &str,

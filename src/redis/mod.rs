@@ -10,12 +10,15 @@
 //! - [`leases`]: one live worker per consumer name.
 //! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
 //! - [`activity`]: what the workers did, minute by minute (the console's charts).
+//! - [`connection`]: one connection type for a single server and a Redis
+//!   Cluster ([`RedisTarget`], [`RedisConnection`]).
 //!
 //! The Lua scripts live in `scripts/`, one file each, and are loaded once
 //! ([`scripts`]).
 
 pub mod activity;
 pub mod cache;
+pub mod connection;
 pub mod dedup;
 pub mod failures;
 pub mod keys;
@@ -25,36 +28,30 @@ pub mod stream;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Dependency, Health};
 
+pub use connection::{RedisConnection, RedisTarget};
 pub use keys::{KeyPrefix, Keys, GROUP};
 
-/// Opens a reconnecting Redis connection.
+/// Opens a reconnecting connection to `target` (see [`RedisConnection::open`]).
 ///
 /// Commands fail after `response_timeout` instead of hanging, and a broken
 /// connection is re-established on the next command.
-pub async fn connect(url: &str, response_timeout: Duration) -> Result<ConnectionManager, RedisError> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_with_config(client, config).await
+pub async fn connect(target: &RedisTarget, response_timeout: Duration) -> Result<RedisConnection, RedisError> {
+    RedisConnection::open(target, response_timeout).await
 }
 
 /// Like [`connect`], waiting with backoff while Redis is unreachable (see
 /// [`crate::health`]); `None` if `stop` fires first.
 pub async fn connect_waiting(
-    url: &str,
+    target: &RedisTarget,
     response_timeout: Duration,
     health: &Health,
     stop: &CancellationToken,
-) -> Option<ConnectionManager> {
-    let address = crate::urls::shown_address(url);
-    health::until_reachable(health, Dependency::Redis, &address, stop, || connect(url, response_timeout)).await
+) -> Option<RedisConnection> {
+    let address = target.shown_address();
+    health::until_reachable(health, Dependency::Redis, &address, stop, || connect(target, response_timeout)).await
 }

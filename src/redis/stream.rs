@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::RedisConnection;
 use chrono::{DateTime, SecondsFormat, Utc};
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError, Value};
 
@@ -25,7 +25,7 @@ use super::scripts;
 
 /// Creates the consumer group if it is missing, reading from the start of
 /// the stream so that entries appended before any worker ran are consumed.
-pub async fn ensure_group(conn: &mut ConnectionManager, keys: &Keys) -> Result<(), RedisError> {
+pub async fn ensure_group(conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
     let created: Result<(), RedisError> = conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
     match created {
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
@@ -60,7 +60,7 @@ pub enum Enqueued {
 /// Appends `entry` unless its event (tenant and event id) was accepted
 /// within `dedup`'s window, counted from `entry.received_at`.
 pub async fn enqueue(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     entry: &NewEntry<'_>,
     dedup: &DedupWindow,
@@ -154,7 +154,7 @@ impl ReadFrom {
 /// Reads up to `count` entries for `consumer`, waiting up to `block` for new
 /// ones. Use a connection of its own whose response timeout exceeds `block`.
 pub async fn read_group(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,
     from: &ReadFrom,
@@ -191,7 +191,7 @@ pub struct Claimed {
 /// consumer, scanning from `cursor`. Each claim adds one to the entry's
 /// delivery count.
 pub async fn autoclaim(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,
     min_idle: Duration,
@@ -210,7 +210,7 @@ pub async fn autoclaim(
 
 /// How many times each of `ids` (pending on `consumer`) was delivered.
 pub async fn delivery_counts(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,
     ids: &[&str],
@@ -236,7 +236,7 @@ pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Resets the idle time of entries this consumer holds, without counting a
 /// delivery, so a long wait for Postgres is not mistaken for a crash.
-pub async fn touch(conn: &mut ConnectionManager, keys: &Keys, consumer: &str, ids: &[&str]) -> Result<(), RedisError> {
+pub async fn touch(conn: &mut RedisConnection, keys: &Keys, consumer: &str, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -250,7 +250,7 @@ pub async fn touch(conn: &mut ConnectionManager, keys: &Keys, consumer: &str, id
 /// live worker reads at least every `FLEET_BLOCK_MS`, so it is never idle
 /// that long.
 pub async fn remove_idle_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &Keys,
     me: &str,
     idle: Duration,
@@ -274,7 +274,7 @@ pub async fn remove_idle_consumers(
 }
 
 /// Acknowledges entries whose effect is committed.
-pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
+pub async fn ack(conn: &mut RedisConnection, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -283,6 +283,6 @@ pub async fn ack(conn: &mut ConnectionManager, keys: &Keys, ids: &[&str]) -> Res
 }
 
 /// Trims acknowledged entries beyond `keep`; returns how many went.
-pub async fn trim(conn: &mut ConnectionManager, keys: &Keys, keep: u64) -> Result<u64, RedisError> {
+pub async fn trim(conn: &mut RedisConnection, keys: &Keys, keep: u64) -> Result<u64, RedisError> {
     scripts::TRIM.key(keys.events()).arg(keep).invoke_async(conn).await
 }

@@ -10,8 +10,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::redis::RedisConnection;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use redis::RedisError;
 
@@ -35,7 +35,7 @@ impl fmt::Display for DeadLetters {
 }
 
 /// Measures the dead letters and sets the gauges.
-pub async fn run(redis: &mut ConnectionManager, keys: &Keys) -> Result<DeadLetters, RedisError> {
+pub async fn run(redis: &mut RedisConnection, keys: &Keys) -> Result<DeadLetters, RedisError> {
     let stream = keys.dead_letters();
     let (count, oldest): (u64, StreamRangeReply) = redis::pipe()
         .cmd("XLEN")

@@ -27,9 +27,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -229,7 +229,7 @@ impl Outcome {
 pub async fn run(
     settings: ScheduleSettings,
     db: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keys,
     shutdown: CancellationToken,
 ) {
@@ -255,7 +255,7 @@ pub async fn run(
 
 struct Scheduler {
     db: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConnection,
     keys: Keys,
     runner: String,
     settings: ScheduleSettings,

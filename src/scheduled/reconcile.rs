@@ -28,7 +28,7 @@
 
 use std::fmt;
 
-use redis::aio::ConnectionManager;
+use crate::redis::RedisConnection;
 use sqlx::PgPool;
 
 use super::JobError;
@@ -113,7 +113,7 @@ pub async fn repair(db: &PgPool) -> Result<Repaired, sqlx::Error> {
 /// The job: repairs, counts the repairs in `fleet_statistics_repaired_total{table}`,
 /// logs them (warn when anything drifted) and invalidates the repaired values'
 /// cache tags.
-pub async fn run(db: &PgPool, redis: &mut ConnectionManager, keys: &Keys) -> Result<Repaired, JobError> {
+pub async fn run(db: &PgPool, redis: &mut RedisConnection, keys: &Keys) -> Result<Repaired, JobError> {
     let repaired = repair(db).await?;
     metrics::counter!("fleet_statistics_repaired_total", "table" => "course_statistics")
         .increment(repaired.courses.len() as u64);

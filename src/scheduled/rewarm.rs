@@ -17,8 +17,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::redis::RedisConnection;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use sqlx::PgPool;
 
@@ -66,7 +66,7 @@ fn non_empty(text: &str) -> Option<String> {
 
 /// Records that `item` was just read (a HIT, STALE or MISS alike): one
 /// `ZADD` to `<prefix>cache-reads`. Call it for every cached read.
-pub async fn record_read(redis: &mut ConnectionManager, keys: &Keys, item: &Cached) -> Result<(), RedisError> {
+pub async fn record_read(redis: &mut RedisConnection, keys: &Keys, item: &Cached) -> Result<(), RedisError> {
     redis::cmd("ZADD")
         .arg(keys.cache_reads())
         .arg(Utc::now().timestamp_millis())
@@ -114,12 +114,7 @@ impl fmt::Display for Rewarmed {
 }
 
 /// Rewarms the recently read values that need it; see the module.
-pub async fn run(
-    db: &PgPool,
-    redis: &mut ConnectionManager,
-    keys: &Keys,
-    policy: &Policy,
-) -> Result<Rewarmed, JobError> {
+pub async fn run(db: &PgPool, redis: &mut RedisConnection, keys: &Keys, policy: &Policy) -> Result<Rewarmed, JobError> {
     let reads = keys.cache_reads();
     let now = Utc::now().timestamp_millis();
     let since = now - policy.window.as_millis() as i64;
@@ -150,11 +145,19 @@ pub async fn run(
         return Ok(report);
     }
 
-    let mut freshness = redis::pipe();
-    for (_, item) in &items {
-        freshness.cmd("HGET").arg(item.key(keys)).arg("fresh_until");
+    let item_keys: Vec<String> = items.iter().map(|(_, item)| item.key(keys)).collect();
+    let mut fresh_until: Vec<Option<i64>> = vec![None; item_keys.len()];
+    // One round trip on a single server; one per school on a cluster.
+    for group in redis.same_slot_groups(item_keys.iter().map(String::as_str)) {
+        let mut freshness = redis::pipe();
+        for &position in &group {
+            freshness.cmd("HGET").arg(&item_keys[position]).arg("fresh_until");
+        }
+        let answers: Vec<Option<i64>> = freshness.query_async(redis).await?;
+        for (position, answer) in group.into_iter().zip(answers) {
+            fresh_until[position] = answer;
+        }
     }
-    let fresh_until: Vec<Option<i64>> = freshness.query_async(redis).await?;
     let due_before = now + policy.horizon.as_millis() as i64;
     let (due_members, due): (Vec<String>, Vec<Cached>) = items
         .into_iter()
@@ -180,7 +183,7 @@ pub async fn run(
     Ok(report)
 }
 
-async fn forget(redis: &mut ConnectionManager, reads: &str, members: &[String]) -> Result<(), RedisError> {
+async fn forget(redis: &mut RedisConnection, reads: &str, members: &[String]) -> Result<(), RedisError> {
     if members.is_empty() {
         return Ok(());
     }

@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
+use crate::redis::RedisConnection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use redis::aio::ConnectionManager;
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
@@ -71,7 +71,7 @@ pub fn answer(checks: &[Check]) -> Response {
 }
 
 /// Whether Redis answers a PING in time.
-pub async fn probe_redis(redis: &ConnectionManager) -> Result<(), String> {
+pub async fn probe_redis(redis: &RedisConnection) -> Result<(), String> {
     let mut redis = redis.clone();
     match tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await {
         Ok(Ok(_)) => Ok(()),

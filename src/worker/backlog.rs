@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis::RedisConnection;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
 /// Samples until `stop`, writing `activity` out after each sample and once
 /// more when stopped; a failed sample keeps the last values, a failed write
 /// keeps the tally for the next.
-pub async fn run(mut redis: ConnectionManager, keys: Keys, activity: Arc<Recorder>, stop: CancellationToken) {
+pub async fn run(mut redis: RedisConnection, keys: Keys, activity: Arc<Recorder>, stop: CancellationToken) {
     loop {
         match sample(&mut redis, &keys).await {
             Ok(backlog) => {
@@ -52,7 +52,7 @@ pub async fn run(mut redis: ConnectionManager, keys: Keys, activity: Arc<Recorde
 /// One sample, in one round trip: XLEN, XINFO GROUPS (lag and pending),
 /// XPENDING's summary (the oldest pending id), ZCARD of the retries, XLEN
 /// and the first entry of the dead letters.
-pub async fn sample(redis: &mut ConnectionManager, keys: &Keys) -> Result<Backlog, RedisError> {
+pub async fn sample(redis: &mut RedisConnection, keys: &Keys) -> Result<Backlog, RedisError> {
     let mut pipe = redis::pipe();
     pipe.xlen(keys.events())
         .xinfo_groups(keys.events())

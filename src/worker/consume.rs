@@ -1,8 +1,9 @@
 //! The read loop: batches read with `XREADGROUP`, first over this
 //! consumer's own pending entries (left by an earlier life or a lost
-//! reply), then new ones; each batch handed to [`settle`](super::settle),
-//! with [`maintenance`](super::maintenance) between reads and a backoff
-//! while Redis is unreachable.
+//! reply), then new ones, the next batch read while one commits; each
+//! batch handed to [`settle`](super::settle), with
+//! [`maintenance`](super::maintenance) between reads and a backoff while
+//! Redis is unreachable.
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,6 @@ use crate::telemetry::metrics;
 
 impl Worker {
     pub(super) async fn consume(&self, stop: &CancellationToken, settled: mpsc::Sender<Settled>) {
-        let consumer = &self.settings.consumer_name;
         // Entries this name holds from an earlier life were interrupted:
         // their deliveries count as attempts. Later re-reads of our own
         // pending entries (after a failed read) do not.
@@ -25,18 +25,15 @@ impl Worker {
         let mut read_backoff = infrastructure_backoff();
         let mut maintenance = Maintenance::new(&self.settings);
 
+        // The next batch of new entries, read while the current one was
+        // applied and committed.
+        let mut read_ahead = None;
         while !stop.is_cancelled() {
             maintenance.run(self, stop, &settled).await;
-            let mut reader = self.reader.clone();
-            let read = stream::read_group(
-                &mut reader,
-                &self.keys,
-                consumer,
-                &read_from,
-                self.settings.batch_size,
-                self.settings.block,
-            )
-            .await;
+            let read = match read_ahead.take() {
+                Some(read) => read,
+                None => self.read(&read_from).await,
+            };
             self.progress.advance();
             match read {
                 Ok(entries) => {
@@ -54,7 +51,18 @@ impl Worker {
                         // until their cache refresh acknowledges them.
                         after.clone_from(&last.id);
                     }
-                    if let Some(settled) = self.settle(&entries, count_deliveries, stop, &settled).await {
+                    let settling = self.settle(&entries, count_deliveries, stop, &settled);
+                    let outcome = if read_from == ReadFrom::New {
+                        // Read the next batch while this one commits: the
+                        // entries it takes are pending on this consumer, as
+                        // any read's are, until they are settled in turn.
+                        let (outcome, next) = tokio::join!(settling, self.read(&ReadFrom::New));
+                        read_ahead = Some(next);
+                        outcome
+                    } else {
+                        settling.await
+                    };
+                    if let Some(settled) = outcome {
                         maintenance.settled += settled;
                     }
                 }
@@ -79,5 +87,20 @@ impl Worker {
                 }
             }
         }
+        // Stopping: the batch read ahead is in hand too; settled now, it
+        // is not left pending until another worker claims it.
+        if let Some(Ok(entries)) = read_ahead {
+            if !entries.is_empty() {
+                self.settle(&entries, false, stop, &settled).await;
+            }
+        }
+    }
+
+    /// One group read of up to a batch, waiting up to `FLEET_BLOCK_MS` for
+    /// new entries.
+    async fn read(&self, from: &ReadFrom) -> Result<Vec<stream::Entry>, redis::RedisError> {
+        let mut reader = self.reader.clone();
+        let consumer = &self.settings.consumer_name;
+        stream::read_group(&mut reader, &self.keys, consumer, from, self.settings.batch_size, self.settings.block).await
     }
 }

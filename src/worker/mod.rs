@@ -63,9 +63,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redis::{RedisConnection, RedisTarget};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use fleet_jobs::ApplyError;
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -137,8 +137,8 @@ pub struct Worker {
     db: PgPool,
     /// Blocking reads only: a blocked `XREADGROUP` would stall anything
     /// else sent on the same connection.
-    reader: ConnectionManager,
-    redis: ConnectionManager,
+    reader: RedisConnection,
+    redis: RedisConnection,
     keys: Keys,
     settings: Settings,
     health: Health,
@@ -157,11 +157,11 @@ impl Worker {
     /// the lease on the consumer name. A name whose holder died is free
     /// again once its lease runs out, so this waits up to one lease period
     /// before refusing. Waits for Redis while it is unreachable.
-    pub async fn connect(db: PgPool, redis_url: &str, keys: Keys, settings: Settings) -> Result<Self, WorkerError> {
+    pub async fn connect(db: PgPool, redis: &RedisTarget, keys: Keys, settings: Settings) -> Result<Self, WorkerError> {
         // The caller's pool is connected: only Redis is still to be reached.
         let health = Health::requiring(&[Dependency::Postgres, Dependency::Redis]);
         health.up(Dependency::Postgres);
-        Self::connect_waiting(db, redis_url, keys, settings, health, &CancellationToken::new()).await
+        Self::connect_waiting(db, redis, keys, settings, health, &CancellationToken::new()).await
     }
 
     /// [`Worker::connect`] reporting to `health` while it waits for Redis
@@ -169,16 +169,16 @@ impl Worker {
     /// with backoff); [`WorkerError::Stopped`] if `stop` fires first.
     pub async fn connect_waiting(
         db: PgPool,
-        redis_url: &str,
+        target: &RedisTarget,
         keys: Keys,
         settings: Settings,
         health: Health,
         stop: &CancellationToken,
     ) -> Result<Self, WorkerError> {
-        let connect = |timeout| crate::redis::connect_waiting(redis_url, timeout, &health, stop);
+        let connect = |timeout| crate::redis::connect_waiting(target, timeout, &health, stop);
         let reader = connect(settings.block + Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
         let redis = connect(Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
-        let address = crate::urls::shown_address(redis_url);
+        let address = target.shown_address();
         let mut waiter = Waiter::new(&health, Dependency::Redis, &address);
         loop {
             match stream::ensure_group(&mut redis.clone(), &keys).await {
@@ -320,7 +320,7 @@ impl Worker {
     /// Runs a Redis operation until it succeeds; `None` if stopped first.
     async fn redis_op<T, F, Fut>(&self, stop: &CancellationToken, mut op: F) -> Option<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(RedisConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let mut backoff = infrastructure_backoff();
@@ -379,7 +379,7 @@ impl Worker {
 /// Renews the consumer-name lease until `stop`; returns true if another
 /// worker took the name (and then stops the worker).
 async fn heartbeat(
-    mut redis: ConnectionManager,
+    mut redis: RedisConnection,
     keys: Keys,
     consumer: String,
     token: String,

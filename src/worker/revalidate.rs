@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis::RedisConnection;
 use backon::{ExponentialBuilder, Retryable};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub struct Revalidator {
 
 impl Revalidator {
     /// Starts the background task that calls `url`.
-    pub fn spawn(url: RevalidateUrl, secret: Option<ApiToken>, redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn spawn(url: RevalidateUrl, secret: Option<ApiToken>, redis: RedisConnection, keys: Keys) -> Self {
         let (queue, mut batches) = mpsc::channel::<Vec<String>>(QUEUE);
         let failures = Arc::new(AtomicU64::new(0));
         let counted = failures.clone();

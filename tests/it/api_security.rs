@@ -284,7 +284,7 @@ async fn a_tag_set_expires_with_the_longest_lived_value_in_it() {
     let keys = ctx.keys.clone();
     let tag = keys.tag(TENANT, "course:1");
     let mut redis = ctx.redis.clone();
-    let tag_ttl = |redis: &mut redis::aio::ConnectionManager| {
+    let tag_ttl = |redis: &mut fleet::redis::RedisConnection| {
         let mut redis = redis.clone();
         let tag = tag.clone();
         async move { redis.pttl::<_, i64>(&tag).await.expect("PTTL") }
@@ -307,7 +307,7 @@ async fn a_tag_set_expires_with_the_longest_lived_value_in_it() {
 
 /// Fills `tag` with `count` cached keys named `<stem><n>`, in slices so the
 /// setup itself never blocks the shared Redis for long.
-async fn fill_tag(redis: &mut redis::aio::ConnectionManager, tag: &str, stem: &str, count: u64) {
+async fn fill_tag(redis: &mut fleet::redis::RedisConnection, tag: &str, stem: &str, count: u64) {
     let fill = redis::Script::new(
         "for i = tonumber(ARGV[2]), tonumber(ARGV[3]) do
            local key = ARGV[1] .. i
@@ -331,7 +331,7 @@ async fn a_huge_tag_is_invalidated_without_blocking_redis() {
     let ctx = context().await;
     let keys = ctx.keys.clone();
     let tag = keys.tag(TENANT, "course:huge");
-    let stem = format!("{}cache:{TENANT}:huge:", ctx.prefix.as_str());
+    let stem = format!("{}cache:{{{TENANT}}}:huge:", ctx.prefix.as_str());
     let mut redis = ctx.redis.clone();
     fill_tag(&mut redis, &tag, &stem, MEMBERS).await;
     assert_eq!(redis.scard::<_, u64>(&tag).await.expect("SCARD"), MEMBERS);
@@ -339,7 +339,7 @@ async fn a_huge_tag_is_invalidated_without_blocking_redis() {
     let stop = tokio_util::sync::CancellationToken::new();
     let pinger = {
         let stop = stop.clone();
-        let mut other = fleet::redis::connect(&ctx.redis_url, Duration::from_secs(2)).await.expect("connect");
+        let mut other = fleet::redis::connect(&ctx.redis_target(), Duration::from_secs(2)).await.expect("connect");
         tokio::spawn(async move {
             let (mut longest, mut pings) = (Duration::ZERO, 0u32);
             while !stop.is_cancelled() {

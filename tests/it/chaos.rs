@@ -43,7 +43,11 @@ async fn assert_in_order_state(ctx: &TestContext, total: usize) {
 
 #[tokio::test]
 async fn workers_killed_with_sigkill_over_and_over_lose_nothing() {
-    let ctx = context().await;
+    workers_killed_with_sigkill_over_and_over_lose_nothing_on(context().await).await;
+}
+
+/// The body of [`workers_killed_with_sigkill_over_and_over_lose_nothing`], on any Redis (see `crate::cluster`).
+pub(crate) async fn workers_killed_with_sigkill_over_and_over_lose_nothing_on(ctx: TestContext) {
     let total = 3000;
     let settings = [("FLEET_CLAIM_IDLE_MS", "1000".to_owned()), ("FLEET_CONSUMER_LEASE_MS", "1000".to_owned())];
     let mut workers: Vec<tokio::process::Child> = (0..3).map(|_| worker_process(&ctx, &settings)).collect();

@@ -3,6 +3,7 @@
 
 mod api_security;
 mod chaos;
+mod cluster;
 mod console;
 mod console_browser;
 mod dashboard;

@@ -347,7 +347,7 @@ async fn readiness_names_the_dependency_that_is_down_and_recovers() {
     let api_base = format!("http://{}", api.address);
     let worker = fleet::worker::Worker::connect(
         ctx.db.clone(),
-        &ctx.redis_url,
+        &ctx.redis_target(),
         ctx.keys.clone(),
         ctx.worker_settings("readiness"),
     )

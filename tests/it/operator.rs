@@ -135,7 +135,11 @@ async fn dlq_show_prints_the_whole_entry_with_its_body_pretty_printed() {
 
 #[tokio::test]
 async fn dlq_replay_applies_a_fixed_event_and_reports_refusals() {
-    let ctx = context().await;
+    dlq_replay_applies_a_fixed_event_and_reports_refusals_on(context().await).await;
+}
+
+/// The body of [`dlq_replay_applies_a_fixed_event_and_reports_refusals`], on any Redis (see `crate::cluster`).
+pub(crate) async fn dlq_replay_applies_a_fixed_event_and_reports_refusals_on(ctx: TestContext) {
     ctx.refuse_enrollment_666().await;
     ctx.enqueue(&event("enrollment.created", json!({"id": "20250314153012345600666"}), json!({"id": 666}))).await;
     let worker = ctx.spawn_worker(ctx.fast_retry_settings("replayer", 2)).await;

@@ -28,7 +28,7 @@ async fn enqueue_good_events(ctx: &TestContext) {
 /// A worker run in-process, and its health as `/readyz` would serve it.
 async fn spawn_worker(ctx: &TestContext, consumer: &str) -> (WorkerHandle, Health) {
     let worker =
-        Worker::connect(ctx.db.clone(), &ctx.redis_url, ctx.keys.clone(), ctx.fast_retry_settings(consumer, 3))
+        Worker::connect(ctx.db.clone(), &ctx.redis_target(), ctx.keys.clone(), ctx.fast_retry_settings(consumer, 3))
             .await
             .expect("worker connects");
     let health = worker.health();

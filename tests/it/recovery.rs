@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{context, event, eventually, fixture};
+use crate::helpers::{context, event, eventually, fixture, TestContext};
 
 fn poison() -> String {
     event("enrollment.created", json!({"id": "20250314153012345600666"}), json!({"id": 666}))
@@ -18,7 +18,13 @@ fn field(entry: &redis::streams::StreamId, name: &str) -> String {
 
 #[tokio::test]
 async fn a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits() {
-    let ctx = context().await;
+    a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits_on(context().await).await;
+}
+
+/// The body of [`a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits`], on any Redis (see `crate::cluster`).
+pub(crate) async fn a_refused_event_is_retried_on_schedule_then_dead_lettered_and_its_batch_commits_on(
+    ctx: TestContext,
+) {
     ctx.refuse_enrollment_666().await;
     // One batch: good, poison, good.
     ctx.enqueue(&fixture("user.signup")).await;
@@ -171,9 +177,13 @@ async fn entries_deleted_while_pending_are_accounted_for() {
 async fn a_second_live_worker_with_the_same_name_is_refused() {
     let ctx = context().await;
     let first = ctx.spawn_worker(ctx.worker_settings("twin")).await;
-    let second =
-        fleet::worker::Worker::connect(ctx.db.clone(), &ctx.redis_url, ctx.keys.clone(), ctx.worker_settings("twin"))
-            .await;
+    let second = fleet::worker::Worker::connect(
+        ctx.db.clone(),
+        &ctx.redis_target(),
+        ctx.keys.clone(),
+        ctx.worker_settings("twin"),
+    )
+    .await;
     match second {
         Err(err @ fleet::worker::WorkerError::ConsumerNameInUse(_)) => {
             assert!(err.to_string().contains("FLEET_CONSUMER_NAME"), "{err}");

@@ -21,7 +21,11 @@ async fn deliver(ctx: &TestContext, bodies: &[String]) {
 
 #[tokio::test]
 async fn a_webhook_becomes_an_enrollment_in_postgres() {
-    let ctx = context().await;
+    a_webhook_becomes_an_enrollment_in_postgres_on(context().await).await;
+}
+
+/// The body of [`a_webhook_becomes_an_enrollment_in_postgres`], on any Redis (see `crate::cluster`).
+pub(crate) async fn a_webhook_becomes_an_enrollment_in_postgres_on(ctx: TestContext) {
     deliver(&ctx, &[fixture("enrollment.created")]).await;
     let row = sqlx::query(
         "SELECT tenant_id, user_id, course_id, percentage_completed, free_trial, completed_at, last_topic,

@@ -51,7 +51,7 @@ impl TestContext {
 
     pub async fn spawn_intake_with(&self, settings: IntakeSettings) -> IntakeServer {
         let local = SocketAddr::from(([127, 0, 0, 1], 0));
-        let intake = fleet::intake::Application::build(local, &self.redis_url, self.keys.clone(), settings)
+        let intake = fleet::intake::Application::build(local, &self.redis_target(), self.keys.clone(), settings)
             .await
             .expect("intake starts");
         let address = intake.address();
@@ -75,7 +75,7 @@ impl TestContext {
 
     /// Runs a worker in-process until the returned handle is stopped.
     pub async fn spawn_worker(&self, settings: WorkerSettings) -> WorkerHandle {
-        let worker = Worker::connect(self.db.clone(), &self.redis_url, self.keys.clone(), settings)
+        let worker = Worker::connect(self.db.clone(), &self.redis_target(), self.keys.clone(), settings)
             .await
             .expect("worker connects");
         let shutdown = CancellationToken::new();
@@ -122,7 +122,8 @@ impl TestContext {
     }
 
     pub async fn spawn_api_with(&self, tuning: fleet::api::Settings, ttls: fleet::redis::cache::Ttls) -> ApiServer {
-        let redis = fleet::redis::connect(&self.redis_url, Duration::from_secs(1)).await.expect("connect to Redis");
+        let redis =
+            fleet::redis::connect(&self.redis_target(), Duration::from_secs(1)).await.expect("connect to Redis");
         let redis = std::sync::Arc::new(OnceCell::new_with(Some(redis)));
         let http = tuning.http;
         let state = fleet::api::ApiState::new(self.db.clone(), redis, self.keys.clone(), ttls, tuning);

@@ -5,11 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet::local_services::{postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis};
+use fleet::local_services::{
+    postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis, LocalRedisCluster,
+};
 use fleet::redis::dedup::DedupWindow;
 use fleet::redis::stream;
-use fleet::redis::{KeyPrefix, Keys, GROUP};
-use redis::aio::ConnectionManager;
+use fleet::redis::RedisConnection;
+use fleet::redis::{KeyPrefix, Keys, RedisTarget, GROUP};
 use redis::AsyncCommands;
 use sqlx::{Connection, PgPool};
 use tokio::sync::OnceCell;
@@ -49,6 +51,36 @@ async fn services() -> &'static Services {
         .await
 }
 
+/// The three-master Redis Cluster the cluster tests share, started once per
+/// test binary when the first of them asks (or the cluster named by
+/// `REDIS_CLUSTER_URL`, its nodes' URLs comma-separated).
+struct ClusterService {
+    url: String,
+    _cluster: Option<tokio::sync::Mutex<LocalRedisCluster>>,
+}
+
+static CLUSTER: OnceCell<ClusterService> = OnceCell::const_new();
+
+async fn cluster_service() -> &'static ClusterService {
+    CLUSTER
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("REDIS_CLUSTER_URL") {
+                return ClusterService { url, _cluster: None };
+            }
+            let cluster =
+                LocalRedisCluster::start(&scratch_dir("redis-cluster"), 3, true).await.expect("start a Redis Cluster");
+            ClusterService { url: cluster.url(), _cluster: Some(tokio::sync::Mutex::new(cluster)) }
+        })
+        .await
+}
+
+/// Like [`context`], with Redis a three-master Redis Cluster: the roles get
+/// every node's URL, comma-separated, as `REDIS_URL`.
+pub async fn cluster_context() -> TestContext {
+    let cluster = cluster_service().await;
+    context_on(&cluster.url).await
+}
+
 /// Replaces the database name in a Postgres URL.
 fn with_database(url: &str, database: &str) -> String {
     let mut url = url::Url::parse(url).expect("DATABASE_URL is a URL");
@@ -63,7 +95,7 @@ pub struct TestContext {
     pub redis_url: String,
     pub prefix: KeyPrefix,
     pub keys: Keys,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     database: String,
     admin_url: String,
 }
@@ -95,7 +127,8 @@ pub async fn context_on_servers(redis_url: &str, admin_url: &str) -> TestContext
     fleet::db::migrate(&db).await.expect("migrate");
     let prefix: KeyPrefix = format!("test:{id}:").parse().expect("valid prefix");
     let keys = Keys::new(&prefix);
-    let redis = fleet::redis::connect(redis_url, Duration::from_secs(5)).await.expect("connect to Redis");
+    let redis =
+        fleet::redis::connect(&RedisTarget::from(redis_url), Duration::from_secs(5)).await.expect("connect to Redis");
     TestContext {
         db,
         database_url,
@@ -125,21 +158,15 @@ impl Drop for TestContext {
                         .execute(&mut admin)
                         .await;
                 }
-                let Ok(client) = redis::Client::open(redis_url) else {
-                    return;
-                };
-                let connect = client.get_multiplexed_async_connection();
+                let target = RedisTarget::from(redis_url.as_str());
+                let connect = fleet::redis::connect(&target, Duration::from_secs(2));
                 let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
                     return;
                 };
-                let mut keys: Vec<String> = Vec::new();
-                if let Ok(mut iter) = conn.scan_match::<_, String>(&pattern).await {
-                    while let Some(Ok(key)) = iter.next_item().await {
-                        keys.push(key);
-                    }
-                }
-                if !keys.is_empty() {
-                    let _: Result<(), _> = conn.del(keys).await;
+                // Every master of a cluster is scanned, and keys of several
+                // slots are deleted one by one.
+                if let Ok(keys) = conn.scan_keys(&pattern).await {
+                    let _ = conn.delete_keys(&keys).await;
                 }
             });
         });
@@ -148,6 +175,11 @@ impl Drop for TestContext {
 }
 
 impl TestContext {
+    /// The Redis this test's world is on, as the roles connect to it.
+    pub fn redis_target(&self) -> RedisTarget {
+        RedisTarget::from(self.redis_url.as_str())
+    }
+
     /// (entries not yet delivered, entries delivered but not acknowledged).
     /// An unknown lag (Redis cannot tell after some trims) counts as 1.
     pub async fn group_backlog(&self) -> (u64, u64) {

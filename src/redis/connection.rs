@@ -1,0 +1,273 @@
+//! One Redis connection type for a single server and a Redis Cluster alike.
+//!
+//! [`RedisTarget`] is what `REDIS_URL` (and `FLEET_REDIS_CLUSTER`) name: one
+//! server, or a cluster reached through one or more of its nodes.
+//! [`RedisConnection`] is what every module below `crate::redis` and every
+//! role uses: a reconnecting `ConnectionManager` for one server, the `redis`
+//! crate's async `ClusterConnection` (which routes each command to the
+//! master of its key's slot and follows `MOVED`/`ASK`) for a cluster. Both
+//! implement `redis::aio::ConnectionLike`, so commands, pipelines and
+//! scripts are sent the same way.
+//!
+//! What a cluster asks of the callers, and where it is met:
+//! - every script and pipeline touches keys of one slot: the key names
+//!   share a hash tag (see [`super::keys`]), and callers that span tenants
+//!   or shards group their work by [`super::keys::hash_tag`];
+//! - commands without a key (`SCAN`) reach one node only: [`RedisConnection::scan_keys`]
+//!   walks every master;
+//! - a blocking `XREADGROUP` stalls everything queued behind it on a
+//!   multiplexed connection: the worker reads on a connection of its own,
+//!   on a cluster as on a single server.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+/// The Redis the fleet uses: one server, or a Redis Cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// One URL for a single server; for a cluster, the nodes to discover it from.
+    urls: Vec<String>,
+    cluster: bool,
+}
+
+impl RedisTarget {
+    /// One Redis server.
+    pub fn single(url: impl Into<String>) -> Self {
+        Self { urls: vec![url.into()], cluster: false }
+    }
+
+    /// A Redis Cluster, discovered from any of `nodes` (at least one).
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { urls: nodes.into_iter().map(Into::into).collect(), cluster: true }
+    }
+
+    /// What `REDIS_URL` names: several comma-separated URLs are the nodes of
+    /// a cluster; one URL is a single server unless `cluster` is set
+    /// (`FLEET_REDIS_CLUSTER=1`). Each URL is checked by the caller.
+    pub fn from_urls(text: &str, cluster: bool) -> Self {
+        let urls: Vec<String> =
+            text.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
+        let cluster = cluster || urls.len() > 1;
+        Self { urls, cluster }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The URLs, as given.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The URLs as `REDIS_URL` spells them (comma-separated), for a child
+    /// process; with a password in them, so never to be logged.
+    pub fn to_env_value(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// Host and port of each node, never a password: for logs.
+    pub fn shown_address(&self) -> String {
+        let shown: Vec<String> = self.urls.iter().map(|url| crate::urls::shown_address(url)).collect();
+        if self.cluster {
+            format!("cluster {}", shown.join(","))
+        } else {
+            shown.join(",")
+        }
+    }
+}
+
+impl From<&str> for RedisTarget {
+    /// Like [`RedisTarget::from_urls`] without `FLEET_REDIS_CLUSTER`.
+    fn from(text: &str) -> Self {
+        Self::from_urls(text, false)
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown_address())
+    }
+}
+
+/// A connection to a single Redis server or to a Redis Cluster; cheap to
+/// clone (clones share the underlying connections).
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Opens a connection to `target`. Commands fail after
+    /// `response_timeout` instead of hanging; a broken connection (or a
+    /// cluster node that went away) is re-established on a later command.
+    pub async fn open(target: &RedisTarget, response_timeout: Duration) -> Result<Self, RedisError> {
+        if target.is_cluster() {
+            let client = ClusterClientBuilder::new(target.urls().iter().map(String::as_str))
+                .connection_timeout(Duration::from_secs(2))
+                .response_timeout(response_timeout)
+                .retries(3)
+                .max_retry_wait(1000)
+                .build()?;
+            return Ok(Self::Cluster(client.get_async_connection().await?));
+        }
+        let url = target.urls().first().map(String::as_str).unwrap_or_default();
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        Ok(Self::Single(ConnectionManager::new_with_config(client, config).await?))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// The positions of `keys` in groups that a script or pipeline may
+    /// touch together: all of them on a single server; on a cluster, one
+    /// group per hash tag (see [`super::keys::hash_tag`]), in the order
+    /// first seen.
+    pub fn same_slot_groups<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
+        let keys = keys.into_iter();
+        if !self.is_cluster() {
+            let all: Vec<usize> = keys.enumerate().map(|(position, _)| position).collect();
+            return if all.is_empty() { Vec::new() } else { vec![all] };
+        }
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (position, key) in keys.enumerate() {
+            let tag = super::keys::hash_tag(key);
+            match groups.iter_mut().find(|(seen, _)| *seen == tag) {
+                Some((_, members)) => members.push(position),
+                None => groups.push((tag, vec![position])),
+            }
+        }
+        groups.into_iter().map(|(_, members)| members).collect()
+    }
+
+    /// Every key matching `pattern`, found with `SCAN` (never `KEYS`) on
+    /// the server, or on every master of a cluster.
+    pub async fn scan_keys(&mut self, pattern: &str) -> Result<Vec<String>, RedisError> {
+        match self {
+            Self::Single(conn) => {
+                let mut found = Vec::new();
+                let mut iter = conn.scan_match::<_, String>(pattern).await?;
+                while let Some(key) = iter.next_item().await {
+                    found.push(key?);
+                }
+                Ok(found)
+            }
+            Self::Cluster(conn) => {
+                let mut found = Vec::new();
+                for (host, port) in cluster_masters(conn).await? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let mut scan = redis::cmd("SCAN");
+                        scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+                        let routing =
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port });
+                        let reply = conn.route_command(scan, routing).await?;
+                        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)?;
+                        found.extend(keys);
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    /// Unlinks `keys` (any slots); returns how many existed. One `UNLINK`
+    /// per 500 keys on a single server; on a cluster, one per key, since a
+    /// command may not span slots.
+    pub async fn delete_keys(&mut self, keys: &[String]) -> Result<u64, RedisError> {
+        let mut deleted = 0;
+        match self {
+            Self::Single(conn) => {
+                for chunk in keys.chunks(500) {
+                    deleted += conn.unlink::<_, u64>(chunk).await?;
+                }
+            }
+            Self::Cluster(conn) => {
+                for key in keys {
+                    deleted += conn.unlink::<_, u64>(key).await?;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// (host, port) of every master of the cluster, from `CLUSTER SLOTS`.
+async fn cluster_masters(conn: &mut ClusterConnection) -> Result<Vec<(String, u16)>, RedisError> {
+    let slots: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in slots {
+        // [start, end, [host, port, id, …], replicas…]
+        let Some(Value::Array(master)) = range.get(2) else { continue };
+        let host: Option<String> = master.first().and_then(|value| redis::from_redis_value_ref(value).ok());
+        let port: Option<u16> = master.get(1).and_then(|value| redis::from_redis_value_ref(value).ok());
+        if let (Some(host), Some(port)) = (host, port) {
+            if !masters.contains(&(host.clone(), port)) {
+                masters.push((host, port));
+            }
+        }
+    }
+    Ok(masters)
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_name_a_cluster() {
+        let single = RedisTarget::from("redis://a:6379/");
+        assert!(!single.is_cluster());
+        let flagged = RedisTarget::from_urls("redis://a:6379/", true);
+        assert!(flagged.is_cluster());
+        let nodes = RedisTarget::from("redis://a:7000/, redis://b:7001/");
+        assert!(nodes.is_cluster());
+        assert_eq!(nodes.urls(), ["redis://a:7000/", "redis://b:7001/"]);
+        assert_eq!(nodes.to_env_value(), "redis://a:7000/,redis://b:7001/");
+    }
+}
