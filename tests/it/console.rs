@@ -264,7 +264,11 @@ async fn the_dead_letter_table_filters_by_topic_school_kind_and_age_and_pages() 
 
 #[tokio::test]
 async fn replaying_every_one_matching_runs_in_the_background_and_shows_its_progress() {
-    let ctx = context().await;
+    replaying_every_one_matching_runs_in_the_background_and_shows_its_progress_on(context().await).await;
+}
+
+/// On `ctx`'s Redis, a single server or a cluster (`crate::cluster`).
+pub async fn replaying_every_one_matching_runs_in_the_background_and_shows_its_progress_on(ctx: TestContext) {
     let mut letters = vec![("enrollment.progress", "184532", FailureKind::Malformed); 250];
     letters.push(("user.signup", "184532", FailureKind::Malformed));
     ctx.add_dead_letters(&letters).await;
@@ -355,7 +359,11 @@ async fn the_cache_is_cleared_by_tag_after_a_confirmation() {
 
 #[tokio::test]
 async fn the_workers_record_what_they_applied_for_the_charts() {
-    let ctx = context().await;
+    the_workers_record_what_they_applied_for_the_charts_on(context().await).await;
+}
+
+/// On `ctx`'s Redis, a single server or a cluster (`crate::cluster`).
+pub async fn the_workers_record_what_they_applied_for_the_charts_on(ctx: TestContext) {
     for n in 0..12 {
         ctx.enqueue(&crate::processes::progress_event(n)).await;
     }
