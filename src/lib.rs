@@ -7,6 +7,7 @@
 
 // The roles, each in its own folder.
 pub mod api;
+pub mod console;
 pub mod intake;
 pub mod operator;
 pub mod scheduled;
@@ -20,6 +21,7 @@ pub mod loadtest;
 
 // Shared plumbing, below the roles.
 pub mod db;
+pub mod forwarded;
 pub mod health;
 pub mod local_services;
 pub mod read_model;

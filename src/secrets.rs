@@ -1,5 +1,5 @@
 //! Secrets the fleet is given: the webhook signing keys, the read API's
-//! bearer tokens, the revalidation secret.
+//! bearer tokens, the operator console's token, the revalidation secret.
 //!
 //! Each is wrapped in a type whose `Debug` never prints it, parsed by
 //! [`SecretValueParser`] (whose errors never quote the value) and compared
@@ -105,6 +105,37 @@ impl FromStr for ApiToken {
 }
 
 impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// `FLEET_CONSOLE_TOKEN`: what an operator signs in to the console with;
+/// never printed. At least [`ConsoleToken::MIN_LEN`] characters: it opens
+/// replay and purge, so it must not be guessable.
+#[derive(Clone)]
+pub struct ConsoleToken(String);
+
+impl ConsoleToken {
+    pub const MIN_LEN: usize = 16;
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ConsoleToken {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let token = text.trim();
+        if token.chars().count() < Self::MIN_LEN {
+            return Err(format!("must be at least {} characters (e.g. `openssl rand -hex 24`)", Self::MIN_LEN));
+        }
+        Ok(Self(token.to_owned()))
+    }
+}
+
+impl fmt::Debug for ConsoleToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[REDACTED]")
     }

@@ -23,6 +23,9 @@
 //! 3. the parameters (400 with a JSON error, like every refusal here).
 //!
 //! This file holds the application, its settings and state, and the routes.
+//! The same server also serves the operator console under `/console` when
+//! `FLEET_CONSOLE_TOKEN` is set (`crate::console`, with its own sign-in and
+//! sessions instead of the bearer token); without it `/console` is a 404.
 
 mod auth;
 mod rate_limit;
@@ -49,8 +52,9 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use self::auth::{Access, Caller};
+use crate::console::{self, ConsoleState};
 use crate::health::{Dependency, Health};
-use crate::secrets::{ApiToken, SchoolTokens};
+use crate::secrets::{ApiToken, ConsoleToken, SchoolTokens};
 
 use crate::read_model::cached::Cached;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
@@ -83,6 +87,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpAddr>,
     /// The school a request without `tenant_id` is about.
     pub default_tenant: Option<TenantId>,
+    /// Serves the operator console, signed in to with this token (off when none).
+    pub console_token: Option<ConsoleToken>,
     /// Limits on slow and idle clients.
     pub http: HttpSettings,
 }
@@ -191,8 +197,18 @@ impl ApiState {
     }
 }
 
-/// The cached routes (for `fleet api` and, beside the intake, `fleet dev`).
+/// The cached routes and the operator console (for `fleet api` and, beside
+/// the intake, `fleet dev`).
 pub fn routes(state: ApiState) -> Router {
+    let console = match &state.tuning.console_token {
+        Some(token) => console::routes(ConsoleState::new(
+            state.redis.clone(),
+            state.keys.clone(),
+            token,
+            state.tuning.trusted_proxies.clone(),
+        )),
+        None => console::off(),
+    };
     Router::new()
         .route("/api/statistics/cached", get(statistics))
         .route("/api/dashboard/cached", get(dashboard))
@@ -201,6 +217,8 @@ pub fn routes(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit::rate_limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .with_state(state)
+        // The console signs its operators in itself: no bearer token, no rate limit.
+        .merge(console)
 }
 
 /// The routes plus `/healthz`, `/readyz` (Postgres reachable; Redis

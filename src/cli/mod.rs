@@ -22,7 +22,9 @@ use crate::redis::dedup::DedupWindow;
 use crate::redis::keys::Kind;
 use crate::redis::KeyPrefix;
 use crate::runtime::HttpSettings;
-use crate::secrets::{ApiToken, KeysError, SchoolKeys, SchoolTokens, SecretValueParser, WebhookKeys, WebhookSecrets};
+use crate::secrets::{
+    ApiToken, ConsoleToken, KeysError, SchoolKeys, SchoolTokens, SecretValueParser, WebhookKeys, WebhookSecrets,
+};
 use crate::urls::{DatabaseUrl, HttpUrl, RedisUrl, RedisUrls, RevalidateUrl};
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Inspect, replay and purge dead letters.
     Dlq(DlqArgs),
+    /// List the events waiting for another attempt: when each is due, after which error.
+    Retries(RetriesArgs),
     /// Send realistic signed webhooks to an intake and measure the fleet: requests/s, answers,
     /// latency, drain time, events applied/s, freshness. Loopback only unless --allow-remote.
     Loadtest(LoadtestArgs),
@@ -118,6 +122,11 @@ pub struct ApiTuning {
     /// The school a request without `tenant_id` is about (required when unset).
     #[arg(long, env = "FLEET_DEFAULT_TENANT", value_name = "FLEET_DEFAULT_TENANT")]
     pub default_tenant: Option<fleet_jobs::TenantId>,
+    /// Serve the operator console under /console, signed in to with this token (at least 16
+    /// characters). Off (404) when unset.
+    #[arg(long, env = "FLEET_CONSOLE_TOKEN", hide_env_values = true, value_name = "FLEET_CONSOLE_TOKEN",
+          value_parser = SecretValueParser::<ConsoleToken>::new())]
+    pub console_token: Option<ConsoleToken>,
 }
 
 impl ApiTuning {
@@ -130,6 +139,7 @@ impl ApiTuning {
             api_tokens: self.api_tokens.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
             default_tenant: self.default_tenant.clone(),
+            console_token: self.console_token.clone(),
             http,
         }
     }
@@ -445,9 +455,27 @@ pub struct DlqFilter {
     /// Only dead letters of this topic, e.g. enrollment.progress.
     #[arg(long)]
     pub topic: Option<String>,
+    /// Only dead letters of this school (compared whole, never a pattern).
+    #[arg(long)]
+    pub tenant_id: Option<String>,
+    /// Only dead letters of this error kind.
+    #[arg(long, value_parser = ["malformed", "event", "crashed", "deleted"])]
+    pub kind: Option<String>,
     /// Only dead letters that failed since this time: RFC 3339, or an age such as 30m, 12h, 7d.
     #[arg(long, value_parser = parse_since)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub struct RetriesArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Show at most this many, the soonest due first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -455,7 +483,7 @@ pub struct DlqSelection {
     /// Dead-letter ids.
     #[arg(required_unless_present = "all")]
     pub ids: Vec<String>,
-    /// Every dead letter that matches --topic and --since.
+    /// Every dead letter that matches --topic, --tenant-id, --kind and --since.
     #[arg(long, conflicts_with = "ids")]
     pub all: bool,
     #[command(flatten)]

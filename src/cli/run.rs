@@ -74,6 +74,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let mut redis = connect_redis(&args.redis.target()).await?;
             operator::status::show(&mut redis, &keys, Output::new(args.json)).await
         }
+        Command::Retries(args) => {
+            let keys = Keys::new(&args.redis.key_prefix.key_prefix);
+            let mut redis = connect_redis(&args.redis.target()).await?;
+            operator::retries::list(&mut redis, &keys, args.limit, Output::new(args.json)).await
+        }
         Command::Loadtest(args) => {
             let development_key = DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?;
             loadtest::run(args.settings(development_key)).await
@@ -283,6 +288,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     // One server for both: the read API's routes on the intake's address.
     let http = args.http.settings();
     let api_settings = args.api.settings(http);
+    let console_token = api_settings.console_token.clone();
     let api = api::ApiState::connect(pool, &redis, keys.clone(), args.worker.cache.ttls(), api_settings);
     let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, http);
     let app = intake::router(redis_connection, keys, intake_settings).merge(api::routes(api));
@@ -290,7 +296,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 
     let example = data_dir.join("enrollment.created.json");
     write_private_file(&example, EXAMPLE_WEBHOOK.trim_end().as_bytes())?;
-    let urls = DevUrls { redis: &redis_url, database: &database_url, env_file: &env_file };
+    let urls =
+        DevUrls { redis: &redis_url, database: &database_url, env_file: &env_file, console: console_token.is_some() };
     print_welcome(&address.to_string(), &urls, &secrets, args.secrets.is_none(), &example);
 
     let intake_result = intake_task.await;
@@ -310,6 +317,8 @@ struct DevUrls<'a> {
     redis: &'a RedisUrl,
     database: &'a DatabaseUrl,
     env_file: &'a Path,
+    /// Whether the operator console is served.
+    console: bool,
 }
 
 /// `export NAME='value'` lines a shell can source (`. .fleet/dev/env`).
@@ -327,6 +336,11 @@ fn dev_env(redis_url: &RedisUrl, database_url: &DatabaseUrl) -> String {
 /// are in the env file).
 fn print_welcome(address: &str, urls: &DevUrls<'_>, secrets: &WebhookSecrets, dev_secret: bool, example: &Path) {
     let (redis_url, database_url, env_file) = (urls.redis, urls.database, urls.env_file.display());
+    let console = if urls.console {
+        format!("http://{address}/console (sign in with FLEET_CONSOLE_TOKEN)")
+    } else {
+        "off (set FLEET_CONSOLE_TOKEN to a secret of 16 characters or more to open it)".to_owned()
+    };
     let body = EXAMPLE_WEBHOOK.trim_end();
     let signature = intake::sign(secrets.signing_key(), body.as_bytes());
     let secret_note = if dev_secret {
@@ -340,7 +354,8 @@ fn print_welcome(address: &str, urls: &DevUrls<'_>, secrets: &WebhookSecrets, de
          \x20 redis:     {redis_url}\n\
          \x20 postgres:  {database_url}\n\
          \x20 env:       {env_file} (the URLs with their passwords; `. '{env_file}'` sets them in a shell)\n\
-         \x20 secret:    {secret_note}\n\n\
+         \x20 secret:    {secret_note}\n\
+         \x20 console:   {console}\n\n\
          Send a signed example webhook:\n\
          \x20 curl -sS http://{address}/webhooks/thinkific -H 'Content-Type: application/json' \
          -H 'X-Thinkific-Hmac-Sha256: {signature}' --data-binary @{example}\n\n\
@@ -356,7 +371,13 @@ fn print_welcome(address: &str, urls: &DevUrls<'_>, secrets: &WebhookSecrets, de
 
 impl From<DlqFilter> for Filter {
     fn from(filter: DlqFilter) -> Self {
-        Self { topic: filter.topic, since: filter.since }
+        Self {
+            topic: filter.topic,
+            tenant: filter.tenant_id,
+            error_kind: filter.kind,
+            since: filter.since,
+            up_to: None,
+        }
     }
 }
 

@@ -318,7 +318,15 @@ async fn accept(
     if subdomain.is_some_and(|subdomain| subdomain != tenant_id) {
         tracing::debug!(event_id = %envelope.id, %topic, tenant = tenant_id, "X-Thinkific-Subdomain differs from the signed tenant; ignored, it is not signed");
     }
-    let entry = NewEntry { body: &body, topic: &topic, tenant_id, event_id: &envelope.id, received_at };
+    let kept = kept_headers(headers);
+    let entry = NewEntry {
+        body: &body,
+        topic: &topic,
+        tenant_id,
+        event_id: &envelope.id,
+        received_at,
+        headers: kept.as_deref(),
+    };
     let Some(mut redis) = state.redis.get().cloned() else {
         tracing::warn!(event_id = %envelope.id, %topic, "Redis not reached yet; webhook answered 503 (Thinkific will retry)");
         return Err(IntakeError::NotConnected);
@@ -348,6 +356,38 @@ async fn accept(
     })
 }
 
+/// The most headers kept with an event, and the longest value kept.
+const KEPT_HEADERS: usize = 16;
+const KEPT_HEADER_BYTES: usize = 256;
+
+/// The delivery headers kept with an accepted event, for an operator who
+/// inspects it later (`fleet dlq show`, the console): `Content-Type`,
+/// `User-Agent` and every `X-Thinkific-*` header but the signature, as a
+/// JSON object; at most [`KEPT_HEADERS`] of them, each value cut to
+/// [`KEPT_HEADER_BYTES`]. None when the delivery had none of them. They are
+/// not signed: shown as sent, they decide nothing.
+pub fn kept_headers(headers: &HeaderMap) -> Option<String> {
+    let kept: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name == "content-type"
+                || name == "user-agent"
+                || (name.starts_with("x-thinkific-") && name != SIGNATURE_HEADER)
+        })
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            let mut end = value.len().min(KEPT_HEADER_BYTES);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            (name.as_str().to_owned(), serde_json::Value::from(&value[..end]))
+        })
+        .take(KEPT_HEADERS)
+        .collect();
+    (!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string())
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -370,6 +410,23 @@ mod tests {
 
     fn school(id: &str) -> TenantId {
         TenantId::parse(id).expect("a valid id")
+    }
+
+    #[test]
+    fn kept_headers_are_the_deliverys_own_without_the_signature() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-thinkific-topic", HeaderValue::from_static("enrollment.created"));
+        headers.insert(SIGNATURE_HEADER, HeaderValue::from_static("abc123"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer nope"));
+        headers.insert("x-thinkific-subdomain", HeaderValue::from_str(&"é".repeat(200)).expect("header"));
+        let kept: serde_json::Value = serde_json::from_str(&kept_headers(&headers).expect("some")).expect("JSON");
+        assert_eq!(kept["content-type"], "application/json");
+        assert_eq!(kept["x-thinkific-topic"], "enrollment.created");
+        assert!(kept.get(SIGNATURE_HEADER).is_none() && kept.get("authorization").is_none(), "{kept}");
+        let subdomain = kept["x-thinkific-subdomain"].as_str().expect("kept");
+        assert!(subdomain.len() <= KEPT_HEADER_BYTES && subdomain.starts_with('é'), "{subdomain}");
+        assert_eq!(kept_headers(&HeaderMap::new()), None);
     }
 
     #[test]

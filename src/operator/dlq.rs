@@ -1,8 +1,13 @@
 //! `fleet dlq list|show|replay|purge`: the dead letters, for an operator.
+//!
+//! The work is in [`find`], [`get`], [`select`], [`replay_selected`] and
+//! [`purge_selected`]; [`list`], [`show`], [`replay`] and [`purge`] print
+//! what they return. The operator console calls the same functions, so a
+//! dead letter is listed, replayed and purged one way only.
 
 use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::AsyncCommands;
+use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -13,13 +18,34 @@ use crate::redis::failures;
 use crate::redis::keys::Keys;
 use crate::redis::stream::{self, Entry};
 
-/// Which dead letters a command looks at.
-#[derive(Debug, Clone, Default)]
+/// Which dead letters a command looks at. Every condition is compared
+/// whole, never as a pattern.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Only this topic, e.g. enrollment.progress.
     pub topic: Option<String>,
-    /// Only those that failed since this time.
+    /// Only this school.
+    pub tenant: Option<String>,
+    /// Only this error kind: `malformed`, `event`, `crashed` or `deleted`.
+    pub error_kind: Option<String>,
+    /// Only those dead-lettered since this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only those up to this dead-letter id (inclusive): the console
+    /// confirms "every one matching" up to the last one its preview showed,
+    /// so a dead letter that arrives in between is not replayed unseen.
+    pub up_to: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, entry: &Entry) -> bool {
+        let same =
+            |wanted: &Option<String>, field: &str| wanted.as_deref().is_none_or(|w| entry.text(field) == Some(w));
+        same(&self.topic, "topic")
+            && same(&self.tenant, "tenant")
+            && same(&self.error_kind, "error_kind")
+            && self.since.is_none_or(|since| stream::compare_ids(&entry.id, &start_id(Some(since))).is_ge())
+            && self.up_to.as_deref().is_none_or(|last| stream::compare_ids(&entry.id, last).is_le())
+    }
 }
 
 /// The dead letters a replay or purge acts on: named ones, or all that match.
@@ -31,10 +57,12 @@ pub struct Selection {
 }
 
 /// How many dead letters a replay or purge handles per atomic step.
-const CHUNK: usize = 100;
+pub const CHUNK: usize = 100;
+/// How many dead letters one read of the stream takes.
+const READ_BATCH: usize = 500;
 
 /// A dead letter as operators see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DeadLetterView {
     pub id: String,
     pub event_id: String,
@@ -47,17 +75,20 @@ pub struct DeadLetterView {
     pub last_failed_at: String,
     pub received_at: String,
     pub source_entry_id: String,
+    /// The delivery headers the intake kept (`show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Value>,
+    /// The body as Thinkific sent it (`show` only): JSON when it parses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
 }
 
 impl DeadLetterView {
-    fn from_entry(entry: &Entry, with_body: bool) -> Self {
+    fn from_entry(entry: &Entry, whole: bool) -> Self {
         let text = |name: &str| entry.text(name).unwrap_or_default().to_owned();
-        let body = with_body.then(|| {
-            let raw = entry.field("body").unwrap_or_default();
+        let json_or_text = |raw: &[u8]| {
             serde_json::from_slice(raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
-        });
+        };
         Self {
             id: entry.id.clone(),
             event_id: text("event_id"),
@@ -70,7 +101,8 @@ impl DeadLetterView {
             last_failed_at: text("last_failed_at"),
             received_at: text("received_at"),
             source_entry_id: text("source_entry_id"),
-            body,
+            headers: whole.then(|| entry.field("headers").filter(|raw| !raw.is_empty()).map(json_or_text)).flatten(),
+            body: whole.then(|| json_or_text(entry.field("body").unwrap_or_default())),
         }
     }
 }
@@ -79,33 +111,180 @@ fn start_id(since: Option<DateTime<Utc>>) -> String {
     since.map_or_else(|| "-".to_owned(), |since| format!("{}-0", since.timestamp_millis().max(0)))
 }
 
-/// Dead letters matching `filter`, oldest first, at most `limit`.
+/// One page of dead letters.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterPage {
+    /// Oldest first.
+    pub letters: Vec<DeadLetterView>,
+    /// Whether more match after the last one.
+    pub more: bool,
+}
+
+/// Dead letters matching `filter`, oldest first: at most `limit` of those
+/// after the dead letter `after` (from the first when none).
+pub async fn find(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    filter: &Filter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<DeadLetterPage, RedisError> {
+    let entries = matching(redis, keys, filter, after, limit.saturating_add(1)).await?;
+    let more = entries.len() > limit;
+    let letters = entries.iter().take(limit).map(|entry| DeadLetterView::from_entry(entry, false)).collect();
+    Ok(DeadLetterPage { letters, more })
+}
+
+/// How many dead letters there are in all.
+pub async fn total(redis: &mut RedisConnection, keys: &Keys) -> Result<u64, RedisError> {
+    redis.xlen(keys.dead_letters()).await
+}
+
+/// Dead letters matching `filter` after `after`, oldest first, at most `limit`.
 async fn matching(
     redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
+    after: Option<&str>,
     limit: usize,
-) -> anyhow::Result<Vec<Entry>> {
+) -> Result<Vec<Entry>, RedisError> {
     let mut found = Vec::new();
-    let mut start = start_id(filter.since);
+    let mut start = match after {
+        Some(after) if stream::compare_ids(after, &start_id(filter.since)).is_ge() => format!("({after}"),
+        _ => start_id(filter.since),
+    };
+    let end = filter.up_to.clone().unwrap_or_else(|| "+".to_owned());
     loop {
-        let page = failures::read_dead_letters(redis, keys, &start, 500).await?;
+        let page = match failures::read_dead_letters(redis, keys, &start, &end, READ_BATCH).await {
+            Ok(page) => page,
+            // A malformed `after` or `up_to`: nothing matches.
+            Err(err) if err.code() == Some("ERR") => return Ok(found),
+            Err(err) => return Err(err),
+        };
         let Some(last) = page.last() else { break };
         start = format!("({}", last.id);
-        let full = page.len() < 500;
+        let last_page = page.len() < READ_BATCH;
         for entry in page {
-            if filter.topic.as_deref().is_none_or(|topic| entry.text("topic") == Some(topic)) {
+            if filter.matches(&entry) {
                 found.push(entry);
                 if found.len() >= limit {
                     return Ok(found);
                 }
             }
         }
-        if full {
+        if last_page {
             break;
         }
     }
     Ok(found)
+}
+
+/// One dead letter, whole (its headers and body included); none when no
+/// dead letter has this id, or it is not an id at all.
+pub async fn get(redis: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<DeadLetterView>, RedisError> {
+    match failures::dead_letter_by_id(redis, keys, id).await {
+        Ok(entry) => Ok(entry.map(|entry| DeadLetterView::from_entry(&entry, true))),
+        Err(err) if err.code() == Some("ERR") => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// The dead letters a selection names, as a replay or purge would find them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selected {
+    pub letters: Vec<DeadLetterView>,
+    /// Named ids that are not dead letters.
+    pub missing: Vec<String>,
+}
+
+/// The dead letters a replay or purge acts on: the named ones that match the
+/// filter (missing ids reported apart) or every one matching the filter.
+/// Changes nothing: this is the dry run.
+pub async fn select(redis: &mut RedisConnection, keys: &Keys, selection: &Selection) -> Result<Selected, RedisError> {
+    let (entries, missing) = select_entries(redis, keys, selection).await?;
+    Ok(Selected { letters: entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect(), missing })
+}
+
+async fn select_entries(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    selection: &Selection,
+) -> Result<(Vec<Entry>, Vec<String>), RedisError> {
+    if selection.all {
+        return Ok((matching(redis, keys, &selection.filter, None, usize::MAX).await?, Vec::new()));
+    }
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for id in &selection.ids {
+        match failures::dead_letter_by_id(redis, keys, id).await {
+            Ok(Some(entry)) => found.push(entry),
+            Ok(None) => missing.push(id.clone()),
+            // A malformed id is a missing one, not a failure.
+            Err(err) if err.code() == Some("ERR") => missing.push(id.clone()),
+            Err(err) => return Err(err),
+        }
+    }
+    found.retain(|entry| selection.filter.matches(entry));
+    Ok((found, missing))
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// (dead-letter id, new events-stream id) of each one replayed.
+    pub replayed: Vec<(String, String)>,
+    /// Named ids that are not dead letters, or that went before their turn.
+    pub missing: Vec<String>,
+}
+
+/// Replays the selected dead letters onto the events stream, with fresh
+/// attempts, [`CHUNK`] per atomic step (each entry is appended and removed
+/// from the dead letters in one script, so an interrupted replay neither
+/// loses nor doubles one). `progress` hears (handled, total) after each step.
+pub async fn replay_selected(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    selection: &Selection,
+    progress: &mut (dyn FnMut(usize, usize) + Send),
+) -> Result<ReplayReport, RedisError> {
+    let (entries, mut missing) = select_entries(redis, keys, selection).await?;
+    let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
+    let mut replayed = Vec::new();
+    let mut handled = 0;
+    for chunk in ids.chunks(CHUNK) {
+        let outcome = failures::replay_dead_letters(redis, keys, chunk).await?;
+        replayed.extend(outcome.replayed);
+        missing.extend(outcome.missing);
+        handled += chunk.len();
+        progress(handled, ids.len());
+    }
+    Ok(ReplayReport { replayed, missing })
+}
+
+/// What a purge did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeReport {
+    /// How many dead letters were deleted.
+    pub purged: u64,
+    /// The ids selected for deletion.
+    pub ids: Vec<String>,
+    /// Named ids that are not dead letters.
+    pub missing: Vec<String>,
+}
+
+/// Deletes the selected dead letters for good, [`CHUNK`] per step.
+pub async fn purge_selected(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    selection: &Selection,
+) -> Result<PurgeReport, RedisError> {
+    let (entries, missing) = select_entries(redis, keys, selection).await?;
+    let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
+    let mut purged = 0;
+    for chunk in ids.chunks(CHUNK) {
+        purged += failures::purge_dead_letters(redis, keys, chunk).await?;
+    }
+    Ok(PurgeReport { purged, ids, missing })
 }
 
 /// The dead letters as a table; a table cut short (e.g. by `| head`) is not an error.
@@ -132,35 +311,6 @@ fn print_table(out: &mut dyn Write, letters: &[DeadLetterView]) -> std::io::Resu
     Ok(())
 }
 
-/// The dead letters a replay or purge acts on: the named ones (missing ids
-/// reported separately) or every one matching the filter.
-async fn select(
-    redis: &mut RedisConnection,
-    keys: &Keys,
-    selection: &Selection,
-) -> anyhow::Result<(Vec<Entry>, Vec<String>)> {
-    if selection.all {
-        return Ok((matching(redis, keys, &selection.filter, usize::MAX).await?, Vec::new()));
-    }
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for id in &selection.ids {
-        match failures::dead_letter_by_id(redis, keys, id).await {
-            Ok(Some(entry)) => found.push(entry),
-            Ok(None) => missing.push(id.clone()),
-            // A malformed id is a missing one, not a failure.
-            Err(err) if err.code() == Some("ERR") => missing.push(id.clone()),
-            Err(err) => return Err(err.into()),
-        }
-    }
-    let filter = &selection.filter;
-    found.retain(|entry| {
-        filter.topic.as_deref().is_none_or(|topic| entry.text("topic") == Some(topic))
-            && filter.since.is_none_or(|since| stream::compare_ids(&entry.id, &start_id(Some(since))).is_ge())
-    });
-    Ok((found, missing))
-}
-
 fn not_found(missing: &[String]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
@@ -180,27 +330,20 @@ pub async fn list(
     limit: u32,
     output: Output,
 ) -> anyhow::Result<()> {
-    let entries = matching(redis, keys, filter, limit as usize).await?;
-    let letters: Vec<DeadLetterView> = entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect();
-    output.data(&letters, |out| print_table(out, &letters))?;
+    let page = find(redis, keys, filter, None, limit as usize).await?;
+    output.data(&page.letters, |out| print_table(out, &page.letters))?;
     if !output.is_json() {
-        let total: u64 = redis.xlen(keys.dead_letters()).await?;
-        summary(&format!("{} shown, {total} dead letters in all", letters.len()));
+        let total = total(redis, keys).await?;
+        summary(&format!("{} shown, {total} dead letters in all", page.letters.len()));
     }
     Ok(())
 }
 
 /// `fleet dlq show`: one dead letter whole, its body pretty-printed.
 pub async fn show(redis: &mut RedisConnection, keys: &Keys, id: String, output: Output) -> anyhow::Result<()> {
-    let entry = match failures::dead_letter_by_id(redis, keys, &id).await {
-        Ok(entry) => entry,
-        Err(err) if err.code() == Some("ERR") => None,
-        Err(err) => return Err(err.into()),
-    };
-    let Some(entry) = entry else {
+    let Some(letter) = get(redis, keys, &id).await? else {
         return not_found(&[id]);
     };
-    let letter = DeadLetterView::from_entry(&entry, true);
     output.data(&letter, |out| {
         for (name, value) in [
             ("id", &letter.id),
@@ -217,12 +360,23 @@ pub async fn show(redis: &mut RedisConnection, keys: &Keys, id: String, output: 
             writeln!(out, "{name:<16} {value}")?;
         }
         writeln!(out, "{:<16} {}", "attempts", letter.attempts)?;
+        match &letter.headers {
+            Some(Value::Object(headers)) => {
+                writeln!(out, "headers:")?;
+                for (name, value) in headers {
+                    writeln!(out, "  {name}: {}", value.as_str().unwrap_or_default())?;
+                }
+            }
+            _ => writeln!(out, "headers:         none kept")?,
+        }
         writeln!(out, "body:")?;
         writeln!(out, "{}", serde_json::to_string_pretty(letter.body.as_ref().unwrap_or(&Value::Null))?)
     })
 }
 
-/// `fleet dlq replay`: dead letters back onto the events stream, with fresh attempts.
+/// `fleet dlq replay`: dead letters back onto the events stream, with fresh
+/// attempts (only listed with `dry_run`); progress on stderr when there are
+/// more than one step's worth.
 pub async fn replay(
     redis: &mut RedisConnection,
     keys: &Keys,
@@ -230,41 +384,33 @@ pub async fn replay(
     dry_run: bool,
     output: Output,
 ) -> anyhow::Result<()> {
-    let (entries, missing) = select(redis, keys, selection).await?;
     if dry_run {
-        let letters: Vec<DeadLetterView> =
-            entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect();
-        let data = json!({ "dry_run": true, "would_replay": letters, "missing": missing });
-        output.data(&data, |out| print_table(out, &letters))?;
+        let selected = select(redis, keys, selection).await?;
+        let data = json!({ "dry_run": true, "would_replay": selected.letters, "missing": selected.missing });
+        output.data(&data, |out| print_table(out, &selected.letters))?;
         if !output.is_json() {
-            summary(&format!("dry run: {} dead letters would be replayed; nothing changed", letters.len()));
+            summary(&format!("dry run: {} dead letters would be replayed; nothing changed", selected.letters.len()));
         }
-        return not_found(&missing);
+        return not_found(&selected.missing);
     }
-    let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
-    let mut replayed = Vec::new();
-    let mut vanished = Vec::new();
-    for chunk in ids.chunks(CHUNK) {
-        let outcome = failures::replay_dead_letters(redis, keys, chunk).await?;
-        replayed.extend(outcome.replayed);
-        vanished.extend(outcome.missing);
-        if ids.len() > CHUNK {
-            summary(&format!("replayed {}/{}", replayed.len() + vanished.len(), ids.len()));
+    let mut progress = |handled: usize, total: usize| {
+        if total > CHUNK {
+            summary(&format!("replayed {handled}/{total}"));
         }
-    }
-    let missing: Vec<String> = missing.into_iter().chain(vanished).collect();
+    };
+    let report = replay_selected(redis, keys, selection, &mut progress).await?;
     let pairs: Vec<Value> =
-        replayed.iter().map(|(from, to)| json!({ "dead_letter_id": from, "stream_entry_id": to })).collect();
-    output.data(&json!({ "replayed": pairs, "missing": missing }), |out| {
-        for (from, to) in &replayed {
+        report.replayed.iter().map(|(from, to)| json!({ "dead_letter_id": from, "stream_entry_id": to })).collect();
+    output.data(&json!({ "replayed": pairs, "missing": report.missing }), |out| {
+        for (from, to) in &report.replayed {
             writeln!(out, "replayed {from} as {to}")?;
         }
         Ok(())
     })?;
     if !output.is_json() {
-        summary(&format!("{} dead letters replayed onto {}", replayed.len(), keys.events()));
+        summary(&format!("{} dead letters replayed onto {}", report.replayed.len(), keys.events()));
     }
-    not_found(&missing)
+    not_found(&report.missing)
 }
 
 /// `fleet dlq purge`: dead letters deleted for good, only with `yes`.
@@ -275,21 +421,18 @@ pub async fn purge(
     yes: bool,
     output: Output,
 ) -> anyhow::Result<()> {
-    let (entries, missing) = select(redis, keys, selection).await?;
     if !yes {
+        let selected = select(redis, keys, selection).await?;
         return Err(OperatorExit {
             code: OperatorExit::REFUSED,
-            message: format!("refusing to purge {} dead letters without --yes; nothing was deleted", entries.len()),
+            message: format!(
+                "refusing to purge {} dead letters without --yes; nothing was deleted",
+                selected.letters.len()
+            ),
         }
         .into());
     }
-    let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
-    let mut purged = 0;
-    for chunk in ids.chunks(CHUNK) {
-        purged += failures::purge_dead_letters(redis, keys, chunk).await?;
-    }
-    output.data(&json!({ "purged": purged, "ids": ids, "missing": missing }), |out| {
-        writeln!(out, "purged {purged} dead letters")
-    })?;
-    not_found(&missing)
+    let report = purge_selected(redis, keys, selection).await?;
+    output.data(&report, |out| writeln!(out, "purged {} dead letters", report.purged))?;
+    not_found(&report.missing)
 }

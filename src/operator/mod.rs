@@ -1,5 +1,11 @@
-//! Operator commands: `fleet status` ([`status`]), `fleet dlq …` ([`dlq`])
-//! and `fleet cache …` ([`cache`]), answering alike ([`output`]).
+//! Operator commands: `fleet status` ([`status`]), `fleet dlq …` ([`dlq`]),
+//! `fleet retries` ([`retries`]) and `fleet cache …` ([`cache`]), answering
+//! alike ([`output`]).
+//!
+//! Each module holds the one implementation of what its command does
+//! (functions that read or change Redis and return what they found or did)
+//! and the printing of it. The operator console (`crate::console`) calls the
+//! same functions: there is no second code path to Redis.
 //!
 //! Output is a readable table or text by default and JSON with `--json`, on
 //! stdout; summaries, progress and refusals go to stderr. Exit codes
@@ -9,6 +15,7 @@
 pub mod cache;
 pub mod dlq;
 pub mod output;
+pub mod retries;
 pub mod status;
 
 /// A refusal or a partial failure with the exit code it maps to.

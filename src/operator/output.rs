@@ -76,3 +76,26 @@ pub fn human_bytes(bytes: u64) -> String {
         _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
     }
 }
+
+/// A duration for people: `850 ms`, `12 s`, `6 min`, `2 h 5 min`.
+pub fn human_duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{} s", ms / 1_000),
+        60_000..3_600_000 => format!("{} min", ms / 60_000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_their_unit() {
+        assert_eq!(human_duration(850), "850 ms");
+        assert_eq!(human_duration(12_400), "12 s");
+        assert_eq!(human_duration(6 * 60_000 + 5), "6 min");
+        assert_eq!(human_duration(2 * 3_600_000 + 5 * 60_000), "2 h 5 min");
+    }
+}

@@ -1,75 +1,383 @@
-//! `fleet status`: the stream backlog, consumers, retries and dead letters.
+//! `fleet status`: the stream backlog, consumers, retries, dead letters, the
+//! last minutes' activity, and a one-line verdict on whether the fleet keeps
+//! up.
+//!
+//! [`report`] reads it all from Redis and [`show`] prints it; the operator
+//! console's overview shows the very same [`StatusReport`], verdict
+//! included, and draws its charts from [`activity_by_minute`].
+
+use std::fmt;
 
 use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
-use redis::AsyncCommands;
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingReply};
+use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
-use serde_json::json;
 
-use super::output::Output;
+use super::output::{human_duration, Output};
+use crate::redis::activity::{self, Tally};
 use crate::redis::keys::{Keys, GROUP};
 
-#[derive(Debug, Serialize)]
-struct ConsumerView {
-    name: String,
-    pending: u64,
-    idle_ms: u64,
+/// An entry pending this long means a worker is stuck (the
+/// `FleetOldestPendingTooOld` alert's threshold).
+pub const STUCK_AFTER_MS: u64 = 5 * 60 * 1000;
+/// This many entries not yet delivered means the fleet is behind (the
+/// `FleetConsumerLagGrowing` alert's threshold).
+pub const BEHIND_AT: u64 = 1000;
+/// The minutes [`Recent`] covers.
+const RECENT_MINUTES: usize = 5;
+
+/// One consumer of the group.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerView {
+    pub name: String,
+    /// Entries delivered to it and not yet acknowledged.
+    pub pending: u64,
+    /// Since its last read, in milliseconds.
+    pub idle_ms: u64,
+    /// Whether a running worker holds this name (its lease is alive).
+    pub live: bool,
+}
+
+/// The last few minutes' activity of the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recent {
+    /// The minutes covered (the current one included, partly).
+    pub minutes: usize,
+    pub applied: u64,
+    pub applied_per_second: f64,
+    /// Mean and largest time from receipt at the intake to the dashboard
+    /// refreshed, over the events applied; none when nothing was.
+    pub freshness_mean_ms: Option<u64>,
+    pub freshness_max_ms: Option<u64>,
+}
+
+/// How the fleet is doing, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// The one-line answer to "does the fleet keep up?".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub level: Level,
+    pub text: String,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.level.as_str(), self.text)
+    }
 }
 
 /// The fleet as Redis sees it.
-pub async fn show(redis: &mut RedisConnection, keys: &Keys, output: Output) -> anyhow::Result<()> {
-    let length: u64 = redis.xlen(keys.events()).await?;
-    let dead_letters: u64 = redis.xlen(keys.dead_letters()).await?;
-    let retries: u64 = redis.zcard(keys.retries()).await?;
-    let next_retry: Vec<(String, f64)> = redis.zrange_withscores(keys.retries(), 0, 0).await?;
-    let next_retry = next_retry
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub stream: String,
+    pub length: u64,
+    pub group: &'static str,
+    /// Entries not yet delivered to the group; unknown after some trims.
+    pub undelivered: Option<u64>,
+    pub pending: u64,
+    /// Age of the oldest pending entry, in milliseconds (0 when none is).
+    pub oldest_pending_age_ms: u64,
+    pub consumers: Vec<ConsumerView>,
+    pub live_workers: usize,
+    pub retries_scheduled: u64,
+    pub next_retry_at: Option<String>,
+    pub dead_letters: u64,
+    pub recent: Recent,
+    pub verdict: Verdict,
+}
+
+/// Reads the fleet's state: a few O(1) commands, plus one `EXISTS` per
+/// consumer and one `HGETALL` per recent minute, in three round trips.
+pub async fn report(redis: &mut RedisConnection, keys: &Keys) -> Result<StatusReport, RedisError> {
+    let now = Utc::now();
+    let (length, dead_letters, retries, next_retry): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
+        .xlen(keys.events())
+        .xlen(keys.dead_letters())
+        .zcard(keys.retries())
+        .zrange_withscores(keys.retries(), 0, 0)
+        .query_async(redis)
+        .await?;
+    let next_retry_at = next_retry
         .first()
         .and_then(|(_, score)| DateTime::<Utc>::from_timestamp_millis(*score as i64))
         .map(|due| due.to_rfc3339());
-    let groups: redis::streams::StreamInfoGroupsReply = match redis.xinfo_groups(keys.events()).await {
+    let groups: StreamInfoGroupsReply = match redis.xinfo_groups(keys.events()).await {
         Ok(groups) => groups,
         // No stream yet: nothing was ever received.
-        Err(err) if err.code() == Some("ERR") => redis::streams::StreamInfoGroupsReply::default(),
-        Err(err) => return Err(err.into()),
+        Err(err) if err.code() == Some("ERR") => StreamInfoGroupsReply::default(),
+        Err(err) => return Err(err),
     };
     let group = groups.groups.into_iter().find(|group| group.name == GROUP);
     let mut consumers = Vec::new();
-    if group.is_some() {
-        let reply: redis::streams::StreamInfoConsumersReply = redis.xinfo_consumers(keys.events(), GROUP).await?;
+    let mut oldest_pending_age_ms = 0;
+    if let Some(group) = &group {
+        let (reply, pending): (StreamInfoConsumersReply, StreamPendingReply) = redis::pipe()
+            .xinfo_consumers(keys.events(), GROUP)
+            .xpending(keys.events(), GROUP)
+            .query_async(redis)
+            .await?;
+        if let (StreamPendingReply::Data(data), true) = (&pending, group.pending > 0) {
+            oldest_pending_age_ms = age_ms(&data.start_id, now);
+        }
+        let leases: Vec<String> = reply.consumers.iter().map(|consumer| keys.consumer_lease(&consumer.name)).collect();
+        let mut live = vec![false; leases.len()];
+        // Each lease in its own slot on a cluster: one pipeline per slot.
+        for group in redis.same_slot_groups(leases.iter().map(String::as_str)) {
+            let mut pipe = redis::pipe();
+            for &position in &group {
+                pipe.exists(&leases[position]);
+            }
+            let held: Vec<bool> = pipe.query_async(redis).await?;
+            for (position, held) in group.into_iter().zip(held) {
+                live[position] = held;
+            }
+        }
         consumers = reply
             .consumers
             .into_iter()
-            .map(|consumer| ConsumerView {
+            .zip(live)
+            .map(|(consumer, live)| ConsumerView {
                 name: consumer.name,
                 pending: consumer.pending as u64,
                 idle_ms: consumer.idle as u64,
+                live,
             })
             .collect();
     }
-    let (pending, lag) =
+    let (pending, undelivered) =
         group.as_ref().map_or((0, None), |group| (group.pending as u64, group.lag.map(|lag| lag as u64)));
-    let data = json!({
-        "stream": keys.events(), "length": length, "group": GROUP,
-        "undelivered": lag, "pending": pending, "consumers": consumers,
-        "retries_scheduled": retries, "next_retry_at": next_retry, "dead_letters": dead_letters,
-    });
-    output.data(&data, |out| {
-        writeln!(out, "stream       {} ({length} entries)", keys.events())?;
-        match lag {
+    let minutes = activity::read(redis, keys, activity::minute_of(now), RECENT_MINUTES).await?;
+    let live_workers = consumers.iter().filter(|consumer| consumer.live).count();
+    let mut report = StatusReport {
+        stream: keys.events(),
+        length,
+        group: GROUP,
+        undelivered,
+        pending,
+        oldest_pending_age_ms,
+        consumers,
+        live_workers,
+        retries_scheduled: retries,
+        next_retry_at,
+        dead_letters,
+        recent: recent(&minutes, now),
+        verdict: Verdict { level: Level::Ok, text: String::new() },
+    };
+    report.verdict = verdict(&report);
+    Ok(report)
+}
+
+/// The fleet's activity in each of the last `count` minutes (the current
+/// one included), oldest first: what the console's charts draw.
+pub async fn activity_by_minute(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    count: usize,
+) -> Result<Vec<(DateTime<Utc>, Tally)>, RedisError> {
+    let minutes = activity::read(redis, keys, activity::minute_of(Utc::now()), count).await?;
+    Ok(minutes
+        .into_iter()
+        .filter_map(|(minute, tally)| Some((DateTime::<Utc>::from_timestamp(minute * 60, 0)?, tally)))
+        .collect())
+}
+
+/// How long ago the entry with stream id `id` (`<ms>-<seq>`) was added, in ms.
+fn age_ms(id: &str, now: DateTime<Utc>) -> u64 {
+    let added = id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()).unwrap_or(i64::MAX);
+    now.timestamp_millis().saturating_sub(added).max(0) as u64
+}
+
+fn recent(minutes: &[(i64, Tally)], now: DateTime<Utc>) -> Recent {
+    let mut total = Tally::default();
+    for (_, tally) in minutes {
+        total.applied += tally.applied;
+        total.freshness_sum_ms += tally.freshness_sum_ms;
+        total.freshness_count += tally.freshness_count;
+        total.freshness_max_ms = total.freshness_max_ms.max(tally.freshness_max_ms);
+    }
+    // The full minutes before this one, and this one so far.
+    let seconds = (minutes.len().saturating_sub(1) * 60) as f64 + (now.timestamp().rem_euclid(60) + 1) as f64;
+    Recent {
+        minutes: minutes.len(),
+        applied: total.applied,
+        applied_per_second: total.applied as f64 / seconds,
+        freshness_mean_ms: total.freshness_mean_ms(),
+        freshness_max_ms: (total.freshness_count > 0).then_some(total.freshness_max_ms),
+    }
+}
+
+/// The verdict on a report, worst finding first (see the module).
+pub fn verdict(report: &StatusReport) -> Verdict {
+    let undelivered = report.undelivered.unwrap_or(0);
+    let waiting = undelivered + report.pending;
+    let plural = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+    let (level, text) = if report.live_workers == 0 && waiting + report.retries_scheduled > 0 {
+        (
+            Level::Critical,
+            format!(
+                "no live worker: {} and {} wait",
+                plural(waiting, "entry", "entries"),
+                plural(report.retries_scheduled, "retry", "retries")
+            ),
+        )
+    } else if report.oldest_pending_age_ms >= STUCK_AFTER_MS {
+        (
+            Level::Critical,
+            format!(
+                "an entry has been pending for {}: a worker may be stuck",
+                human_duration(report.oldest_pending_age_ms)
+            ),
+        )
+    } else if undelivered >= BEHIND_AT {
+        (Level::Warning, format!("behind: {} not yet delivered", plural(undelivered, "entry", "entries")))
+    } else if report.dead_letters > 0 {
+        (
+            Level::Warning,
+            format!("{} {} for an operator", plural(report.dead_letters, "dead letter", "dead letters"), {
+                if report.dead_letters == 1 {
+                    "waits"
+                } else {
+                    "wait"
+                }
+            }),
+        )
+    } else if report.live_workers == 0 {
+        (Level::Warning, "no live worker (nothing waits yet)".to_owned())
+    } else {
+        (
+            Level::Ok,
+            format!(
+                "keeping up: {}, {} in flight, {} scheduled",
+                plural(report.live_workers as u64, "live worker", "live workers"),
+                plural(waiting, "entry", "entries"),
+                plural(report.retries_scheduled, "retry", "retries")
+            ),
+        )
+    };
+    Verdict { level, text }
+}
+
+/// `fleet status`: the report as text (the verdict first) or JSON.
+pub async fn show(redis: &mut RedisConnection, keys: &Keys, output: Output) -> anyhow::Result<()> {
+    let report = report(redis, keys).await?;
+    output.data(&report, |out| {
+        writeln!(out, "verdict      {}", report.verdict)?;
+        writeln!(out, "stream       {} ({} entries)", report.stream, report.length)?;
+        match report.undelivered {
             Some(lag) => writeln!(out, "undelivered  {lag}")?,
             None => writeln!(out, "undelivered  unknown")?,
         }
-        writeln!(out, "pending      {pending} (delivered, not yet acknowledged)")?;
+        write!(out, "pending      {} (delivered, not yet acknowledged)", report.pending)?;
+        if report.pending > 0 {
+            write!(out, "; oldest {}", human_duration(report.oldest_pending_age_ms))?;
+        }
+        writeln!(out)?;
         writeln!(
             out,
-            "retries      {retries} scheduled{}",
-            next_retry.map(|at| format!(", next at {at}")).unwrap_or_default()
+            "retries      {} scheduled{}",
+            report.retries_scheduled,
+            report.next_retry_at.as_ref().map(|at| format!(", next at {at}")).unwrap_or_default()
         )?;
-        writeln!(out, "dead letters {dead_letters}{}", if dead_letters > 0 { " (see `fleet dlq list`)" } else { "" })?;
-        writeln!(out, "consumers    {}", consumers.len())?;
-        for consumer in &consumers {
-            writeln!(out, "  {:<40} pending {:>6}  idle {:>8} ms", consumer.name, consumer.pending, consumer.idle_ms)?;
+        writeln!(
+            out,
+            "dead letters {}{}",
+            report.dead_letters,
+            if report.dead_letters > 0 { " (see `fleet dlq list`)" } else { "" }
+        )?;
+        let recent = &report.recent;
+        write!(out, "applied      {:.1}/s over the last {} min", recent.applied_per_second, recent.minutes)?;
+        if let (Some(mean), Some(max)) = (recent.freshness_mean_ms, recent.freshness_max_ms) {
+            write!(out, "; freshness {} mean, {} max", human_duration(mean), human_duration(max))?;
+        }
+        writeln!(out)?;
+        writeln!(out, "consumers    {} ({} live)", report.consumers.len(), report.live_workers)?;
+        for consumer in &report.consumers {
+            writeln!(
+                out,
+                "  {:<40} pending {:>6}  idle {:>8} ms{}",
+                consumer.name,
+                consumer.pending,
+                consumer.idle_ms,
+                if consumer.live { "" } else { "  (no live worker)" }
+            )?;
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> StatusReport {
+        StatusReport {
+            stream: "fleet:events".into(),
+            length: 10,
+            group: GROUP,
+            undelivered: Some(0),
+            pending: 2,
+            oldest_pending_age_ms: 40,
+            consumers: Vec::new(),
+            live_workers: 2,
+            retries_scheduled: 1,
+            next_retry_at: None,
+            dead_letters: 0,
+            recent: recent(&[], Utc::now()),
+            verdict: Verdict { level: Level::Ok, text: String::new() },
+        }
+    }
+
+    #[test]
+    fn the_verdict_names_the_worst_finding() {
+        let ok = verdict(&healthy());
+        assert_eq!(ok.to_string(), "ok: keeping up: 2 live workers, 2 entries in flight, 1 retry scheduled");
+
+        let dead = StatusReport { dead_letters: 3, ..healthy() };
+        assert_eq!(verdict(&dead).to_string(), "warning: 3 dead letters wait for an operator");
+        let behind = StatusReport { undelivered: Some(5000), dead_letters: 3, ..healthy() };
+        assert_eq!(verdict(&behind).to_string(), "warning: behind: 5000 entries not yet delivered");
+        let stuck = StatusReport { oldest_pending_age_ms: 6 * 60 * 1000, undelivered: Some(5000), ..healthy() };
+        assert_eq!(verdict(&stuck).level, Level::Critical);
+        assert!(verdict(&stuck).text.contains("pending for 6 min"), "{}", verdict(&stuck));
+        let orphaned = StatusReport { live_workers: 0, ..stuck };
+        assert_eq!(verdict(&orphaned).to_string(), "critical: no live worker: 5002 entries and 1 retry wait");
+        let idle = StatusReport { live_workers: 0, pending: 0, retries_scheduled: 0, ..healthy() };
+        assert_eq!(verdict(&idle).to_string(), "warning: no live worker (nothing waits yet)");
+    }
+
+    #[test]
+    fn recent_activity_is_per_second_over_the_minutes_covered() {
+        let now = DateTime::<Utc>::from_timestamp(60 * 100 + 29, 0).expect("time");
+        let busy = Tally {
+            applied: 300,
+            freshness_sum_ms: 600,
+            freshness_count: 300,
+            freshness_max_ms: 9,
+            ..Tally::default()
+        };
+        let recent = recent(&[(99, busy), (100, Tally::default())], now);
+        // 60 s of the previous minute and 30 s of this one.
+        assert!((recent.applied_per_second - 300.0 / 90.0).abs() < 1e-9, "{recent:?}");
+        assert_eq!((recent.freshness_mean_ms, recent.freshness_max_ms), (Some(2), Some(9)));
+        let quiet = super::recent(&[(100, Tally::default())], now);
+        assert_eq!((quiet.applied_per_second, quiet.freshness_max_ms), (0.0, None));
+    }
 }

@@ -53,8 +53,12 @@ impl Failure<'_> {
     /// where it came from, and its failure history.
     fn fields(&self, now: &str) -> Vec<(&'static str, Vec<u8>)> {
         let entry = self.entry;
-        let mut fields: Vec<(&'static str, Vec<u8>)> =
-            EVENT_FIELDS.iter().map(|name| (*name, entry.field(name).unwrap_or_default().to_vec())).collect();
+        // Headers only where the intake kept some.
+        let mut fields: Vec<(&'static str, Vec<u8>)> = EVENT_FIELDS
+            .iter()
+            .filter(|name| **name != "headers" || entry.field(name).is_some())
+            .map(|name| (*name, entry.field(name).unwrap_or_default().to_vec()))
+            .collect();
         let first_failed_at = entry.text("first_failed_at").unwrap_or(now);
         fields.push(("source_entry_id", entry.id.clone().into_bytes()));
         fields.push(("attempts", self.attempts.to_string().into_bytes()));
@@ -180,14 +184,16 @@ pub async fn replay_dead_letters(
     })
 }
 
-/// Reads dead letters in stream order from `start` (inclusive).
+/// Reads up to `count` dead letters in stream order from `start` to `end`
+/// (XRANGE bounds: an id, `(id` to exclude it, `-` or `+`).
 pub async fn read_dead_letters(
     conn: &mut RedisConnection,
     keys: &Keys,
     start: &str,
+    end: &str,
     count: usize,
 ) -> Result<Vec<Entry>, RedisError> {
-    let reply: redis::streams::StreamRangeReply = conn.xrange_count(keys.dead_letters(), start, "+", count).await?;
+    let reply: redis::streams::StreamRangeReply = conn.xrange_count(keys.dead_letters(), start, end, count).await?;
     Ok(reply.ids.into_iter().map(Entry::from_stream_id).collect())
 }
 

@@ -17,6 +17,10 @@
 //! | `<prefix>schedule:<job>:<occurrence>` | the lock of one occurrence of a scheduled job; names its runner |
 //! | `<prefix>schedule-runs` | the capped stream of scheduled runs (the run log) |
 //! | `<prefix>cache-reads` | recently read cache values, for the rewarm job (sorted set, by last read) |
+//! | `<prefix>activity:{activity}:<minute>` | what the workers did in one minute (unix minutes): events applied, freshness, backlog; a hash kept two hours, drawn by the console (see `redis::activity`) |
+//! | `<prefix>console:session:<digest>` | a console session, by the SHA-256 of its cookie (a hash: CSRF token, start); expires with the session |
+//! | `<prefix>console:sign-in-failures:<client>` | failed console sign-ins from one client address in the current five minutes |
+//! | `<prefix>console:job:<id>` | a replay the console runs in the background: its progress and outcome (a hash, kept a day) |
 //!
 //! **Hash tags, for Redis Cluster.** A cluster keeps each key in the slot of
 //! its hash tag (the text between its first `{` and the next `}`), and a
@@ -31,7 +35,11 @@
 //!   under its tags). A tenant id holds no `:`, so it never equals a shard's
 //!   tag.
 //!
-//! Keys used alone (leases, counters, locks of scheduled jobs) need no tag.
+//! - `{activity}`: the minutes of the workers' activity, read an hour at a
+//!   time in one pipeline.
+//!
+//! Keys used alone (leases, counters, locks of scheduled jobs, the console's
+//! sessions and jobs) need no tag.
 //! On a single Redis the tags are only part of the names. The prefix may not
 //! hold `{` or `}`, so the tag is always the one named here
 //! (`docs/decisions/0017-redis-cluster.md`).
@@ -232,6 +240,30 @@ impl Keys {
     pub fn cache_reads(&self) -> String {
         format!("{}cache-reads", self.prefix)
     }
+
+    /// The hash of what the workers did in the minute `minute` (unix
+    /// minutes): events applied, their freshness, the largest backlog seen.
+    /// Every minute shares the hash tag `{activity}`, so an hour of them is
+    /// read in one pipeline on a cluster too.
+    pub fn activity(&self, minute: i64) -> String {
+        format!("{}activity:{{activity}}:{minute}", self.prefix)
+    }
+
+    /// A console session, named by the SHA-256 (hex) of its cookie value, so
+    /// that what Redis holds cannot be used as a cookie.
+    pub fn console_session(&self, digest: &str) -> String {
+        format!("{}console:session:{digest}", self.prefix)
+    }
+
+    /// Failed console sign-ins from one client address.
+    pub fn console_sign_in_failures(&self, client: IpAddr) -> String {
+        format!("{}console:sign-in-failures:{client}", self.prefix)
+    }
+
+    /// The progress and outcome of one background job of the console.
+    pub fn console_job(&self, id: &str) -> String {
+        format!("{}console:job:{id}", self.prefix)
+    }
 }
 
 /// The keys of one stream shard, all under its hash tag `{shard:<n>}`, so
@@ -345,6 +377,10 @@ mod tests {
         assert_eq!(keys.cache_reads(), "p:cache-reads");
         assert_eq!(keys.seen(26_214, 7), "p:seen:{shard:0}:26214:7");
         assert_eq!(keys.seen_pattern(), "p:seen:*");
+        assert_eq!(keys.activity(29_000_000), "p:activity:{activity}:29000000");
+        assert_eq!(keys.console_session("ab12"), "p:console:session:ab12");
+        assert_eq!(keys.console_sign_in_failures([127, 0, 0, 1].into()), "p:console:sign-in-failures:127.0.0.1");
+        assert_eq!(keys.console_job("j1"), "p:console:job:j1");
     }
 
     #[test]

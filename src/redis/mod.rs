@@ -9,12 +9,14 @@
 //! - [`failures`]: scheduled retries and the dead-letter stream.
 //! - [`leases`]: one live worker per consumer name.
 //! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
+//! - [`activity`]: what the workers did, minute by minute (the console's charts).
 //! - [`connection`]: one connection type for a single server and a Redis
 //!   Cluster ([`RedisTarget`], [`RedisConnection`]).
 //!
 //! The Lua scripts live in `scripts/`, one file each, and are loaded once
 //! ([`scripts`]).
 
+pub mod activity;
 pub mod cache;
 pub mod connection;
 pub mod dedup;

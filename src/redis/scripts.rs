@@ -21,3 +21,4 @@ script!(RELEASE, "scripts/release.lua");
 script!(TRIM, "scripts/trim.lua");
 script!(CACHE_PUT, "scripts/cache_put.lua");
 script!(CACHE_INVALIDATE, "scripts/cache_invalidate.lua");
+script!(RECORD_ACTIVITY, "scripts/record_activity.lua");

@@ -41,6 +41,10 @@ pub struct NewEntry<'a> {
     pub tenant_id: &'a str,
     pub event_id: &'a str,
     pub received_at: DateTime<Utc>,
+    /// The delivery's headers the intake keeps for operators, as a JSON
+    /// object (see `crate::intake::kept_headers`); none for an entry made
+    /// elsewhere.
+    pub headers: Option<&'a str>,
 }
 
 /// What the intake's append did.
@@ -69,7 +73,7 @@ pub async fn enqueue(
     for bucket in dedup.earlier_buckets(current) {
         invocation.key(keys.seen(bucket, partition));
     }
-    let appended: Option<String> = invocation
+    invocation
         .arg(fingerprint.member())
         .arg(dedup.set_lifetime_secs())
         .arg("body")
@@ -81,9 +85,11 @@ pub async fn enqueue(
         .arg("event_id")
         .arg(entry.event_id)
         .arg("received_at")
-        .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .invoke_async(conn)
-        .await?;
+        .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true));
+    if let Some(headers) = entry.headers {
+        invocation.arg("headers").arg(headers);
+    }
+    let appended: Option<String> = invocation.invoke_async(conn).await?;
     Ok(appended.map_or(Enqueued::Duplicate, Enqueued::Accepted))
 }
 
@@ -124,8 +130,9 @@ impl Entry {
     }
 }
 
-/// The fields an entry carries from one life to the next: the event itself.
-pub const EVENT_FIELDS: [&str; 5] = ["body", "topic", "tenant", "event_id", "received_at"];
+/// The fields an entry carries from one life to the next: the event itself
+/// and the delivery headers kept at intake.
+pub const EVENT_FIELDS: [&str; 6] = ["body", "topic", "tenant", "event_id", "received_at", "headers"];
 
 /// Where a group read starts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,12 @@
 //! acknowledge and since when, and what waits in retries and dead letters.
 //! Every worker samples the same keys, so any one of them answers for the
 //! fleet; the cost is a handful of O(1) commands per interval.
+//!
+//! The same loop writes the worker's activity tally (events applied, their
+//! freshness, the backlog it sampled) to the fleet's minute in Redis
+//! (`crate::redis::activity`), for the operator console's charts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::redis::RedisConnection;
@@ -12,23 +17,35 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
+use crate::redis::activity::Recorder;
 use crate::redis::keys::{Keys, GROUP};
 use crate::telemetry::metrics::{self, Backlog};
 
 /// How often the gauges are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
 
-/// Samples until `stop`; a failed sample keeps the last values.
-pub async fn run(mut redis: RedisConnection, keys: Keys, stop: CancellationToken) {
+/// Samples until `stop`, writing `activity` out after each sample and once
+/// more when stopped; a failed sample keeps the last values, a failed write
+/// keeps the tally for the next.
+pub async fn run(mut redis: RedisConnection, keys: Keys, activity: Arc<Recorder>, stop: CancellationToken) {
     loop {
         match sample(&mut redis, &keys).await {
-            Ok(backlog) => metrics::backlog(&backlog),
+            Ok(backlog) => {
+                metrics::backlog(&backlog);
+                activity.backlog(Utc::now(), backlog.lag.unwrap_or(0) + backlog.pending);
+            }
             Err(err) => tracing::debug!(error = %err, "could not sample the backlog; will try again"),
         }
+        if let Err(err) = activity.flush(&mut redis, &keys).await {
+            tracing::debug!(error = %err, "could not record the activity; will try again");
+        }
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(SAMPLE_INTERVAL) => {}
         }
+    }
+    if let Err(err) = activity.flush(&mut redis, &keys).await {
+        tracing::debug!(error = %err, "could not record the last activity at stop");
     }
 }
 

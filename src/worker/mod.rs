@@ -60,6 +60,7 @@
 //!   works are covered together by its next round.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::redis::{RedisConnection, RedisTarget};
@@ -75,6 +76,7 @@ use self::refresh::{PagesToPrewarm, Settled};
 use self::revalidate::Revalidator;
 use self::settle::describe;
 use crate::health::Waiter;
+use crate::redis::activity::Recorder;
 use crate::redis::keys::{Keys, GROUP};
 use crate::redis::leases;
 use crate::redis::stream;
@@ -145,6 +147,9 @@ pub struct Worker {
     /// Advanced each time the loop gets an answer; systemd's watchdog
     /// (`crate::systemd`) is fed only while it moves.
     progress: Progress,
+    /// What this worker applied and saw, until the backlog sampler writes it
+    /// to the fleet's minute (`crate::redis::activity`).
+    activity: Arc<Recorder>,
 }
 
 impl Worker {
@@ -225,6 +230,7 @@ impl Worker {
             lease_token,
             revalidator: None,
             progress: Progress::new(),
+            activity: Arc::default(),
         })
     }
 
@@ -258,7 +264,8 @@ impl Worker {
             self.settings.lease,
             stop.clone(),
         ));
-        let sampler = tokio::spawn(backlog::run(self.redis.clone(), self.keys.clone(), stop.clone()));
+        let sampler =
+            tokio::spawn(backlog::run(self.redis.clone(), self.keys.clone(), self.activity.clone(), stop.clone()));
         tracing::info!(
             %consumer, group = GROUP, stream = %self.keys.events(),
             max_attempts = self.settings.retry.max_attempts, claim_idle_ms = self.settings.claim_idle.as_millis() as u64,

@@ -103,6 +103,10 @@ impl Worker {
             for (topic, received_at) in &received {
                 metrics::freshness(topic, *received_at, now);
             }
+            self.activity.applied(
+                now,
+                received.iter().map(|(_, received_at)| (now - *received_at).to_std().unwrap_or_default()),
+            );
             let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
             let ids = &ids;
             self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, &self.keys, ids).await }).await;

@@ -2,8 +2,9 @@
 //! once per test binary, see `helpers::cluster_context`): a webhook through
 //! intake and worker into Postgres, workers killed with SIGKILL while events
 //! flow (nothing lost, state equal to the in-order reference), retries and
-//! dead letters, a replay by the real `fleet dlq`, and the cache of several
-//! schools written and invalidated in one call.
+//! dead letters, a replay by the real `fleet dlq` and by the operator
+//! console, the status report and the console's activity charts, and the
+//! cache of several schools written and invalidated in one call.
 
 use std::time::Duration;
 
@@ -34,6 +35,19 @@ async fn a_refused_event_is_retried_then_dead_lettered_on_a_cluster() {
 #[tokio::test]
 async fn dlq_replay_applies_a_fixed_event_on_a_cluster() {
     crate::operator::dlq_replay_applies_a_fixed_event_and_reports_refusals_on(cluster_context().await).await;
+}
+
+#[tokio::test]
+async fn the_console_replays_every_dead_letter_matching_on_a_cluster() {
+    crate::console::replaying_every_one_matching_runs_in_the_background_and_shows_its_progress_on(
+        cluster_context().await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_status_report_and_its_charts_read_a_cluster() {
+    crate::console::the_workers_record_what_they_applied_for_the_charts_on(cluster_context().await).await;
 }
 
 #[tokio::test]

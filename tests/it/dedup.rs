@@ -85,7 +85,14 @@ async fn a_redelivery_is_a_duplicate_across_buckets_until_the_window_and_a_bucke
 
 /// Enqueues event `event_id` of school 184532 as received at `received_at`.
 async fn enqueue_at(ctx: &TestContext, dedup: &DedupWindow, event_id: &str, received_at: DateTime<Utc>) -> Enqueued {
-    let entry = NewEntry { body: b"{}", topic: "enrollment.created", tenant_id: "184532", event_id, received_at };
+    let entry = NewEntry {
+        body: b"{}",
+        topic: "enrollment.created",
+        tenant_id: "184532",
+        event_id,
+        received_at,
+        headers: None,
+    };
     let mut redis = ctx.redis.clone();
     stream::enqueue(&mut redis, &ctx.keys, &entry, dedup).await.expect("enqueue")
 }
@@ -143,6 +150,7 @@ async fn the_window_holds_an_event_in_at_most_40_bytes() {
                     tenant_id: "184532",
                     event_id: &event_id,
                     received_at: Utc::now(),
+                    headers: None,
                 };
                 let enqueued = stream::enqueue(&mut redis, &keys, &entry, &dedup).await.expect("enqueue");
                 assert!(matches!(enqueued, Enqueued::Accepted(_)), "event {event_id} is new");

@@ -45,6 +45,36 @@ async fn a_signed_event_is_appended_with_its_raw_body_and_metadata() {
 }
 
 #[tokio::test]
+async fn the_delivery_headers_are_kept_for_operators_without_the_signature() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = fixture("enrollment.created");
+    let response = reqwest::Client::new()
+        .post(intake.url("/webhooks/thinkific"))
+        .header("content-type", "application/json")
+        .header("user-agent", "Thinkific-Webhooks/1.0")
+        .header("x-thinkific-topic", "enrollment.created")
+        .header("authorization", "Bearer not-for-the-stream")
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let mut redis = ctx.redis.clone();
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let headers: String = reply.ids[0].get("headers").expect("the kept headers");
+    let headers: Value = serde_json::from_str(&headers).expect("a JSON object");
+    assert_eq!(
+        headers,
+        json!({"content-type": "application/json", "user-agent": "Thinkific-Webhooks/1.0",
+               "x-thinkific-topic": "enrollment.created"}),
+        "the signature and other headers are not kept"
+    );
+    intake.stop().await;
+}
+
+#[tokio::test]
 async fn the_seed_dashboard_path_is_answered_too() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;

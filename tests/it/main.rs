@@ -4,6 +4,8 @@
 mod api_security;
 mod chaos;
 mod cluster;
+mod console;
+mod console_browser;
 mod dashboard;
 mod dedup;
 mod deploy;

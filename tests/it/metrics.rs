@@ -223,14 +223,19 @@ async fn the_worker_process_exports_its_progress_failures_and_the_backlog() {
     })
     .await;
 
-    // Counters settle with the batch; gauges within a sampling interval.
+    // Counters settle with the batch; gauges within a sampling interval. The
+    // stream length is waited for too: the dead-letter-age job sets
+    // `fleet_dead_letters` on its own schedule, possibly before the backlog
+    // sample that sees the poison's retry appended.
     let topic = [("topic", "enrollment.created")];
+    let stream_length = ctx.stream_len(&ctx.keys.events()).await as f64;
     let mut last = Scrape::default();
     let settled = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             last = scrape(&base).await;
             if last.get("fleet_events_applied_total", &topic) == 3.0
                 && last.get("fleet_dead_letters", &[]) == 2.0
+                && last.get("fleet_stream_length", &[]) == stream_length
                 && last.get("fleet_freshness_seconds_count", &topic) == 3.0
             {
                 return;

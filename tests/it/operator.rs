@@ -96,6 +96,18 @@ async fn dlq_list_shows_a_table_or_json_and_filters() {
     let bad = run(&ctx, &["dlq", "list", "--since", "last tuesday"]).await;
     assert_eq!(bad.code, Some(2));
     assert!(bad.stderr.contains("--since"), "{}", bad.stderr);
+
+    for (args, expected) in [
+        (&["--tenant-id", "184532"][..], 3),
+        (&["--tenant-id", "18453"][..], 0),
+        (&["--tenant-id", "*"][..], 0),
+        (&["--kind", "malformed"][..], 3),
+        (&["--kind", "event", "--topic", "user.signup"][..], 0),
+    ] {
+        let listed = json_of(&run(&ctx, &[&["dlq", "list", "--json"][..], args].concat()).await);
+        assert_eq!(listed.as_array().map(Vec::len), Some(expected), "{args:?}");
+    }
+    assert_eq!(run(&ctx, &["dlq", "list", "--kind", "bogus"]).await.code, Some(2));
 }
 
 #[tokio::test]
@@ -104,7 +116,9 @@ async fn dlq_show_prints_the_whole_entry_with_its_body_pretty_printed() {
     let ids = dead_letters(&ctx, &["enrollment.progress"]).await;
     let shown = run(&ctx, &["dlq", "show", &ids[0]]).await;
     assert_eq!(shown.code, Some(0), "{}", shown.stderr);
-    for expected in ["event id", "2025", "enrollment.progress", "malformed", "invalid id", "first failed at", "body:"] {
+    for expected in
+        ["event id", "2025", "enrollment.progress", "malformed", "invalid id", "first failed at", "headers:", "body:"]
+    {
         assert!(shown.stdout.contains(expected), "missing {expected:?}:\n{}", shown.stdout);
     }
     assert!(shown.stdout.contains("\n  \"payload\": {\n"), "the body is pretty-printed:\n{}", shown.stdout);
@@ -227,6 +241,9 @@ async fn status_shows_backlog_retries_and_dead_letters() {
     assert!(status["next_retry_at"].is_string());
     assert_eq!(status["dead_letters"], 1);
     assert!(status["consumers"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == "status")));
+    assert_eq!(status["live_workers"], 1);
+    assert_eq!(status["verdict"]["level"], "warning");
+    assert_eq!(status["recent"]["minutes"], 5);
     let text = run(&ctx, &["status"]).await;
     assert_eq!(text.code, Some(0));
     assert!(
@@ -234,6 +251,24 @@ async fn status_shows_backlog_retries_and_dead_letters() {
         "{}",
         text.stdout
     );
+    assert!(
+        text.stdout.starts_with("verdict      warning: 1 dead letter waits for an operator\n"),
+        "the verdict comes first:\n{}",
+        text.stdout
+    );
+
+    // The scheduled retry: when, and after which error.
+    let retries = json_of(&run(&ctx, &["retries", "--json"]).await);
+    assert_eq!(retries["total"], 1);
+    let retry = &retries["retries"][0];
+    assert_eq!((retry["event_id"].as_str(), retry["attempts"].as_u64()), (Some("20250314153012345600666"), Some(1)));
+    assert!(retry["error"].as_str().is_some_and(|error| error.contains("enrollment 666 is refused")), "{retry}");
+    let due = chrono::DateTime::parse_from_rfc3339(retry["due_at"].as_str().expect("a due time")).expect("RFC 3339");
+    assert!(due.to_utc() > chrono::Utc::now() + chrono::Duration::minutes(5), "due in about ten minutes: {due}");
+    let table = run(&ctx, &["retries"]).await;
+    assert_eq!(table.code, Some(0), "{}", table.stderr);
+    assert!(table.stdout.starts_with("DUE") && table.stdout.contains("enrollment.created"), "{}", table.stdout);
+    assert!(table.stderr.contains("1 shown, 1 retries scheduled in all"), "{}", table.stderr);
     worker.stop().await;
 }
 
@@ -249,6 +284,7 @@ async fn every_command_answers_json_on_stdout_and_summaries_on_stderr() {
         vec!["dlq", "replay", &ids[0], "--dry-run", "--json"],
         vec!["dlq", "replay", &ids[0], "--json"],
         vec!["dlq", "purge", &ids[1], "--yes", "--json"],
+        vec!["retries", "--json"],
         vec!["cache", "stats", "--json"],
         vec!["cache", "clear", "all", "--json"],
     ];

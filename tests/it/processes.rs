@@ -37,6 +37,7 @@ async fn enqueue(ctx: &TestContext, n: usize) {
         tenant_id: "184532",
         event_id: &event_id,
         received_at: chrono::Utc::now(),
+        headers: None,
     };
     let dedup = DedupWindow::new(Duration::from_secs(3600), 1000);
     stream::enqueue(&mut redis, &ctx.keys, &entry, &dedup).await.expect("enqueue");

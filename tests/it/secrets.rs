@@ -19,9 +19,10 @@ const QUERY_PASSWORD: &str = "PLANTEDqs2";
 const REVALIDATE_QUERY: &str = "PLANTEDrv3";
 
 /// The secret settings, each set on every run.
-const SECRET_SETTINGS: [(&str, &str); 4] = [
+const SECRET_SETTINGS: [(&str, &str); 5] = [
     ("REVALIDATE_SECRET", "PLANTEDrs4-revalidate-secret-0123456789abcdef"),
     ("FLEET_API_TOKEN", "PLANTEDat5-api-token-0123456789abcdef0123456789"),
+    ("FLEET_CONSOLE_TOKEN", "PLANTEDct8-console-token-0123456789abcdef"),
     ("THINKIFIC_WEBHOOK_SECRET", "PLANTEDws6-webhook-key-0123456789abcdef,PLANTEDws7-next-key-0123456789abcdef"),
     ("REVALIDATE_URL", "https://dashboard.invalid/api/revalidate?secret=PLANTEDrv3"),
 ];

@@ -299,6 +299,7 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
         tenant_id: "184532",
         event_id: "20250314153012345678901",
         received_at: chrono::Utc::now(),
+        headers: None,
     };
     let dedup = fleet::redis::dedup::DedupWindow::new(std::time::Duration::from_secs(60), 1000);
     fleet::redis::stream::enqueue(&mut redis, &ctx.keys, &entry, &dedup).await.expect("enqueue");

@@ -13,10 +13,14 @@
 //! - [`roles`]: intake, worker and read API run in-process;
 //! - [`http`]: signed requests and the Thinkific example bodies;
 //! - [`processes`]: the real `fleet` binary, its signals and exit;
+//! - [`console`]: the operator console over plain HTTP, cookies kept;
+//! - [`browser`]: headless Chromium driven through chromedriver (WebDriver);
 //! - [`proxy`]: a TCP proxy a test cuts to stage an outage.
 
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod console;
 pub mod http;
 pub mod processes;
 pub mod proxy;
@@ -25,6 +29,8 @@ pub mod servers;
 
 use std::time::Duration;
 
+pub use self::browser::*;
+pub use self::console::*;
 pub use self::http::*;
 pub use self::processes::*;
 pub use self::proxy::*;

@@ -194,6 +194,7 @@ pub fn api_tuning() -> fleet::api::Settings {
         api_tokens: None,
         trusted_proxies: Vec::new(),
         default_tenant: None,
+        console_token: None,
         http: fleet::runtime::HttpSettings::default(),
     }
 }

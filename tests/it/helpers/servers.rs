@@ -250,6 +250,7 @@ impl TestContext {
                 .as_str(),
             event_id: &envelope.id,
             received_at: chrono::Utc::now(),
+            headers: None,
         };
         let mut redis = self.redis.clone();
         stream::ensure_group(&mut redis, &self.keys).await.expect("group");
@@ -260,6 +261,46 @@ impl TestContext {
             stream::Enqueued::Accepted(id) => id,
             stream::Enqueued::Duplicate => panic!("enqueue takes new events; event {} is a duplicate", envelope.id),
         }
+    }
+
+    /// Writes dead letters through the worker's own code path, one per
+    /// (topic, tenant, kind), each with a body that names its topic and
+    /// school; answers their ids, oldest first.
+    pub async fn add_dead_letters(&self, letters: &[(&str, &str, fleet::redis::failures::FailureKind)]) -> Vec<String> {
+        use fleet::redis::failures::{self, Failure};
+        let entries: Vec<stream::Entry> = letters
+            .iter()
+            .enumerate()
+            .map(|(n, (topic, tenant, _))| {
+                let (resource, action) = topic.split_once('.').expect("a topic");
+                let event_id = format!("2025{n:019}");
+                let body = serde_json::json!({"id": event_id, "resource": resource, "action": action,
+                                              "tenant_id": tenant, "payload": {"id": "not-a-number"}});
+                let fields = std::collections::HashMap::from([
+                    ("body".to_owned(), body.to_string().into_bytes()),
+                    ("topic".to_owned(), topic.as_bytes().to_vec()),
+                    ("tenant".to_owned(), tenant.as_bytes().to_vec()),
+                    ("event_id".to_owned(), event_id.into_bytes()),
+                    ("received_at".to_owned(), b"2025-04-01T00:00:00.000Z".to_vec()),
+                ]);
+                stream::Entry { id: format!("1-{n}"), fields }
+            })
+            .collect();
+        let failures: Vec<Failure<'_>> = entries
+            .iter()
+            .zip(letters)
+            .map(|(entry, (_, _, kind))| Failure {
+                entry,
+                kind: *kind,
+                error: "invalid id \"not-a-number\"".into(),
+                attempts: 1,
+            })
+            .collect();
+        let mut redis = self.redis.clone();
+        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
+        let before = self.dead_letters().await.len();
+        failures::dead_letter(&mut redis, &self.keys, &failures).await.expect("dead letters");
+        self.dead_letters().await.into_iter().skip(before).map(|letter| letter.id).collect()
     }
 
     /// Gives `tenant` a course without enrollments, straight in Postgres: the

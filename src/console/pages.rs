@@ -1,0 +1,144 @@
+//! The frame every console page shares (head, inline CSS, navigation,
+//! sign-out) and the small pieces pages repeat: the CSRF field, times,
+//! notices, error pages.
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use super::session::Session;
+use super::BASE;
+
+/// The console's stylesheet, inlined in every page (no request leaves for it).
+const STYLE: &str = include_str!("style.css");
+
+/// The console's sections, for the navigation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Section {
+    Overview,
+    DeadLetters,
+    Retries,
+    Cache,
+}
+
+impl Section {
+    const ALL: [Section; 4] = [Section::Overview, Section::DeadLetters, Section::Retries, Section::Cache];
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Overview => "Overview",
+            Self::DeadLetters => "Dead letters",
+            Self::Retries => "Retries",
+            Self::Cache => "Cache",
+        }
+    }
+
+    fn path(self) -> String {
+        match self {
+            Self::Overview => BASE.to_owned(),
+            Self::DeadLetters => format!("{BASE}/dead-letters"),
+            Self::Retries => format!("{BASE}/retries"),
+            Self::Cache => format!("{BASE}/cache"),
+        }
+    }
+}
+
+/// Who sees the page, and how.
+pub(super) enum Layout<'a> {
+    /// The sign-in form and error pages: no navigation.
+    SignedOut,
+    /// A page of `Section`.
+    SignedIn(&'a Session, Section),
+    /// A page of `Section` that reloads itself every so many seconds.
+    Refreshing(&'a Session, Section, u32),
+}
+
+/// A whole HTML document around `body`.
+pub(super) fn page(layout: Layout<'_>, title: &str, body: Markup) -> Markup {
+    let (session, current, refresh) = match layout {
+        Layout::SignedOut => (None, None, None),
+        Layout::SignedIn(session, section) => (Some(session), Some(section), None),
+        Layout::Refreshing(session, section, seconds) => (Some(session), Some(section), Some(seconds)),
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(seconds) = refresh {
+                    meta http-equiv="refresh" content=(seconds);
+                }
+                title { (title) " · Fleet console" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header.top {
+                    a.brand href=(BASE) { "Fleet console" }
+                    @if let (Some(session), Some(current)) = (session, current) {
+                        nav {
+                            @for section in Section::ALL {
+                                a href=(section.path()) aria-current=[(section == current).then_some("page")] {
+                                    (section.title())
+                                }
+                            }
+                        }
+                        form.sign-out method="post" action={ (BASE) "/sign-out" } {
+                            (csrf_field(session))
+                            button.link type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The hidden field that carries the session's CSRF token in a form.
+pub(super) fn csrf_field(session: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(session.csrf); }
+}
+
+/// A page saying why a request was not served.
+pub(super) fn error_page(status: StatusCode, message: &str) -> Markup {
+    let title = status.canonical_reason().unwrap_or("Error");
+    page(
+        Layout::SignedOut,
+        title,
+        html! {
+            h1 { (status.as_u16()) " " (title) }
+            p.problem role="alert" { (message) }
+            p { a href=(BASE) { "Back to the console" } }
+        },
+    )
+}
+
+/// A line saying what was just done.
+pub(super) fn notice(text: &str) -> Markup {
+    html! { p.notice role="status" { (text) } }
+}
+
+/// An RFC 3339 time as `2025-04-02 18:48:07 UTC`; anything else as it is.
+pub(super) fn time(text: &str) -> String {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_in_utc() {
+        assert_eq!(time("2025-04-02T20:48:07.123+02:00"), "2025-04-02 18:48:07 UTC");
+        assert_eq!(time("soon"), "soon");
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        let markup = notice("<script>alert(1)</script>").into_string();
+        assert!(markup.contains("&lt;script&gt;") && !markup.contains("<script>"), "{markup}");
+    }
+}

@@ -1,0 +1,112 @@
+//! `fleet retries`: the events waiting for another attempt, soonest first:
+//! when each is due, and after which error.
+//!
+//! [`scheduled`] reads them (the operator console's retries page shows the
+//! same list); [`list`] prints it.
+
+use crate::redis::RedisConnection;
+use chrono::{DateTime, Utc};
+use redis::RedisError;
+use serde::Serialize;
+
+use super::output::{shorten, summary, Output};
+use crate::redis::keys::Keys;
+
+/// One scheduled retry.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryView {
+    /// When it goes back onto the events stream (RFC 3339).
+    pub due_at: String,
+    pub event_id: String,
+    pub topic: String,
+    pub tenant: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub error_kind: String,
+    pub error: String,
+    pub first_failed_at: String,
+    pub last_failed_at: String,
+}
+
+/// The retries due soonest, and how many are scheduled in all.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduledRetries {
+    pub total: u64,
+    pub retries: Vec<RetryView>,
+}
+
+/// A retry as the worker scheduled it: a JSON array of field/value pairs
+/// (see `crate::redis::failures::schedule_retries`), scored by its due time.
+fn view(member: &str, due_ms: f64) -> RetryView {
+    let pairs: Vec<String> = serde_json::from_str(member).unwrap_or_default();
+    let field = |name: &str| {
+        pairs.chunks(2).find(|pair| pair.first().map(String::as_str) == Some(name)).and_then(|pair| pair.get(1))
+    };
+    let text = |name: &str| field(name).cloned().unwrap_or_default();
+    RetryView {
+        due_at: DateTime::<Utc>::from_timestamp_millis(due_ms as i64).map(|due| due.to_rfc3339()).unwrap_or_default(),
+        event_id: text("event_id"),
+        topic: text("topic"),
+        tenant: text("tenant"),
+        attempts: field("attempts").and_then(|attempts| attempts.parse().ok()).unwrap_or(0),
+        error_kind: text("error_kind"),
+        error: text("error"),
+        first_failed_at: text("first_failed_at"),
+        last_failed_at: text("last_failed_at"),
+    }
+}
+
+/// The `limit` retries due soonest.
+pub async fn scheduled(redis: &mut RedisConnection, keys: &Keys, limit: usize) -> Result<ScheduledRetries, RedisError> {
+    let stop = limit.saturating_sub(1) as isize;
+    let (total, members): (u64, Vec<(String, f64)>) =
+        redis::pipe().zcard(keys.retries()).zrange_withscores(keys.retries(), 0, stop).query_async(redis).await?;
+    let retries =
+        if limit == 0 { Vec::new() } else { members.iter().map(|(member, due)| view(member, *due)).collect() };
+    Ok(ScheduledRetries { total, retries })
+}
+
+/// `fleet retries`: the `limit` retries due soonest, as a table or JSON.
+pub async fn list(redis: &mut RedisConnection, keys: &Keys, limit: u32, output: Output) -> anyhow::Result<()> {
+    let scheduled = scheduled(redis, keys, limit as usize).await?;
+    output.data(&scheduled, |out| {
+        writeln!(
+            out,
+            "{:<26} {:<22} {:<10} {:<24} {:>8} {:<9} ERROR",
+            "DUE", "TOPIC", "TENANT", "EVENT", "ATTEMPTS", "KIND"
+        )?;
+        for retry in &scheduled.retries {
+            writeln!(
+                out,
+                "{:<26} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
+                retry.due_at,
+                shorten(&retry.topic, 22),
+                shorten(&retry.tenant, 10),
+                shorten(&retry.event_id, 24),
+                retry.attempts,
+                retry.error_kind,
+                shorten(&retry.error, 80)
+            )?;
+        }
+        Ok(())
+    })?;
+    if !output.is_json() {
+        summary(&format!("{} shown, {} retries scheduled in all", scheduled.retries.len(), scheduled.total));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_reads_back_from_its_member() {
+        let member = serde_json::json!(["topic", "user.signup", "event_id", "42", "attempts", "3", "error", "boom"]);
+        let retry = view(&member.to_string(), 1_700_000_000_000.0);
+        assert_eq!((retry.topic.as_str(), retry.event_id.as_str(), retry.attempts), ("user.signup", "42", 3));
+        assert_eq!(retry.error, "boom");
+        assert!(retry.due_at.starts_with("2023-11-14T22:13:20"), "{}", retry.due_at);
+        assert_eq!(view("not json", 0.0).attempts, 0);
+    }
+}
