@@ -25,8 +25,10 @@ use crate::read_model::PageRequest;
 use crate::redis::{cache, stream};
 use crate::telemetry::metrics;
 
-/// The shortest time between two page prewarms of one worker.
-pub(super) const PAGE_PREWARM_EVERY: Duration = Duration::from_secs(1);
+/// The shortest time between two page prewarms of one worker. A prewarm of
+/// a couple hundred pages takes a core for 40–60 ms; at a 1 s pause that
+/// burst was the freshness tail of the rounds beside it (decision 0016).
+pub(super) const PAGE_PREWARM_EVERY: Duration = Duration::from_secs(10);
 
 /// First pages whose course a refresh round touched, waiting for the next
 /// page prewarm; each page once, however many rounds touched it.
