@@ -125,8 +125,7 @@ pub(super) async fn clear(
     session: Session,
     body: Bytes,
 ) -> Result<Response, ConsoleError> {
-    let fields = Fields::of_body(&body);
-    session.check_csrf(&fields)?;
+    let fields = session.form(&body)?;
     let target = target_of(&fields)?;
     let mut redis = state.redis()?;
     let removed = match cache::remove(&mut redis, &state.keys, &target).await {

@@ -456,8 +456,7 @@ pub(super) async fn replay(
     session: Session,
     body: Bytes,
 ) -> Result<Response, ConsoleError> {
-    let fields = Fields::of_body(&body);
-    session.check_csrf(&fields)?;
+    let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
     let job = jobs::start_replay(&state, &session, chosen.selection(), chosen.describe()).await?;
     Ok(Redirect::to(&format!("{BASE}/jobs/{job}")).into_response())
@@ -480,8 +479,7 @@ pub(super) async fn purge(
     session: Session,
     body: Bytes,
 ) -> Result<Response, ConsoleError> {
-    let fields = Fields::of_body(&body);
-    session.check_csrf(&fields)?;
+    let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
     let expected = fields.get("expected").unwrap_or_default();
     if fields.get("confirm") != Some(expected) || expected.is_empty() {

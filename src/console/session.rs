@@ -69,11 +69,14 @@ impl Session {
         &self.digest[..12]
     }
 
-    /// Refuses (403) a form without this session's CSRF token.
-    pub(super) fn check_csrf(&self, fields: &Fields) -> Result<(), ConsoleError> {
+    /// The fields of a state-changing form, once it carries this session's
+    /// CSRF token; refused (403) otherwise. Every POST of a signed-in page
+    /// reads its form through here.
+    pub(super) fn form(&self, body: &Bytes) -> Result<Fields, ConsoleError> {
+        let fields = Fields::of_body(body);
         let given = fields.get("csrf").unwrap_or_default();
         if bool::from(digest(given).ct_eq(&digest(&self.csrf))) {
-            return Ok(());
+            return Ok(fields);
         }
         tracing::warn!(session = self.fingerprint(), "console request refused: missing or wrong CSRF token");
         Err(ConsoleError::Forbidden(
@@ -262,7 +265,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ConsoleError> {
-    session.check_csrf(&Fields::of_body(&body))?;
+    session.form(&body)?;
     let mut redis = state.redis()?;
     let _: () = redis.del(state.keys.console_session(&session.digest)).await?;
     tracing::info!(session = session.fingerprint(), "console sign-out");
