@@ -145,8 +145,13 @@ impl Worker {
         let mut next = Instant::now();
         loop {
             pages.wake.notified().await;
-            if !pages.is_closed() {
-                tokio::time::sleep_until(next).await;
+            // The pause, cut short when the worker stops; pages handed over
+            // meanwhile wait for its end.
+            while !pages.is_closed() && Instant::now() < next {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = pages.wake.notified() => {}
+                }
             }
             let (requests, closed) = pages.take();
             next = Instant::now() + PAGE_PREWARM_EVERY;

@@ -544,3 +544,29 @@ async fn only_a_real_course_change_bumps_the_schools_version() {
         .expect("delete");
     assert_eq!(version().await, before + 2, "so does a deleted one");
 }
+
+#[tokio::test]
+async fn a_worker_stopping_in_the_page_prewarms_pause_prewarms_and_stops_at_once() {
+    let ctx = context().await;
+    let worker = ctx.spawn_worker(ctx.worker_settings("pause")).await;
+    let page_key = ctx.keys.enrollments(TENANT, COURSE, 1, fleet::read_model::DEFAULT_PER_PAGE);
+    let history = course_history();
+    ctx.enqueue(&history[0]).await;
+    eventually("the first page prewarmed", Duration::from_secs(10), || {
+        let mut redis = ctx.redis.clone();
+        let key = page_key.clone();
+        async move { redis.exists::<_, bool>(&key).await.expect("EXISTS") }
+    })
+    .await;
+    // The next batch is applied and acknowledged; its page waits for the
+    // end of the prewarm's 10 s pause.
+    ctx.enqueue(&history[3]).await;
+    ctx.wait_until_drained().await;
+    let stopping = std::time::Instant::now();
+    worker.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stopped after {:?}", stopping.elapsed());
+    let mut redis = ctx.redis.clone();
+    let body: String = redis.hget(&page_key, "body").await.expect("the page prewarmed on stop");
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(body["total"], 2);
+}
