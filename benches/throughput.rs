@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let prefix: KeyPrefix = format!("bench:{}:", uuid::Uuid::new_v4().simple()).parse().map_err(anyhow::Error::msg)?;
     let keys = Keys::new(&prefix);
     let mut redis = fleet::redis::connect(&redis_target, Duration::from_secs(10)).await?;
-    stream::ensure_group(&mut redis, &keys).await?;
+    stream::ensure_group(&mut redis, &keys.shard(0)).await?;
 
     // --- intake: sequential latency, then concurrent throughput
     let secret = "bench-secret";
@@ -80,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         keys: fleet::secrets::WebhookKeys::new(Some(secret.parse().map_err(anyhow::Error::msg)?), None)?,
         max_body_bytes: 1024 * 1024,
         dedup: fleet::redis::dedup::DedupWindow::new(Duration::from_secs(3600), 1000),
+        shards: fleet::redis::shards::ShardCount::ONE,
         http: fleet::runtime::HttpSettings::default(),
     };
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
@@ -146,13 +147,14 @@ async fn main() -> anyhow::Result<()> {
                 ("event_id", format!("2025{n:019}")),
                 ("received_at", chrono::Utc::now().to_rfc3339()),
             ];
-            pipe.xadd(keys.events(), "*", &fields).ignore();
+            pipe.xadd(keys.shard(0).events(), "*", &fields).ignore();
         }
         pipe.query_async::<()>(&mut redis).await?;
     }
     let workers = env_number("BENCH_WORKERS", 2).max(1);
     let settings = WorkerSettings {
         consumer_name: "bench".into(),
+        shards: fleet::redis::shards::ShardCount::ONE,
         batch_size,
         block: Duration::from_millis(100),
         stream_max_len: 10_000_000,
@@ -173,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
     // Done when every entry is applied, its cache refreshed and acknowledged.
     loop {
         let reply: redis::streams::StreamInfoGroupsReply =
-            redis::AsyncCommands::xinfo_groups(&mut redis, keys.events()).await?;
+            redis::AsyncCommands::xinfo_groups(&mut redis, keys.shard(0).events()).await?;
         let settled = reply.groups.iter().all(|group| group.lag == Some(0) && group.pending == 0);
         if settled {
             break;

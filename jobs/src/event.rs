@@ -18,6 +18,10 @@ pub struct Envelope {
     /// The school, when the body names it.
     pub tenant_id: Option<TenantId>,
     pub created_at: Option<DateTime<Utc>>,
+    /// What the event is about: its payload's `id` (an enrollment, a user,
+    /// an order...), when the payload has one. Chooses the event's stream
+    /// shard; never validated here, the worker reads the payload whole.
+    pub entity: Option<String>,
 }
 
 /// Why a body is not a Thinkific event; the intake answers 400 with it.
@@ -70,7 +74,11 @@ impl Envelope {
             Some(Value::String(text)) => Some(parse::parse_timestamp(text).ok_or(EnvelopeError::BadCreatedAt)?),
             Some(_) => return Err(EnvelopeError::BadCreatedAt),
         };
-        Ok(Self { id, resource, action, tenant_id, created_at })
+        let entity = object
+            .get("payload")
+            .and_then(parse::string_or_number)
+            .filter(|entity| entity.len() <= MAX_ENVELOPE_FIELD_LEN);
+        Ok(Self { id, resource, action, tenant_id, created_at, entity })
     }
 
     /// `resource.action`, e.g. `enrollment.progress`.
@@ -86,7 +94,9 @@ impl Envelope {
 /// intake builds no value for it.
 struct EnvelopeFields(Option<serde_json::Map<String, Value>>);
 
-const ENVELOPE_FIELDS: [&str; 5] = ["id", "resource", "action", "tenant_id", "created_at"];
+const ENVELOPE_FIELDS: [&str; 6] = ["id", "resource", "action", "tenant_id", "created_at", "payload"];
+/// The index of `payload` in [`ENVELOPE_FIELDS`]: only its `id` is kept.
+const PAYLOAD: usize = 5;
 
 impl<'de> Deserialize<'de> for EnvelopeFields {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -115,6 +125,86 @@ impl<'de> Deserialize<'de> for EnvelopeKey {
 
 struct EnvelopeVisitor;
 
+/// The `id` of a payload object (null when it has none, or is no object);
+/// the rest is checked to be well-formed JSON and skipped.
+struct PayloadId(Value);
+
+impl<'de> Deserialize<'de> for PayloadId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PayloadIdVisitor)
+    }
+}
+
+struct PayloadIdVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PayloadIdVisitor {
+    type Value = PayloadId;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = Value::Null;
+        while let Some(IdKey(is_id)) = map.next_key()? {
+            if is_id {
+                id = map.next_value()?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(PayloadId(id))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(PayloadId(Value::Null))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(PayloadId(Value::Null))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(PayloadId(Value::Null))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(PayloadId(Value::Null))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(PayloadId(Value::Null))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(PayloadId(Value::Null))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(PayloadId(Value::Null))
+    }
+}
+
+/// A payload key: whether it is `id`.
+struct IdKey(bool);
+
+impl<'de> Deserialize<'de> for IdKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = IdKey;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<IdKey, E> {
+                Ok(IdKey(name == "id"))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
     type Value = Option<serde_json::Map<String, Value>>;
 
@@ -126,6 +216,10 @@ impl<'de> serde::de::Visitor<'de> for EnvelopeVisitor {
         let mut fields = serde_json::Map::new();
         while let Some(EnvelopeKey(known)) = map.next_key()? {
             match known {
+                Some(PAYLOAD) => {
+                    let PayloadId(id) = map.next_value()?;
+                    fields.insert(ENVELOPE_FIELDS[PAYLOAD].to_owned(), id);
+                }
                 Some(index) => {
                     fields.insert(ENVELOPE_FIELDS[index].to_owned(), map.next_value()?);
                 }
@@ -444,6 +538,27 @@ mod tests {
         }
         let repeated = Envelope::parse(br#"{"id":"1","resource":"a","action":"b","id":"2","payload":[{"id":"3"}]}"#);
         assert_eq!(repeated.map(|envelope| envelope.id).ok().as_deref(), Some("2"), "the last `id` wins");
+    }
+
+    #[test]
+    fn the_entity_is_the_payloads_id() {
+        let entity = |body: &str| Envelope::parse(body.as_bytes()).expect("an envelope").entity;
+        let example = include_str!("../../tests/fixtures/thinkific/enrollment.progress.json");
+        let payload_id = serde_json::from_str::<Value>(example).expect("json")["payload"]["id"].clone();
+        assert_eq!(entity(example), parse::string_or_number(&payload_id));
+        assert!(entity(example).is_some());
+        assert_eq!(
+            entity(r#"{"id":"1","resource":"a","action":"b","payload":{"x":{"id":5},"id":7}}"#).as_deref(),
+            Some("7")
+        );
+        for none in [
+            r#"{"id":"1","resource":"a","action":"b"}"#,
+            r#"{"id":"1","resource":"a","action":"b","payload":[{"id":3}]}"#,
+            r#"{"id":"1","resource":"a","action":"b","payload":{"id":{"a":1}}}"#,
+            r#"{"id":"1","resource":"a","action":"b","payload":{"name":"x"}}"#,
+        ] {
+            assert_eq!(entity(none), None, "{none}");
+        }
     }
 
     #[test]

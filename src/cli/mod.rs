@@ -541,6 +541,19 @@ impl RedisArgs {
     }
 }
 
+#[derive(Debug, Clone, Copy, Args)]
+pub struct StreamShardsArg {
+    /// How many streams the events are spread over (1 to 256). Give every intake and worker of a
+    /// fleet the same count; a change is safe on a running fleet (docs/scaling.md).
+    #[arg(
+        long = "stream-shards",
+        env = "FLEET_STREAM_SHARDS",
+        default_value = "1",
+        value_name = "FLEET_STREAM_SHARDS"
+    )]
+    pub stream_shards: crate::redis::shards::ShardCount,
+}
+
 #[derive(Debug, Args)]
 pub struct KeyPrefixArg {
     /// Prefix of every Redis key and stream the fleet owns.
@@ -552,6 +565,8 @@ pub struct KeyPrefixArg {
 pub struct IntakeArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub shards: StreamShardsArg,
     #[command(flatten)]
     pub secrets: SecretsArg,
     #[command(flatten)]
@@ -623,10 +638,17 @@ pub struct ListenArgs {
 }
 
 impl IntakeTuning {
-    /// The intake's settings, signing with `keys` and served with `http`'s limits.
-    pub fn settings(&self, keys: WebhookKeys, http: HttpSettings) -> crate::intake::Settings {
+    /// The intake's settings, signing with `keys`, spreading events over
+    /// `shards` and served with `http`'s limits.
+    pub fn settings(
+        &self,
+        keys: WebhookKeys,
+        shards: crate::redis::shards::ShardCount,
+        http: HttpSettings,
+    ) -> crate::intake::Settings {
         crate::intake::Settings {
             keys,
+            shards,
             max_body_bytes: self.max_body_bytes as usize,
             dedup: DedupWindow::new(Duration::from_secs(self.dedup_window_secs), self.dedup_expected_rate),
             http,
@@ -651,6 +673,8 @@ impl ListenArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
+    #[command(flatten)]
+    pub shards: StreamShardsArg,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -752,6 +776,8 @@ pub struct DevArgs {
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
     #[command(flatten)]
+    pub shards: StreamShardsArg,
+    #[command(flatten)]
     pub listen: ListenArgs,
     #[command(flatten)]
     pub intake: IntakeTuning,
@@ -825,8 +851,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 }
 
 impl WorkerTuning {
-    /// The worker's settings; refused when the consumer name is not usable.
-    pub fn settings(&self) -> Result<crate::worker::Settings, ConfigError> {
+    /// The worker's settings, consuming at least `shards`; refused when the
+    /// consumer name is not usable.
+    pub fn settings(&self, shards: crate::redis::shards::ShardCount) -> Result<crate::worker::Settings, ConfigError> {
         let tuning = self;
         let consumer_name = match &tuning.consumer_name {
             Some(name) => {
@@ -839,6 +866,7 @@ impl WorkerTuning {
         };
         Ok(crate::worker::Settings {
             consumer_name,
+            shards,
             batch_size: tuning.batch_size as usize,
             block: Duration::from_millis(tuning.block_ms),
             stream_max_len: tuning.stream_max_len,

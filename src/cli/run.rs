@@ -131,7 +131,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     if webhook_keys.contains(DEV_SECRET.as_bytes()) {
         return Err(ConfigError::DevelopmentWebhookKey.into());
     }
-    let settings = args.tuning.settings(webhook_keys, args.http.settings());
+    let settings = args.tuning.settings(webhook_keys, args.shards.stream_shards, args.http.settings());
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let intake = intake::Application::build(address, &args.redis.target(), keys, settings).await?;
     // Serving from here on (webhooks get 503 until Redis answers).
@@ -142,7 +142,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let settings = args.tuning.settings()?;
+    let settings = args.tuning.settings(args.shards.stream_shards)?;
     let schedule = args.schedule.clone().with_worker(&settings);
     let database_url = args.database.database_url.as_str();
     let redis = args.redis.target();
@@ -272,7 +272,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let keys = Keys::new(&args.key_prefix.key_prefix);
     let shutdown = shutdown_on_signals();
 
-    let worker_settings = args.worker.settings()?;
+    let worker_settings = args.worker.settings(args.shards.stream_shards)?;
     let schedule = args.schedule.clone().with_worker(&worker_settings);
     let worker = Worker::connect(pool.clone(), &redis, keys.clone(), worker_settings).await?;
     let worker = with_revalidation(worker, &args.worker.revalidate, &redis, &keys, &shutdown).await?;
@@ -290,7 +290,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let api_settings = args.api.settings(http);
     let console_token = api_settings.console_token.clone();
     let api = api::ApiState::connect(pool, &redis, keys.clone(), args.worker.cache.ttls(), api_settings);
-    let intake_settings = args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, http);
+    let intake_settings =
+        args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, args.shards.stream_shards, http);
     let app = intake::router(redis_connection, keys, intake_settings).merge(api::routes(api));
     let intake_task = tokio::spawn(serve(listener, app, http, shutdown.clone()));
 

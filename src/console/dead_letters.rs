@@ -398,7 +398,7 @@ async fn preview(
         @if let Some(problem) = problem { p.problem role="alert" { (problem) } }
         p #preview-count data-count=(count) {
             "Dry run: " strong { (count) " dead letters" } " would be " (verb)
-            @if action == Action::Replay { " onto " code { (state.keys.events()) } " with fresh attempts" }
+            @if action == Action::Replay { " onto the events stream with fresh attempts" }
             "; nothing has changed yet. Chosen: " (chosen.describe()) "."
         }
         @if !selected.missing.is_empty() {

@@ -171,7 +171,7 @@ pub(super) async fn page(
             }
             "done" => {
                 p.notice #job-state data-state="done" {
-                    "Done: " (number("replayed")) " dead letters replayed onto " code { (state.keys.events()) } " with fresh attempts"
+                    "Done: " (number("replayed")) " dead letters replayed onto the events stream with fresh attempts"
                     @if number("missing") > 0 { "; " (number("missing")) " were no longer dead letters" }
                     "."
                 }

@@ -4,6 +4,11 @@
 //! acknowledged (2xx) before the event is in the stream: when Redis cannot
 //! take it, Thinkific gets a 503 and retries later.
 //!
+//! An event goes to the stream shard of its tenant and entity (see
+//! [`crate::redis::shards`]); before it accepts a webhook, the intake has
+//! raised the fleet's shard count to its own, so workers consume every
+//! shard it writes to.
+//!
 //! The intake listens before Redis is reachable: until it is, `/readyz` and
 //! every webhook answer 503 (with `Retry-After`), and Redis is waited for in
 //! the background (see [`crate::health`]).
@@ -35,6 +40,7 @@ use crate::health::{self, Dependency, Health};
 
 use crate::redis::dedup::DedupWindow;
 use crate::redis::keys::Keys;
+use crate::redis::shards::{self, ShardCount};
 use crate::redis::stream::{self, Enqueued, NewEntry};
 use crate::runtime::HttpSettings;
 use crate::secrets::{KeyScope, WebhookKeys};
@@ -60,6 +66,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How accepted events are remembered to answer redeliveries.
     pub dedup: DedupWindow,
+    /// How many stream shards new events are spread over (`FLEET_STREAM_SHARDS`).
+    pub shards: ShardCount,
     /// Limits on slow and idle clients.
     pub http: HttpSettings,
 }
@@ -74,9 +82,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `address`, then connects to Redis and makes sure the consumer
-    /// group exists (so entries appended before any worker ran are
-    /// consumed). When Redis does not answer at once, it is waited for in
+    /// Binds `address`, then connects to Redis, raises the fleet's shard
+    /// count to its own and makes sure every shard's consumer group exists
+    /// (so entries appended before any worker ran are consumed). When Redis does not answer at once, it is waited for in
     /// the background once serving.
     pub async fn build(
         address: SocketAddr,
@@ -85,7 +93,7 @@ impl Application {
         settings: Settings,
     ) -> Result<Self, crate::runtime::ListenError> {
         let (listener, address) = crate::runtime::bind(address).await?;
-        tracing::info!(%address, stream = %keys.events(), "intake listening");
+        tracing::info!(%address, shards = settings.shards.get(), "intake listening");
         log_dedup_layout(&settings.dedup);
         let http = settings.http;
         let state = IntakeState {
@@ -96,7 +104,7 @@ impl Application {
         };
         let mut pending = Some(redis.clone());
         if let Ok(mut redis) = crate::redis::connect(redis, Duration::from_secs(2)).await {
-            if stream::ensure_group(&mut redis, &state.keys).await.is_ok() {
+            if shards::prepare(&mut redis, &state.keys, state.settings.shards).await.is_ok() {
                 state.connected(redis);
                 pending = None;
             }
@@ -134,7 +142,8 @@ impl IntakeState {
         self.health.up(Dependency::Redis);
     }
 
-    /// Waits for Redis and the consumer group, then serves webhooks.
+    /// Waits for Redis, the fleet's shard count raised to ours and every
+    /// shard's consumer group, then serves webhooks.
     async fn connect(self, target: RedisTarget, stop: CancellationToken) {
         let Some(redis) = crate::redis::connect_waiting(&target, Duration::from_secs(2), &self.health, &stop).await
         else {
@@ -144,7 +153,8 @@ impl IntakeState {
         let group = health::until_reachable(&self.health, Dependency::Redis, &address, &stop, || {
             let mut redis = redis.clone();
             let keys = self.keys.clone();
-            async move { stream::ensure_group(&mut redis, &keys).await }
+            let shards = self.settings.shards;
+            async move { shards::prepare(&mut redis, &keys, shards).await }
         });
         if group.await.is_some() {
             self.connected(redis);
@@ -331,7 +341,10 @@ async fn accept(
         tracing::warn!(event_id = %envelope.id, %topic, "Redis not reached yet; webhook answered 503 (Thinkific will retry)");
         return Err(IntakeError::NotConnected);
     };
-    let enqueued = stream::enqueue(&mut redis, &state.keys, &entry, &state.settings.dedup)
+    // Redeliveries carry the same body: they meet the same shard's
+    // deduplication sets.
+    let shard = state.settings.shards.shard_of(tenant_id, envelope.entity.as_deref().unwrap_or(&envelope.id));
+    let enqueued = stream::enqueue(&mut redis, &state.keys.shard(shard), &entry, &state.settings.dedup)
         .await
         .map_err(|err| {
             metrics::dependency_up("redis", false);
@@ -345,7 +358,7 @@ async fn accept(
     Ok(match enqueued {
         Enqueued::Accepted(entry_id) => {
             let status = Answer::Accepted.as_str();
-            tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, stream_entry_id = %entry_id, "webhook received");
+            tracing::info!(event_id = %envelope.id, %topic, tenant = tenant_id, status, shard, stream_entry_id = %entry_id, "webhook received");
             (Answer::Accepted, Json(json!({ "status": status, "event_id": envelope.id, "stream_entry_id": entry_id })))
         }
         Enqueued::Duplicate => {

@@ -1,5 +1,9 @@
 //! `fleet dlq list|show|replay|purge`: the dead letters, for an operator.
 //!
+//! Each stream shard keeps its own dead letters; these functions see the
+//! dead letters of every shard as one list, oldest first, each named by a
+//! [`LetterId`] (its stream id, after `<shard>/` beyond the first shard).
+//!
 //! The work is in [`find`], [`get`], [`select`], [`replay_selected`] and
 //! [`purge_selected`]; [`list`], [`show`], [`replay`] and [`purge`] print
 //! what they return. The operator console calls the same functions, so a
@@ -14,9 +18,62 @@ use std::io::Write;
 
 use super::output::{shorten, summary, Output};
 use super::OperatorExit;
+use std::cmp::Ordering;
+use std::fmt;
+
 use crate::redis::failures;
 use crate::redis::keys::Keys;
+use crate::redis::shards::{self, ShardCount, MAX_SHARDS};
 use crate::redis::stream::{self, Entry};
+
+/// A dead letter's name across shards: the shard and its id in that
+/// shard's dead-letter stream. Written `<id>` in the first shard (so a
+/// one-shard fleet's ids are the stream's own) and `<shard>/<id>` in the
+/// others, e.g. `1700000000000-0` and `2/1700000000000-0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LetterId {
+    pub shard: u32,
+    pub entry: String,
+}
+
+impl LetterId {
+    /// Reads a written id; `None` when it is none (nothing then matches it).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (shard, entry) = match text.split_once('/') {
+            Some((shard, entry)) => (shard.parse().ok().filter(|shard| *shard < MAX_SHARDS)?, entry),
+            None => (0, text),
+        };
+        let well_formed = |part: &str| !part.is_empty() && part.len() <= 20 && part.bytes().all(|b| b.is_ascii_digit());
+        let (ms, seq) = entry.split_once('-').unwrap_or((entry, "0"));
+        (well_formed(ms) && well_formed(seq)).then(|| Self { shard, entry: entry.to_owned() })
+    }
+
+    /// The order dead letters are listed in: by time (the stream id), then shard.
+    fn order(&self, other: &Self) -> Ordering {
+        stream::compare_ids(&self.entry, &other.entry).then(self.shard.cmp(&other.shard))
+    }
+}
+
+impl fmt::Display for LetterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.shard {
+            0 => f.write_str(&self.entry),
+            shard => write!(f, "{shard}/{}", self.entry),
+        }
+    }
+}
+
+/// A dead letter read from its shard.
+struct Letter {
+    id: LetterId,
+    entry: Entry,
+}
+
+impl Letter {
+    fn new(shard: u32, entry: Entry) -> Self {
+        Self { id: LetterId { shard, entry: entry.id.clone() }, entry }
+    }
+}
 
 /// Which dead letters a command looks at. Every condition is compared
 /// whole, never as a pattern.
@@ -30,21 +87,26 @@ pub struct Filter {
     pub error_kind: Option<String>,
     /// Only those dead-lettered since this time.
     pub since: Option<DateTime<Utc>>,
-    /// Only those up to this dead-letter id (inclusive): the console
-    /// confirms "every one matching" up to the last one its preview showed,
-    /// so a dead letter that arrives in between is not replayed unseen.
+    /// Only those up to this dead letter (a [`LetterId`], inclusive): the
+    /// console confirms "every one matching" up to the last one its preview
+    /// showed, so a dead letter that arrives in between is not replayed
+    /// unseen. Not an id: nothing matches.
     pub up_to: Option<String>,
 }
 
 impl Filter {
-    fn matches(&self, entry: &Entry) -> bool {
+    fn matches(&self, letter: &Letter) -> bool {
+        let entry = &letter.entry;
         let same =
             |wanted: &Option<String>, field: &str| wanted.as_deref().is_none_or(|w| entry.text(field) == Some(w));
         same(&self.topic, "topic")
             && same(&self.tenant, "tenant")
             && same(&self.error_kind, "error_kind")
             && self.since.is_none_or(|since| stream::compare_ids(&entry.id, &start_id(Some(since))).is_ge())
-            && self.up_to.as_deref().is_none_or(|last| stream::compare_ids(&entry.id, last).is_le())
+            && self
+                .up_to
+                .as_deref()
+                .is_none_or(|last| LetterId::parse(last).is_some_and(|last| letter.id.order(&last).is_le()))
     }
 }
 
@@ -64,7 +126,10 @@ const READ_BATCH: usize = 500;
 /// A dead letter as operators see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetterView {
+    /// Its [`LetterId`], written out.
     pub id: String,
+    /// The stream shard it came from.
+    pub shard: u32,
     pub event_id: String,
     pub topic: String,
     pub tenant: String,
@@ -84,13 +149,15 @@ pub struct DeadLetterView {
 }
 
 impl DeadLetterView {
-    fn from_entry(entry: &Entry, whole: bool) -> Self {
+    fn from_letter(letter: &Letter, whole: bool) -> Self {
+        let entry = &letter.entry;
         let text = |name: &str| entry.text(name).unwrap_or_default().to_owned();
         let json_or_text = |raw: &[u8]| {
             serde_json::from_slice(raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
         };
         Self {
-            id: entry.id.clone(),
+            id: letter.id.to_string(),
+            shard: letter.id.shard,
             event_id: text("event_id"),
             topic: text("topic"),
             tenant: text("tenant"),
@@ -131,62 +198,121 @@ pub async fn find(
 ) -> Result<DeadLetterPage, RedisError> {
     let entries = matching(redis, keys, filter, after, limit.saturating_add(1)).await?;
     let more = entries.len() > limit;
-    let letters = entries.iter().take(limit).map(|entry| DeadLetterView::from_entry(entry, false)).collect();
+    let letters = entries.iter().take(limit).map(|entry| DeadLetterView::from_letter(entry, false)).collect();
     Ok(DeadLetterPage { letters, more })
 }
 
-/// How many dead letters there are in all.
+/// How many dead letters there are in all, in every shard.
 pub async fn total(redis: &mut RedisConnection, keys: &Keys) -> Result<u64, RedisError> {
-    redis.xlen(keys.dead_letters()).await
+    let mut total = 0;
+    for shard in fleet_shards(redis, keys).await? {
+        total += redis.xlen::<_, u64>(shard.dead_letters()).await?;
+    }
+    Ok(total)
 }
 
-/// Dead letters matching `filter` after `after`, oldest first, at most `limit`.
+/// Every shard of the fleet's count.
+async fn fleet_shards(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+) -> Result<Vec<crate::redis::keys::ShardKeys>, RedisError> {
+    Ok(shards::fleet_count(redis, keys, ShardCount::ONE).await?.shards(keys))
+}
+
+/// Dead letters matching `filter` after `after`, oldest first (by time,
+/// then shard), at most `limit`: up to `limit` read from each shard, then
+/// merged.
 async fn matching(
     redis: &mut RedisConnection,
     keys: &Keys,
     filter: &Filter,
     after: Option<&str>,
     limit: usize,
-) -> Result<Vec<Entry>, RedisError> {
+) -> Result<Vec<Letter>, RedisError> {
+    // A malformed `after` or `up_to`: nothing matches.
+    let Some(after) = after.map(LetterId::parse).transpose_none() else { return Ok(Vec::new()) };
+    let Some(up_to) = filter.up_to.as_deref().map(LetterId::parse).transpose_none() else { return Ok(Vec::new()) };
+    let since = start_id(filter.since);
     let mut found = Vec::new();
-    let mut start = match after {
-        Some(after) if stream::compare_ids(after, &start_id(filter.since)).is_ge() => format!("({after}"),
-        _ => start_id(filter.since),
-    };
-    let end = filter.up_to.clone().unwrap_or_else(|| "+".to_owned());
-    loop {
-        let page = match failures::read_dead_letters(redis, keys, &start, &end, READ_BATCH).await {
-            Ok(page) => page,
-            // A malformed `after` or `up_to`: nothing matches.
-            Err(err) if err.code() == Some("ERR") => return Ok(found),
-            Err(err) => return Err(err),
-        };
-        let Some(last) = page.last() else { break };
-        start = format!("({}", last.id);
-        let last_page = page.len() < READ_BATCH;
-        for entry in page {
-            if filter.matches(&entry) {
-                found.push(entry);
-                if found.len() >= limit {
-                    return Ok(found);
+    for shard in fleet_shards(redis, keys).await? {
+        let index = shard.index();
+        // Bounds in this shard's stream for the order (id, shard).
+        let mut start = match &after {
+            Some(after) if stream::compare_ids(&after.entry, &since).is_ge() => {
+                if index > after.shard {
+                    after.entry.clone()
+                } else {
+                    format!("({}", after.entry)
                 }
             }
-        }
-        if last_page {
-            break;
+            _ => since.clone(),
+        };
+        let end = match &up_to {
+            Some(up_to) if index <= up_to.shard => up_to.entry.clone(),
+            Some(up_to) => format!("({}", up_to.entry),
+            None => "+".to_owned(),
+        };
+        let mut from_shard = 0;
+        'shard: loop {
+            let page = match failures::read_dead_letters(redis, &shard, &start, &end, READ_BATCH).await {
+                Ok(page) => page,
+                // Bounds out of order (`(x` past `x`): nothing in between.
+                Err(err) if err.code() == Some("ERR") => break,
+                Err(err) => return Err(err),
+            };
+            let Some(last) = page.last() else { break };
+            start = format!("({}", last.id);
+            let last_page = page.len() < READ_BATCH;
+            for entry in page {
+                let letter = Letter::new(index, entry);
+                if filter.matches(&letter) {
+                    found.push(letter);
+                    from_shard += 1;
+                    if from_shard >= limit {
+                        break 'shard;
+                    }
+                }
+            }
+            if last_page {
+                break;
+            }
         }
     }
+    found.sort_by(|a, b| a.id.order(&b.id));
+    found.truncate(limit);
     Ok(found)
+}
+
+/// `Some(None)` for no value, `Some(Some(id))` for an id, `None` for a
+/// value that is not an id.
+trait TransposeNone<T> {
+    fn transpose_none(self) -> Option<Option<T>>;
+}
+
+impl<T> TransposeNone<T> for Option<Option<T>> {
+    fn transpose_none(self) -> Option<Option<T>> {
+        match self {
+            None => Some(None),
+            Some(Some(value)) => Some(Some(value)),
+            Some(None) => None,
+        }
+    }
+}
+
+/// One dead letter read by its written id; none when there is none.
+async fn letter_by_id(redis: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<Letter>, RedisError> {
+    let Some(id) = LetterId::parse(id) else { return Ok(None) };
+    match failures::dead_letter_by_id(redis, &keys.shard(id.shard), &id.entry).await {
+        Ok(entry) => Ok(entry.map(|entry| Letter::new(id.shard, entry))),
+        Err(err) if err.code() == Some("ERR") => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// One dead letter, whole (its headers and body included); none when no
 /// dead letter has this id, or it is not an id at all.
 pub async fn get(redis: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<DeadLetterView>, RedisError> {
-    match failures::dead_letter_by_id(redis, keys, id).await {
-        Ok(entry) => Ok(entry.map(|entry| DeadLetterView::from_entry(&entry, true))),
-        Err(err) if err.code() == Some("ERR") => Ok(None),
-        Err(err) => Err(err),
-    }
+    Ok(letter_by_id(redis, keys, id).await?.map(|letter| DeadLetterView::from_letter(&letter, true)))
 }
 
 /// The dead letters a selection names, as a replay or purge would find them.
@@ -202,26 +328,24 @@ pub struct Selected {
 /// Changes nothing: this is the dry run.
 pub async fn select(redis: &mut RedisConnection, keys: &Keys, selection: &Selection) -> Result<Selected, RedisError> {
     let (entries, missing) = select_entries(redis, keys, selection).await?;
-    Ok(Selected { letters: entries.iter().map(|entry| DeadLetterView::from_entry(entry, false)).collect(), missing })
+    Ok(Selected { letters: entries.iter().map(|entry| DeadLetterView::from_letter(entry, false)).collect(), missing })
 }
 
 async fn select_entries(
     redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
-) -> Result<(Vec<Entry>, Vec<String>), RedisError> {
+) -> Result<(Vec<Letter>, Vec<String>), RedisError> {
     if selection.all {
         return Ok((matching(redis, keys, &selection.filter, None, usize::MAX).await?, Vec::new()));
     }
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for id in &selection.ids {
-        match failures::dead_letter_by_id(redis, keys, id).await {
-            Ok(Some(entry)) => found.push(entry),
-            Ok(None) => missing.push(id.clone()),
-            // A malformed id is a missing one, not a failure.
-            Err(err) if err.code() == Some("ERR") => missing.push(id.clone()),
-            Err(err) => return Err(err),
+        // A malformed id is a missing one, not a failure.
+        match letter_by_id(redis, keys, id).await? {
+            Some(letter) => found.push(letter),
+            None => missing.push(id.clone()),
         }
     }
     found.retain(|entry| selection.filter.matches(entry));
@@ -231,7 +355,8 @@ async fn select_entries(
 /// What a replay did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplayReport {
-    /// (dead-letter id, new events-stream id) of each one replayed.
+    /// (dead-letter id, new events-stream id) of each one replayed, both
+    /// written as [`LetterId`]s are (`<shard>/` beyond the first shard).
     pub replayed: Vec<(String, String)>,
     /// Named ids that are not dead letters, or that went before their turn.
     pub missing: Vec<String>,
@@ -247,16 +372,19 @@ pub async fn replay_selected(
     selection: &Selection,
     progress: &mut (dyn FnMut(usize, usize) + Send),
 ) -> Result<ReplayReport, RedisError> {
-    let (entries, mut missing) = select_entries(redis, keys, selection).await?;
-    let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
+    let (letters, mut missing) = select_entries(redis, keys, selection).await?;
+    let total = letters.len();
     let mut replayed = Vec::new();
     let mut handled = 0;
-    for chunk in ids.chunks(CHUNK) {
-        let outcome = failures::replay_dead_letters(redis, keys, chunk).await?;
-        replayed.extend(outcome.replayed);
-        missing.extend(outcome.missing);
-        handled += chunk.len();
-        progress(handled, ids.len());
+    for (shard, ids) in by_shard(letters) {
+        let written = |entry: String| LetterId { shard, entry }.to_string();
+        for chunk in ids.chunks(CHUNK) {
+            let outcome = failures::replay_dead_letters(redis, &keys.shard(shard), chunk).await?;
+            replayed.extend(outcome.replayed.into_iter().map(|(from, to)| (written(from), written(to))));
+            missing.extend(outcome.missing.into_iter().map(written));
+            handled += chunk.len();
+            progress(handled, total);
+        }
     }
     Ok(ReplayReport { replayed, missing })
 }
@@ -278,26 +406,37 @@ pub async fn purge_selected(
     keys: &Keys,
     selection: &Selection,
 ) -> Result<PurgeReport, RedisError> {
-    let (entries, missing) = select_entries(redis, keys, selection).await?;
-    let ids: Vec<String> = entries.into_iter().map(|entry| entry.id).collect();
+    let (letters, missing) = select_entries(redis, keys, selection).await?;
+    let ids = letters.iter().map(|letter| letter.id.to_string()).collect();
     let mut purged = 0;
-    for chunk in ids.chunks(CHUNK) {
-        purged += failures::purge_dead_letters(redis, keys, chunk).await?;
+    for (shard, shard_ids) in by_shard(letters) {
+        for chunk in shard_ids.chunks(CHUNK) {
+            purged += failures::purge_dead_letters(redis, &keys.shard(shard), chunk).await?;
+        }
     }
     Ok(PurgeReport { purged, ids, missing })
+}
+
+/// The stream ids of `letters`, by shard, each shard's in the order given.
+fn by_shard(letters: Vec<Letter>) -> std::collections::BTreeMap<u32, Vec<String>> {
+    let mut by_shard = std::collections::BTreeMap::<u32, Vec<String>>::new();
+    for letter in letters {
+        by_shard.entry(letter.id.shard).or_default().push(letter.id.entry);
+    }
+    by_shard
 }
 
 /// The dead letters as a table; a table cut short (e.g. by `| head`) is not an error.
 fn print_table(out: &mut dyn Write, letters: &[DeadLetterView]) -> std::io::Result<()> {
     let _ = writeln!(
         out,
-        "{:<17} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} ERROR",
+        "{:<20} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} ERROR",
         "ID", "LAST FAILED", "TOPIC", "TENANT", "EVENT", "ATTEMPTS", "KIND"
     );
     for letter in letters {
         let _ = writeln!(
             out,
-            "{:<17} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
+            "{:<20} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
             letter.id,
             letter.last_failed_at,
             shorten(&letter.topic, 22),
@@ -408,7 +547,7 @@ pub async fn replay(
         Ok(())
     })?;
     if !output.is_json() {
-        summary(&format!("{} dead letters replayed onto {}", report.replayed.len(), keys.events()));
+        summary(&format!("{} dead letters replayed onto the events stream", report.replayed.len()));
     }
     not_found(&report.missing)
 }

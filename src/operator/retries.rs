@@ -1,5 +1,5 @@
 //! `fleet retries`: the events waiting for another attempt, soonest first:
-//! when each is due, and after which error.
+//! when each is due, and after which error, over every stream shard.
 //!
 //! [`scheduled`] reads them (the operator console's retries page shows the
 //! same list); [`list`] prints it.
@@ -11,12 +11,15 @@ use serde::Serialize;
 
 use super::output::{shorten, summary, Output};
 use crate::redis::keys::Keys;
+use crate::redis::shards::{self, ShardCount};
 
 /// One scheduled retry.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetryView {
     /// When it goes back onto the events stream (RFC 3339).
     pub due_at: String,
+    /// The stream shard it goes back to.
+    pub shard: u32,
     pub event_id: String,
     pub topic: String,
     pub tenant: String,
@@ -37,7 +40,7 @@ pub struct ScheduledRetries {
 
 /// A retry as the worker scheduled it: a JSON array of field/value pairs
 /// (see `crate::redis::failures::schedule_retries`), scored by its due time.
-fn view(member: &str, due_ms: f64) -> RetryView {
+fn view(shard: u32, member: &str, due_ms: f64) -> RetryView {
     let pairs: Vec<String> = serde_json::from_str(member).unwrap_or_default();
     let field = |name: &str| {
         pairs.chunks(2).find(|pair| pair.first().map(String::as_str) == Some(name)).and_then(|pair| pair.get(1))
@@ -45,6 +48,7 @@ fn view(member: &str, due_ms: f64) -> RetryView {
     let text = |name: &str| field(name).cloned().unwrap_or_default();
     RetryView {
         due_at: DateTime::<Utc>::from_timestamp_millis(due_ms as i64).map(|due| due.to_rfc3339()).unwrap_or_default(),
+        shard,
         event_id: text("event_id"),
         topic: text("topic"),
         tenant: text("tenant"),
@@ -56,13 +60,21 @@ fn view(member: &str, due_ms: f64) -> RetryView {
     }
 }
 
-/// The `limit` retries due soonest.
+/// The `limit` retries due soonest, of every shard.
 pub async fn scheduled(redis: &mut RedisConnection, keys: &Keys, limit: usize) -> Result<ScheduledRetries, RedisError> {
     let stop = limit.saturating_sub(1) as isize;
-    let (total, members): (u64, Vec<(String, f64)>) =
-        redis::pipe().zcard(keys.retries()).zrange_withscores(keys.retries(), 0, stop).query_async(redis).await?;
-    let retries =
-        if limit == 0 { Vec::new() } else { members.iter().map(|(member, due)| view(member, *due)).collect() };
+    let mut total = 0;
+    let mut soonest: Vec<(f64, RetryView)> = Vec::new();
+    for shard in shards::fleet_count(redis, keys, ShardCount::ONE).await?.shards(keys) {
+        let (count, members): (u64, Vec<(String, f64)>) =
+            redis::pipe().zcard(shard.retries()).zrange_withscores(shard.retries(), 0, stop).query_async(redis).await?;
+        total += count;
+        if limit > 0 {
+            soonest.extend(members.iter().map(|(member, due)| (*due, view(shard.index(), member, *due))));
+        }
+    }
+    soonest.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let retries = soonest.into_iter().take(limit).map(|(_, retry)| retry).collect();
     Ok(ScheduledRetries { total, retries })
 }
 
@@ -103,10 +115,11 @@ mod tests {
     #[test]
     fn a_retry_reads_back_from_its_member() {
         let member = serde_json::json!(["topic", "user.signup", "event_id", "42", "attempts", "3", "error", "boom"]);
-        let retry = view(&member.to_string(), 1_700_000_000_000.0);
+        let retry = view(2, &member.to_string(), 1_700_000_000_000.0);
         assert_eq!((retry.topic.as_str(), retry.event_id.as_str(), retry.attempts), ("user.signup", "42", 3));
         assert_eq!(retry.error, "boom");
         assert!(retry.due_at.starts_with("2023-11-14T22:13:20"), "{}", retry.due_at);
-        assert_eq!(view("not json", 0.0).attempts, 0);
+        assert_eq!(retry.shard, 2);
+        assert_eq!(view(0, "not json", 0.0).attempts, 0);
     }
 }

@@ -1,6 +1,6 @@
-//! `fleet status`: the stream backlog, consumers, retries, dead letters, the
-//! last minutes' activity, and a one-line verdict on whether the fleet keeps
-//! up.
+//! `fleet status`: the stream backlog, consumers, retries, dead letters (the
+//! fleet's totals and each stream shard's), the last minutes' activity, and
+//! a one-line verdict on whether the fleet keeps up.
 //!
 //! [`report`] reads it all from Redis and [`show`] prints it; the operator
 //! console's overview shows the very same [`StatusReport`], verdict
@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use super::output::{human_duration, Output};
 use crate::redis::activity::{self, Tally};
-use crate::redis::keys::{Keys, GROUP};
+use crate::redis::keys::{Keys, ShardKeys, GROUP};
+use crate::redis::shards::{self, ShardCount};
 
 /// An entry pending this long means a worker is stuck (the
 /// `FleetOldestPendingTooOld` alert's threshold).
@@ -84,9 +85,26 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The fleet as Redis sees it.
+/// One stream shard's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardView {
+    pub shard: u32,
+    pub stream: String,
+    pub length: u64,
+    /// Entries not yet delivered to its group; unknown after some trims.
+    pub undelivered: Option<u64>,
+    pub pending: u64,
+    /// Age of its oldest pending entry, in milliseconds (0 when none is).
+    pub oldest_pending_age_ms: u64,
+    pub retries_scheduled: u64,
+    pub dead_letters: u64,
+}
+
+/// The fleet as Redis sees it: the totals over every stream shard, then
+/// each shard's own figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
+    /// The streams' names: the one stream, or the pattern of the shards'.
     pub stream: String,
     pub length: u64,
     pub group: &'static str,
@@ -100,26 +118,97 @@ pub struct StatusReport {
     pub retries_scheduled: u64,
     pub next_retry_at: Option<String>,
     pub dead_letters: u64,
+    /// Each shard's figures, the first shard first.
+    pub shards: Vec<ShardView>,
     pub recent: Recent,
     pub verdict: Verdict,
 }
 
-/// Reads the fleet's state: a few O(1) commands, plus one `EXISTS` per
-/// consumer and one `HGETALL` per recent minute, in three round trips.
+/// Reads the fleet's state: a few O(1) commands per shard, plus one
+/// `EXISTS` per consumer and one `HGETALL` per recent minute.
 pub async fn report(redis: &mut RedisConnection, keys: &Keys) -> Result<StatusReport, RedisError> {
     let now = Utc::now();
+    let count = shards::fleet_count(redis, keys, ShardCount::ONE).await?;
+    let mut views = Vec::new();
+    let mut next_retry_ms: Option<f64> = None;
+    // Every consumer name of any shard's group: (pending, idle) summed and
+    // least over the shards.
+    let mut by_name: Vec<(String, u64, u64)> = Vec::new();
+    for shard in count.shards(keys) {
+        let (view, next_retry, consumers) = shard_report(redis, &shard, now).await?;
+        views.push(view);
+        if let Some(due) = next_retry {
+            next_retry_ms = Some(next_retry_ms.map_or(due, |earliest| earliest.min(due)));
+        }
+        for (name, pending, idle) in consumers {
+            match by_name.iter_mut().find(|(known, _, _)| *known == name) {
+                Some(known) => {
+                    known.1 += pending;
+                    known.2 = known.2.min(idle);
+                }
+                None => by_name.push((name, pending, idle)),
+            }
+        }
+    }
+    let next_retry_at =
+        next_retry_ms.and_then(|due| DateTime::<Utc>::from_timestamp_millis(due as i64)).map(|due| due.to_rfc3339());
+    let leases: Vec<String> = by_name.iter().map(|(name, _, _)| keys.consumer_lease(name)).collect();
+    let mut live = vec![false; leases.len()];
+    // Each lease in its own slot on a cluster: one pipeline per slot.
+    for group in redis.same_slot_groups(leases.iter().map(String::as_str)) {
+        let mut pipe = redis::pipe();
+        for &position in &group {
+            pipe.exists(&leases[position]);
+        }
+        let held: Vec<bool> = pipe.query_async(redis).await?;
+        for (position, held) in group.into_iter().zip(held) {
+            live[position] = held;
+        }
+    }
+    let consumers: Vec<ConsumerView> = by_name
+        .into_iter()
+        .zip(live)
+        .map(|((name, pending, idle_ms), live)| ConsumerView { name, pending, idle_ms, live })
+        .collect();
+    let minutes = activity::read(redis, keys, activity::minute_of(now), RECENT_MINUTES).await?;
+    let live_workers = consumers.iter().filter(|consumer| consumer.live).count();
+    let stream =
+        if views.len() == 1 { views[0].stream.clone() } else { format!("{}events:{{shard:*}}", keys.prefix()) };
+    let mut report = StatusReport {
+        stream,
+        length: views.iter().map(|view| view.length).sum(),
+        group: GROUP,
+        undelivered: views.iter().map(|view| view.undelivered).sum(),
+        pending: views.iter().map(|view| view.pending).sum(),
+        oldest_pending_age_ms: views.iter().map(|view| view.oldest_pending_age_ms).max().unwrap_or(0),
+        consumers,
+        live_workers,
+        retries_scheduled: views.iter().map(|view| view.retries_scheduled).sum(),
+        next_retry_at,
+        dead_letters: views.iter().map(|view| view.dead_letters).sum(),
+        shards: views,
+        recent: recent(&minutes, now),
+        verdict: Verdict { level: Level::Ok, text: String::new() },
+    };
+    report.verdict = verdict(&report);
+    Ok(report)
+}
+
+/// One shard's figures, when its next retry is due (unix ms), and its
+/// group's consumers as (name, pending, idle ms).
+async fn shard_report(
+    redis: &mut RedisConnection,
+    shard: &ShardKeys,
+    now: DateTime<Utc>,
+) -> Result<(ShardView, Option<f64>, Vec<(String, u64, u64)>), RedisError> {
     let (length, dead_letters, retries, next_retry): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
-        .xlen(keys.events())
-        .xlen(keys.dead_letters())
-        .zcard(keys.retries())
-        .zrange_withscores(keys.retries(), 0, 0)
+        .xlen(shard.events())
+        .xlen(shard.dead_letters())
+        .zcard(shard.retries())
+        .zrange_withscores(shard.retries(), 0, 0)
         .query_async(redis)
         .await?;
-    let next_retry_at = next_retry
-        .first()
-        .and_then(|(_, score)| DateTime::<Utc>::from_timestamp_millis(*score as i64))
-        .map(|due| due.to_rfc3339());
-    let groups: StreamInfoGroupsReply = match redis.xinfo_groups(keys.events()).await {
+    let groups: StreamInfoGroupsReply = match redis.xinfo_groups(shard.events()).await {
         Ok(groups) => groups,
         // No stream yet: nothing was ever received.
         Err(err) if err.code() == Some("ERR") => StreamInfoGroupsReply::default(),
@@ -130,59 +219,32 @@ pub async fn report(redis: &mut RedisConnection, keys: &Keys) -> Result<StatusRe
     let mut oldest_pending_age_ms = 0;
     if let Some(group) = &group {
         let (reply, pending): (StreamInfoConsumersReply, StreamPendingReply) = redis::pipe()
-            .xinfo_consumers(keys.events(), GROUP)
-            .xpending(keys.events(), GROUP)
+            .xinfo_consumers(shard.events(), GROUP)
+            .xpending(shard.events(), GROUP)
             .query_async(redis)
             .await?;
         if let (StreamPendingReply::Data(data), true) = (&pending, group.pending > 0) {
             oldest_pending_age_ms = age_ms(&data.start_id, now);
         }
-        let leases: Vec<String> = reply.consumers.iter().map(|consumer| keys.consumer_lease(&consumer.name)).collect();
-        let mut live = vec![false; leases.len()];
-        // Each lease in its own slot on a cluster: one pipeline per slot.
-        for group in redis.same_slot_groups(leases.iter().map(String::as_str)) {
-            let mut pipe = redis::pipe();
-            for &position in &group {
-                pipe.exists(&leases[position]);
-            }
-            let held: Vec<bool> = pipe.query_async(redis).await?;
-            for (position, held) in group.into_iter().zip(held) {
-                live[position] = held;
-            }
-        }
         consumers = reply
             .consumers
             .into_iter()
-            .zip(live)
-            .map(|(consumer, live)| ConsumerView {
-                name: consumer.name,
-                pending: consumer.pending as u64,
-                idle_ms: consumer.idle as u64,
-                live,
-            })
+            .map(|consumer| (consumer.name, consumer.pending as u64, consumer.idle as u64))
             .collect();
     }
     let (pending, undelivered) =
-        group.as_ref().map_or((0, None), |group| (group.pending as u64, group.lag.map(|lag| lag as u64)));
-    let minutes = activity::read(redis, keys, activity::minute_of(now), RECENT_MINUTES).await?;
-    let live_workers = consumers.iter().filter(|consumer| consumer.live).count();
-    let mut report = StatusReport {
-        stream: keys.events(),
+        group.as_ref().map_or((0, Some(0)), |group| (group.pending as u64, group.lag.map(|lag| lag as u64)));
+    let view = ShardView {
+        shard: shard.index(),
+        stream: shard.events(),
         length,
-        group: GROUP,
         undelivered,
         pending,
         oldest_pending_age_ms,
-        consumers,
-        live_workers,
         retries_scheduled: retries,
-        next_retry_at,
         dead_letters,
-        recent: recent(&minutes, now),
-        verdict: Verdict { level: Level::Ok, text: String::new() },
     };
-    report.verdict = verdict(&report);
-    Ok(report)
+    Ok((view, next_retry.first().map(|(_, due)| *due), consumers))
 }
 
 /// The fleet's activity in each of the last `count` minutes (the current
@@ -308,6 +370,30 @@ pub async fn show(redis: &mut RedisConnection, keys: &Keys, output: Output) -> a
             write!(out, "; freshness {} mean, {} max", human_duration(mean), human_duration(max))?;
         }
         writeln!(out)?;
+        if report.shards.len() > 1 {
+            writeln!(out, "shards       {}", report.shards.len())?;
+            writeln!(
+                out,
+                "  {:<6} {:>10} {:>12} {:>10} {:>14} {:>8} {:>12}",
+                "SHARD", "LENGTH", "UNDELIVERED", "PENDING", "OLDEST PENDING", "RETRIES", "DEAD LETTERS"
+            )?;
+            for shard in &report.shards {
+                let undelivered = shard.undelivered.map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
+                let oldest =
+                    if shard.pending > 0 { human_duration(shard.oldest_pending_age_ms) } else { "-".to_owned() };
+                writeln!(
+                    out,
+                    "  {:<6} {:>10} {:>12} {:>10} {:>14} {:>8} {:>12}",
+                    shard.shard,
+                    shard.length,
+                    undelivered,
+                    shard.pending,
+                    oldest,
+                    shard.retries_scheduled,
+                    shard.dead_letters
+                )?;
+            }
+        }
         writeln!(out, "consumers    {} ({} live)", report.consumers.len(), report.live_workers)?;
         for consumer in &report.consumers {
             writeln!(
@@ -340,6 +426,7 @@ mod tests {
             retries_scheduled: 1,
             next_retry_at: None,
             dead_letters: 0,
+            shards: Vec::new(),
             recent: recent(&[], Utc::now()),
             verdict: Verdict { level: Level::Ok, text: String::new() },
         }

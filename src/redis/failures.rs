@@ -5,12 +5,15 @@
 //! MULTI/EXEC that records it in the retry set or the dead letters, so it is
 //! always in exactly one place. A retry carries the event's fields and its
 //! failure history; when due it is appended to the events stream again.
+//! Each stream shard has its own retries and dead letters, under its hash
+//! tag, so every move is one atomic step on one Redis Cluster slot; every
+//! function here works on one shard.
 
 use super::RedisConnection;
 use chrono::{DateTime, SecondsFormat, Utc};
 use redis::{AsyncCommands, RedisError};
 
-use super::keys::{Keys, GROUP};
+use super::keys::{ShardKeys, GROUP};
 use super::scripts;
 use super::stream::{Entry, EVENT_FIELDS};
 
@@ -76,7 +79,11 @@ fn now_text() -> String {
 
 /// Moves entries to the dead-letter stream and acknowledges them, in one
 /// MULTI/EXEC so an entry is never both lost and unacknowledged.
-pub async fn dead_letter(conn: &mut RedisConnection, keys: &Keys, failures: &[Failure<'_>]) -> Result<(), RedisError> {
+pub async fn dead_letter(
+    conn: &mut RedisConnection,
+    shard: &ShardKeys,
+    failures: &[Failure<'_>],
+) -> Result<(), RedisError> {
     if failures.is_empty() {
         return Ok(());
     }
@@ -84,8 +91,8 @@ pub async fn dead_letter(conn: &mut RedisConnection, keys: &Keys, failures: &[Fa
     let mut pipe = redis::pipe();
     pipe.atomic();
     for failure in failures {
-        pipe.xadd(keys.dead_letters(), "*", &failure.fields(&now)).ignore();
-        pipe.xack(keys.events(), GROUP, &[&failure.entry.id]).ignore();
+        pipe.xadd(shard.dead_letters(), "*", &failure.fields(&now)).ignore();
+        pipe.xack(shard.events(), GROUP, &[&failure.entry.id]).ignore();
     }
     pipe.query_async::<()>(conn).await
 }
@@ -95,7 +102,7 @@ pub async fn dead_letter(conn: &mut RedisConnection, keys: &Keys, failures: &[Fa
 /// pending in the stream or waiting in the retry set.
 pub async fn schedule_retries(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     retries: &[(Failure<'_>, DateTime<Utc>)],
 ) -> Result<(), RedisError> {
     if retries.is_empty() {
@@ -111,18 +118,22 @@ pub async fn schedule_retries(
             .flat_map(|(name, value)| [name.to_owned(), String::from_utf8_lossy(&value).into_owned()])
             .collect();
         let member = serde_json::Value::from(flat).to_string();
-        pipe.zadd(keys.retries(), member, due.timestamp_millis()).ignore();
-        pipe.xack(keys.events(), GROUP, &[&failure.entry.id]).ignore();
+        pipe.zadd(shard.retries(), member, due.timestamp_millis()).ignore();
+        pipe.xack(shard.events(), GROUP, &[&failure.entry.id]).ignore();
     }
     pipe.query_async::<()>(conn).await
 }
 
 /// Moves retries that are due back onto the events stream, atomically;
 /// returns how many moved.
-pub async fn promote_due_retries(conn: &mut RedisConnection, keys: &Keys, limit: usize) -> Result<u64, RedisError> {
+pub async fn promote_due_retries(
+    conn: &mut RedisConnection,
+    shard: &ShardKeys,
+    limit: usize,
+) -> Result<u64, RedisError> {
     scripts::PROMOTE_RETRIES
-        .key(keys.retries())
-        .key(keys.events())
+        .key(shard.retries())
+        .key(shard.events())
         .arg(Utc::now().timestamp_millis())
         .arg(limit)
         .invoke_async(conn)
@@ -131,7 +142,11 @@ pub async fn promote_due_retries(conn: &mut RedisConnection, keys: &Keys, limit:
 
 /// Records entries that vanished from the stream while pending (XAUTOCLAIM
 /// reports them and drops them from the pending list).
-pub async fn dead_letter_deleted(conn: &mut RedisConnection, keys: &Keys, ids: &[String]) -> Result<(), RedisError> {
+pub async fn dead_letter_deleted(
+    conn: &mut RedisConnection,
+    shard: &ShardKeys,
+    ids: &[String],
+) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -147,7 +162,7 @@ pub async fn dead_letter_deleted(conn: &mut RedisConnection, keys: &Keys, ids: &
             ("first_failed_at", &now),
             ("last_failed_at", &now),
         ];
-        pipe.xadd(keys.dead_letters(), "*", &fields).ignore();
+        pipe.xadd(shard.dead_letters(), "*", &fields).ignore();
     }
     pipe.query_async::<()>(conn).await
 }
@@ -164,15 +179,15 @@ pub struct Replayed {
 /// Puts dead letters back on the events stream with fresh attempts.
 pub async fn replay_dead_letters(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     ids: &[String],
 ) -> Result<Replayed, RedisError> {
     if ids.is_empty() {
         return Ok(Replayed::default());
     }
     let (replayed, missing): (Vec<String>, Vec<String>) = scripts::REPLAY
-        .key(keys.dead_letters())
-        .key(keys.events())
+        .key(shard.dead_letters())
+        .key(shard.events())
         .arg(EVENT_FIELDS.len())
         .arg(&EVENT_FIELDS[..])
         .arg(ids)
@@ -188,25 +203,33 @@ pub async fn replay_dead_letters(
 /// (XRANGE bounds: an id, `(id` to exclude it, `-` or `+`).
 pub async fn read_dead_letters(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     start: &str,
     end: &str,
     count: usize,
 ) -> Result<Vec<Entry>, RedisError> {
-    let reply: redis::streams::StreamRangeReply = conn.xrange_count(keys.dead_letters(), start, end, count).await?;
+    let reply: redis::streams::StreamRangeReply = conn.xrange_count(shard.dead_letters(), start, end, count).await?;
     Ok(reply.ids.into_iter().map(Entry::from_stream_id).collect())
 }
 
 /// One dead letter, if it exists.
-pub async fn dead_letter_by_id(conn: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<Entry>, RedisError> {
-    let reply: redis::streams::StreamRangeReply = conn.xrange(keys.dead_letters(), id, id).await?;
+pub async fn dead_letter_by_id(
+    conn: &mut RedisConnection,
+    shard: &ShardKeys,
+    id: &str,
+) -> Result<Option<Entry>, RedisError> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange(shard.dead_letters(), id, id).await?;
     Ok(reply.ids.into_iter().map(Entry::from_stream_id).next())
 }
 
 /// Deletes dead letters; returns how many existed.
-pub async fn purge_dead_letters(conn: &mut RedisConnection, keys: &Keys, ids: &[String]) -> Result<u64, RedisError> {
+pub async fn purge_dead_letters(
+    conn: &mut RedisConnection,
+    shard: &ShardKeys,
+    ids: &[String],
+) -> Result<u64, RedisError> {
     if ids.is_empty() {
         return Ok(0);
     }
-    conn.xdel(keys.dead_letters(), ids).await
+    conn.xdel(shard.dead_letters(), ids).await
 }

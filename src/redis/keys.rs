@@ -4,10 +4,11 @@
 //!
 //! | name | what |
 //! |---|---|
-//! | `<prefix>events:{shard:<n>}` | the stream of accepted webhooks (shard `n`; one shard, `0`, for now) |
+//! | `<prefix>events:{shard:<n>}` | the stream of accepted webhooks of shard `n` (`FLEET_STREAM_SHARDS` shards, from `0`; see `redis::shards`) |
 //! | `<prefix>dead-letters:{shard:<n>}` | the stream of events of shard `n` given up on |
 //! | `<prefix>retries:{shard:<n>}` | failed events of shard `n` waiting for their retry (sorted set, by due time) |
 //! | `<prefix>seen:{shard:<n>}:<bucket>:<partition>` | fingerprints of events of shard `n` accepted in one time bucket, one partition of them (a set of 64-bit integers, expires as a whole; see `redis::dedup`) |
+//! | `<prefix>stream-shards` | the most stream shards any process of the fleet was configured with: every worker consumes that many (see `redis::shards`) |
 //! | `<prefix>consumer:<name>` | the lease that keeps a consumer name to one worker |
 //! | `<prefix>cache:{<tenant>}:<kind>…` | a cached dashboard value |
 //! | `<prefix>tag:{<tenant>}:<tag>` | the set of cached keys under one tag |
@@ -121,32 +122,17 @@ impl Keys {
 
     /// The keys of stream shard `index`, all under its hash tag.
     pub fn shard(&self, index: u32) -> ShardKeys {
-        ShardKeys { prefix: self.prefix.clone(), tag: format!("{{shard:{index}}}") }
+        ShardKeys { prefix: self.prefix.clone(), tag: format!("{{shard:{index}}}"), index }
     }
 
-    /// The stream of accepted webhooks (of the first shard).
-    pub fn events(&self) -> String {
-        self.shard(0).events()
-    }
-
-    /// The stream of events that could not be applied (of the first shard).
-    pub fn dead_letters(&self) -> String {
-        self.shard(0).dead_letters()
-    }
-
-    /// Failed events waiting for their retry, scored by due time (ms) (of the first shard).
-    pub fn retries(&self) -> String {
-        self.shard(0).retries()
+    /// The most stream shards any process of the fleet was configured with.
+    pub fn stream_shards(&self) -> String {
+        format!("{}stream-shards", self.prefix)
     }
 
     /// The lease that keeps a consumer name to one live worker.
     pub fn consumer_lease(&self, consumer: &str) -> String {
         format!("{}consumer:{consumer}", self.prefix)
-    }
-
-    /// The deduplication set of one partition and time bucket (of the first shard).
-    pub fn seen(&self, bucket: u64, partition: u64) -> String {
-        self.shard(0).seen(bucket, partition)
     }
 
     /// The pattern matching every deduplication set.
@@ -269,13 +255,19 @@ impl Keys {
 /// The keys of one stream shard, all under its hash tag `{shard:<n>}`, so
 /// that the scripts and transactions moving an event between them run on
 /// one Redis Cluster slot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardKeys {
     prefix: String,
     tag: String,
+    index: u32,
 }
 
 impl ShardKeys {
+    /// Which shard: `0` to the shard count less one.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// The stream of accepted webhooks of this shard.
     pub fn events(&self) -> String {
         format!("{}events:{}", self.prefix, self.tag)
@@ -375,7 +367,9 @@ mod tests {
         assert_eq!(keys.schedule_lock("reconcile", 1_700_000_000), "p:schedule:reconcile:1700000000");
         assert_eq!(keys.schedule_runs(), "p:schedule-runs");
         assert_eq!(keys.cache_reads(), "p:cache-reads");
-        assert_eq!(keys.seen(26_214, 7), "p:seen:{shard:0}:26214:7");
+        assert_eq!(keys.shard(0).seen(26_214, 7), "p:seen:{shard:0}:26214:7");
+        assert_eq!(keys.shard(2).events(), "p:events:{shard:2}");
+        assert_eq!(keys.stream_shards(), "p:stream-shards");
         assert_eq!(keys.seen_pattern(), "p:seen:*");
         assert_eq!(keys.activity(29_000_000), "p:activity:{activity}:29000000");
         assert_eq!(keys.console_session("ab12"), "p:console:session:ab12");

@@ -2,8 +2,10 @@
 //!
 //! - [`keys`]: the name of every key, stream and tag, built in one place, so
 //!   a change of naming (a prefix, a cluster hash tag) is one edit.
-//! - [`stream`]: the events stream and its consumer group (the Redis
-//!   Streams recipe is documented there).
+//! - [`stream`]: a shard of the events stream and its consumer group (the
+//!   Redis Streams recipe is documented there).
+//! - [`shards`]: how many stream shards there are and which one an event
+//!   goes to.
 //! - [`dedup`]: the deduplication window's layout (fingerprints, time
 //!   buckets, partitions) and its size.
 //! - [`failures`]: scheduled retries and the dead-letter stream.
@@ -24,6 +26,7 @@ pub mod failures;
 pub mod keys;
 pub mod leases;
 mod scripts;
+pub mod shards;
 pub mod stream;
 
 use std::time::Duration;

@@ -19,6 +19,7 @@ script!(HOLD_LEASE, "scripts/hold_lease.lua");
 // Releases a consumer-name lease and a cache lock alike.
 script!(RELEASE, "scripts/release.lua");
 script!(TRIM, "scripts/trim.lua");
+script!(RAISE_SHARD_COUNT, "scripts/raise_shard_count.lua");
 script!(CACHE_PUT, "scripts/cache_put.lua");
 script!(CACHE_INVALIDATE, "scripts/cache_invalidate.lua");
 script!(RECORD_ACTIVITY, "scripts/record_activity.lua");

@@ -1,4 +1,5 @@
-//! The events stream and its consumer group.
+//! A shard of the events stream and its consumer group (every function
+//! here works on one shard; `super::shards` says which there are).
 //!
 //! The recipe:
 //! - Intake appends with one Lua script that looks for the event's
@@ -20,13 +21,14 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError, Value};
 
 use super::dedup::{DedupWindow, Fingerprint};
-use super::keys::{Keys, GROUP};
+use super::keys::{Keys, ShardKeys, GROUP};
 use super::scripts;
 
-/// Creates the consumer group if it is missing, reading from the start of
-/// the stream so that entries appended before any worker ran are consumed.
-pub async fn ensure_group(conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
-    let created: Result<(), RedisError> = conn.xgroup_create_mkstream(keys.events(), GROUP, "0").await;
+/// Creates the shard's consumer group if it is missing, reading from the
+/// start of its stream so that entries appended before any worker ran are
+/// consumed.
+pub async fn ensure_group(conn: &mut RedisConnection, shard: &ShardKeys) -> Result<(), RedisError> {
+    let created: Result<(), RedisError> = conn.xgroup_create_mkstream(shard.events(), GROUP, "0").await;
     match created {
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
@@ -61,7 +63,7 @@ pub enum Enqueued {
 /// within `dedup`'s window, counted from `entry.received_at`.
 pub async fn enqueue(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     entry: &NewEntry<'_>,
     dedup: &DedupWindow,
 ) -> Result<Enqueued, RedisError> {
@@ -69,9 +71,9 @@ pub async fn enqueue(
     let partition = dedup.partition_of(&fingerprint);
     let current = dedup.bucket_of(entry.received_at);
     let mut invocation = scripts::ENQUEUE.prepare_invoke();
-    invocation.key(keys.events()).key(keys.seen(current, partition));
+    invocation.key(shard.events()).key(shard.seen(current, partition));
     for bucket in dedup.earlier_buckets(current) {
-        invocation.key(keys.seen(bucket, partition));
+        invocation.key(shard.seen(bucket, partition));
     }
     invocation
         .arg(fingerprint.member())
@@ -155,7 +157,7 @@ impl ReadFrom {
 /// ones. Use a connection of its own whose response timeout exceeds `block`.
 pub async fn read_group(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     consumer: &str,
     from: &ReadFrom,
     count: usize,
@@ -169,7 +171,7 @@ pub async fn read_group(
             ">"
         }
     };
-    let reply: Option<StreamReadReply> = conn.xread_options(&[keys.events()], &[id], &options).await?;
+    let reply: Option<StreamReadReply> = conn.xread_options(&[shard.events()], &[id], &options).await?;
     let Some(reply) = reply else {
         return Ok(Vec::new());
     };
@@ -192,7 +194,7 @@ pub struct Claimed {
 /// delivery count.
 pub async fn autoclaim(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     consumer: &str,
     min_idle: Duration,
     cursor: &str,
@@ -200,7 +202,7 @@ pub async fn autoclaim(
 ) -> Result<Claimed, RedisError> {
     let options = redis::streams::StreamAutoClaimOptions::default().count(count);
     let reply: redis::streams::StreamAutoClaimReply =
-        conn.xautoclaim_options(keys.events(), GROUP, consumer, min_idle.as_millis() as u64, cursor, options).await?;
+        conn.xautoclaim_options(shard.events(), GROUP, consumer, min_idle.as_millis() as u64, cursor, options).await?;
     Ok(Claimed {
         entries: reply.claimed.into_iter().map(Entry::from_stream_id).collect(),
         deleted: reply.deleted_ids,
@@ -211,7 +213,7 @@ pub async fn autoclaim(
 /// How many times each of `ids` (pending on `consumer`) was delivered.
 pub async fn delivery_counts(
     conn: &mut RedisConnection,
-    keys: &Keys,
+    shard: &ShardKeys,
     consumer: &str,
     ids: &[&str],
 ) -> Result<HashMap<String, u32>, RedisError> {
@@ -221,7 +223,7 @@ pub async fn delivery_counts(
         return Ok(HashMap::new());
     };
     let reply: redis::streams::StreamPendingCountReply =
-        conn.xpending_consumer_count(keys.events(), GROUP, *first, *last, ids.len() * 4, consumer).await?;
+        conn.xpending_consumer_count(shard.events(), GROUP, *first, *last, ids.len() * 4, consumer).await?;
     Ok(reply.ids.into_iter().map(|pending| (pending.id, pending.times_delivered as u32)).collect())
 }
 
@@ -236,12 +238,17 @@ pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Resets the idle time of entries this consumer holds, without counting a
 /// delivery, so a long wait for Postgres is not mistaken for a crash.
-pub async fn touch(conn: &mut RedisConnection, keys: &Keys, consumer: &str, ids: &[&str]) -> Result<(), RedisError> {
+pub async fn touch(
+    conn: &mut RedisConnection,
+    shard: &ShardKeys,
+    consumer: &str,
+    ids: &[&str],
+) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
     let options = redis::streams::StreamClaimOptions::default().with_justid();
-    let _: Value = conn.xclaim_options(keys.events(), GROUP, consumer, 0, ids, options).await?;
+    let _: Value = conn.xclaim_options(shard.events(), GROUP, consumer, 0, ids, options).await?;
     Ok(())
 }
 
@@ -252,17 +259,18 @@ pub async fn touch(conn: &mut RedisConnection, keys: &Keys, consumer: &str, ids:
 pub async fn remove_idle_consumers(
     conn: &mut RedisConnection,
     keys: &Keys,
+    shard: &ShardKeys,
     me: &str,
     idle: Duration,
 ) -> Result<Vec<String>, RedisError> {
-    let reply: redis::streams::StreamInfoConsumersReply = conn.xinfo_consumers(keys.events(), GROUP).await?;
+    let reply: redis::streams::StreamInfoConsumersReply = conn.xinfo_consumers(shard.events(), GROUP).await?;
     let mut removed = Vec::new();
     for consumer in reply.consumers {
         let stale = consumer.name != me && consumer.pending == 0 && consumer.idle as u128 > idle.as_millis();
         if stale && !conn.exists::<_, bool>(keys.consumer_lease(&consumer.name)).await? {
             let _: i64 = redis::cmd("XGROUP")
                 .arg("DELCONSUMER")
-                .arg(keys.events())
+                .arg(shard.events())
                 .arg(GROUP)
                 .arg(&consumer.name)
                 .query_async(conn)
@@ -274,15 +282,15 @@ pub async fn remove_idle_consumers(
 }
 
 /// Acknowledges entries whose effect is committed.
-pub async fn ack(conn: &mut RedisConnection, keys: &Keys, ids: &[&str]) -> Result<(), RedisError> {
+pub async fn ack(conn: &mut RedisConnection, shard: &ShardKeys, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }
-    let _: i64 = conn.xack(keys.events(), GROUP, ids).await?;
+    let _: i64 = conn.xack(shard.events(), GROUP, ids).await?;
     Ok(())
 }
 
 /// Trims acknowledged entries beyond `keep`; returns how many went.
-pub async fn trim(conn: &mut RedisConnection, keys: &Keys, keep: u64) -> Result<u64, RedisError> {
-    scripts::TRIM.key(keys.events()).arg(keep).invoke_async(conn).await
+pub async fn trim(conn: &mut RedisConnection, shard: &ShardKeys, keep: u64) -> Result<u64, RedisError> {
+    scripts::TRIM.key(shard.events()).arg(keep).invoke_async(conn).await
 }

@@ -50,6 +50,14 @@ pub const OLDEST_PENDING_AGE: &str = "fleet_oldest_pending_age_seconds";
 pub const RETRY_BACKLOG: &str = "fleet_retry_backlog";
 pub const DEAD_LETTERS: &str = "fleet_dead_letters";
 pub const DEAD_LETTER_OLDEST_AGE: &str = "fleet_dead_letter_oldest_age_seconds";
+// The same figures for each stream shard (label `shard`); the names above
+// are the fleet's totals (ages: the oldest of any shard).
+pub const SHARD_STREAM_LENGTH: &str = "fleet_shard_stream_length";
+pub const SHARD_GROUP_LAG: &str = "fleet_shard_consumer_group_lag";
+pub const SHARD_PENDING_ENTRIES: &str = "fleet_shard_pending_entries";
+pub const SHARD_OLDEST_PENDING_AGE: &str = "fleet_shard_oldest_pending_age_seconds";
+pub const SHARD_RETRY_BACKLOG: &str = "fleet_shard_retry_backlog";
+pub const SHARD_DEAD_LETTERS: &str = "fleet_shard_dead_letters";
 pub const CACHE_REQUESTS: &str = "fleet_cache_requests_total";
 pub const CACHE_INVALIDATIONS: &str = "fleet_cache_invalidations_total";
 pub const CACHE_PREWARMS: &str = "fleet_cache_prewarms_total";
@@ -132,6 +140,12 @@ fn describe() {
     describe_gauge!(RETRY_BACKLOG, "Events waiting for a scheduled retry");
     describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter stream");
     describe_gauge!(DEAD_LETTER_OLDEST_AGE, Unit::Seconds, "Age of the oldest dead letter");
+    describe_gauge!(SHARD_STREAM_LENGTH, "Entries in one shard's events stream (XLEN)");
+    describe_gauge!(SHARD_GROUP_LAG, "Entries of one shard not yet delivered to its consumer group");
+    describe_gauge!(SHARD_PENDING_ENTRIES, "Entries of one shard delivered but not acknowledged");
+    describe_gauge!(SHARD_OLDEST_PENDING_AGE, Unit::Seconds, "Age of one shard's oldest pending entry");
+    describe_gauge!(SHARD_RETRY_BACKLOG, "Events of one shard waiting for a scheduled retry");
+    describe_gauge!(SHARD_DEAD_LETTERS, "Entries in one shard's dead-letter stream");
     describe_counter!(CACHE_REQUESTS, "Cached reads, by outcome: hit, miss, stale, bypass");
     describe_counter!(CACHE_INVALIDATIONS, "Cache tags invalidated after a batch");
     describe_counter!(CACHE_PREWARMS, "Cached values written ahead of readers after a batch");
@@ -214,7 +228,34 @@ pub struct Backlog {
     pub oldest_dead_letter_age: Duration,
 }
 
-pub fn backlog(sample: &Backlog) {
+impl Backlog {
+    /// The figures of two parts of the fleet together: counts added, the
+    /// older of the ages, the lag unknown when either is.
+    pub fn add(&mut self, other: &Backlog) {
+        self.stream_length += other.stream_length;
+        self.lag = self.lag.zip(other.lag).map(|(a, b)| a + b);
+        self.pending += other.pending;
+        self.oldest_pending_age = self.oldest_pending_age.max(other.oldest_pending_age);
+        self.retries += other.retries;
+        self.dead_letters += other.dead_letters;
+        self.oldest_dead_letter_age = self.oldest_dead_letter_age.max(other.oldest_dead_letter_age);
+    }
+}
+
+/// The backlog of each shard (`shard`, its figures), and their total.
+pub fn backlog(total: &Backlog, shards: &[(u32, Backlog)]) {
+    for (shard, sample) in shards {
+        let shard = shard.to_string();
+        gauge!(SHARD_STREAM_LENGTH, "shard" => shard.clone()).set(sample.stream_length as f64);
+        if let Some(lag) = sample.lag {
+            gauge!(SHARD_GROUP_LAG, "shard" => shard.clone()).set(lag as f64);
+        }
+        gauge!(SHARD_PENDING_ENTRIES, "shard" => shard.clone()).set(sample.pending as f64);
+        gauge!(SHARD_OLDEST_PENDING_AGE, "shard" => shard.clone()).set(sample.oldest_pending_age.as_secs_f64());
+        gauge!(SHARD_RETRY_BACKLOG, "shard" => shard.clone()).set(sample.retries as f64);
+        gauge!(SHARD_DEAD_LETTERS, "shard" => shard).set(sample.dead_letters as f64);
+    }
+    let sample = total;
     gauge!(STREAM_LENGTH).set(sample.stream_length as f64);
     if let Some(lag) = sample.lag {
         gauge!(GROUP_LAG).set(lag as f64);

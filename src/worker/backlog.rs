@@ -1,8 +1,9 @@
 //! The backlog gauges, sampled from Redis every few seconds by each
-//! worker: how long the stream is, what the group has yet to deliver or
-//! acknowledge and since when, and what waits in retries and dead letters.
-//! Every worker samples the same keys, so any one of them answers for the
-//! fleet; the cost is a handful of O(1) commands per interval.
+//! worker: how long each stream shard is, what its group has yet to deliver
+//! or acknowledge and since when, and what waits in its retries and dead
+//! letters; and the fleet's totals. Every worker samples the same keys, so
+//! any one of them answers for the fleet; the cost is a handful of O(1)
+//! commands per shard and interval.
 //!
 //! The same loop writes the worker's activity tally (events applied, their
 //! freshness, the backlog it sampled) to the fleet's minute in Redis
@@ -18,7 +19,8 @@ use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis::activity::Recorder;
-use crate::redis::keys::{Keys, GROUP};
+use crate::redis::keys::{Keys, ShardKeys, GROUP};
+use crate::redis::shards::{self, ShardCount};
 use crate::telemetry::metrics::{self, Backlog};
 
 /// How often the gauges are sampled.
@@ -27,12 +29,18 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
 /// Samples until `stop`, writing `activity` out after each sample and once
 /// more when stopped; a failed sample keeps the last values, a failed write
 /// keeps the tally for the next.
-pub async fn run(mut redis: RedisConnection, keys: Keys, activity: Arc<Recorder>, stop: CancellationToken) {
+pub async fn run(
+    mut redis: RedisConnection,
+    keys: Keys,
+    configured: ShardCount,
+    activity: Arc<Recorder>,
+    stop: CancellationToken,
+) {
     loop {
-        match sample(&mut redis, &keys).await {
-            Ok(backlog) => {
-                metrics::backlog(&backlog);
-                activity.backlog(Utc::now(), backlog.lag.unwrap_or(0) + backlog.pending);
+        match sample_fleet(&mut redis, &keys, configured).await {
+            Ok((total, per_shard)) => {
+                metrics::backlog(&total, &per_shard);
+                activity.backlog(Utc::now(), total.lag.unwrap_or(0) + total.pending);
             }
             Err(err) => tracing::debug!(error = %err, "could not sample the backlog; will try again"),
         }
@@ -49,17 +57,35 @@ pub async fn run(mut redis: RedisConnection, keys: Keys, activity: Arc<Recorder>
     }
 }
 
-/// One sample, in one round trip: XLEN, XINFO GROUPS (lag and pending),
-/// XPENDING's summary (the oldest pending id), ZCARD of the retries, XLEN
-/// and the first entry of the dead letters.
-pub async fn sample(redis: &mut RedisConnection, keys: &Keys) -> Result<Backlog, RedisError> {
+/// The backlog of every shard of the fleet's count (at least
+/// `configured`), and their total.
+pub async fn sample_fleet(
+    redis: &mut RedisConnection,
+    keys: &Keys,
+    configured: ShardCount,
+) -> Result<(Backlog, Vec<(u32, Backlog)>), RedisError> {
+    let count = shards::fleet_count(redis, keys, configured).await?;
+    let mut total = Backlog { lag: Some(0), ..Backlog::default() };
+    let mut per_shard = Vec::new();
+    for shard in count.shards(keys) {
+        let backlog = sample(redis, &shard).await?;
+        total.add(&backlog);
+        per_shard.push((shard.index(), backlog));
+    }
+    Ok((total, per_shard))
+}
+
+/// One shard's sample, in one round trip: XLEN, XINFO GROUPS (lag and
+/// pending), XPENDING's summary (the oldest pending id), ZCARD of the
+/// retries, XLEN and the first entry of the dead letters.
+pub async fn sample(redis: &mut RedisConnection, shard: &ShardKeys) -> Result<Backlog, RedisError> {
     let mut pipe = redis::pipe();
-    pipe.xlen(keys.events())
-        .xinfo_groups(keys.events())
-        .xpending(keys.events(), GROUP)
-        .zcard(keys.retries())
-        .xlen(keys.dead_letters())
-        .xrange_count(keys.dead_letters(), "-", "+", 1);
+    pipe.xlen(shard.events())
+        .xinfo_groups(shard.events())
+        .xpending(shard.events(), GROUP)
+        .zcard(shard.retries())
+        .xlen(shard.dead_letters())
+        .xrange_count(shard.dead_letters(), "-", "+", 1);
     let (stream_length, groups, pending, retries, dead_letters, first_dead): (
         u64,
         StreamInfoGroupsReply,

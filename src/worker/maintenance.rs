@@ -1,7 +1,7 @@
-//! Timed chores between two reads of the loop: due retries moved back onto
-//! the stream, entries idle on a dead consumer taken over (and settled),
-//! the stream trimmed, consumers of stopped workers removed, and progress
-//! logged.
+//! Timed chores between two reads of a shard's loop: the shard's due
+//! retries moved back onto its stream, entries idle on a dead consumer
+//! taken over (and settled), the stream trimmed, consumers of stopped
+//! workers removed, and progress logged.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::refresh::Settled;
 use super::{Settings, Worker};
 use crate::redis::failures::{self, FailureKind};
+use crate::redis::keys::ShardKeys;
 use crate::redis::stream;
 use crate::telemetry::metrics;
 
@@ -47,15 +48,21 @@ impl Maintenance {
         }
     }
 
-    pub(super) async fn run(&mut self, worker: &Worker, stop: &CancellationToken, settled: &mpsc::Sender<Settled>) {
+    pub(super) async fn run(
+        &mut self,
+        worker: &Worker,
+        shard: &ShardKeys,
+        stop: &CancellationToken,
+        settled: &mpsc::Sender<Settled>,
+    ) {
         let now = Instant::now();
         let consumer = &worker.settings.consumer_name;
         let mut redis = worker.redis.clone();
         if now >= self.next_promote {
             self.next_promote = now + self.promote_every;
-            match failures::promote_due_retries(&mut redis, &worker.keys, worker.settings.batch_size).await {
+            match failures::promote_due_retries(&mut redis, shard, worker.settings.batch_size).await {
                 Ok(0) => {}
-                Ok(moved) => tracing::debug!(moved, "due retries moved back onto the stream"),
+                Ok(moved) => tracing::debug!(moved, shard = shard.index(), "due retries moved back onto the stream"),
                 Err(err) => {
                     tracing::warn!(error = %err, "could not move due retries; will try again")
                 }
@@ -65,7 +72,7 @@ impl Maintenance {
             self.next_claim = now + self.claim_every;
             let claimed = stream::autoclaim(
                 &mut redis,
-                &worker.keys,
+                shard,
                 consumer,
                 worker.settings.claim_idle,
                 &self.claim_cursor,
@@ -77,13 +84,13 @@ impl Maintenance {
                     self.claim_cursor = claimed.cursor;
                     if !claimed.deleted.is_empty() {
                         tracing::error!(
-                            ids = ?claimed.deleted,
+                            ids = ?claimed.deleted, shard = shard.index(),
                             "pending entries were deleted from the stream before being applied; recorded in dead letters"
                         );
                         let deleted = &claimed.deleted;
                         let recorded = worker
                             .redis_op(stop, |mut redis| async move {
-                                failures::dead_letter_deleted(&mut redis, &worker.keys, deleted).await
+                                failures::dead_letter_deleted(&mut redis, shard, deleted).await
                             })
                             .await;
                         if recorded.is_some() {
@@ -94,10 +101,10 @@ impl Maintenance {
                     }
                     if !claimed.entries.is_empty() {
                         tracing::info!(
-                            entries = claimed.entries.len(), %consumer,
+                            entries = claimed.entries.len(), %consumer, shard = shard.index(),
                             "took over entries idle on a consumer that stopped responding"
                         );
-                        if let Some(count) = worker.settle(&claimed.entries, true, stop, settled).await {
+                        if let Some(count) = worker.settle(shard, &claimed.entries, true, stop, settled).await {
                             self.settled += count;
                         }
                     }
@@ -112,12 +119,12 @@ impl Maintenance {
             // Consumers of workers long gone, holding nothing, are removed so
             // the group (and `fleet status`) lists the live fleet.
             let gone_after = worker.settings.claim_idle * 10;
-            match stream::remove_idle_consumers(&mut redis, &worker.keys, consumer, gone_after).await {
+            match stream::remove_idle_consumers(&mut redis, &worker.keys, shard, consumer, gone_after).await {
                 Ok(removed) if !removed.is_empty() => tracing::info!(?removed, "removed consumers of stopped workers"),
                 Ok(_) => {}
                 Err(err) => tracing::debug!(error = %err, "could not list consumers; will try again"),
             }
-            match stream::trim(&mut redis, &worker.keys, worker.settings.stream_max_len).await {
+            match stream::trim(&mut redis, shard, worker.settings.stream_max_len).await {
                 Ok(0) => {}
                 Ok(trimmed) => tracing::debug!(trimmed, "trimmed acknowledged entries"),
                 Err(err) => {
@@ -126,7 +133,7 @@ impl Maintenance {
             }
         }
         if now >= self.next_report {
-            tracing::info!(%consumer, events = self.settled, seconds = REPORT_INTERVAL.as_secs(), "progress");
+            tracing::info!(%consumer, shard = shard.index(), events = self.settled, seconds = REPORT_INTERVAL.as_secs(), "progress");
             self.next_report = now + REPORT_INTERVAL;
             self.settled = 0;
         }

@@ -77,8 +77,9 @@ use self::revalidate::Revalidator;
 use self::settle::describe;
 use crate::health::Waiter;
 use crate::redis::activity::Recorder;
-use crate::redis::keys::{Keys, GROUP};
+use crate::redis::keys::{Keys, ShardKeys, GROUP};
 use crate::redis::leases;
+use crate::redis::shards::{self, ShardCount};
 use crate::redis::stream;
 use crate::systemd::Progress;
 use crate::telemetry::metrics;
@@ -99,6 +100,9 @@ pub use retry::RetryPolicy;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub consumer_name: String,
+    /// The stream shards this worker's intakes write to (`FLEET_STREAM_SHARDS`);
+    /// it consumes at least these, and every shard the fleet's count names.
+    pub shards: ShardCount,
     pub batch_size: usize,
     pub block: Duration,
     pub stream_max_len: u64,
@@ -135,8 +139,11 @@ pub enum WorkerError {
 
 pub struct Worker {
     db: PgPool,
-    /// Blocking reads only: a blocked `XREADGROUP` would stall anything
-    /// else sent on the same connection.
+    /// Where each shard's reader connects.
+    target: RedisTarget,
+    /// Blocking reads of the first shard only: a blocked `XREADGROUP` would
+    /// stall anything else sent on the same connection, so every shard
+    /// reads on a connection of its own.
     reader: RedisConnection,
     redis: RedisConnection,
     keys: Keys,
@@ -181,8 +188,8 @@ impl Worker {
         let address = target.shown_address();
         let mut waiter = Waiter::new(&health, Dependency::Redis, &address);
         loop {
-            match stream::ensure_group(&mut redis.clone(), &keys).await {
-                Ok(()) => break,
+            match shards::prepare(&mut redis.clone(), &keys, settings.shards).await {
+                Ok(_) => break,
                 Err(err) => waiter.pause(&err, stop).await.ok_or(WorkerError::Stopped)?,
             }
         }
@@ -222,6 +229,7 @@ impl Worker {
         waiter.reached();
         Ok(Self {
             db,
+            target: target.clone(),
             reader,
             redis,
             keys,
@@ -264,10 +272,15 @@ impl Worker {
             self.settings.lease,
             stop.clone(),
         ));
-        let sampler =
-            tokio::spawn(backlog::run(self.redis.clone(), self.keys.clone(), self.activity.clone(), stop.clone()));
+        let sampler = tokio::spawn(backlog::run(
+            self.redis.clone(),
+            self.keys.clone(),
+            self.settings.shards,
+            self.activity.clone(),
+            stop.clone(),
+        ));
         tracing::info!(
-            %consumer, group = GROUP, stream = %self.keys.events(),
+            %consumer, group = GROUP, shards = self.settings.shards.get(),
             max_attempts = self.settings.retry.max_attempts, claim_idle_ms = self.settings.claim_idle.as_millis() as u64,
             "worker started"
         );
@@ -301,14 +314,16 @@ impl Worker {
     async fn wait_for_postgres(
         &self,
         error: &ApplyError,
-        held: &[&str],
+        held: Held<'_>,
         backoff: &mut impl Iterator<Item = Duration>,
         stop: &CancellationToken,
     ) -> Option<()> {
         self.health.unavailable(Dependency::Postgres, &describe(error));
-        let mut redis = self.redis.clone();
-        if let Err(err) = stream::touch(&mut redis, &self.keys, &self.settings.consumer_name, held).await {
-            tracing::debug!(error = %err, "could not refresh held entries");
+        if let Some(shard) = held.shard {
+            let mut redis = self.redis.clone();
+            if let Err(err) = stream::touch(&mut redis, shard, &self.settings.consumer_name, held.ids).await {
+                tracing::debug!(error = %err, "could not refresh held entries");
+            }
         }
         let pause = backoff.next().unwrap_or(MAX_PAUSE);
         tokio::select! {
@@ -348,7 +363,7 @@ impl Worker {
     async fn postgres_op<T, F, Fut>(
         &self,
         stop: &CancellationToken,
-        held: &[&str],
+        held: Held<'_>,
         mut op: F,
     ) -> Option<Result<T, ApplyError>>
     where
@@ -374,6 +389,19 @@ impl Worker {
             }
         }
     }
+}
+
+/// Entries a worker holds while it waits for Postgres: their idle time is
+/// reset so that no other worker takes them over meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Held<'a> {
+    shard: Option<&'a ShardKeys>,
+    ids: &'a [&'a str],
+}
+
+impl Held<'_> {
+    /// Nothing held (a wait that is not about stream entries).
+    const NOTHING: Held<'static> = Held { shard: None, ids: &[] };
 }
 
 /// Renews the consumer-name lease until `stop`; returns true if another

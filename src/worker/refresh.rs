@@ -9,7 +9,7 @@
 //! they are invalidated with the round, so a reader in between computes a
 //! fresh page on its miss rather than reading a stale one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Worker;
+use super::{Held, Worker};
 use crate::read_model::cached::{Cached, Touched};
 use crate::read_model::PageRequest;
 use crate::redis::{cache, stream};
@@ -72,7 +72,8 @@ impl PagesToPrewarm {
 /// A committed batch waiting for its cache refresh and acknowledgement.
 pub(super) struct Settled {
     pub(super) touched: Touched,
-    pub(super) acks: Vec<String>,
+    /// The entries to acknowledge, by stream shard.
+    pub(super) acks: BTreeMap<u32, Vec<String>>,
     /// (topic, received at the intake) of each applied event, for the
     /// freshness histogram once the refresh covering it completes.
     pub(super) received: Vec<(String, DateTime<Utc>)>,
@@ -93,7 +94,9 @@ impl Worker {
             let Settled { mut touched, mut acks, mut received } = first;
             while let Ok(more) = committed.try_recv() {
                 touched.merge(more.touched);
-                acks.extend(more.acks);
+                for (shard, ids) in more.acks {
+                    acks.entry(shard).or_default().extend(ids);
+                }
                 received.extend(more.received);
             }
             if self.refresh_cache(&touched, pages, stop).await.is_none() {
@@ -109,9 +112,12 @@ impl Worker {
                 now,
                 received.iter().map(|(_, received_at)| (now - *received_at).to_std().unwrap_or_default()),
             );
-            let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
-            let ids = &ids;
-            self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, &self.keys, ids).await }).await;
+            for (shard, ids) in &acks {
+                let shard = &self.keys.shard(*shard);
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let ids = &ids;
+                self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, shard, ids).await }).await;
+            }
         }
     }
 
@@ -172,7 +178,7 @@ impl Worker {
     async fn prewarm(&self, items: &[Cached], stop: &CancellationToken) -> Option<()> {
         let ttls = &self.settings.cache_ttls;
         let computed = self
-            .postgres_op(stop, &[], || async {
+            .postgres_op(stop, Held::NOTHING, || async {
                 Cached::compute(&self.db, &self.keys, ttls, items).await.map_err(ApplyError::from)
             })
             .await?;

@@ -20,9 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::refresh::Settled;
-use super::{infrastructure_backoff, RetryPolicy, Worker};
+use super::{infrastructure_backoff, Held, RetryPolicy, Worker};
 use crate::read_model::cached::Touched;
 use crate::redis::failures::{self, Failure, FailureKind};
+use crate::redis::keys::ShardKeys;
 use crate::redis::stream::{self, Entry};
 use crate::telemetry::metrics;
 
@@ -39,6 +40,7 @@ const SETUP_CLASSES: [&str; 6] = ["0A", "25", "28", "3D", "3F", "42"];
 
 /// The entries of a batch to apply: decoded, with attempts left.
 struct Decoded<'a> {
+    shard: &'a ShardKeys,
     entries: Vec<&'a Entry>,
     events: Vec<Event>,
     /// Each one's index in the batch as read.
@@ -53,6 +55,7 @@ impl Worker {
     /// consumer, size and first and last entry ids.
     pub(super) async fn settle(
         &self,
+        shard: &ShardKeys,
         entries: &[Entry],
         count_deliveries: bool,
         stop: &CancellationToken,
@@ -61,15 +64,17 @@ impl Worker {
         let span = tracing::info_span!(
             "batch",
             consumer = %self.settings.consumer_name,
+            shard = shard.index(),
             entries = entries.len(),
             first = entries.first().map_or("", |entry| entry.id.as_str()),
             last = entries.last().map_or("", |entry| entry.id.as_str()),
         );
-        self.settle_batch(entries, count_deliveries, stop, settled).instrument(span).await
+        self.settle_batch(shard, entries, count_deliveries, stop, settled).instrument(span).await
     }
 
     async fn settle_batch(
         &self,
+        shard: &ShardKeys,
         entries: &[Entry],
         count_deliveries: bool,
         stop: &CancellationToken,
@@ -82,7 +87,7 @@ impl Worker {
             let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
             self.redis_op(stop, |mut redis| {
                 let ids = &ids;
-                async move { stream::delivery_counts(&mut redis, &self.keys, consumer, ids).await }
+                async move { stream::delivery_counts(&mut redis, shard, consumer, ids).await }
             })
             .await?
         } else {
@@ -101,7 +106,7 @@ impl Worker {
             .collect();
         let already_applied = self.already_applied(&exhausted, &decoded, stop).await?;
 
-        let mut batch = Decoded { entries: Vec::new(), events: Vec::new(), at: Vec::new() };
+        let mut batch = Decoded { shard, entries: Vec::new(), events: Vec::new(), at: Vec::new() };
         for (index, entry) in entries.iter().enumerate() {
             if let Ok(event) = &decoded[index] {
                 if policy.allows_another(prior_attempts[index]) {
@@ -145,19 +150,15 @@ impl Worker {
                 "event moved to dead letters; inspect with `fleet dlq show`, replay with `fleet dlq replay` once the cause is fixed"
             );
         }
-        self.redis_op(stop, |mut redis| async move { failures::dead_letter(&mut redis, &self.keys, dead).await })
-            .await?;
+        self.redis_op(stop, |mut redis| async move { failures::dead_letter(&mut redis, shard, dead).await }).await?;
         for failure in dead {
             metrics::event_dead_lettered(failure.entry.text("topic").unwrap_or("unknown"), failure.kind.as_str());
         }
         let retries: Vec<(Failure<'_>, DateTime<Utc>)> =
             plan.retries.iter().map(|retry| (retry.failure(), retry.due)).collect();
         let retries = &retries;
-        self.redis_op(
-            stop,
-            |mut redis| async move { failures::schedule_retries(&mut redis, &self.keys, retries).await },
-        )
-        .await?;
+        self.redis_op(stop, |mut redis| async move { failures::schedule_retries(&mut redis, shard, retries).await })
+            .await?;
         for (failure, _) in retries {
             metrics::event_retried(failure.entry.text("topic").unwrap_or("unknown"));
         }
@@ -171,6 +172,7 @@ impl Worker {
         // Acknowledged once the cache reflects the batch, so a crash before
         // that redoes the cache work.
         let acks = plan.acks.iter().map(|entry| entry.id.clone()).collect();
+        let acks = [(shard.index(), acks)].into();
         settled.send(Settled { touched, acks, received }).await.ok()?;
         metrics::batch(entries.len(), started.elapsed());
         metrics::worker_progress();
@@ -192,16 +194,17 @@ impl Worker {
         let key =
             |index: usize| decoded[index].as_ref().ok().map(|event| (event.tenant_id.clone(), event.event_id.clone()));
         let keys: Vec<(String, String)> = exhausted.iter().filter_map(|&index| key(index)).collect();
-        let applied = match self.postgres_op(stop, &[], || fleet_jobs::already_applied(&self.db, &keys)).await? {
-            Ok(applied) => applied,
-            Err(error) => {
-                tracing::warn!(
-                    sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
-                    "could not tell whether events out of attempts were applied; dead-lettering them"
-                );
-                HashSet::new()
-            }
-        };
+        let applied =
+            match self.postgres_op(stop, Held::NOTHING, || fleet_jobs::already_applied(&self.db, &keys)).await? {
+                Ok(applied) => applied,
+                Err(error) => {
+                    tracing::warn!(
+                        sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
+                        "could not tell whether events out of attempts were applied; dead-lettering them"
+                    );
+                    HashSet::new()
+                }
+            };
         Some(exhausted.iter().copied().filter(|&index| key(index).is_some_and(|key| applied.contains(&key))).collect())
     }
 
@@ -209,11 +212,12 @@ impl Worker {
     /// (index, error) for each. Waits out outages, including rounds in which
     /// nothing commits for a reason that may be Postgres's fault.
     async fn apply_splitting(&self, batch: &Decoded<'_>, stop: &CancellationToken) -> Option<Vec<(usize, ApplyError)>> {
-        let held: Vec<&str> = batch.entries.iter().map(|entry| entry.id.as_str()).collect();
+        let ids: Vec<&str> = batch.entries.iter().map(|entry| entry.id.as_str()).collect();
+        let held = Held { shard: Some(batch.shard), ids: &ids };
         let mut backoff = infrastructure_backoff();
         let mut waited = false;
         loop {
-            let mut round = self.apply_round(batch, &held, stop).await?;
+            let mut round = self.apply_round(batch, held, stop).await?;
             let outage = if round.unproven() {
                 self.probe().await.err().or_else(|| round.take_setup_refusal(batch))
             } else {
@@ -229,7 +233,7 @@ impl Worker {
                     );
                 }
                 waited = true;
-                self.wait_for_postgres(&error, &held, &mut backoff, stop).await?;
+                self.wait_for_postgres(&error, held, &mut backoff, stop).await?;
                 continue;
             }
             if waited {
@@ -241,7 +245,7 @@ impl Worker {
 
     /// Applies `batch` once, split in halves around refused slices, and
     /// tries events refused alone for unexplained reasons again in place.
-    async fn apply_round(&self, batch: &Decoded<'_>, held: &[&str], stop: &CancellationToken) -> Option<Round> {
+    async fn apply_round(&self, batch: &Decoded<'_>, held: Held<'_>, stop: &CancellationToken) -> Option<Round> {
         let mut round = Round { committed: false, refused: Vec::new(), unexplained: Vec::new() };
         // A stack of slices still to apply; a refused slice is split in two.
         let mut ranges: Vec<Range<usize>> = Vec::new();

@@ -18,7 +18,7 @@ fn worker_process(ctx: &TestContext, envs: &[(&str, String)]) -> tokio::process:
 }
 
 /// Every enrollment ends at the percentage of its last event (see `progress_event`).
-async fn assert_in_order_state(ctx: &TestContext, total: usize) {
+pub(crate) async fn assert_in_order_state(ctx: &TestContext, total: usize) {
     let (count, distinct): (i64, i64) = sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM events")
         .fetch_one(&ctx.db)
         .await
@@ -84,7 +84,9 @@ pub(crate) async fn workers_killed_with_sigkill_over_and_over_lose_nothing_on(ct
 async fn pending_of(ctx: &TestContext, consumer: &str) -> u64 {
     let mut redis = ctx.redis.clone();
     let reply: redis::streams::StreamPendingReply =
-        redis::AsyncCommands::xpending(&mut redis, ctx.keys.events(), fleet::redis::GROUP).await.expect("XPENDING");
+        redis::AsyncCommands::xpending(&mut redis, ctx.keys.shard(0).events(), fleet::redis::GROUP)
+            .await
+            .expect("XPENDING");
     match reply {
         redis::streams::StreamPendingReply::Data(data) => {
             data.consumers.iter().filter(|c| c.name == consumer).map(|c| c.pending as u64).sum()

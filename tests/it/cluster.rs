@@ -4,7 +4,9 @@
 //! flow (nothing lost, state equal to the in-order reference), retries and
 //! dead letters, a replay by the real `fleet dlq` and by the operator
 //! console, the status report and the console's activity charts, and the
-//! cache of several schools written and invalidated in one call.
+//! cache of several schools written and invalidated in one call; and events
+//! spread over three stream shards (see `crate::shards`): applied once,
+//! through SIGKILLed workers, dead letters, and a change of shard count.
 
 use std::time::Duration;
 
@@ -79,4 +81,30 @@ async fn the_cache_of_several_schools_is_written_and_invalidated_in_one_call_on_
     }
     let left = redis.scan_keys(&format!("{}*", ctx.prefix.as_str())).await.expect("scan every master");
     assert!(left.iter().all(|key| !key.contains(":cache:")), "{left:?}");
+}
+
+#[tokio::test]
+async fn events_spread_over_three_shards_are_all_applied_once_on_a_cluster() {
+    crate::shards::events_spread_over_three_shards_are_all_applied_once_on(cluster_context().await).await;
+}
+
+#[tokio::test]
+async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_on_a_cluster() {
+    crate::shards::dead_letters_of_every_shard_are_listed_replayed_and_counted_on(cluster_context().await).await;
+}
+
+#[tokio::test]
+async fn the_shard_count_changes_on_a_running_fleet_and_nothing_is_lost_on_a_cluster() {
+    crate::shards::the_shard_count_changes_on_a_running_fleet_and_nothing_is_lost_on(cluster_context().await).await;
+}
+
+#[tokio::test]
+async fn workers_killed_with_sigkill_lose_nothing_over_three_shards_on_a_cluster() {
+    let ctx = cluster_context().await;
+    // Events spread over three shards, on different masters.
+    ctx.raise_shards(3).await;
+    let slots: std::collections::HashSet<String> =
+        ctx.shards().await.iter().map(|shard| hash_tag(&shard.events()).to_owned()).collect();
+    assert_eq!(slots.len(), 3);
+    crate::chaos::workers_killed_with_sigkill_over_and_over_lose_nothing_on(ctx).await;
 }

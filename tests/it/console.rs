@@ -124,7 +124,7 @@ async fn a_change_without_the_sessions_csrf_token_is_refused_and_changes_nothing
         assert_eq!(client.post(path, &wrong).await.status(), 403, "{path} with another CSRF token");
     }
     assert_eq!(ctx.dead_letters().await.len(), 1, "nothing was purged or replayed");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
 
     // Without a session at all, a change is refused too, token or not.
     let stranger = ConsoleClient::new(&_api.url(""));
@@ -301,7 +301,7 @@ pub async fn replaying_every_one_matching_runs_in_the_background_and_shows_its_p
     let (_, done) = client.get_text(&job).await;
     assert!(done.contains("Done: 250 dead letters replayed"), "{done}");
     assert!(done.contains(r#"value="250" max="250""#), "the progress bar is full: {done}");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 250);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 250);
     let left: Vec<String> = ctx.dead_letters().await.into_iter().map(|letter| letter.id).collect();
     assert_eq!(left.len(), 2, "the other topic and the late one stay");
     assert!(left.contains(&late[0]));
@@ -408,8 +408,10 @@ async fn the_retries_page_lists_what_is_scheduled_for_when_after_which_error() {
     };
     let due = chrono::Utc::now() + chrono::Duration::minutes(10);
     let mut redis = ctx.redis.clone();
-    fleet::redis::stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
-    fleet::redis::failures::schedule_retries(&mut redis, &ctx.keys, &[(failure, due)]).await.expect("scheduled");
+    fleet::redis::stream::ensure_group(&mut redis, &ctx.keys.shard(0)).await.expect("group");
+    fleet::redis::failures::schedule_retries(&mut redis, &ctx.keys.shard(0), &[(failure, due)])
+        .await
+        .expect("scheduled");
     let (_api, client) = console(&ctx).await;
     client.signed_in().await;
     let (status, page) = client.get_text("/console/retries").await;

@@ -475,7 +475,7 @@ async fn cache_stats_and_clear_from_the_command_line() {
     assert!(cleared.status.success());
     let after: Value = serde_json::from_slice(&run(&["cache", "stats", "--json"]).await.stdout).expect("JSON");
     assert_eq!((after["kinds"]["statistics"]["keys"].as_u64(), after["tags"].as_u64()), (Some(0), Some(0)));
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 4, "only the cache goes, never the streams");
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 4, "only the cache goes, never the streams");
 
     let usage = run(&["cache", "clear"]).await;
     assert_eq!(usage.status.code(), Some(2));

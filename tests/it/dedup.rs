@@ -79,7 +79,7 @@ async fn a_redelivery_is_a_duplicate_across_buckets_until_the_window_and_a_bucke
     assert_eq!(status_of(&intake, &body).await, "duplicate", "a window (4 s) later");
     sleep_into_second(accepted_in + 5).await;
     assert_eq!(status_of(&intake, &body).await, "accepted", "a window and a bucket later");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2, "duplicates appended nothing");
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 2, "duplicates appended nothing");
     intake.stop().await;
 }
 
@@ -94,14 +94,14 @@ async fn enqueue_at(ctx: &TestContext, dedup: &DedupWindow, event_id: &str, rece
         headers: None,
     };
     let mut redis = ctx.redis.clone();
-    stream::enqueue(&mut redis, &ctx.keys, &entry, dedup).await.expect("enqueue")
+    stream::enqueue(&mut redis, &ctx.keys.shard(0), &entry, dedup).await.expect("enqueue")
 }
 
 #[tokio::test]
 async fn the_window_is_counted_from_the_receipt_time() {
     let ctx = context().await;
     let mut redis = ctx.redis.clone();
-    stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
+    stream::ensure_group(&mut redis, &ctx.keys.shard(0)).await.expect("group");
     // Buckets of 900 s.
     let dedup = DedupWindow::new(Duration::from_secs(3600), 20);
     let bucket = 900;
@@ -123,14 +123,14 @@ async fn the_window_is_counted_from_the_receipt_time() {
         "forgotten once no checked bucket reaches back to it"
     );
     assert!(matches!(enqueue_at(&ctx, &dedup, "2", at(10)).await, Enqueued::Accepted(_)), "another event");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 3);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 3);
 }
 
 #[tokio::test]
 async fn the_window_holds_an_event_in_at_most_40_bytes() {
     let ctx = context().await;
     let mut redis = ctx.redis.clone();
-    stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
+    stream::ensure_group(&mut redis, &ctx.keys.shard(0)).await.expect("group");
     // At 20 webhooks/s an hour's window has buckets of 900 s laid out in 64
     // partitions: 20,000 events fill each set to ~312, as the expected rate would.
     let dedup = DedupWindow::new(Duration::from_secs(3600), 20);
@@ -152,7 +152,7 @@ async fn the_window_holds_an_event_in_at_most_40_bytes() {
                     received_at: Utc::now(),
                     headers: None,
                 };
-                let enqueued = stream::enqueue(&mut redis, &keys, &entry, &dedup).await.expect("enqueue");
+                let enqueued = stream::enqueue(&mut redis, &keys.shard(0), &entry, &dedup).await.expect("enqueue");
                 assert!(matches!(enqueued, Enqueued::Accepted(_)), "event {event_id} is new");
             }
         });

@@ -86,7 +86,7 @@ fn fields(map: &HashMap<String, redis::Value>) -> HashMap<String, String> {
 /// The stream entry ids of scheduled retries.
 async fn retried_entries(ctx: &TestContext) -> HashSet<String> {
     let mut redis = ctx.redis.clone();
-    let members: Vec<String> = redis.zrange(ctx.keys.retries(), 0, -1).await.expect("ZRANGE");
+    let members: Vec<String> = redis.zrange(ctx.keys.shard(0).retries(), 0, -1).await.expect("ZRANGE");
     members
         .iter()
         .filter_map(|member| serde_json::from_str::<Vec<String>>(member).ok())
@@ -144,7 +144,7 @@ async fn run_case(
     // entry id → (tenant, event id, body) of the bodies this case queued.
     let mut accepted: HashMap<String, (String, String, &[u8])> = HashMap::new();
     for Body(body) in bodies {
-        let stream_length = ctx.stream_len(&ctx.keys.events()).await;
+        let stream_length = ctx.stream_len(&ctx.keys.shard(0).events()).await;
         let (status, answer) = post(intake, body).await?;
         let envelope = fleet::jobs::Envelope::parse(body);
         let tenant = envelope.as_ref().ok().and_then(|envelope| envelope.tenant_id.clone());
@@ -170,7 +170,7 @@ async fn run_case(
                         let entry = answer["stream_entry_id"].as_str().unwrap_or_default().to_owned();
                         let mut redis = ctx.redis.clone();
                         let found: redis::streams::StreamRangeReply =
-                            redis.xrange(ctx.keys.events(), &entry, &entry).await.expect("XRANGE");
+                            redis.xrange(ctx.keys.shard(0).events(), &entry, &entry).await.expect("XRANGE");
                         prop_assert_eq!(
                             found.ids.len(),
                             1,
@@ -188,7 +188,7 @@ async fn run_case(
                             event
                         );
                         prop_assert_eq!(
-                            ctx.stream_len(&ctx.keys.events()).await,
+                            ctx.stream_len(&ctx.keys.shard(0).events()).await,
                             stream_length,
                             "a duplicate ({}) appended to the stream",
                             answer

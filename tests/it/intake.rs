@@ -30,7 +30,7 @@ async fn a_signed_event_is_appended_with_its_raw_body_and_metadata() {
     let entry_id = answer["stream_entry_id"].as_str().expect("an entry id").to_owned();
 
     let mut redis = ctx.redis.clone();
-    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.shard(0).events()).await.expect("XRANGE");
     assert_eq!(reply.ids.len(), 1);
     let entry = &reply.ids[0];
     assert_eq!(entry.id, entry_id);
@@ -62,7 +62,7 @@ async fn the_delivery_headers_are_kept_for_operators_without_the_signature() {
         .expect("request");
     assert_eq!(response.status(), 200);
     let mut redis = ctx.redis.clone();
-    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.shard(0).events()).await.expect("XRANGE");
     let headers: String = reply.ids[0].get("headers").expect("the kept headers");
     let headers: Value = serde_json::from_str(&headers).expect("a JSON object");
     assert_eq!(
@@ -88,7 +88,7 @@ async fn the_seed_dashboard_path_is_answered_too() {
         .expect("request");
     assert_eq!(response.status(), 200);
     assert_eq!(json_of(response).await["status"], "accepted");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 1);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 1);
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn concurrent_redeliveries_append_exactly_once() {
         }
     }
     assert_eq!(accepted, 1);
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 1);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 1);
 }
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn the_dedup_window_is_configurable() {
     assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "duplicate");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(json_of(post_signed(&intake, &body, SECRET).await).await["status"], "accepted");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 2);
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn missing_or_wrong_signatures_get_401_and_queue_nothing() {
         assert_eq!(response.status(), 401, "{case}");
         assert_eq!(json_of(response).await["status"], "rejected", "{case}");
     }
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
 }
 
 #[tokio::test]
@@ -212,7 +212,7 @@ async fn rotated_keys_are_all_accepted() {
     assert_eq!(post_signed(&intake, &old, "old-key").await.status(), 200);
     assert_eq!(post_signed(&intake, &new, "new-key").await.status(), 200);
     assert_eq!(post_signed(&intake, &other, "retired-key").await.status(), 401);
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 2);
 }
 
 #[tokio::test]
@@ -239,7 +239,7 @@ async fn bodies_that_are_not_events_get_400() {
         let answer = json_of(response).await;
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{case}: {answer}");
     }
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
 }
 
 #[tokio::test]
@@ -250,7 +250,7 @@ async fn a_body_over_the_limit_gets_413() {
     let body = event("user.signup", json!({"padding": padding}), json!({}));
     let response = post_signed(&intake, &body, SECRET).await;
     assert_eq!(response.status(), 413);
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
 
     let just_under = event("user.signup", json!({"padding": "x".repeat(1000 * 1000)}), json!({}));
     assert_eq!(post_signed(&intake, &just_under, SECRET).await.status(), 200);
@@ -301,7 +301,7 @@ async fn post_with_subdomain(intake: &IntakeServer, body: &str, key: &str, subdo
 
 async fn stream_entries(ctx: &TestContext) -> Vec<redis::streams::StreamId> {
     let mut redis = ctx.redis.clone();
-    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.shard(0).events()).await.expect("XRANGE");
     reply.ids
 }
 
@@ -325,7 +325,7 @@ async fn the_subdomain_header_never_names_the_school() {
     }
     let without_header = post_signed(&intake, &body, SECRET).await;
     assert_eq!(without_header.status(), 400, "nor without the header");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0, "nothing appended");
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0, "nothing appended");
 
     ctx.drain().await;
     assert_eq!(ctx.applied_events().await, 0);
@@ -363,7 +363,7 @@ async fn a_school_key_signing_a_body_that_names_another_school_gets_403() {
         let error = answer["error"].as_str().expect("an error");
         assert!(error.contains("tenant_id") && !error.contains(other), "{error}");
     }
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
 }
 
 #[tokio::test]
@@ -380,7 +380,7 @@ async fn unsafe_tenant_ids_get_400() {
             assert!(error.contains("tenant_id"), "{error}");
         }
     }
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
 }
 
 #[tokio::test]

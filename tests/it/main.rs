@@ -23,6 +23,7 @@ mod properties;
 mod recovery;
 mod scheduled;
 mod secrets;
+mod shards;
 mod slow_clients;
 mod systemd;
 mod worker;

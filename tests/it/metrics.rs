@@ -193,14 +193,16 @@ async fn the_worker_process_exports_its_progress_failures_and_the_backlog() {
         .arg("COUNT")
         .arg(1)
         .arg("STREAMS")
-        .arg(ctx.keys.events())
+        .arg(ctx.keys.shard(0).events())
         .arg(">")
         .query_async(&mut redis)
         .await
         .expect("XREADGROUP");
-    let _: () =
-        redis.zadd(ctx.keys.retries(), "[]", chrono::Utc::now().timestamp_millis() + 3_600_000).await.expect("ZADD");
-    let _: String = redis.xadd(ctx.keys.dead_letters(), "1000-1", &[("error", "old")]).await.expect("XADD");
+    let _: () = redis
+        .zadd(ctx.keys.shard(0).retries(), "[]", chrono::Utc::now().timestamp_millis() + 3_600_000)
+        .await
+        .expect("ZADD");
+    let _: String = redis.xadd(ctx.keys.shard(0).dead_letters(), "1000-1", &[("error", "old")]).await.expect("XADD");
     for n in 0..3 {
         ctx.enqueue(&good(n)).await;
     }
@@ -219,7 +221,7 @@ async fn the_worker_process_exports_its_progress_failures_and_the_backlog() {
         .expect("spawn fleet worker");
     wait_ready(&base).await;
     eventually("the poison is dead-lettered", Duration::from_secs(30), || async {
-        ctx.stream_len(&ctx.keys.dead_letters()).await == 2
+        ctx.stream_len(&ctx.keys.shard(0).dead_letters()).await == 2
     })
     .await;
 
@@ -228,7 +230,7 @@ async fn the_worker_process_exports_its_progress_failures_and_the_backlog() {
     // `fleet_dead_letters` on its own schedule, possibly before the backlog
     // sample that sees the poison's retry appended.
     let topic = [("topic", "enrollment.created")];
-    let stream_length = ctx.stream_len(&ctx.keys.events()).await as f64;
+    let stream_length = ctx.stream_len(&ctx.keys.shard(0).events()).await as f64;
     let mut last = Scrape::default();
     let settled = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
@@ -260,7 +262,7 @@ async fn the_worker_process_exports_its_progress_failures_and_the_backlog() {
     assert_eq!(m.get("fleet_dependency_up", &[("dependency", "postgres")]), 1.0);
 
     // The backlog, as Redis has it.
-    assert_eq!(m.get("fleet_stream_length", &[]), ctx.stream_len(&ctx.keys.events()).await as f64);
+    assert_eq!(m.get("fleet_stream_length", &[]), ctx.stream_len(&ctx.keys.shard(0).events()).await as f64);
     assert_eq!(m.get("fleet_consumer_group_lag", &[]), 0.0);
     assert_eq!(m.get("fleet_pending_entries", &[]), 1.0, "the ghost's entry");
     let held_ms: f64 = held.split('-').next().and_then(|ms| ms.parse().ok()).expect("an id");

@@ -58,8 +58,8 @@ async fn dead_letters(ctx: &TestContext, topics: &[&str]) -> Vec<String> {
         })
         .collect();
     let mut redis = ctx.redis.clone();
-    stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
-    failures::dead_letter(&mut redis, &ctx.keys, &failures).await.expect("dead letters");
+    stream::ensure_group(&mut redis, &ctx.keys.shard(0)).await.expect("group");
+    failures::dead_letter(&mut redis, &ctx.keys.shard(0), &failures).await.expect("dead letters");
     ctx.dead_letters().await.into_iter().map(|letter| letter.id).collect()
 }
 
@@ -174,18 +174,18 @@ async fn dlq_replay_all_shows_progress_and_honours_filters() {
     let mut topics = vec!["enrollment.progress"; 150];
     topics.extend(["user.signup"; 5]);
     dead_letters(&ctx, &topics).await;
-    let before = ctx.stream_len(&ctx.keys.events()).await;
+    let before = ctx.stream_len(&ctx.keys.shard(0).events()).await;
 
     let users = json_of(&run(&ctx, &["dlq", "replay", "--all", "--topic", "user.signup", "--json"]).await);
     assert_eq!(users["replayed"].as_array().map(Vec::len), Some(5));
     let all = run(&ctx, &["dlq", "replay", "--all"]).await;
     assert_eq!(all.code, Some(0), "{}", all.stderr);
     assert!(all.stderr.contains("replayed 100/150") && all.stderr.contains("replayed 150/150"), "{}", all.stderr);
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, before + 155);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, before + 155);
     assert!(ctx.dead_letters().await.is_empty());
     let mut redis = ctx.redis.clone();
     let replayed: redis::streams::StreamRangeReply =
-        redis::AsyncCommands::xrange_count(&mut redis, ctx.keys.events(), "-", "+", 1).await.expect("XRANGE");
+        redis::AsyncCommands::xrange_count(&mut redis, ctx.keys.shard(0).events(), "-", "+", 1).await.expect("XRANGE");
     assert!(replayed.ids[0].get::<String>("replayed_from").is_some(), "replays say where they came from");
     assert_eq!(replayed.ids[0].get::<String>("attempts"), None, "replays start with fresh attempts");
 }

@@ -40,14 +40,14 @@ async fn enqueue(ctx: &TestContext, n: usize) {
         headers: None,
     };
     let dedup = DedupWindow::new(Duration::from_secs(3600), 1000);
-    stream::enqueue(&mut redis, &ctx.keys, &entry, &dedup).await.expect("enqueue");
+    stream::enqueue(&mut redis, &ctx.keys.shard(0), &entry, &dedup).await.expect("enqueue");
 }
 
 #[tokio::test]
 async fn sigterm_mid_stream_acknowledges_all_it_applied_and_exits_0() {
     let ctx = context().await;
     let mut redis = ctx.redis.clone();
-    stream::ensure_group(&mut redis, &ctx.keys).await.expect("group");
+    stream::ensure_group(&mut redis, &ctx.keys.shard(0)).await.expect("group");
     let total = 3000;
     for n in 0..500 {
         enqueue(&ctx, n).await;
@@ -77,7 +77,7 @@ async fn sigterm_mid_stream_acknowledges_all_it_applied_and_exits_0() {
     let applied_by_it = applied(&ctx).await;
     assert!(applied_by_it > 0 && applied_by_it < total as i64, "stopped mid-stream ({applied_by_it})");
     let pending: redis::streams::StreamPendingReply =
-        redis.xpending(ctx.keys.events(), fleet::redis::GROUP).await.expect("XPENDING");
+        redis.xpending(ctx.keys.shard(0).events(), fleet::redis::GROUP).await.expect("XPENDING");
     assert_eq!(pending.count(), 0, "the terminated worker left entries pending");
 
     // Another worker finishes the rest; each event is applied once and the
@@ -161,7 +161,7 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
     );
     assert!(!stderr.contains("maya.chen@example.com"), "a payload reached the logs at info level:\n{stderr}");
     let mut redis = ctx.redis.clone();
-    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.events()).await.expect("XRANGE");
+    let reply: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.shard(0).events()).await.expect("XRANGE");
     let tenants: Vec<Option<String>> = reply.ids.iter().map(|entry| entry.get("tenant")).collect();
     assert_eq!(tenants, [Some("184532".to_owned()), Some("watercolor-school".to_owned())]);
 }

@@ -90,11 +90,11 @@ async fn deliver_to_crashing_workers(ctx: &crate::helpers::TestContext, times: u
     let mut redis = ctx.redis.clone();
     let options = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "crashed-0").count(10);
     let read: redis::streams::StreamReadReply =
-        redis.xread_options(&[ctx.keys.events()], &[">"], &options).await.expect("XREADGROUP");
+        redis.xread_options(&[ctx.keys.shard(0).events()], &[">"], &options).await.expect("XREADGROUP");
     let ids: Vec<String> = read.keys.iter().flat_map(|key| key.ids.iter().map(|id| id.id.clone())).collect();
     for crash in 1..times {
         let _: redis::Value = redis
-            .xclaim(ctx.keys.events(), fleet::redis::GROUP, format!("crashed-{crash}"), 0, &ids)
+            .xclaim(ctx.keys.shard(0).events(), fleet::redis::GROUP, format!("crashed-{crash}"), 0, &ids)
             .await
             .expect("XCLAIM");
     }
@@ -160,7 +160,7 @@ async fn entries_deleted_while_pending_are_accounted_for() {
     let entry_id = ctx.enqueue(&fixture("enrollment.progress")).await;
     deliver_to_crashing_workers(&ctx, 1).await;
     let mut redis = ctx.redis.clone();
-    let _: i64 = redis.xdel(ctx.keys.events(), &[&entry_id]).await.expect("XDEL");
+    let _: i64 = redis.xdel(ctx.keys.shard(0).events(), &[&entry_id]).await.expect("XDEL");
 
     let mut settings = ctx.fast_retry_settings("auditor", 10);
     settings.claim_idle = Duration::from_millis(200);
@@ -207,13 +207,13 @@ async fn consumers_of_long_gone_workers_are_removed_from_the_group() {
     // A worker that read once (and acknowledged) and then vanished.
     let options = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "ghost").count(10);
     let read: redis::streams::StreamReadReply =
-        redis.xread_options(&[ctx.keys.events()], &[">"], &options).await.expect("XREADGROUP");
+        redis.xread_options(&[ctx.keys.shard(0).events()], &[">"], &options).await.expect("XREADGROUP");
     let ids: Vec<String> = read.keys.iter().flat_map(|key| key.ids.iter().map(|id| id.id.clone())).collect();
-    let _: i64 = redis.xack(ctx.keys.events(), fleet::redis::GROUP, &ids).await.expect("XACK");
+    let _: i64 = redis.xack(ctx.keys.shard(0).events(), fleet::redis::GROUP, &ids).await.expect("XACK");
     let consumers = || async {
         let mut redis = ctx.redis.clone();
         let reply: redis::streams::StreamInfoConsumersReply =
-            redis.xinfo_consumers(ctx.keys.events(), fleet::redis::GROUP).await.expect("XINFO CONSUMERS");
+            redis.xinfo_consumers(ctx.keys.shard(0).events(), fleet::redis::GROUP).await.expect("XINFO CONSUMERS");
         reply.consumers.into_iter().map(|consumer| consumer.name).collect::<Vec<String>>()
     };
     assert_eq!(consumers().await, vec!["ghost"]);

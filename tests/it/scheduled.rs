@@ -188,7 +188,7 @@ async fn retention_deletes_old_events_in_batches_and_keeps_dead_letters() {
     }
     let mut redis = ctx.redis.clone();
     for n in 0..2 {
-        let _: String = redis.xadd(ctx.keys.dead_letters(), "*", &[("n", n)]).await.expect("XADD");
+        let _: String = redis.xadd(ctx.keys.shard(0).dead_letters(), "*", &[("n", n)]).await.expect("XADD");
     }
 
     let policy = retention::Policy { days: 30, batch_size: 2, pause: Duration::from_millis(1) };
@@ -307,8 +307,8 @@ async fn dead_letter_age_measures_the_oldest() {
 
     let two_minutes_ago = Utc::now().timestamp_millis() - 120_000;
     let _: String =
-        redis.xadd(ctx.keys.dead_letters(), format!("{two_minutes_ago}-0"), &[("n", 1)]).await.expect("XADD");
-    let _: String = redis.xadd(ctx.keys.dead_letters(), "*", &[("n", 2)]).await.expect("XADD");
+        redis.xadd(ctx.keys.shard(0).dead_letters(), format!("{two_minutes_ago}-0"), &[("n", 1)]).await.expect("XADD");
+    let _: String = redis.xadd(ctx.keys.shard(0).dead_letters(), "*", &[("n", 2)]).await.expect("XADD");
     let measured = dead_letter_age::run(&mut redis, &ctx.keys).await.expect("measure");
     assert_eq!(measured.count, 2);
     let age = measured.oldest_age.expect("an oldest").as_secs();

@@ -189,7 +189,7 @@ async fn unhandled_topics_are_recorded_and_acknowledged() {
         sqlx::query_as("SELECT topic, handled FROM events").fetch_one(&ctx.db).await.expect("recorded");
     assert_eq!((topic.as_str(), handled), ("lesson.completed", false));
     assert_eq!(ctx.group_backlog().await, (0, 0));
-    assert_eq!(ctx.stream_len(&ctx.keys.dead_letters()).await, 0);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).dead_letters()).await, 0);
 }
 
 #[tokio::test]
@@ -202,7 +202,8 @@ async fn an_undecodable_event_is_dead_lettered_without_blocking_its_batch() {
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&ctx.db).await.expect("count");
     assert_eq!(applied, 2, "the good events of the batch are applied");
     let mut redis = ctx.redis.clone();
-    let letters: redis::streams::StreamRangeReply = redis.xrange_all(ctx.keys.dead_letters()).await.expect("XRANGE");
+    let letters: redis::streams::StreamRangeReply =
+        redis.xrange_all(ctx.keys.shard(0).dead_letters()).await.expect("XRANGE");
     assert_eq!(letters.ids.len(), 1);
     let letter = &letters.ids[0];
     assert_eq!(letter.get::<String>("event_id").as_deref(), Some("20250316000000000000077"));
@@ -223,7 +224,7 @@ async fn a_worker_first_finishes_its_own_pending_entries() {
     let mut redis = ctx.redis.clone();
     let opts = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "w1").count(10);
     let read: redis::streams::StreamReadReply =
-        redis.xread_options(&[ctx.keys.events()], &[">"], &opts).await.expect("XREADGROUP");
+        redis.xread_options(&[ctx.keys.shard(0).events()], &[">"], &opts).await.expect("XREADGROUP");
     assert_eq!(read.keys[0].ids.len(), 2);
     assert_eq!(ctx.group_backlog().await, (0, 2));
 
@@ -247,18 +248,18 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
     let mut redis = ctx.redis.clone();
     let opts = redis::streams::StreamReadOptions::default().group(fleet::redis::GROUP, "stuck").count(6);
     let _: redis::streams::StreamReadReply =
-        redis.xread_options(&[ctx.keys.events()], &[">"], &opts).await.expect("XREADGROUP");
+        redis.xread_options(&[ctx.keys.shard(0).events()], &[">"], &opts).await.expect("XREADGROUP");
 
-    let trimmed = fleet::redis::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
+    let trimmed = fleet::redis::stream::trim(&mut redis, &ctx.keys.shard(0), 2).await.expect("trim");
     assert_eq!(trimmed, 0, "the oldest entries are pending: nothing may go");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 10);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 10);
 
     // Acknowledge the first three: exactly those may go.
     let pending: redis::streams::StreamPendingCountReply =
-        redis.xpending_count(ctx.keys.events(), fleet::redis::GROUP, "-", "+", 3).await.expect("XPENDING");
+        redis.xpending_count(ctx.keys.shard(0).events(), fleet::redis::GROUP, "-", "+", 3).await.expect("XPENDING");
     let first_three: Vec<String> = pending.ids.iter().map(|p| p.id.clone()).collect();
-    let _: i64 = redis.xack(ctx.keys.events(), fleet::redis::GROUP, &first_three).await.expect("XACK");
-    let trimmed = fleet::redis::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
+    let _: i64 = redis.xack(ctx.keys.shard(0).events(), fleet::redis::GROUP, &first_three).await.expect("XACK");
+    let trimmed = fleet::redis::stream::trim(&mut redis, &ctx.keys.shard(0), 2).await.expect("trim");
     assert_eq!(trimmed, 3);
     assert_eq!(ctx.group_backlog().await, (4, 3), "undelivered and pending entries all remain");
 
@@ -271,15 +272,16 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     worker.stop().await;
-    let _: i64 = redis.xack(ctx.keys.events(), fleet::redis::GROUP, &pending_ids(&ctx).await).await.expect("XACK");
-    fleet::redis::stream::trim(&mut redis, &ctx.keys, 2).await.expect("trim");
-    assert_eq!(ctx.stream_len(&ctx.keys.events()).await, 2);
+    let _: i64 =
+        redis.xack(ctx.keys.shard(0).events(), fleet::redis::GROUP, &pending_ids(&ctx).await).await.expect("XACK");
+    fleet::redis::stream::trim(&mut redis, &ctx.keys.shard(0), 2).await.expect("trim");
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 2);
 }
 
 async fn pending_ids(ctx: &TestContext) -> Vec<String> {
     let mut redis = ctx.redis.clone();
     let pending: redis::streams::StreamPendingCountReply =
-        redis.xpending_count(ctx.keys.events(), fleet::redis::GROUP, "-", "+", 100).await.expect("XPENDING");
+        redis.xpending_count(ctx.keys.shard(0).events(), fleet::redis::GROUP, "-", "+", 100).await.expect("XPENDING");
     pending.ids.into_iter().map(|p| p.id).collect()
 }
 
@@ -289,7 +291,7 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
     let worker = ctx.spawn_worker(ctx.worker_settings("survivor")).await;
     let mut redis = ctx.redis.clone();
     // As if Redis restarted without its data.
-    let _: i64 = redis.del(ctx.keys.events()).await.expect("DEL");
+    let _: i64 = redis.del(ctx.keys.shard(0).events()).await.expect("DEL");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // An event appended to the new stream, which has no group yet.
     let body = fixture("enrollment.created");
@@ -302,11 +304,11 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
         headers: None,
     };
     let dedup = fleet::redis::dedup::DedupWindow::new(std::time::Duration::from_secs(60), 1000);
-    fleet::redis::stream::enqueue(&mut redis, &ctx.keys, &entry, &dedup).await.expect("enqueue");
+    fleet::redis::stream::enqueue(&mut redis, &ctx.keys.shard(0), &entry, &dedup).await.expect("enqueue");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !redis.exists::<_, bool>(ctx.keys.events()).await.expect("EXISTS")
+    while !redis.exists::<_, bool>(ctx.keys.shard(0).events()).await.expect("EXISTS")
         || redis
-            .xinfo_groups::<_, redis::streams::StreamInfoGroupsReply>(ctx.keys.events())
+            .xinfo_groups::<_, redis::streams::StreamInfoGroupsReply>(ctx.keys.shard(0).events())
             .await
             .map_or(true, |reply| reply.groups.is_empty())
     {

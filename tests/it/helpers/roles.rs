@@ -40,6 +40,7 @@ pub fn intake_settings(secrets: &str) -> IntakeSettings {
         keys: WebhookKeys::new(Some(secrets.parse().expect("secrets")), None).expect("keys"),
         max_body_bytes: 1024 * 1024,
         dedup: DedupWindow::new(Duration::from_secs(72 * 3600), 1000),
+        shards: fleet::redis::shards::ShardCount::ONE,
         http: fleet::runtime::HttpSettings::default(),
     }
 }
@@ -63,6 +64,7 @@ impl TestContext {
     pub fn worker_settings(&self, consumer: &str) -> WorkerSettings {
         WorkerSettings {
             consumer_name: consumer.to_owned(),
+            shards: fleet::redis::shards::ShardCount::ONE,
             batch_size: 100,
             block: Duration::from_millis(100),
             stream_max_len: 1_000_000,

@@ -9,6 +9,7 @@ use fleet::local_services::{
     postgres_given_or_started, redis_given_or_started, LocalPostgres, LocalRedis, LocalRedisCluster,
 };
 use fleet::redis::dedup::DedupWindow;
+use fleet::redis::shards::ShardCount;
 use fleet::redis::stream;
 use fleet::redis::RedisConnection;
 use fleet::redis::{KeyPrefix, Keys, RedisTarget, GROUP};
@@ -180,14 +181,36 @@ impl TestContext {
         RedisTarget::from(self.redis_url.as_str())
     }
 
-    /// (entries not yet delivered, entries delivered but not acknowledged).
-    /// An unknown lag (Redis cannot tell after some trims) counts as 1.
+    /// The keys of every stream shard of the fleet's count (see
+    /// `fleet::redis::shards`): one shard unless a test raised the count.
+    pub async fn shards(&self) -> Vec<fleet::redis::keys::ShardKeys> {
+        let mut redis = self.redis.clone();
+        let count = fleet::redis::shards::fleet_count(&mut redis, &self.keys, ShardCount::ONE).await.expect("count");
+        count.shards(&self.keys)
+    }
+
+    /// Raises the fleet's shard count to `count`, as an intake or worker
+    /// configured with it does when it connects.
+    pub async fn raise_shards(&self, count: u32) {
+        let count = ShardCount::new(count).expect("a shard count");
+        let mut redis = self.redis.clone();
+        fleet::redis::shards::prepare(&mut redis, &self.keys, count).await.expect("shards prepared");
+    }
+
+    /// (entries not yet delivered, entries delivered but not acknowledged),
+    /// over every shard. An unknown lag (Redis cannot tell after some
+    /// trims) counts as 1.
     pub async fn group_backlog(&self) -> (u64, u64) {
         let mut redis = self.redis.clone();
-        let reply: redis::streams::StreamInfoGroupsReply =
-            redis.xinfo_groups(self.keys.events()).await.expect("XINFO GROUPS");
-        let group = reply.groups.into_iter().find(|group| group.name == GROUP).expect("the fleet's group exists");
-        (group.lag.map_or(1, |lag| lag as u64), group.pending as u64)
+        let (mut lag, mut pending) = (0, 0);
+        for shard in self.shards().await {
+            let reply: redis::streams::StreamInfoGroupsReply =
+                redis.xinfo_groups(shard.events()).await.expect("XINFO GROUPS");
+            let group = reply.groups.into_iter().find(|group| group.name == GROUP).expect("the fleet's group exists");
+            lag += group.lag.map_or(1, |lag| lag as u64);
+            pending += group.pending as u64;
+        }
+        (lag, pending)
     }
 
     pub async fn stream_len(&self, key: &str) -> u64 {
@@ -195,19 +218,29 @@ impl TestContext {
         redis.xlen(key).await.expect("XLEN")
     }
 
+    /// The dead letters of every shard, shard by shard.
     pub async fn dead_letters(&self) -> Vec<redis::streams::StreamId> {
         let mut redis = self.redis.clone();
-        let reply: redis::streams::StreamRangeReply = redis.xrange_all(self.keys.dead_letters()).await.expect("XRANGE");
-        reply.ids
+        let mut letters = Vec::new();
+        for shard in self.shards().await {
+            let reply: redis::streams::StreamRangeReply = redis.xrange_all(shard.dead_letters()).await.expect("XRANGE");
+            letters.extend(reply.ids);
+        }
+        letters
     }
 
     pub async fn applied_events(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&self.db).await.expect("count")
     }
 
+    /// Retries scheduled in every shard.
     pub async fn scheduled_retries(&self) -> u64 {
         let mut redis = self.redis.clone();
-        redis.zcard(self.keys.retries()).await.expect("ZCARD")
+        let mut scheduled = 0;
+        for shard in self.shards().await {
+            scheduled += redis.zcard::<_, u64>(shard.retries()).await.expect("ZCARD");
+        }
+        scheduled
     }
 
     /// Makes Postgres refuse any write of enrollment 666, as a constraint would.
@@ -234,9 +267,9 @@ impl TestContext {
         sqlx::query("DROP TRIGGER refuse_666 ON enrollments").execute(&self.db).await.expect("drop trigger");
     }
 
-    /// Appends a webhook body straight to the stream, as the intake would,
-    /// and answers its stream entry id. Takes only events new to this
-    /// test's dedup window.
+    /// Appends a webhook body straight to its shard's stream (of the
+    /// fleet's count), as the intake would, and answers its stream entry
+    /// id. Takes only events new to this test's dedup window.
     pub async fn enqueue(&self, body: &str) -> String {
         let envelope = fleet::jobs::Envelope::parse(body.as_bytes()).expect("an event");
         let topic = envelope.topic();
@@ -253,8 +286,11 @@ impl TestContext {
             headers: None,
         };
         let mut redis = self.redis.clone();
-        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
-        match stream::enqueue(&mut redis, &self.keys, &entry, &DedupWindow::new(Duration::from_secs(3600), 1000))
+        let count = fleet::redis::shards::fleet_count(&mut redis, &self.keys, ShardCount::ONE).await.expect("count");
+        let shard =
+            self.keys.shard(count.shard_of(entry.tenant_id, envelope.entity.as_deref().unwrap_or(&envelope.id)));
+        stream::ensure_group(&mut redis, &shard).await.expect("group");
+        match stream::enqueue(&mut redis, &shard, &entry, &DedupWindow::new(Duration::from_secs(3600), 1000))
             .await
             .expect("enqueue")
         {
@@ -297,9 +333,9 @@ impl TestContext {
             })
             .collect();
         let mut redis = self.redis.clone();
-        stream::ensure_group(&mut redis, &self.keys).await.expect("group");
+        stream::ensure_group(&mut redis, &self.keys.shard(0)).await.expect("group");
         let before = self.dead_letters().await.len();
-        failures::dead_letter(&mut redis, &self.keys, &failures).await.expect("dead letters");
+        failures::dead_letter(&mut redis, &self.keys.shard(0), &failures).await.expect("dead letters");
         self.dead_letters().await.into_iter().skip(before).map(|letter| letter.id).collect()
     }
 
