@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::helpers::{context, eventually, fleet, signal, wait_exit, Proxy, TestContext};
 use crate::processes::progress_event;
 
-fn worker_process(ctx: &TestContext, envs: &[(&str, String)]) -> tokio::process::Child {
+pub(crate) fn worker_process(ctx: &TestContext, envs: &[(&str, String)]) -> tokio::process::Child {
     let mut command = fleet(ctx, &["worker"]);
     command.env("FLEET_BATCH_SIZE", "25").env("FLEET_BLOCK_MS", "100").env("RUST_LOG", "error").stderr(Stdio::null());
     for (key, value) in envs {
@@ -95,7 +95,7 @@ async fn pending_of(ctx: &TestContext, consumer: &str) -> u64 {
     }
 }
 
-async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
+pub(crate) async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
     let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.json().await.ok()?))
