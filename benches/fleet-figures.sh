@@ -11,7 +11,10 @@
 #   benches/fleet-figures.sh memory 1000 600  # resident memory at a rate for N seconds
 #
 # EVENTS (default 50000) and COURSES (default 200) size the workload;
-# WORKERS (default 2) is how many workers run.
+# WORKERS (default 2) is how many workers run. FLEET_STREAM_SHARDS (default
+# 1) spreads the events over that many stream shards; REDIS_URL may name the
+# nodes of a Redis Cluster, comma-separated (benches/local-cluster.sh starts
+# one on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phase=${1:?phase: intake | drain | end-to-end | rate R | memory R SECONDS}
@@ -31,7 +34,10 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  redis-cli -u "$REDIS_URL" --scan --pattern "$run_id:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+  # Every node of a cluster holds some of the keys: each deletes its own.
+  for node in ${REDIS_URL//,/ }; do
+    redis-cli -u "$node" --scan --pattern "$run_id:*" | sed 's/^/DEL /' | redis-cli -u "$node" >/dev/null
+  done
   psql "$admin_url" -qc "DROP DATABASE IF EXISTS $run_id WITH (FORCE)" >/dev/null
 }
 trap cleanup EXIT
@@ -51,7 +57,7 @@ start_workers() {
   done
   for n in $(seq 1 "$workers"); do until curl -sf "http://127.0.0.1:1910$n/readyz" >/dev/null; do sleep 0.1; done; done
 }
-redis_pid=$(pgrep -o redis-server || true)
+redis_pid=$(pgrep -d, redis-server || true)
 metrics=http://127.0.0.1:19101/metrics,http://127.0.0.1:19102/metrics
 loadtest() { "$fleet" loadtest --url http://127.0.0.1:18080 --events "$events" --courses "$courses" "$@"; }
 
@@ -69,7 +75,8 @@ case $phase in
     started=$(date +%s.%N)
     start_workers
     until [ "$(psql "$DATABASE_URL" -Atc 'SELECT count(*) FROM events')" -ge "$events" ]; do sleep 0.02; done
-    until [ "$(redis-cli -u "$REDIS_URL" xpending "${FLEET_KEY_PREFIX}events:{shard:0}" fleet-workers | head -1)" = 0 ]; do sleep 0.02; done
+    # Every shard's entries delivered and acknowledged.
+    until [ "$("$fleet" status --json | jq -c '[.undelivered, .pending]')" = "[0,0]" ]; do sleep 0.05; done
     ended=$(date +%s.%N)
     echo "drain: $events events applied, cached and acknowledged by $workers workers in $(echo "$ended - $started" | bc) s (workers started included): $(echo "$events / ($ended - $started)" | bc) events/s"
     # From the first batch's transaction to the last one's, as Postgres saw them.

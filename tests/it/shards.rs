@@ -80,28 +80,6 @@ async fn dead_letters_of_every_shard_are_listed_replayed_and_counted() {
     dead_letters_of_every_shard_are_listed_replayed_and_counted_on(context().await).await;
 }
 
-/// Makes Postgres refuse any write of an enrollment from 900 up.
-async fn refuse_enrollments_from_900(ctx: &TestContext) {
-    sqlx::query(
-        "CREATE FUNCTION refuse_900() RETURNS trigger AS $$
-         BEGIN
-           IF NEW.enrollment_id >= 900 THEN
-             RAISE EXCEPTION 'enrollments from 900 are refused by the test' USING ERRCODE = 'check_violation';
-           END IF;
-           RETURN NEW;
-         END $$ LANGUAGE plpgsql",
-    )
-    .execute(&ctx.db)
-    .await
-    .expect("function");
-    sqlx::query(
-        "CREATE TRIGGER refuse_900 BEFORE INSERT OR UPDATE ON enrollments FOR EACH ROW EXECUTE FUNCTION refuse_900()",
-    )
-    .execute(&ctx.db)
-    .await
-    .expect("trigger");
-}
-
 /// An enrollment.created event of enrollment `id`.
 fn created(id: u32) -> String {
     let mut body: Value = serde_json::from_str(&fixture("enrollment.created")).expect("JSON");
@@ -120,7 +98,7 @@ async fn run_json(ctx: &TestContext, args: &[&str]) -> Value {
 /// The body of [`dead_letters_of_every_shard_are_listed_replayed_and_counted`], on any Redis.
 pub(crate) async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_on(ctx: TestContext) {
     ctx.raise_shards(THREE).await;
-    refuse_enrollments_from_900(&ctx).await;
+    ctx.refuse_enrollments_from(900, i64::MAX).await;
     let count = ShardCount::new(THREE).expect("count");
     // Enrollments from 900 up until every shard has two of them.
     let mut refused: Vec<u32> = Vec::new();
@@ -176,7 +154,7 @@ pub(crate) async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_
     assert_eq!(by_shard, per_shard, "{status:#}");
     assert_eq!(shards.iter().map(|shard| shard["shard"].as_u64().expect("index")).collect::<Vec<_>>(), [0, 1, 2]);
 
-    sqlx::query("DROP TRIGGER refuse_900 ON enrollments").execute(&ctx.db).await.expect("drop trigger");
+    ctx.accept_enrollments_again().await;
     let replayed = run_json(&ctx, &["dlq", "replay", "--all", "--json"]).await;
     let pairs = replayed["replayed"].as_array().expect("pairs");
     assert_eq!(pairs.len(), refused.len(), "{replayed:#}");

@@ -245,26 +245,39 @@ impl TestContext {
 
     /// Makes Postgres refuse any write of enrollment 666, as a constraint would.
     pub async fn refuse_enrollment_666(&self) {
-        sqlx::query(
-            "CREATE FUNCTION refuse_666() RETURNS trigger AS $$
-             BEGIN
-               IF NEW.enrollment_id = 666 THEN
-                 RAISE EXCEPTION 'enrollment 666 is refused by the test' USING ERRCODE = 'check_violation';
-               END IF;
-               RETURN NEW;
-             END $$ LANGUAGE plpgsql",
-        )
-        .execute(&self.db)
-        .await
-        .expect("function");
-        sqlx::query("CREATE TRIGGER refuse_666 BEFORE INSERT OR UPDATE ON enrollments FOR EACH ROW EXECUTE FUNCTION refuse_666()")
-            .execute(&self.db)
-            .await
-            .expect("trigger");
+        self.refuse_enrollments_from(666, 666).await;
     }
 
     pub async fn accept_enrollment_666(&self) {
-        sqlx::query("DROP TRIGGER refuse_666 ON enrollments").execute(&self.db).await.expect("drop trigger");
+        self.accept_enrollments_again().await;
+    }
+
+    /// Makes Postgres refuse any write of an enrollment from `first` to
+    /// `last`, as a constraint would, until [`Self::accept_enrollments_again`].
+    pub async fn refuse_enrollments_from(&self, first: i64, last: i64) {
+        sqlx::query(&format!(
+            "CREATE FUNCTION refuse_enrollments() RETURNS trigger AS $$
+             BEGIN
+               IF NEW.enrollment_id BETWEEN {first} AND {last} THEN
+                 RAISE EXCEPTION 'enrollment % is refused by the test', NEW.enrollment_id USING ERRCODE = 'check_violation';
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql"
+        ))
+        .execute(&self.db)
+        .await
+        .expect("function");
+        sqlx::query(
+            "CREATE TRIGGER refuse_enrollments BEFORE INSERT OR UPDATE ON enrollments \
+             FOR EACH ROW EXECUTE FUNCTION refuse_enrollments()",
+        )
+        .execute(&self.db)
+        .await
+        .expect("trigger");
+    }
+
+    pub async fn accept_enrollments_again(&self) {
+        sqlx::query("DROP TRIGGER refuse_enrollments ON enrollments").execute(&self.db).await.expect("drop trigger");
     }
 
     /// Appends a webhook body straight to its shard's stream (of the
