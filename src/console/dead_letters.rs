@@ -296,7 +296,8 @@ fn table(letters: &[DeadLetterView], with_ticks: bool) -> Markup {
                         @if with_ticks {
                             td { input type="checkbox" name="id" value=(letter.id) aria-label={ "choose " (letter.id) }; }
                         }
-                        td.id { a href={ (BASE) "/dead-letters/" (letter.id) } { (letter.id) } }
+                        // A shard's `/` is one path segment's text, not a separator.
+                        td.id { a href={ (BASE) "/dead-letters/" (letter.id.replace('/', "%2F")) } { (letter.id) } }
                         td { (pages::time(&letter.last_failed_at)) }
                         td { (letter.topic) }
                         td { (letter.tenant) }

@@ -204,11 +204,16 @@ pub async fn find(
 
 /// How many dead letters there are in all, in every shard.
 pub async fn total(redis: &mut RedisConnection, keys: &Keys) -> Result<u64, RedisError> {
-    let mut total = 0;
+    Ok(by_shard_counts(redis, keys).await?.iter().map(|(_, count)| count).sum())
+}
+
+/// How many dead letters each shard holds: (shard, count), the first shard first.
+pub async fn by_shard_counts(redis: &mut RedisConnection, keys: &Keys) -> Result<Vec<(u32, u64)>, RedisError> {
+    let mut counts = Vec::new();
     for shard in fleet_shards(redis, keys).await? {
-        total += redis.xlen::<_, u64>(shard.dead_letters()).await?;
+        counts.push((shard.index(), redis.xlen::<_, u64>(shard.dead_letters()).await?));
     }
-    Ok(total)
+    Ok(counts)
 }
 
 /// Every shard of the fleet's count.
@@ -472,8 +477,15 @@ pub async fn list(
     let page = find(redis, keys, filter, None, limit as usize).await?;
     output.data(&page.letters, |out| print_table(out, &page.letters))?;
     if !output.is_json() {
-        let total = total(redis, keys).await?;
-        summary(&format!("{} shown, {total} dead letters in all", page.letters.len()));
+        let counts = by_shard_counts(redis, keys).await?;
+        let total: u64 = counts.iter().map(|(_, count)| count).sum();
+        let per_shard = if counts.len() > 1 {
+            let shards: Vec<String> = counts.iter().map(|(shard, count)| format!("shard {shard}: {count}")).collect();
+            format!(" ({})", shards.join(", "))
+        } else {
+            String::new()
+        };
+        summary(&format!("{} shown, {total} dead letters in all{per_shard}", page.letters.len()));
     }
     Ok(())
 }

@@ -16,7 +16,10 @@ use serde_json::{json, Value};
 use tokio::process::Child;
 
 use crate::chaos::assert_in_order_state;
-use crate::helpers::{context, eventually, fixture, fleet, intake_settings, post_signed, TestContext, SECRET};
+use crate::helpers::{
+    console_tuning, context, eventually, fixture, fleet, intake_settings, post_signed, ConsoleClient, TestContext,
+    SECRET,
+};
 use crate::processes::progress_event;
 
 const THREE: u32 = 3;
@@ -146,6 +149,27 @@ pub(crate) async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_
         let output = fleet(&ctx, &["dlq", "show", missing]).output().await.expect("run fleet");
         assert_eq!(output.status.code(), Some(3), "{missing}: not found");
     }
+
+    // The summary counts each shard's; the console shows a dead letter of any shard.
+    let table = fleet(&ctx, &["dlq", "list"]).output().await.expect("run fleet");
+    let summary = String::from_utf8_lossy(&table.stderr);
+    assert!(summary.contains("6 dead letters in all (shard 0: 2, shard 1: 2, shard 2: 2)"), "{summary}");
+    let api = ctx.spawn_api(console_tuning()).await;
+    let console = ConsoleClient::new(&api.url(""));
+    console.signed_in().await;
+    let (status, page) = console.get_text("/console/dead-letters").await;
+    assert_eq!(status, 200);
+    let beyond_first = letters.iter().find(|letter| letter["shard"] != 0).expect("a dead letter beyond shard 0");
+    let id = beyond_first["id"].as_str().expect("id");
+    let href = format!("/console/dead-letters/{}", id.replace('/', "%2F"));
+    assert!(page.contains(&format!("href=\"{href}\"")), "{page}");
+    let (status, detail) = console.get_text(&href).await;
+    assert_eq!(status, 200, "{detail}");
+    assert!(detail.contains(beyond_first["event_id"].as_str().expect("event id")), "{detail}");
+    let (status, preview) =
+        console.get_text(&format!("/console/dead-letters/replay?id={}", id.replace('/', "%2F"))).await;
+    assert_eq!(status, 200, "{preview}");
+    assert!(preview.contains(r#"data-count="1""#), "the dry run finds it: {preview}");
 
     let status = run_json(&ctx, &["status", "--json"]).await;
     assert_eq!(status["dead_letters"], refused.len(), "{status:#}");
