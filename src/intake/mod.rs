@@ -84,8 +84,9 @@ pub struct Application {
 impl Application {
     /// Binds `address`, then connects to Redis, raises the fleet's shard
     /// count to its own and makes sure every shard's consumer group exists
-    /// (so entries appended before any worker ran are consumed). When Redis does not answer at once, it is waited for in
-    /// the background once serving.
+    /// (so entries appended before any worker ran are consumed). When Redis
+    /// does not answer at once, it is waited for in the background once
+    /// serving.
     pub async fn build(
         address: SocketAddr,
         redis: &RedisTarget,
