@@ -123,6 +123,7 @@ impl Application {
         if let Some(url) = self.pending {
             tokio::spawn(self.state.clone().connect(url, shutdown.clone()));
         }
+        tokio::spawn(self.state.clone().keep_shard_count(shutdown.clone()));
         crate::runtime::serve(self.listener, routes(self.state), self.http, shutdown).await
     }
 }
@@ -160,6 +161,26 @@ impl IntakeState {
         if group.await.is_some() {
             self.connected(redis);
             tracing::info!("intake accepting webhooks");
+        }
+    }
+}
+
+impl IntakeState {
+    /// Raises the fleet's shard count to ours again every
+    /// [`shards::DISCOVER_EVERY`] until `stop`, and makes sure each shard's
+    /// group exists: a Redis that lost its data (restarted without
+    /// persistence, flushed by hand) forgets the count, and workers started
+    /// since would not read the shards this intake writes to.
+    async fn keep_shard_count(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(shards::DISCOVER_EVERY) => {}
+            }
+            let Some(mut redis) = self.redis.get().cloned() else { continue };
+            if let Err(err) = shards::prepare(&mut redis, &self.keys, self.settings.shards).await {
+                tracing::debug!(error = %err, "could not check the fleet's shard count; will try again");
+            }
         }
     }
 }

@@ -10,8 +10,9 @@
 //! one stream.
 //!
 //! `<prefix>stream-shards` holds the most shards any process of the fleet
-//! was configured with; intakes and workers raise it when they connect, and
-//! workers consume that many, looking again every [`DISCOVER_EVERY`]. So a
+//! was configured with; intakes and workers raise it when they connect (and
+//! every [`DISCOVER_EVERY`] after, so a Redis that lost its data learns it
+//! again), and workers consume that many, looking again as often. So a
 //! change of count is safe in either direction without stopping anything:
 //! raised, the running workers start consuming the new shards before any
 //! intake with the new count accepts a webhook; lowered, the shards beyond

@@ -79,6 +79,35 @@ pub(crate) async fn events_spread_over_three_shards_are_all_applied_once_on(ctx:
 }
 
 #[tokio::test]
+async fn a_redis_that_lost_its_data_learns_the_shard_count_again_from_the_intake() {
+    let ctx = context().await;
+    let mut settings = intake_settings(SECRET);
+    settings.shards = ShardCount::new(THREE).expect("count");
+    let intake = ctx.spawn_intake_with(settings).await;
+    // Redis loses everything the fleet had (restarted without persistence):
+    // the recorded count and every group are gone.
+    let mut redis = ctx.redis.clone();
+    for key in redis.scan_keys(&format!("{}*", ctx.prefix.as_str())).await.expect("scan") {
+        let _: i64 = redis.del(&key).await.expect("DEL");
+    }
+    for n in 0..60 {
+        let response = post_signed(&intake, &progress_event(n), SECRET).await;
+        assert_eq!(response.status(), 200, "event {n}");
+    }
+    // A worker started now, configured with one shard, still reads all
+    // three: the intake records its count again within a few seconds.
+    let worker = ctx.spawn_worker(ctx.worker_settings("started-after-the-loss")).await;
+    eventually("the events of every shard applied", Duration::from_secs(30), || async {
+        ctx.applied_events().await == 60
+    })
+    .await;
+    worker.stop().await;
+    intake.stop().await;
+    assert_eq!(ctx.shards().await.len(), THREE as usize);
+    assert_in_order_state(&ctx, 60).await;
+}
+
+#[tokio::test]
 async fn dead_letters_of_every_shard_are_listed_replayed_and_counted() {
     dead_letters_of_every_shard_are_listed_replayed_and_counted_on(context().await).await;
 }
