@@ -33,6 +33,10 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
         (tiles(&report, cache.hit_rate, cache.hits + cache.stale + cache.misses))
         h2 { "The last hour" }
         (charts(&minutes))
+        @if report.shards.len() > 1 {
+            h2 { "Stream shards" }
+            (shards(&report))
+        }
         h2 { "Consumers" }
         (consumers(&report))
         p.muted {
@@ -140,6 +144,33 @@ fn charts(minutes: &[(chrono::DateTime<Utc>, Tally)]) -> Markup {
             (chart("Events applied per second", CHART_MINUTES, &applied, rate))
             (chart("Freshness: receipt to dashboard (s)", CHART_MINUTES, &freshness, |value| format!("{value:.1} s")))
             (chart("Backlog: undelivered + pending", CHART_MINUTES, &backlog, |value| format!("{value:.0}")))
+        }
+    }
+}
+
+/// Each stream shard's figures (shown when there are several).
+fn shards(report: &StatusReport) -> Markup {
+    html! {
+        table #shards {
+            thead {
+                tr {
+                    th { "shard" } th.number { "length" } th.number { "undelivered" } th.number { "pending" }
+                    th.number { "oldest pending" } th.number { "retries" } th.number { "dead letters" }
+                }
+            }
+            tbody {
+                @for shard in &report.shards {
+                    tr {
+                        td { (shard.shard) }
+                        td.number { (shard.length) }
+                        td.number { @match shard.undelivered { Some(lag) => (lag), None => "unknown" } }
+                        td.number { (shard.pending) }
+                        td.number { @if shard.pending > 0 { (human_duration(shard.oldest_pending_age_ms)) } @else { "–" } }
+                        td.number { (shard.retries_scheduled) }
+                        td.number { (shard.dead_letters) }
+                    }
+                }
+            }
         }
     }
 }

@@ -195,6 +195,10 @@ pub(crate) async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_
     let (status, detail) = console.get_text(&href).await;
     assert_eq!(status, 200, "{detail}");
     assert!(detail.contains(beyond_first["event_id"].as_str().expect("event id")), "{detail}");
+    let (status, overview) = console.get_text("/console").await;
+    assert_eq!(status, 200);
+    let table = overview.split(r#"<table id="shards">"#).nth(1).expect("a table of shards");
+    assert_eq!(table.split("</table>").next().map(|rows| rows.matches("<tr>").count()), Some(4), "{table}");
     let (status, preview) =
         console.get_text(&format!("/console/dead-letters/replay?id={}", id.replace('/', "%2F"))).await;
     assert_eq!(status, 200, "{preview}");
