@@ -234,9 +234,13 @@ async fn matching(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<Letter>, RedisError> {
-    // A malformed `after` or `up_to`: nothing matches.
-    let Some(after) = after.map(LetterId::parse).transpose_none() else { return Ok(Vec::new()) };
-    let Some(up_to) = filter.up_to.as_deref().map(LetterId::parse).transpose_none() else { return Ok(Vec::new()) };
+    let after = after.map(LetterId::parse);
+    let up_to = filter.up_to.as_deref().map(LetterId::parse);
+    if matches!(after, Some(None)) || matches!(up_to, Some(None)) {
+        // A malformed `after` or `up_to`: nothing matches.
+        return Ok(Vec::new());
+    }
+    let (after, up_to) = (after.flatten(), up_to.flatten());
     let since = start_id(filter.since);
     let mut found = Vec::new();
     for shard in fleet_shards(redis, keys).await? {
@@ -286,22 +290,6 @@ async fn matching(
     found.sort_by(|a, b| a.id.order(&b.id));
     found.truncate(limit);
     Ok(found)
-}
-
-/// `Some(None)` for no value, `Some(Some(id))` for an id, `None` for a
-/// value that is not an id.
-trait TransposeNone<T> {
-    fn transpose_none(self) -> Option<Option<T>>;
-}
-
-impl<T> TransposeNone<T> for Option<Option<T>> {
-    fn transpose_none(self) -> Option<Option<T>> {
-        match self {
-            None => Some(None),
-            Some(Some(value)) => Some(Some(value)),
-            Some(None) => None,
-        }
-    }
 }
 
 /// One dead letter read by its written id; none when there is none.

@@ -68,14 +68,9 @@ impl Worker {
 
     /// The read loop of one shard, until `stop`.
     async fn consume_shard(&self, shard: ShardKeys, stop: &CancellationToken, settled: mpsc::Sender<Settled>) {
-        let reader = if shard.index() == 0 {
-            self.reader.clone()
-        } else {
-            let timeout = self.settings.block + Duration::from_secs(5);
-            match crate::redis::connect_waiting(&self.target, timeout, &self.health, stop).await {
-                Some(reader) => reader,
-                None => return,
-            }
+        let timeout = self.settings.block + Duration::from_secs(5);
+        let Some(reader) = crate::redis::connect_waiting(&self.target, timeout, &self.health, stop).await else {
+            return;
         };
         let shard = &shard;
         // Entries this name holds from an earlier life were interrupted:

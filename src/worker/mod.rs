@@ -139,12 +139,10 @@ pub enum WorkerError {
 
 pub struct Worker {
     db: PgPool,
-    /// Where each shard's reader connects.
-    target: RedisTarget,
-    /// Blocking reads of the first shard only: a blocked `XREADGROUP` would
+    /// Where each shard's reader connects: a blocked `XREADGROUP` would
     /// stall anything else sent on the same connection, so every shard
     /// reads on a connection of its own.
-    reader: RedisConnection,
+    target: RedisTarget,
     redis: RedisConnection,
     keys: Keys,
     settings: Settings,
@@ -183,7 +181,6 @@ impl Worker {
         stop: &CancellationToken,
     ) -> Result<Self, WorkerError> {
         let connect = |timeout| crate::redis::connect_waiting(target, timeout, &health, stop);
-        let reader = connect(settings.block + Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
         let redis = connect(Duration::from_secs(5)).await.ok_or(WorkerError::Stopped)?;
         let address = target.shown_address();
         let mut waiter = Waiter::new(&health, Dependency::Redis, &address);
@@ -230,7 +227,6 @@ impl Worker {
         Ok(Self {
             db,
             target: target.clone(),
-            reader,
             redis,
             keys,
             settings,
