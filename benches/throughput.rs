@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         postgres_given_or_started(std::env::var("DATABASE_URL").ok(), "postgres", &postgres_dir, true).await?;
     let database = format!("fleet_bench_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\""))).execute(&mut admin).await?;
     let mut database_url = url::Url::parse(&admin_url)?;
     database_url.set_path(&format!("/{database}"));
     let db = fleet::db::connect(database_url.as_str()).await?;
@@ -209,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
         redis::AsyncCommands::del::<_, ()>(&mut redis, chunk).await?;
     }
     db.close().await;
-    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)")).execute(&mut admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{database}\" WITH (FORCE)"))).execute(&mut admin).await?;
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

@@ -549,7 +549,10 @@ impl LocalPostgres {
             .await
             .map_err(failed)?;
         if !exists {
-            sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut conn).await.map_err(failed)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+                .execute(&mut conn)
+                .await
+                .map_err(failed)?;
         }
         let _ = conn.close().await;
         Ok(())

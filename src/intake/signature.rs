@@ -1,7 +1,7 @@
 //! Thinkific's webhook signature: the lowercase hex HMAC-SHA256 of the raw
 //! body, checked against every configured key in constant time.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::secrets::{KeyScope, WebhookKeys};

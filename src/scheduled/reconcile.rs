@@ -93,7 +93,9 @@ pub async fn repair(db: &PgPool) -> Result<Repaired, sqlx::Error> {
     let mut repaired = Repaired { schools: schools.len(), ..Repaired::default() };
     for group in schools.chunks(SCHOOLS_PER_TRANSACTION) {
         let mut tx = db.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).execute(&mut *tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("LOCK TABLE courses, enrollments IN SHARE MODE").execute(&mut *tx).await?;
         let rows: Vec<(String, String, Option<i64>, bool)> =
             sqlx::query_as(RECONCILE).bind(group).fetch_all(&mut *tx).await?;

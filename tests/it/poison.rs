@@ -57,7 +57,7 @@ async fn assert_no_outage_was_seen(watch: JoinHandle<String>) {
 
 /// Makes Postgres refuse any write of enrollment `id` with `sqlstate`.
 async fn refuse_enrollment(ctx: &TestContext, id: i64, sqlstate: &str) {
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE FUNCTION refuse_enrollment() RETURNS trigger AS $$
          BEGIN
            IF NEW.enrollment_id = {id} THEN
@@ -65,7 +65,7 @@ async fn refuse_enrollment(ctx: &TestContext, id: i64, sqlstate: &str) {
            END IF;
            RETURN NEW;
          END $$ LANGUAGE plpgsql"
-    ))
+    )))
     .execute(&ctx.db)
     .await
     .expect("function");

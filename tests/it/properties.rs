@@ -108,9 +108,9 @@ async fn state(db: &PgPool, tenant: &str) -> Vec<Value> {
     for (table, key) in
         [("enrollments", "enrollment_id"), ("users", "user_id"), ("courses", "course_id"), ("orders", "order_id")]
     {
-        let rows: Vec<Value> = sqlx::query_scalar(&format!(
+        let rows: Vec<Value> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT to_jsonb(t) - 'tenant_id' FROM {table} t WHERE tenant_id = $1 ORDER BY {key}"
-        ))
+        )))
         .bind(tenant)
         .fetch_all(db)
         .await

@@ -121,7 +121,10 @@ pub async fn context_on_servers(redis_url: &str, admin_url: &str) -> TestContext
     let id = uuid::Uuid::new_v4().simple().to_string();
     let database = format!("fleet_test_{id}");
     let mut admin = sqlx::PgConnection::connect(&services.admin_url).await.expect("connect to Postgres");
-    sqlx::query(&format!("CREATE DATABASE \"{database}\"")).execute(&mut admin).await.expect("create database");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
     admin.close().await.ok();
     let database_url = with_database(&services.admin_url, &database);
     let db = fleet::db::connect(&database_url).await.expect("connect to the test database");
@@ -155,9 +158,11 @@ impl Drop for TestContext {
             };
             runtime.block_on(async move {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                 }
                 let target = RedisTarget::from(redis_url.as_str());
                 let connect = fleet::redis::connect(&target, Duration::from_secs(2));
@@ -255,7 +260,7 @@ impl TestContext {
     /// Makes Postgres refuse any write of an enrollment from `first` to
     /// `last`, as a constraint would, until [`Self::accept_enrollments_again`].
     pub async fn refuse_enrollments_from(&self, first: i64, last: i64) {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "CREATE FUNCTION refuse_enrollments() RETURNS trigger AS $$
              BEGIN
                IF NEW.enrollment_id BETWEEN {first} AND {last} THEN
@@ -263,7 +268,7 @@ impl TestContext {
                END IF;
                RETURN NEW;
              END $$ LANGUAGE plpgsql"
-        ))
+        )))
         .execute(&self.db)
         .await
         .expect("function");
