@@ -1,26 +1,88 @@
 //! The Postgres connection pool, migrations and the schema check.
+//!
+//! TLS has libpq's meaning (sqlx over rustls, the system's roots):
+//! `sslmode=disable|allow|prefer|require|verify-ca|verify-full`,
+//! `sslrootcert`, `sslcert` and `sslkey` in `DATABASE_URL`, or the
+//! `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT` and `PGSSLKEY` variables. As in
+//! libpq, `sslmode=require` with a root certificate given verifies the
+//! server's certificate against it (verify-ca).
+//!
+//! Through a pooler in transaction mode (PgBouncer before 1.21), a
+//! statement prepared on one server connection is not there on the next:
+//! [`Pooling::Transaction`] keeps no statement prepared between
+//! transactions (decision 0020).
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Dependency, Health};
 
+/// How the connections reach Postgres.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pooling {
+    /// Straight to Postgres, or through a pooler in session mode: each
+    /// connection keeps its prepared statements (a cache of 100).
+    #[default]
+    Session,
+    /// Through a pooler in transaction mode: statements are prepared
+    /// unnamed, each time, and never outlive their transaction's server.
+    Transaction,
+}
+
+/// The connect options `url` names, with libpq's meaning of TLS and
+/// `pooling`'s statement cache.
+pub fn options(url: &str, pooling: Pooling) -> Result<PgConnectOptions, sqlx::Error> {
+    let mut options = PgConnectOptions::from_str(url)?.application_name("fleet");
+    if matches!(options.get_ssl_mode(), PgSslMode::Require) && names_root_certificate(url) {
+        options = options.ssl_mode(PgSslMode::VerifyCa);
+    }
+    if pooling == Pooling::Transaction {
+        options = options.statement_cache_capacity(0);
+    }
+    Ok(options)
+}
+
+/// Whether the URL (or `PGSSLROOTCERT`) names a root certificate.
+fn names_root_certificate(url: &str) -> bool {
+    let in_url = url::Url::parse(url)
+        .map(|url| url.query_pairs().any(|(name, _)| name == "sslrootcert" || name == "ssl-root-cert"))
+        .unwrap_or(false);
+    in_url || std::env::var_os("PGSSLROOTCERT").is_some_and(|value| !value.is_empty())
+}
+
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5))
+}
+
 /// A pool whose acquires fail after a few seconds instead of hanging, so a
 /// Postgres outage surfaces as an error the worker can back off from.
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("fleet");
-    PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_with(options).await
+    pool_options().connect_with(options(url, Pooling::Session)?).await
 }
 
 /// Like [`connect`], without connecting yet: only a URL sqlx cannot use
 /// fails, so a role starts while Postgres is down and waits for it.
-pub fn connect_lazy(url: &str) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("fleet");
-    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options))
+pub fn connect_lazy(options: PgConnectOptions) -> PgPool {
+    pool_options().connect_lazy_with(options)
+}
+
+/// The error of one connection attempt with `options`, if it failed
+/// within `within` (a role's start looks at it; a slower answer is an
+/// outage, which the role waits through).
+pub async fn first_attempt_error(options: &PgConnectOptions, within: Duration) -> Option<sqlx::Error> {
+    use sqlx::{ConnectOptions, Connection};
+    match tokio::time::timeout(within, options.connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            None
+        }
+        Ok(Err(err)) => Some(err),
+        Err(_) => None,
+    }
 }
 
 /// The schema is older than this binary: `fleet migrate` has not run.

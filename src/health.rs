@@ -6,9 +6,13 @@
 //! waits for (host and port only, never a password), reports it on
 //! `/readyz` ([`Health::readyz`]: 503 naming the dependency) and carries on
 //! by itself once the dependency answers. SIGTERM ends a wait at once.
+//!
+//! An error that waiting cannot heal (a refused certificate, a wrong
+//! password: [`crate::misconfiguration`]) is waited through the same way,
+//! but logged at error level with the setting to change, at most once a
+//! minute, and `/readyz` says so.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,6 +21,7 @@ use axum::response::Response;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
+use crate::misconfiguration::{Diagnose, Misconfiguration};
 use crate::telemetry::metrics;
 use crate::telemetry::readiness::{self, Check};
 
@@ -53,7 +58,12 @@ struct Inner {
     /// Reported on `/readyz` but not required for it (the read API bypasses
     /// its cache while Redis is down).
     optional: BTreeSet<Dependency>,
+    /// When each dependency's misconfiguration was last logged.
+    misconfiguration_logged: BTreeMap<Dependency, Instant>,
 }
+
+/// How often a misconfiguration that persists is logged again.
+const MISCONFIGURATION_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Shared between a role's loops (which report) and its `/readyz`. A
 /// dependency is required once named in [`Health::requiring`] or reported.
@@ -84,8 +94,13 @@ impl Health {
     }
 
     /// Records that `dependency` failed; the first report of an outage is
-    /// logged at error level, later ones at debug.
-    pub fn unavailable(&self, dependency: Dependency, error: &dyn Display) {
+    /// logged at error level, later ones at debug. A misconfiguration is
+    /// logged at error level with its setting, at most once a minute.
+    pub fn unavailable(&self, dependency: Dependency, error: &dyn Diagnose) {
+        if let Some(problem) = error.misconfiguration() {
+            self.misconfigured(&problem);
+            return;
+        }
         let mut inner = self.lock();
         let first = !inner.states.values().any(|state| matches!(state, State::Down { .. }));
         if first {
@@ -101,13 +116,41 @@ impl Health {
         Self::set_down(&mut inner, dependency, error);
     }
 
+    /// Records a misconfiguration of its dependency: `/readyz` names it, and
+    /// it is logged at error level unless it was in the last minute.
+    pub fn misconfigured(&self, problem: &Misconfiguration) {
+        let due = {
+            let mut inner = self.lock();
+            Self::set_down(&mut inner, problem.dependency, &format!("misconfigured: {problem}"));
+            let due = inner
+                .misconfiguration_logged
+                .get(&problem.dependency)
+                .is_none_or(|logged| logged.elapsed() >= MISCONFIGURATION_LOG_EVERY);
+            if due {
+                inner.misconfiguration_logged.insert(problem.dependency, Instant::now());
+            }
+            due
+        };
+        if due {
+            tracing::error!(
+                dependency = problem.dependency.as_str(),
+                cause = problem.cause.as_str(),
+                detail = %problem.detail,
+                "{} cannot be used as configured, and waiting will not change that: {}. Retrying with backoff; \
+                 this is logged again each minute until it is fixed",
+                problem.dependency.as_str(),
+                problem.advice
+            );
+        }
+    }
+
     /// Records that a start-up wait for `dependency` failed once more,
     /// without logging (the [`Waiter`] logs).
-    fn waiting(&self, dependency: Dependency, error: &dyn Display) {
+    fn waiting(&self, dependency: Dependency, error: &dyn std::fmt::Display) {
         Self::set_down(&mut self.lock(), dependency, error);
     }
 
-    fn set_down(inner: &mut Inner, dependency: Dependency, error: &dyn Display) {
+    fn set_down(inner: &mut Inner, dependency: Dependency, error: &dyn std::fmt::Display) {
         let since = match inner.states.get(&dependency) {
             Some(State::Down { since, .. }) => *since,
             _ => Instant::now(),
@@ -226,18 +269,23 @@ impl<'a> Waiter<'a> {
     }
 
     /// Records a failed try and pauses; `None` if `stop` fires first.
-    pub async fn pause(&mut self, error: &(dyn Display + Sync), stop: &CancellationToken) -> Option<()> {
+    pub async fn pause(&mut self, error: &dyn Diagnose, stop: &CancellationToken) -> Option<()> {
         let (dependency, address) = (self.dependency.as_str(), self.address);
-        if self.since.is_none() {
-            tracing::warn!(
-                dependency, address, error = %error,
-                "waiting for {dependency} at {address}; retrying with backoff until it answers"
-            );
-            self.since = Some(Instant::now());
+        if let Some(problem) = error.misconfiguration() {
+            self.since.get_or_insert_with(Instant::now);
+            self.health.misconfigured(&problem);
         } else {
-            tracing::debug!(dependency, address, error = %error, "still waiting");
+            if self.since.is_none() {
+                tracing::warn!(
+                    dependency, address, error = %error,
+                    "waiting for {dependency} at {address}; retrying with backoff until it answers"
+                );
+                self.since = Some(Instant::now());
+            } else {
+                tracing::debug!(dependency, address, error = %error, "still waiting");
+            }
+            self.health.waiting(self.dependency, error);
         }
-        self.health.waiting(self.dependency, error);
         let pause = self.backoff.next().unwrap_or(MAX_WAIT_PAUSE);
         tokio::select! {
             () = stop.cancelled() => None,
@@ -275,7 +323,7 @@ pub async fn until_reachable<T, E, F, Fut>(
     mut attempt: F,
 ) -> Option<T>
 where
-    E: Display + Sync,
+    E: Diagnose,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {

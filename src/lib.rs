@@ -24,6 +24,7 @@ pub mod db;
 pub mod forwarded;
 pub mod health;
 pub mod local_services;
+pub mod misconfiguration;
 pub mod read_model;
 pub mod redis;
 pub mod runtime;

@@ -517,27 +517,108 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// Postgres connection URL.
+    /// Postgres connection URL. TLS as in libpq: sslmode=disable|prefer|require|verify-ca|verify-full
+    /// and sslrootcert, sslcert, sslkey in the URL (or PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
     pub database_url: DatabaseUrl,
+    /// DATABASE_URL reaches Postgres through a pooler in transaction mode (PgBouncer
+    /// pool_mode=transaction, Supabase's port 6543, Neon's -pooler hosts): no statement stays
+    /// prepared between transactions. `fleet migrate` needs a direct or session-mode URL.
+    #[arg(long = "pg-transaction-pooling", env = "FLEET_PG_TRANSACTION_POOLING", value_parser = boolean(),
+          value_name = "FLEET_PG_TRANSACTION_POOLING")]
+    pub transaction_pooling: bool,
+}
+
+impl DatabaseArgs {
+    /// How the connections reach Postgres.
+    pub fn pooling(&self) -> crate::db::Pooling {
+        if self.transaction_pooling {
+            crate::db::Pooling::Transaction
+        } else {
+            crate::db::Pooling::Session
+        }
+    }
+
+    /// The connect options of DATABASE_URL (already checked when parsed).
+    pub fn options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
+        crate::db::options(self.database_url.as_str(), self.pooling()).map_err(|_| ConfigError::DatabaseUrl)
+    }
+}
+
+/// What every boolean setting accepts, in any case: `1/0`, `true/false`,
+/// `yes/no`, `on/off` (also `y/n`, `t/f`).
+fn boolean() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
 }
 
 #[derive(Debug, Args)]
 pub struct RedisArgs {
-    /// Redis connection URL; several comma-separated URLs name the nodes of a Redis Cluster.
+    /// Redis connection URL (rediss:// for TLS); several comma-separated URLs name the nodes of a
+    /// Redis Cluster.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: RedisUrls,
     /// Redis is a Redis Cluster (implied by several URLs in REDIS_URL).
-    #[arg(long = "redis-cluster", env = "FLEET_REDIS_CLUSTER")]
+    #[arg(long = "redis-cluster", env = "FLEET_REDIS_CLUSTER", value_parser = boolean(), value_name = "FLEET_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    #[command(flatten)]
+    pub tls: RedisTlsArgs,
     #[command(flatten)]
     pub key_prefix: KeyPrefixArg,
 }
 
 impl RedisArgs {
-    /// The Redis to connect to: one server or a cluster.
-    pub fn target(&self) -> crate::redis::RedisTarget {
-        self.redis_url.target(self.redis_cluster)
+    /// The Redis to connect to: one server or a cluster, with its TLS
+    /// settings; refused when they cannot go together.
+    pub fn target(&self) -> Result<crate::redis::RedisTarget, ConfigError> {
+        self.tls.apply(self.redis_url.target(self.redis_cluster))
+    }
+}
+
+/// How a `rediss://` connection trusts the Redis server (see
+/// `docs/operations.md#managed-services`).
+#[derive(Debug, Clone, Args)]
+pub struct RedisTlsArgs {
+    /// PEM file of the CA certificate(s) that sign the Redis server's certificate, instead of the
+    /// system's roots (a managed service's private CA).
+    #[arg(long = "redis-tls-ca-file", env = "FLEET_REDIS_TLS_CA_FILE", value_name = "FLEET_REDIS_TLS_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate for mutual TLS (with FLEET_REDIS_TLS_KEY_FILE).
+    #[arg(long = "redis-tls-cert-file", env = "FLEET_REDIS_TLS_CERT_FILE", value_name = "FLEET_REDIS_TLS_CERT_FILE")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key (with FLEET_REDIS_TLS_CERT_FILE).
+    #[arg(long = "redis-tls-key-file", env = "FLEET_REDIS_TLS_KEY_FILE", value_name = "FLEET_REDIS_TLS_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// INSECURE: accept any certificate from the Redis server, so anyone on the path can read and
+    /// change what Fleet sends. Logged at warn level on every start. For a test set-up only.
+    #[arg(long = "redis-tls-insecure-skip-verify", env = "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY",
+          value_parser = boolean(), value_name = "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY")]
+    pub insecure_skip_verify: bool,
+}
+
+impl RedisTlsArgs {
+    /// `target` with these settings; refused when they are given for a
+    /// `redis://` URL (they would be ignored) or a certificate lacks its key.
+    pub fn apply(&self, target: crate::redis::RedisTarget) -> Result<crate::redis::RedisTarget, ConfigError> {
+        let tls = crate::redis::RedisTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+        };
+        if tls.is_set() && !target.uses_tls() {
+            return Err(ConfigError::RedisTlsWithoutRediss);
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(ConfigError::RedisClientCertificateHalf);
+        }
+        if tls.insecure_skip_verify {
+            tracing::warn!(
+                "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY is on: the Redis server's certificate is not checked, so \
+                 anyone on the network path can read and change what Fleet sends. Turn it off and give the \
+                 server's CA in FLEET_REDIS_TLS_CA_FILE"
+            );
+        }
+        Ok(target.with_tls(tls))
     }
 }
 
@@ -811,6 +892,24 @@ pub enum ConfigError {
          (a bearer token that reads every school) or FLEET_API_TOKENS (school=token pairs, comma-separated)"
     )]
     ApiWithoutToken,
+    #[error(
+        "FLEET_REDIS_TLS_* is set but REDIS_URL is not rediss://: use rediss:// for TLS, or unset the \
+         FLEET_REDIS_TLS_* settings"
+    )]
+    RedisTlsWithoutRediss,
+    #[error("FLEET_REDIS_TLS_CERT_FILE and FLEET_REDIS_TLS_KEY_FILE go together: set both, or neither")]
+    RedisClientCertificateHalf,
+    #[error("DATABASE_URL cannot be used: check its port and query options (sslmode, sslrootcert, options…)")]
+    DatabaseUrl,
+    #[error(
+        "`fleet migrate` takes a session-level lock, which a pooler in transaction mode cannot keep: run it \
+         with a DATABASE_URL that reaches Postgres directly or through a session-mode pooler, without \
+         FLEET_PG_TRANSACTION_POOLING"
+    )]
+    MigrateThroughTransactionPooler,
+    /// A dependency refused the configuration at start-up (decision 0020).
+    #[error(transparent)]
+    Misconfigured(#[from] crate::misconfiguration::Misconfiguration),
 }
 
 /// Exit codes scripts and supervisors can rely on (also in the README):

@@ -5,12 +5,16 @@
 //! No role exits because Redis or Postgres is down: each listens first, then
 //! waits for its dependencies (see [`crate::health`]); SIGTERM during a wait
 //! exits 0. Only a configuration error, an outdated schema and a consumer
-//! name held by a live worker end a role (see [`super::exit_code`]).
+//! name held by a live worker end a role (see [`super::exit_code`]). A
+//! dependency that refuses the configuration in a way no wait heals (TLS
+//! that cannot work) is a configuration error at start-up: each role tries
+//! its dependencies once before it waits (decision 0020).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -22,6 +26,7 @@ use super::{
 };
 use crate::health::{Dependency, Health};
 use crate::local_services::{postgres_given_or_started, redis_given_or_started, write_private_file};
+use crate::misconfiguration::Diagnose;
 use crate::operator::dlq::{Filter, Selection};
 use crate::operator::output::Output;
 use crate::redis::keys::Keys;
@@ -44,8 +49,13 @@ const DEV_SECRET: &str = "fleet-dev-secret";
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(args) => {
+            if args.database.transaction_pooling {
+                return Err(ConfigError::MigrateThroughTransactionPooler.into());
+            }
             let url = args.database.database_url.as_str();
-            let pool = lazy_postgres(url)?;
+            let options = args.database.options()?;
+            refuse_misconfigured_postgres(&options).await?;
+            let pool = db::connect_lazy(options);
             if !db::wait_until_reachable(&pool, url, &Health::default(), &shutdown_on_signals()).await {
                 return Ok(());
             }
@@ -59,7 +69,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Api(args) => run_api(args).await,
         Command::Cache(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(&args.redis.target()).await?;
+            let mut redis = connect_redis(&args.redis.target()?).await?;
             match args.command {
                 CacheCommand::Stats { json, reset } => {
                     operator::cache::stats(&mut redis, &keys, Output::new(json), reset).await
@@ -71,12 +81,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(&args.redis.target()).await?;
+            let mut redis = connect_redis(&args.redis.target()?).await?;
             operator::status::show(&mut redis, &keys, Output::new(args.json)).await
         }
         Command::Retries(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(&args.redis.target()).await?;
+            let mut redis = connect_redis(&args.redis.target()?).await?;
             operator::retries::list(&mut redis, &keys, args.limit, Output::new(args.json)).await
         }
         Command::Loadtest(args) => {
@@ -85,7 +95,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Dlq(args) => {
             let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-            let mut redis = connect_redis(&args.redis.target()).await?;
+            let mut redis = connect_redis(&args.redis.target()?).await?;
             let redis = &mut redis;
             let keys = &keys;
             match args.command {
@@ -105,13 +115,42 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
-    db::connect(url).await.context("cannot connect to Postgres; check DATABASE_URL and that the server is up")
+    match db::connect(url).await {
+        Ok(pool) => Ok(pool),
+        Err(err) => match err.misconfiguration() {
+            Some(problem) => Err(ConfigError::Misconfigured(problem).into()),
+            None => Err(anyhow::Error::new(err)
+                .context("cannot connect to Postgres; check DATABASE_URL and that the server is up")),
+        },
+    }
 }
 
-/// A pool that connects when first used, so a role starts while Postgres is down.
-fn lazy_postgres(url: &str) -> anyhow::Result<PgPool> {
-    db::connect_lazy(url).context("DATABASE_URL cannot be used")
+/// Ends the start (exit 2) when Postgres refuses `options` in a way no wait
+/// heals ([`Misconfiguration::ends_start_up`]); anything else, an outage
+/// included, is left to the role's wait, which logs and reports it.
+async fn refuse_misconfigured_postgres(options: &PgConnectOptions) -> Result<(), ConfigError> {
+    let problem = db::first_attempt_error(options, START_ATTEMPT).await.and_then(|err| err.misconfiguration());
+    match problem {
+        Some(problem) if problem.ends_start_up() => Err(problem.into()),
+        _ => Ok(()),
+    }
 }
+
+/// Like [`refuse_misconfigured_postgres`], for Redis.
+async fn refuse_misconfigured_redis(target: &RedisTarget) -> Result<(), ConfigError> {
+    let attempt = tokio::time::timeout(START_ATTEMPT, crate::redis::connect(target, Duration::from_secs(2))).await;
+    match attempt {
+        Ok(Err(err)) => match err.misconfiguration() {
+            Some(problem) if problem.ends_start_up() => Err(problem.into()),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// How long a role's first look at a dependency may take before the role
+/// goes on to wait for it.
+const START_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Refuses to run against a schema older than this binary (exit 4), waiting
 /// for Postgres first; false if stopped meanwhile.
@@ -119,10 +158,16 @@ async fn check_schema(pool: &PgPool, url: &str, health: &Health, stop: &Cancella
     Ok(db::check_schema(pool, url, health, stop).await?)
 }
 
+/// An operator command's connection: a misconfiguration is a configuration
+/// error (exit 2), anything else a failure (exit 1).
 async fn connect_redis(target: &RedisTarget) -> anyhow::Result<crate::redis::RedisConnection> {
-    crate::redis::connect(target, Duration::from_secs(2))
-        .await
-        .context("cannot connect to Redis; check REDIS_URL and that the server is up")
+    match crate::redis::connect(target, Duration::from_secs(2)).await {
+        Ok(redis) => Ok(redis),
+        Err(err) => match err.misconfiguration() {
+            Some(problem) => Err(ConfigError::Misconfigured(problem).into()),
+            None => Err(anyhow::Error::new(err).context("cannot connect to Redis; check REDIS_URL and that the server is up")),
+        },
+    }
 }
 
 async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
@@ -133,7 +178,9 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     }
     let settings = args.tuning.settings(webhook_keys, args.shards.stream_shards, args.http.settings());
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let intake = intake::Application::build(address, &args.redis.target(), keys, settings).await?;
+    let redis = args.redis.target()?;
+    refuse_misconfigured_redis(&redis).await?;
+    let intake = intake::Application::build(address, &redis, keys, settings).await?;
     // Serving from here on (webhooks get 503 until Redis answers).
     systemd::notify_ready();
     intake.run_until_stopped(shutdown_on_signals()).await?;
@@ -145,8 +192,11 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings(args.shards.stream_shards)?;
     let schedule = args.schedule.clone().with_worker(&settings);
     let database_url = args.database.database_url.as_str();
-    let redis = args.redis.target();
-    let pool = lazy_postgres(database_url)?;
+    let redis = args.redis.target()?;
+    let options = args.database.options()?;
+    refuse_misconfigured_postgres(&options).await?;
+    refuse_misconfigured_redis(&redis).await?;
+    let pool = db::connect_lazy(options);
     let shutdown = shutdown_on_signals();
     // Listening first, so /readyz tells what the worker waits for.
     let health = Health::requiring(&[Dependency::Postgres, Dependency::Redis]);
@@ -228,9 +278,12 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     }
     let address = args.address()?;
     let database_url = args.database.database_url.as_str();
-    let pool = lazy_postgres(database_url)?;
+    let redis = args.redis.target()?;
+    let options = args.database.options()?;
+    refuse_misconfigured_postgres(&options).await?;
+    refuse_misconfigured_redis(&redis).await?;
+    let pool = db::connect_lazy(options);
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let redis = args.redis.target();
     let api = api::Application::build(address, pool.clone(), &redis, keys, args.cache.ttls(), settings).await?;
     let health = api.state().health();
     let shutdown = shutdown_on_signals();

@@ -18,15 +18,84 @@
 //! - a blocking `XREADGROUP` stalls everything queued behind it on a
 //!   multiplexed connection: the worker reads on a connection of its own,
 //!   on a cluster as on a single server.
+//!
+//! TLS: a `rediss://` URL connects over rustls, to a single server and to
+//! every node of a cluster. The server's certificate is verified against
+//! the system's roots, or against [`RedisTls::ca_file`]; a client
+//! certificate and key answer servers that ask for one (mutual TLS). The
+//! files are read at each connection, so a renewed certificate is picked
+//! up on the next reconnect. A plain `redis://` URL that meets a server
+//! speaking only TLS is told apart from an outage by a TLS probe.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{AsyncCommands, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+
+/// How a `rediss://` connection trusts the server and proves who it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM file of the CA certificates that sign the server's certificate,
+    /// instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of a client certificate (chain) and its private key, for
+    /// servers that ask for one; both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any certificate from the server: no protection against a
+    /// machine in the middle. Only through the setting whose name says so.
+    pub insecure_skip_verify: bool,
+}
+
+impl RedisTls {
+    /// Whether any TLS setting is given.
+    pub fn is_set(&self) -> bool {
+        *self != Self::default()
+    }
+
+    /// The certificates to hand the client, read from their files now;
+    /// `None` when the system's roots and no client certificate are wanted.
+    fn certificates(&self) -> Result<Option<redis::TlsCertificates>, RedisError> {
+        let read = |path: &PathBuf, setting: &str| {
+            std::fs::read(path).map_err(|err| {
+                RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "a TLS file cannot be read",
+                    format!("{setting} names {}: {err}", path.display()),
+                ))
+            })
+        };
+        let root_cert = self.ca_file.as_ref().map(|path| read(path, "FLEET_REDIS_TLS_CA_FILE")).transpose()?;
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert, "FLEET_REDIS_TLS_CERT_FILE")?,
+                client_key: read(key, "FLEET_REDIS_TLS_KEY_FILE")?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "a client certificate needs its key",
+                    "set both FLEET_REDIS_TLS_CERT_FILE and FLEET_REDIS_TLS_KEY_FILE, or neither".to_owned(),
+                )))
+            }
+        };
+        if root_cert.is_none() && client_tls.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+    }
+}
+
+/// What the error says when a `redis://` URL meets a server that speaks
+/// only TLS (see [`crate::misconfiguration`]).
+pub const SPEAKS_TLS: &str = "the server speaks TLS";
 
 /// The Redis the fleet uses: one server, or a Redis Cluster.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,17 +103,18 @@ pub struct RedisTarget {
     /// One URL for a single server; for a cluster, the nodes to discover it from.
     urls: Vec<String>,
     cluster: bool,
+    tls: RedisTls,
 }
 
 impl RedisTarget {
     /// One Redis server.
     pub fn single(url: impl Into<String>) -> Self {
-        Self { urls: vec![url.into()], cluster: false }
+        Self { urls: vec![url.into()], cluster: false, tls: RedisTls::default() }
     }
 
     /// A Redis Cluster, discovered from any of `nodes` (at least one).
     pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self { urls: nodes.into_iter().map(Into::into).collect(), cluster: true }
+        Self { urls: nodes.into_iter().map(Into::into).collect(), cluster: true, tls: RedisTls::default() }
     }
 
     /// What `REDIS_URL` names: several comma-separated URLs are the nodes of
@@ -54,7 +124,38 @@ impl RedisTarget {
         let urls: Vec<String> =
             text.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
         let cluster = cluster || urls.len() > 1;
-        Self { urls, cluster }
+        Self { urls, cluster, tls: RedisTls::default() }
+    }
+
+    /// The same Redis, reached with `tls`'s certificates (`rediss://` URLs).
+    pub fn with_tls(mut self, tls: RedisTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// How `rediss://` connections trust the server.
+    pub fn tls(&self) -> &RedisTls {
+        &self.tls
+    }
+
+    /// Whether the URLs ask for TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.urls.iter().any(|url| url.starts_with("rediss://"))
+    }
+
+    /// The URLs to connect with: `#insecure` appended when verification is
+    /// off, which is how the client takes it.
+    fn connect_urls(&self) -> Vec<String> {
+        self.urls
+            .iter()
+            .map(|url| {
+                if self.tls.insecure_skip_verify && url.starts_with("rediss://") && !url.contains('#') {
+                    format!("{url}#insecure")
+                } else {
+                    url.clone()
+                }
+            })
+            .collect()
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -109,17 +210,38 @@ impl RedisConnection {
     /// `response_timeout` instead of hanging; a broken connection (or a
     /// cluster node that went away) is re-established on a later command.
     pub async fn open(target: &RedisTarget, response_timeout: Duration) -> Result<Self, RedisError> {
+        let opened = Self::open_once(target, response_timeout).await;
+        match opened {
+            Err(err) if !target.uses_tls() && (err.is_io_error() || err.is_connection_dropped()) => {
+                Err(tls_only_server(target).await.unwrap_or(err))
+            }
+            opened => opened,
+        }
+    }
+
+    async fn open_once(target: &RedisTarget, response_timeout: Duration) -> Result<Self, RedisError> {
+        let urls = target.connect_urls();
+        let certificates = if target.uses_tls() { target.tls.certificates()? } else { None };
         if target.is_cluster() {
-            let client = ClusterClientBuilder::new(target.urls().iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str))
                 .connection_timeout(Duration::from_secs(2))
                 .response_timeout(response_timeout)
                 .retries(3)
-                .max_retry_wait(1000)
-                .build()?;
+                .max_retry_wait(1000);
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            if target.uses_tls() && target.tls.insecure_skip_verify {
+                builder = builder.tls(redis::TlsMode::Insecure);
+            }
+            let client = builder.build()?;
             return Ok(Self::Cluster(client.get_async_connection().await?));
         }
-        let url = target.urls().first().map(String::as_str).unwrap_or_default();
-        let client = redis::Client::open(url)?;
+        let url = urls.first().map(String::as_str).unwrap_or_default();
+        let client = match certificates {
+            Some(certificates) => redis::Client::build_with_tls(url, certificates)?,
+            None => redis::Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(response_timeout))
@@ -206,6 +328,47 @@ impl RedisConnection {
             }
         }
         Ok(deleted)
+    }
+}
+
+/// A plain connection to `target` was dropped: if its first server
+/// answers a TLS handshake, the error that says to use `rediss://`.
+async fn tls_only_server(target: &RedisTarget) -> Option<RedisError> {
+    let url = url::Url::parse(target.urls().first()?).ok()?;
+    let host = url.host_str()?.to_owned();
+    let port = url.port().unwrap_or(6379);
+    let speaks_tls = tokio::time::timeout(Duration::from_secs(1), speaks_tls(&host, port)).await.unwrap_or(false);
+    speaks_tls.then(|| {
+        RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "the URL is redis:// (no TLS)",
+            format!("{SPEAKS_TLS} at {host}:{port}"),
+        ))
+    })
+}
+
+/// Whether the server at `host:port` answers a TLS ClientHello with a
+/// certificate. The probe trusts no CA, so it ends at the certificate: what
+/// matters is that the server sent one.
+async fn speaks_tls(host: &str, port: u16) -> bool {
+    let Ok(stream) = tokio::net::TcpStream::connect((host, port)).await else {
+        return false;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder.with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::try_from("localhost").expect("a valid name"));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    match connector.connect(name, stream).await {
+        Ok(_) => true,
+        Err(err) => err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_))),
     }
 }
 

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Dependency, Health};
 
-pub use connection::{RedisConnection, RedisTarget};
+pub use connection::{RedisConnection, RedisTarget, RedisTls};
 pub use keys::{KeyPrefix, Keys, GROUP};
 
 /// Opens a reconnecting connection to `target` (see [`RedisConnection::open`]).
