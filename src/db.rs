@@ -105,13 +105,13 @@ pub async fn check_schema(
     let needed = fleet_jobs::MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0);
     let address = crate::urls::shown_address(url);
     let applied = health::until_reachable(health, Dependency::Postgres, &address, stop, || async {
-        let applied = sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await;
+        // The simple protocol: one message, whole on one server behind a pooler.
+        let applied = sqlx::raw_sql("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await;
         match applied {
+            Ok(row) => sqlx::Row::try_get::<Option<i64>, _>(&row, 0),
             // No migrations table: nothing was ever migrated.
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => Ok(None),
-            other => other,
+            Err(other) => Err(other),
         }
     })
     .await;
@@ -128,7 +128,7 @@ pub async fn check_schema(
 /// Waits with backoff until Postgres answers; `false` if `stop` fires first.
 pub async fn wait_until_reachable(pool: &PgPool, url: &str, health: &Health, stop: &CancellationToken) -> bool {
     let address = crate::urls::shown_address(url);
-    health::until_reachable(health, Dependency::Postgres, &address, stop, || sqlx::query("SELECT 1").execute(pool))
+    health::until_reachable(health, Dependency::Postgres, &address, stop, || sqlx::raw_sql("SELECT 1").execute(pool))
         .await
         .is_some()
 }

@@ -51,6 +51,17 @@ pub enum LocalServiceError {
     Io(#[from] io::Error),
 }
 
+/// The files a throwaway server serves TLS with (PEM): its certificate and
+/// key, and the CA that signs the certificates it accepts from clients.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    /// Refuse clients without a certificate signed by `ca_file` (mutual TLS).
+    pub require_client_certificate: bool,
+}
+
 /// A Redis URL: `given` when there is one, else that of a [`LocalRedis`]
 /// started in `dir` (deleted when it stops if `ephemeral`), returned too:
 /// the server runs as long as the caller keeps it.
@@ -224,9 +235,12 @@ pub struct LocalRedis {
     dir: PathBuf,
     ephemeral: bool,
     password: String,
-    /// A node of a [`LocalRedisCluster`]: cluster mode on, data kept across
-    /// a restart (the cluster deletes its directory when it stops).
-    cluster_node: bool,
+    /// A node of a [`LocalRedisCluster`] (cluster mode on, data kept across
+    /// a restart: the cluster deletes its directory when it stops): the
+    /// port of its cluster bus.
+    cluster_bus_port: Option<u16>,
+    /// Serving TLS only, on `port`.
+    tls: Option<ServerTls>,
 }
 
 impl LocalRedis {
@@ -235,7 +249,14 @@ impl LocalRedis {
     pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
         create_private_dir(dir)?;
         let password = stored_or_new_password(dir)?;
-        Self::launch(dir, free_port()?, ephemeral, password, false).await
+        Self::launch(dir, free_port()?, ephemeral, password, None, None).await
+    }
+
+    /// Like [`LocalRedis::start`], serving TLS only (`rediss://`) with `tls`.
+    pub async fn start_tls(dir: &Path, ephemeral: bool, tls: ServerTls) -> Result<Self, LocalServiceError> {
+        create_private_dir(dir)?;
+        let password = stored_or_new_password(dir)?;
+        Self::launch(dir, free_port()?, ephemeral, password, None, Some(tls)).await
     }
 
     /// Starts the server again (e.g. after [`LocalRedis::stop`]) on the
@@ -244,7 +265,15 @@ impl LocalRedis {
         self.stop();
         create_private_dir(&self.dir)?;
         write_private_file(&self.dir.join(PASSWORD_FILE), self.password.as_bytes())?;
-        *self = Self::launch(&self.dir, self.port, self.ephemeral, self.password.clone(), self.cluster_node).await?;
+        *self = Self::launch(
+            &self.dir,
+            self.port,
+            self.ephemeral,
+            self.password.clone(),
+            self.cluster_bus_port,
+            self.tls.clone(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -253,53 +282,86 @@ impl LocalRedis {
         port: u16,
         ephemeral: bool,
         password: String,
-        cluster_node: bool,
+        cluster_bus_port: Option<u16>,
+        tls: Option<ServerTls>,
     ) -> Result<Self, LocalServiceError> {
         let program = find_program("redis-server", &[])?;
+        let cluster_node = cluster_bus_port.is_some();
         // The password goes in a private config file, not on the command line.
         let config = dir.join("redis.conf");
         let mut settings = format!("requirepass {password}\n");
-        if cluster_node {
+        if let Some(bus_port) = cluster_bus_port {
             // Nodes authenticate to each other with the same password; each
             // write is on disk before it is answered, so a master restarted
-            // mid-run comes back with everything it acknowledged.
+            // mid-run comes back with everything it acknowledged. The bus
+            // port is chosen free, not port + 10000 (which may not exist).
             settings.push_str(&format!(
                 "masterauth {password}\ncluster-enabled yes\ncluster-config-file nodes.conf\n\
-                 cluster-node-timeout 2000\nappendfsync always\n"
+                 cluster-node-timeout 2000\nappendfsync always\ncluster-port {bus_port}\n"
             ));
         }
+        if let Some(tls) = &tls {
+            // TLS only: the plain port is closed. Cluster nodes speak TLS to
+            // each other too, with the same certificate as their client one.
+            settings.push_str(&format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients {}\n",
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.ca_file.display(),
+                if tls.require_client_certificate { "yes" } else { "no" },
+            ));
+            if cluster_node {
+                settings.push_str("tls-cluster yes\ntls-replication yes\n");
+            }
+        }
         write_private_file(&config, settings.as_bytes())?;
-        let args: Vec<String> = vec![
-            config.display().to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
+        let mut args: Vec<String> = vec![config.display().to_string(), "--bind".into(), "127.0.0.1".into()];
+        if tls.is_none() {
+            args.extend(["--port".into(), port.to_string()]);
+        }
+        args.extend([
             "--dir".into(),
             dir.display().to_string(),
             "--save".into(),
             String::new(),
             "--appendonly".into(),
             if ephemeral && !cluster_node { "no" } else { "yes" }.into(),
-        ];
+        ]);
         let log = dir.join("redis.log");
         // A cluster node's directory holds its slots (nodes.conf): kept
         // across a restart, deleted with the whole cluster.
         let cleanup = (ephemeral && !cluster_node).then_some(dir);
         let server = Guarded::spawn(&program, &args, "KILL", cleanup, &log, None)?;
-        let redis = Self { server, port, dir: dir.to_owned(), ephemeral, password, cluster_node };
+        let redis = Self { server, port, dir: dir.to_owned(), ephemeral, password, cluster_bus_port, tls };
         redis.wait_ready(&log).await?;
         Ok(redis)
+    }
+
+    /// A node answering commands, on its own (cluster mode or not).
+    async fn node_connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()).ok()?,
+            Some(tls) => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: std::fs::read(&tls.cert_file).ok()?,
+                        client_key: std::fs::read(&tls.key_file).ok()?,
+                    }),
+                    root_cert: Some(std::fs::read(&tls.ca_file).ok()?),
+                };
+                redis::Client::build_with_tls(self.url(), certificates).ok()?
+            }
+        };
+        client.get_multiplexed_async_connection().await.ok()
     }
 
     async fn wait_ready(&self, log: &Path) -> Result<(), LocalServiceError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
-                        return Ok(());
-                    }
+            if let Some(mut conn) = self.node_connection().await {
+                if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -308,8 +370,10 @@ impl LocalRedis {
     }
 
     /// The URL to connect with, password included: show it redacted.
+    /// `rediss://` when the server speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://default:{}@127.0.0.1:{}/", self.password, self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://default:{}@127.0.0.1:{}/", self.password, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -344,6 +408,17 @@ impl LocalRedisCluster {
     /// `cluster_state:ok`. `dir` is deleted when the cluster is dropped if
     /// `ephemeral`.
     pub async fn start(dir: &Path, masters: usize, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        Self::start_with(dir, masters, ephemeral, None).await
+    }
+
+    /// Like [`LocalRedisCluster::start`], every node serving TLS only with
+    /// `tls` (its clients and the other nodes alike).
+    pub async fn start_with(
+        dir: &Path,
+        masters: usize,
+        ephemeral: bool,
+        tls: Option<ServerTls>,
+    ) -> Result<Self, LocalServiceError> {
         create_private_dir(dir)?;
         let password = stored_or_new_password(dir)?;
         let cleanup = if ephemeral {
@@ -358,12 +433,19 @@ impl LocalRedisCluster {
         for index in 0..masters {
             let node_dir = dir.join(format!("node-{index}"));
             create_private_dir(&node_dir)?;
-            cluster.nodes.push(LocalRedis::launch(&node_dir, free_port()?, ephemeral, password.clone(), true).await?);
+            let (port, bus_port) = (free_port()?, free_port()?);
+            let node = LocalRedis::launch(&node_dir, port, ephemeral, password.clone(), Some(bus_port), tls.clone());
+            cluster.nodes.push(node.await?);
         }
         let cli = find_program("redis-cli", &[])?;
         let addresses: Vec<String> = cluster.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let mut command = tokio::process::Command::new(cli);
+        if let Some(tls) = &tls {
+            command.arg("--tls").arg("--cacert").arg(&tls.ca_file).arg("--cert").arg(&tls.cert_file);
+            command.arg("--key").arg(&tls.key_file);
+        }
         // REDISCLI_AUTH: the password never shows on a command line.
-        let created = tokio::process::Command::new(cli)
+        let created = command
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -387,12 +469,10 @@ impl LocalRedisCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         'nodes: for node in &self.nodes {
             while Instant::now() < deadline {
-                if let Ok(client) = redis::Client::open(node.url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let info: Result<String, _> = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await;
-                        if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
-                            continue 'nodes;
-                        }
+                if let Some(mut conn) = node.node_connection().await {
+                    let info: Result<String, _> = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await;
+                    if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                        continue 'nodes;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -441,6 +521,8 @@ pub struct LocalPostgres {
     password: String,
     dir: PathBuf,
     ephemeral: bool,
+    /// Serving TLS, and only TLS over TCP (pg_hba.conf: hostssl).
+    tls: Option<ServerTls>,
 }
 
 impl LocalPostgres {
@@ -449,6 +531,16 @@ impl LocalPostgres {
     /// An `ephemeral` cluster trades durability for speed (no fsync) and is
     /// deleted when it stops; otherwise the data stays for the next start.
     pub async fn start(dir: &Path, ephemeral: bool) -> Result<Self, LocalServiceError> {
+        Self::start_with(dir, ephemeral, None).await
+    }
+
+    /// Like [`LocalPostgres::start`], accepting TCP connections over TLS
+    /// only (`hostssl` in its pg_hba.conf), served with `tls`.
+    pub async fn start_tls(dir: &Path, ephemeral: bool, tls: ServerTls) -> Result<Self, LocalServiceError> {
+        Self::start_with(dir, ephemeral, Some(tls)).await
+    }
+
+    async fn start_with(dir: &Path, ephemeral: bool, tls: Option<ServerTls>) -> Result<Self, LocalServiceError> {
         // Absolute: the server does not run in our working directory.
         let dir = &std::path::absolute(dir)?;
         let bin_dir = postgres_bin_dir()?;
@@ -471,7 +563,41 @@ impl LocalPostgres {
         if !initialised {
             initdb(&bin_dir, dir, &password, ephemeral, run_as)?;
         }
-        Self::launch(dir, free_port()?, ephemeral, password).await
+        let tls = tls.map(|tls| Self::install_tls(dir, &tls, run_as)).transpose()?;
+        Self::launch(dir, free_port()?, ephemeral, password, tls).await
+    }
+
+    /// Copies the server's certificate and key into `dir`, owned by the
+    /// user the server runs as (Postgres refuses a key others can read),
+    /// and writes a pg_hba.conf that takes TCP connections over TLS only.
+    fn install_tls(dir: &Path, tls: &ServerTls, run_as: Option<(u32, u32)>) -> Result<ServerTls, LocalServiceError> {
+        let installed = ServerTls {
+            cert_file: dir.join("server.crt"),
+            key_file: dir.join("server.key"),
+            ca_file: dir.join("root.crt"),
+            require_client_certificate: tls.require_client_certificate,
+        };
+        let client_auth = if tls.require_client_certificate { " clientcert=verify-ca" } else { "" };
+        let hba = format!(
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256{client_auth}\n\
+             hostssl all all ::1/128 scram-sha-256{client_auth}\n"
+        );
+        for (from, to) in [
+            (Some(&tls.cert_file), &installed.cert_file),
+            (Some(&tls.key_file), &installed.key_file),
+            (Some(&tls.ca_file), &installed.ca_file),
+            (None, &dir.join("pg_hba.conf")),
+        ] {
+            let contents = match from {
+                Some(from) => std::fs::read(from)?,
+                None => hba.clone().into_bytes(),
+            };
+            write_private_file(to, &contents)?;
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(to, Some(uid), Some(gid))?;
+            }
+        }
+        Ok(installed)
     }
 
     /// Starts a kept (not ephemeral) cluster again after [`LocalPostgres::stop`],
@@ -484,11 +610,17 @@ impl LocalPostgres {
                 detail: "an ephemeral cluster is deleted when it stops; start it with ephemeral = false".into(),
             });
         }
-        *self = Self::launch(&self.dir, self.port, false, self.password.clone()).await?;
+        *self = Self::launch(&self.dir, self.port, false, self.password.clone(), self.tls.clone()).await?;
         Ok(())
     }
 
-    async fn launch(dir: &Path, port: u16, ephemeral: bool, password: String) -> Result<Self, LocalServiceError> {
+    async fn launch(
+        dir: &Path,
+        port: u16,
+        ephemeral: bool,
+        password: String,
+        tls: Option<ServerTls>,
+    ) -> Result<Self, LocalServiceError> {
         let bin_dir = postgres_bin_dir()?;
         let run_as = unprivileged_user_if_root()?;
         let data = dir.join("data");
@@ -502,6 +634,15 @@ impl LocalPostgres {
         if ephemeral {
             settings.extend(["fsync=off", "synchronous_commit=off", "full_page_writes=off"].map(String::from));
         }
+        if let Some(tls) = &tls {
+            settings.extend([
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", tls.cert_file.display()),
+                format!("ssl_key_file={}", tls.key_file.display()),
+                format!("ssl_ca_file={}", tls.ca_file.display()),
+                format!("hba_file={}", dir.join("pg_hba.conf").display()),
+            ]);
+        }
         for setting in settings {
             args.push("-c".into());
             args.push(setting);
@@ -510,7 +651,7 @@ impl LocalPostgres {
         // Fast shutdown keeps a kept cluster clean; a throwaway one is just killed.
         let (signal, cleanup) = if ephemeral { ("QUIT", Some(dir)) } else { ("INT", None) };
         let server = Guarded::spawn(&bin_dir.join("postgres"), &args, signal, cleanup, &log, run_as)?;
-        let postgres = Self { server, port, password, dir: dir.to_owned(), ephemeral };
+        let postgres = Self { server, port, password, dir: dir.to_owned(), ephemeral, tls };
         postgres.wait_ready(&log).await?;
         Ok(postgres)
     }
@@ -529,9 +670,14 @@ impl LocalPostgres {
     }
 
     /// A URL for `database` as the superuser `postgres`, password included:
-    /// show it redacted.
+    /// show it redacted. Over TLS, with the server's CA and its certificate's
+    /// host name checked (`sslmode=verify-full`), when it serves TLS.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{database}", self.password, self.port)
+        let url = format!("postgres://postgres:{}@127.0.0.1:{}/{database}", self.password, self.port);
+        match &self.tls {
+            Some(tls) => format!("{url}?sslmode=verify-full&sslrootcert={}", tls.ca_file.display()),
+            None => url,
+        }
     }
 
     pub fn port(&self) -> u16 {

@@ -185,8 +185,10 @@ impl Misconfiguration {
                     "the Redis server does not speak TLS on this port: use redis:// in REDIS_URL, or the server's \
                      TLS port"
                 }
-                _ => "a Redis TLS setting cannot be used: check FLEET_REDIS_TLS_CA_FILE, FLEET_REDIS_TLS_CERT_FILE \
-                      and FLEET_REDIS_TLS_KEY_FILE",
+                _ => {
+                    "a Redis TLS setting cannot be used: check FLEET_REDIS_TLS_CA_FILE, FLEET_REDIS_TLS_CERT_FILE \
+                      and FLEET_REDIS_TLS_KEY_FILE"
+                }
             };
             return redis(cause, advice);
         }
@@ -196,6 +198,13 @@ impl Misconfiguration {
                 return redis(
                     Cause::TlsRequired,
                     "the Redis server accepts only TLS on this port, but REDIS_URL says redis://: use rediss://",
+                );
+            }
+            if text.contains(crate::redis::connection::SPEAKS_PLAIN) {
+                return redis(
+                    Cause::TlsNotOffered,
+                    "the Redis server does not speak TLS on this port: use redis:// in REDIS_URL, or the server's \
+                     TLS port",
                 );
             }
             return redis(
@@ -218,6 +227,8 @@ impl StdError for Misconfiguration {}
 
 /// The TLS cause behind `error`: the first `rustls::Error` in its chain
 /// (also inside an `io::Error`, whose `source()` skips what it wraps).
+/// Where a library hides it (redis keeps its `io::Error` behind an `Arc`),
+/// rustls' own words for it are read instead.
 fn tls_cause(error: &(dyn StdError + 'static)) -> Option<Cause> {
     let mut next = Some(error);
     while let Some(current) = next {
@@ -226,7 +237,27 @@ fn tls_cause(error: &(dyn StdError + 'static)) -> Option<Cause> {
         }
         next = current.source();
     }
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(cause) = classify_rustls_text(&current.to_string()) {
+            return Some(cause);
+        }
+        next = current.source();
+    }
     None
+}
+
+/// The cause a `rustls::Error`'s message names (its `Display`, rustls 0.23).
+fn classify_rustls_text(text: &str) -> Option<Cause> {
+    if text.contains("certificate not valid for name") || text.contains("NotValidForName") {
+        Some(Cause::HostnameMismatch)
+    } else if text.contains("invalid peer certificate") {
+        Some(Cause::CertificateRefused)
+    } else if text.contains("received corrupt message") {
+        Some(Cause::TlsNotOffered)
+    } else {
+        None
+    }
 }
 
 fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
@@ -244,9 +275,7 @@ fn classify_rustls(error: &rustls::Error) -> Cause {
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => Cause::HostnameMismatch,
-        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => {
-            Cause::CertificateRefused
-        }
+        rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_) => Cause::CertificateRefused,
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => Cause::TlsNotOffered,
         _ => Cause::TlsSettings,
     }

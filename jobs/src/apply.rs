@@ -516,6 +516,9 @@ pub async fn already_applied(
 ) -> Result<std::collections::HashSet<(String, String)>, ApplyError> {
     let (tenants, ids): (Vec<&str>, Vec<&str>) =
         events.iter().map(|(tenant, id)| (tenant.as_str(), id.as_str())).unzip();
+    // In a transaction, as every statement of the fleet: through a pooler in
+    // transaction mode, a statement's parse and its run then reach one server.
+    let mut tx = db.begin().await?;
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT e.tenant_id, e.event_id FROM events e
          JOIN UNNEST($1::text[], $2::text[]) AS wanted(tenant_id, event_id)
@@ -523,8 +526,9 @@ pub async fn already_applied(
     )
     .bind(tenants)
     .bind(ids)
-    .fetch_all(db)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(rows.into_iter().collect())
 }
 

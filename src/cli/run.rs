@@ -163,10 +163,13 @@ async fn check_schema(pool: &PgPool, url: &str, health: &Health, stop: &Cancella
 async fn connect_redis(target: &RedisTarget) -> anyhow::Result<crate::redis::RedisConnection> {
     match crate::redis::connect(target, Duration::from_secs(2)).await {
         Ok(redis) => Ok(redis),
-        Err(err) => match err.misconfiguration() {
-            Some(problem) => Err(ConfigError::Misconfigured(problem).into()),
-            None => Err(anyhow::Error::new(err).context("cannot connect to Redis; check REDIS_URL and that the server is up")),
-        },
+        Err(err) => {
+            match err.misconfiguration() {
+                Some(problem) => Err(ConfigError::Misconfigured(problem).into()),
+                None => Err(anyhow::Error::new(err)
+                    .context("cannot connect to Redis; check REDIS_URL and that the server is up")),
+            }
+        }
     }
 }
 

@@ -147,12 +147,17 @@ impl Cached {
                 Self::Enrollments(page) => pages.push(page.clone()),
             }
         }
+        // One transaction: the reads see one state, and through a pooler in
+        // transaction mode each statement stays on one server (crate::db).
+        let mut tx = db.begin().await?;
         let mut courses_found =
-            if courses.is_empty() { Vec::new() } else { super::course_statistics(db, &courses).await? }.into_iter();
+            if courses.is_empty() { Vec::new() } else { super::course_statistics(&mut tx, &courses).await? }
+                .into_iter();
         let mut tenants_found =
-            if tenants.is_empty() { Vec::new() } else { super::dashboards(db, &tenants).await? }.into_iter();
+            if tenants.is_empty() { Vec::new() } else { super::dashboards(&mut tx, &tenants).await? }.into_iter();
         let mut pages_found =
-            if pages.is_empty() { Vec::new() } else { super::enrollment_pages(db, &pages).await? }.into_iter();
+            if pages.is_empty() { Vec::new() } else { super::enrollment_pages(&mut tx, &pages).await? }.into_iter();
+        tx.commit().await?;
         let short = || sqlx::Error::Protocol("a read returned fewer rows than asked".into());
         items
             .iter()

@@ -15,7 +15,7 @@
 pub mod cached;
 
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use crate::redis::cache::Versioned;
 
@@ -57,16 +57,16 @@ const COURSE_STATISTICS: &str = include_str!("course_statistics.sql");
 
 /// Statistics of each (tenant, course), in the order asked; zeros for a
 /// course without enrollments.
-pub async fn course_statistics(db: &PgPool, courses: &[(String, i64)]) -> Result<Vec<Found>, sqlx::Error> {
+pub async fn course_statistics(db: &mut PgConnection, courses: &[(String, i64)]) -> Result<Vec<Found>, sqlx::Error> {
     let (tenants, ids): (Vec<&str>, Vec<i64>) = courses.iter().map(|(tenant, id)| (tenant.as_str(), *id)).unzip();
-    found(sqlx::query_as(COURSE_STATISTICS).bind(tenants).bind(ids).fetch_all(db).await?)
+    found(sqlx::query_as(COURSE_STATISTICS).bind(tenants).bind(ids).fetch_all(&mut *db).await?)
 }
 
 const DASHBOARDS: &str = include_str!("dashboards.sql");
 
 /// Each school's dashboard summary, in the order asked: totals and its largest courses.
-pub async fn dashboards(db: &PgPool, tenants: &[String]) -> Result<Vec<Found>, sqlx::Error> {
-    found(sqlx::query_as(DASHBOARDS).bind(tenants).bind(DASHBOARD_COURSES).fetch_all(db).await?)
+pub async fn dashboards(db: &mut PgConnection, tenants: &[String]) -> Result<Vec<Found>, sqlx::Error> {
+    found(sqlx::query_as(DASHBOARDS).bind(tenants).bind(DASHBOARD_COURSES).fetch_all(&mut *db).await?)
 }
 
 /// Which page of a course's enrollments (newest update first).
@@ -81,10 +81,18 @@ pub struct PageRequest {
 const ENROLLMENT_PAGES: &str = include_str!("enrollment_pages.sql");
 
 /// Pages of enrollments, in the order asked.
-pub async fn enrollment_pages(db: &PgPool, pages: &[PageRequest]) -> Result<Vec<Found>, sqlx::Error> {
+pub async fn enrollment_pages(db: &mut PgConnection, pages: &[PageRequest]) -> Result<Vec<Found>, sqlx::Error> {
     let tenants: Vec<&str> = pages.iter().map(|page| page.tenant_id.as_str()).collect();
     let courses: Vec<i64> = pages.iter().map(|page| page.course_id).collect();
     let numbers: Vec<i64> = pages.iter().map(|page| page.page).collect();
     let sizes: Vec<i64> = pages.iter().map(|page| page.per_page).collect();
-    found(sqlx::query_as(ENROLLMENT_PAGES).bind(tenants).bind(courses).bind(numbers).bind(sizes).fetch_all(db).await?)
+    found(
+        sqlx::query_as(ENROLLMENT_PAGES)
+            .bind(tenants)
+            .bind(courses)
+            .bind(numbers)
+            .bind(sizes)
+            .fetch_all(&mut *db)
+            .await?,
+    )
 }

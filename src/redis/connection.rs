@@ -212,8 +212,8 @@ impl RedisConnection {
     pub async fn open(target: &RedisTarget, response_timeout: Duration) -> Result<Self, RedisError> {
         let opened = Self::open_once(target, response_timeout).await;
         match opened {
-            Err(err) if !target.uses_tls() && (err.is_io_error() || err.is_connection_dropped()) => {
-                Err(tls_only_server(target).await.unwrap_or(err))
+            Err(err) if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() => {
+                Err(protocol_mismatch(target).await.unwrap_or(err))
             }
             opened => opened,
         }
@@ -331,20 +331,43 @@ impl RedisConnection {
     }
 }
 
-/// A plain connection to `target` was dropped: if its first server
-/// answers a TLS handshake, the error that says to use `rediss://`.
-async fn tls_only_server(target: &RedisTarget) -> Option<RedisError> {
+/// A connection to `target` failed without an answer: the error that says
+/// so when its first server speaks TLS to a `redis://` URL, or plain Redis
+/// to a `rediss://` one (which never answers a TLS ClientHello: it waits
+/// for the end of a command line).
+async fn protocol_mismatch(target: &RedisTarget) -> Option<RedisError> {
     let url = url::Url::parse(target.urls().first()?).ok()?;
     let host = url.host_str()?.to_owned();
     let port = url.port().unwrap_or(6379);
-    let speaks_tls = tokio::time::timeout(Duration::from_secs(1), speaks_tls(&host, port)).await.unwrap_or(false);
-    speaks_tls.then(|| {
-        RedisError::from((
-            ErrorKind::InvalidClientConfig,
-            "the URL is redis:// (no TLS)",
-            format!("{SPEAKS_TLS} at {host}:{port}"),
-        ))
-    })
+    let within = Duration::from_secs(1);
+    let (mismatch, advice, what) = if target.uses_tls() {
+        let plain = tokio::time::timeout(within, speaks_plain_redis(&host, port)).await;
+        (plain, "the URL is rediss:// (TLS)", SPEAKS_PLAIN)
+    } else {
+        let tls = tokio::time::timeout(within, speaks_tls(&host, port)).await;
+        (tls, "the URL is redis:// (no TLS)", SPEAKS_TLS)
+    };
+    mismatch
+        .unwrap_or(false)
+        .then(|| RedisError::from((ErrorKind::InvalidClientConfig, advice, format!("{what} at {host}:{port}"))))
+}
+
+/// What the error says when a `rediss://` URL meets a server that speaks
+/// no TLS on that port.
+pub const SPEAKS_PLAIN: &str = "the server speaks plain Redis, without TLS";
+
+/// Whether the server at `host:port` answers an inline `PING` as Redis
+/// does without TLS (`+PONG`, or an error such as `-NOAUTH`).
+async fn speaks_plain_redis(host: &str, port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect((host, port)).await else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(stream.read(&mut first).await, Ok(1) if matches!(first[0], b'+' | b'-'))
 }
 
 /// Whether the server at `host:port` answers a TLS ClientHello with a

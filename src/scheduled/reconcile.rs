@@ -89,7 +89,9 @@ fn named<T>(items: &[T]) -> &[T] {
 /// Recounts and repairs the statistics in Postgres (see the module for
 /// how it stays correct next to running workers). Touches no cache.
 pub async fn repair(db: &PgPool) -> Result<Repaired, sqlx::Error> {
-    let schools: Vec<String> = sqlx::query_scalar(SCHOOLS).fetch_all(db).await?;
+    let mut tx = db.begin().await?;
+    let schools: Vec<String> = sqlx::query_scalar(SCHOOLS).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let mut repaired = Repaired { schools: schools.len(), ..Repaired::default() };
     for group in schools.chunks(SCHOOLS_PER_TRANSACTION) {
         let mut tx = db.begin().await?;

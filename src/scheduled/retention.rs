@@ -56,22 +56,28 @@ impl fmt::Display for Deleted {
 /// Deletes the rows due, batch by batch, counting them in
 /// `fleet_events_retention_deleted_total`.
 pub async fn run(db: &PgPool, policy: &Policy, shutdown: &CancellationToken) -> Result<Deleted, sqlx::Error> {
+    // Each statement in a transaction of its own: behind a pooler in
+    // transaction mode, its parse and its run reach one server (crate::db).
+    let mut tx = db.begin().await?;
     let cutoff: DateTime<Utc> = sqlx::query_scalar("SELECT now() - make_interval(days => $1)")
         .bind(i32::try_from(policy.days).unwrap_or(i32::MAX))
-        .fetch_one(db)
+        .fetch_one(&mut *tx)
         .await?;
+    tx.commit().await?;
     let mut deleted = Deleted { rows: 0, batches: 0, cutoff, interrupted: false };
     loop {
         if shutdown.is_cancelled() {
             deleted.interrupted = true;
             break;
         }
+        let mut tx = db.begin().await?;
         let rows = sqlx::query(DELETE_BATCH)
             .bind(cutoff)
             .bind(i64::from(policy.batch_size))
-            .execute(db)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
         deleted.rows += rows;
         deleted.batches += 1;
         metrics::counter!("fleet_events_retention_deleted_total").increment(rows);

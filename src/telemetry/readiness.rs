@@ -82,7 +82,8 @@ pub async fn probe_redis(redis: &RedisConnection) -> Result<(), String> {
 
 /// Whether Postgres answers a query in time.
 pub async fn probe_postgres(db: &PgPool) -> Result<(), String> {
-    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(db)).await {
+    // The simple protocol: one message, whole on one server behind a pooler.
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::raw_sql("SELECT 1").execute(db)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),

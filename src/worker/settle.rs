@@ -286,7 +286,8 @@ impl Worker {
 
     /// Whether Postgres answers a query that writes nothing.
     async fn probe(&self) -> Result<(), ApplyError> {
-        sqlx::query("SELECT 1").execute(&self.db).await?;
+        // The simple protocol: one message, whole on one server behind a pooler.
+        sqlx::raw_sql("SELECT 1").execute(&self.db).await?;
         Ok(())
     }
 }

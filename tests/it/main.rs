@@ -14,6 +14,7 @@ mod helpers;
 mod intake;
 mod loadtest;
 mod local_services;
+mod managed_services;
 mod metrics;
 mod operator;
 mod outages;

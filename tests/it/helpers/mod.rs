@@ -15,7 +15,8 @@
 //! - [`processes`]: the real `fleet` binary, its signals and exit;
 //! - [`console`]: the operator console over plain HTTP, cookies kept;
 //! - [`browser`]: headless Chromium driven through chromedriver (WebDriver);
-//! - [`proxy`]: a TCP proxy a test cuts to stage an outage.
+//! - [`proxy`]: a TCP proxy a test cuts to stage an outage;
+//! - [`tls`]: a test CA, and Redis, a Redis Cluster and Postgres over TLS only.
 
 #![allow(dead_code)]
 
@@ -26,6 +27,7 @@ pub mod processes;
 pub mod proxy;
 pub mod roles;
 pub mod servers;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ pub use self::processes::*;
 pub use self::proxy::*;
 pub use self::roles::*;
 pub use self::servers::*;
+pub use self::tls::*;
 
 /// Polls `check` until it holds; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)

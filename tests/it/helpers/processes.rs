@@ -16,6 +16,7 @@ pub fn fleet(ctx: &TestContext, args: &[&str]) -> tokio::process::Command {
         .env("DATABASE_URL", &ctx.database_url)
         .env("FLEET_KEY_PREFIX", ctx.prefix.as_str())
         .env("RUST_LOG", "info")
+        .envs(ctx.redis_tls.ca_file.iter().map(|file| ("FLEET_REDIS_TLS_CA_FILE", file)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

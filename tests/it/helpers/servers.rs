@@ -12,7 +12,7 @@ use fleet::redis::dedup::DedupWindow;
 use fleet::redis::shards::ShardCount;
 use fleet::redis::stream;
 use fleet::redis::RedisConnection;
-use fleet::redis::{KeyPrefix, Keys, RedisTarget, GROUP};
+use fleet::redis::{KeyPrefix, Keys, RedisTarget, RedisTls, GROUP};
 use redis::AsyncCommands;
 use sqlx::{Connection, PgPool};
 use tokio::sync::OnceCell;
@@ -94,6 +94,8 @@ pub struct TestContext {
     pub db: PgPool,
     pub database_url: String,
     pub redis_url: String,
+    /// How the roles trust a `rediss://` Redis (unset for a plain one).
+    pub redis_tls: RedisTls,
     pub prefix: KeyPrefix,
     pub keys: Keys,
     pub redis: RedisConnection,
@@ -115,6 +117,11 @@ pub async fn context_on(redis_url: &str) -> TestContext {
 /// Like [`context`], on a test's own Redis and Postgres (`admin_url` names
 /// a database of that Postgres the harness may create others from).
 pub async fn context_on_servers(redis_url: &str, admin_url: &str) -> TestContext {
+    context_on_tls(redis_url, RedisTls::default(), admin_url).await
+}
+
+/// Like [`context_on_servers`], reaching Redis with `redis_tls`.
+pub async fn context_on_tls(redis_url: &str, redis_tls: RedisTls, admin_url: &str) -> TestContext {
     let services =
         Services { redis_url: redis_url.to_owned(), admin_url: admin_url.to_owned(), _redis: None, _postgres: None };
     let services = &services;
@@ -131,12 +138,13 @@ pub async fn context_on_servers(redis_url: &str, admin_url: &str) -> TestContext
     fleet::db::migrate(&db).await.expect("migrate");
     let prefix: KeyPrefix = format!("test:{id}:").parse().expect("valid prefix");
     let keys = Keys::new(&prefix);
-    let redis =
-        fleet::redis::connect(&RedisTarget::from(redis_url), Duration::from_secs(5)).await.expect("connect to Redis");
+    let target = RedisTarget::from(redis_url).with_tls(redis_tls.clone());
+    let redis = fleet::redis::connect(&target, Duration::from_secs(5)).await.expect("connect to Redis");
     TestContext {
         db,
         database_url,
         redis_url: redis_url.to_owned(),
+        redis_tls,
         prefix,
         keys,
         redis,
@@ -149,7 +157,7 @@ impl Drop for TestContext {
     fn drop(&mut self) {
         let database = self.database.clone();
         let admin_url = self.admin_url.clone();
-        let redis_url = self.redis_url.clone();
+        let target = self.redis_target();
         let pattern = format!("{}*", self.prefix.as_str());
         // Dropped inside the test's runtime: clean up on a thread of its own.
         let cleanup = std::thread::spawn(move || {
@@ -164,7 +172,6 @@ impl Drop for TestContext {
                     .execute(&mut admin)
                     .await;
                 }
-                let target = RedisTarget::from(redis_url.as_str());
                 let connect = fleet::redis::connect(&target, Duration::from_secs(2));
                 let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(2), connect).await else {
                     return;
@@ -183,7 +190,7 @@ impl Drop for TestContext {
 impl TestContext {
     /// The Redis this test's world is on, as the roles connect to it.
     pub fn redis_target(&self) -> RedisTarget {
-        RedisTarget::from(self.redis_url.as_str())
+        RedisTarget::from(self.redis_url.as_str()).with_tls(self.redis_tls.clone())
     }
 
     /// The keys of every stream shard of the fleet's count (see
