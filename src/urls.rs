@@ -114,6 +114,13 @@ impl FromStr for RedisUrl {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let expected = "redis://[:password@]host:port/db";
         let parsed = parse_with_scheme(text, &["redis", "rediss", "redis+unix", "unix"], expected)?;
+        // The client reads `#insecure` as "verify no certificate": that is
+        // only ever said by a setting whose name says it is insecure.
+        if parsed.fragment().is_some() {
+            return Err("REDIS_URL takes no #fragment; to skip verifying the server's certificate (insecure), \
+                        set FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY"
+                .into());
+        }
         // redis' own errors are fixed sentences too ("Missing hostname").
         redis::Client::open(text).map_err(|err| format!("not a Redis URL: {err}"))?;
         Ok(Self(parsed))

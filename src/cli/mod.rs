@@ -992,6 +992,62 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every setting read from the environment whose value is a boolean,
+    /// in every command: each takes 1/0, true/false, yes/no, on/off in any
+    /// case, and refuses anything else.
+    #[test]
+    fn every_boolean_setting_takes_every_spelling() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut commands = vec![&cli];
+        let mut checked = std::collections::BTreeSet::new();
+        while let Some(command) = commands.pop() {
+            commands.extend(command.get_subcommands());
+            for arg in command.get_arguments() {
+                let (Some(env), false) = (arg.get_env(), arg.get_action().takes_values()) else { continue };
+                if !matches!(arg.get_action(), clap::ArgAction::SetTrue | clap::ArgAction::SetFalse) {
+                    continue;
+                }
+                let env = env.to_string_lossy().into_owned();
+                // The same argument, read from a variable of this test's own
+                // (the real one would be seen by tests running beside it).
+                let probe_env: &'static str = format!("FLEET_BOOLEAN_PROBE_{env}").leak();
+                let parse = |text: &str| {
+                    // clap reads the variable when the argument is built.
+                    std::env::set_var(probe_env, text);
+                    let probe = clap::Command::new("probe").arg(arg.clone().env(probe_env));
+                    let matches = probe.try_get_matches_from(["probe"]).ok()?;
+                    matches.get_one::<bool>(arg.get_id().as_str()).copied()
+                };
+                for (spelling, expected) in [
+                    ("1", true),
+                    ("0", false),
+                    ("true", true),
+                    ("false", false),
+                    ("yes", true),
+                    ("no", false),
+                    ("on", true),
+                    ("off", false),
+                ] {
+                    for text in [spelling.to_owned(), spelling.to_uppercase(), capitalized(spelling)] {
+                        assert_eq!(parse(&text), Some(expected), "{} {env}={text}", command.get_name());
+                    }
+                }
+                for refused in ["2", "maybe", "", "enabled"] {
+                    assert_eq!(parse(refused), None, "{} {env}={refused} is refused", command.get_name());
+                }
+                checked.insert(env);
+            }
+        }
+        let expected = ["FLEET_PG_TRANSACTION_POOLING", "FLEET_REDIS_CLUSTER", "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY"];
+        assert_eq!(checked.into_iter().collect::<Vec<_>>(), expected, "the boolean settings, all walked");
+    }
+
+    fn capitalized(text: &str) -> String {
+        let mut chars = text.chars();
+        chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+    }
+
     #[test]
     fn listen_address_resolution() {
         let listen =

@@ -246,3 +246,86 @@ fn pm2_worker_count_comes_from_fleet_workers_and_nonsense_is_refused() {
         assert!(error.contains("FLEET_WORKERS must be a positive integer"), "{error}");
     }
 }
+
+/// The build stage's `COPY <source> <destination>` lines, relative to the
+/// image's work directory, before the runtime stage's `FROM`.
+fn dockerfile_build_copies() -> Vec<(String, String)> {
+    let dockerfile =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).expect("the Dockerfile");
+    let build_stage = dockerfile.split("\nFROM ").nth(1).expect("a build stage");
+    build_stage
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .flat_map(|copy| {
+            let parts: Vec<&str> = copy.split_whitespace().collect();
+            let (destination, sources) = parts.split_last().expect("COPY has a destination");
+            sources.iter().map(|source| (source.to_string(), destination.to_string())).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).expect("a directory");
+        for entry in std::fs::read_dir(from).expect("a directory listing") {
+            let entry = entry.expect("an entry");
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("a directory");
+        std::fs::copy(from, to).unwrap_or_else(|err| panic!("{}: {err}", from.display()));
+    }
+}
+
+/// There is no Docker engine here: the build stage's files are copied as its
+/// COPY lines say into a scratch directory, and cargo builds the release
+/// binary's crate graph from exactly those (`cargo check`: the same manifests,
+/// lockfile, sources, build scripts, embedded files and migrations a build
+/// reads, without the code generation). A file the build needs and the
+/// Dockerfile leaves out fails here as it would in `docker build`.
+#[test]
+fn the_docker_build_stage_copies_everything_a_release_build_reads() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("docker-context-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let copies = dockerfile_build_copies();
+    assert!(copies.iter().any(|(source, _)| source == "Cargo.lock"), "{copies:?}");
+    for (source, destination) in &copies {
+        let target = if destination.ends_with('/') || destination == "." || destination == "./" {
+            scratch.join(destination).join(PathBuf::from(source).file_name().expect("a name"))
+        } else {
+            scratch.join(destination)
+        };
+        copy_tree(&root.join(source), &target);
+    }
+    // A target directory kept between runs, so only the workspace's crates are checked again.
+    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("docker-context-target");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["check", "--release", "--locked", "--offline", "--bin", "fleet"])
+        .current_dir(&scratch)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .expect("cargo runs");
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        output.status.success(),
+        "the Dockerfile's build stage lacks a file the build reads:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_image_has_the_system_roots_that_fleets_tls_clients_trust() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("the Dockerfile");
+    let runtime = dockerfile.split("\nFROM ").nth(2).expect("a runtime stage");
+    assert!(runtime.contains("ca-certificates"), "the runtime stage installs Debian's roots:\n{runtime}");
+    // The clients read the system's roots (rustls-native-certs: /etc/ssl/certs on Debian), not a
+    // bundled copy: sqlx's native-roots feature, redis' rustls without webpki-roots.
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(manifest.contains("tls-rustls-ring-native-roots"), "sqlx trusts the system's roots");
+    assert!(!manifest.contains("webpki-roots"), "no bundled roots");
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("Cargo.lock");
+    assert!(lock.contains("name = \"rustls-native-certs\""));
+    assert!(!lock.contains("name = \"aws-lc-sys\""), "rustls on ring: no C build of aws-lc");
+}

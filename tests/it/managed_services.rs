@@ -518,3 +518,38 @@ async fn the_fleet_runs_through_pgbouncer_in_transaction_mode_without_kept_state
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("session-mode pooler"), "{said}");
 }
+
+#[tokio::test]
+async fn the_system_roots_are_trusted_and_skipping_verification_is_loud() {
+    let servers = tls_servers().await;
+    let redis = ("REDIS_URL", servers.redis.url());
+    let ca = servers.ca.cert_file.display().to_string();
+    // The system's roots (rustls-native-certs reads SSL_CERT_FILE as OpenSSL does, and
+    // /etc/ssl/certs in the image): no Fleet setting needed for a CA the system trusts.
+    let (code, said) = run_to_exit(&["status"], &[redis.clone(), ("SSL_CERT_FILE", ca.clone())]).await;
+    assert_eq!(code, Some(0), "{said}");
+    let postgres = format!("{}", servers.postgres.url("postgres").split('?').next().unwrap_or_default());
+    let verify_full = ("DATABASE_URL", format!("{postgres}?sslmode=verify-full"));
+    let (code, said) = run_to_exit(&["migrate"], &[verify_full.clone(), ("SSL_CERT_FILE", ca.clone())]).await;
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = run_to_exit(&["migrate"], &[verify_full]).await;
+    assert_eq!(code, Some(2), "the test CA is not among the machine's roots: {said}");
+
+    // Verification off: only through the setting that says it is insecure, warned on every start.
+    let insecure = ("FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY", "ON".to_owned());
+    let other_ca = ("FLEET_REDIS_TLS_CA_FILE", servers.other_ca.cert_file.display().to_string());
+    let (code, said) = run_to_exit(&["status"], &[redis.clone(), insecure.clone(), other_ca]).await;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("WARN") && said.contains("FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY is on"), "{said}");
+    let (code, said) = run_to_exit(&["status"], &[redis.clone(), insecure.clone()]).await;
+    assert_eq!(code, Some(0), "{said}");
+    // A URL's own #insecure is not how: the client's default rules it out (verified, refused).
+    let (code, said) = run_to_exit(&["status"], &[("REDIS_URL", format!("{}#insecure", servers.redis.url()))]).await;
+    assert_eq!(code, Some(2), "{said}");
+
+    // TLS settings on a plain URL would be ignored: refused instead.
+    let plain = context().await;
+    let (code, said) = run_to_exit(&["status"], &[("REDIS_URL", plain.redis_url.clone()), insecure]).await;
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("rediss://"), "{said}");
+}
