@@ -528,7 +528,7 @@ async fn the_system_roots_are_trusted_and_skipping_verification_is_loud() {
     // /etc/ssl/certs in the image): no Fleet setting needed for a CA the system trusts.
     let (code, said) = run_to_exit(&["status"], &[redis.clone(), ("SSL_CERT_FILE", ca.clone())]).await;
     assert_eq!(code, Some(0), "{said}");
-    let postgres = format!("{}", servers.postgres.url("postgres").split('?').next().unwrap_or_default());
+    let postgres = servers.postgres.url("postgres").split('?').next().unwrap_or_default().to_owned();
     let verify_full = ("DATABASE_URL", format!("{postgres}?sslmode=verify-full"));
     let (code, said) = run_to_exit(&["migrate"], &[verify_full.clone(), ("SSL_CERT_FILE", ca.clone())]).await;
     assert_eq!(code, Some(0), "{said}");
