@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let address = intake.address();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(intake.run_until_stopped(shutdown.clone()));
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let url = format!("http://{address}/webhooks/thinkific");
     let bodies: Vec<(String, String)> = (0..requests)
         .map(|n| {

@@ -23,6 +23,7 @@ pub mod loadtest;
 pub mod db;
 pub mod forwarded;
 pub mod health;
+pub mod http_client;
 pub mod local_services;
 pub mod misconfiguration;
 pub mod read_model;

@@ -48,7 +48,7 @@ pub struct Scrape {
 
 impl WorkerMetrics {
     pub fn new(urls: Vec<url::Url>) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+        let client = crate::http_client::client(Duration::from_secs(5));
         Self { client, urls }
     }
 

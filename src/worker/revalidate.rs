@@ -49,7 +49,7 @@ impl Revalidator {
         let (queue, mut batches) = mpsc::channel::<Vec<String>>(QUEUE);
         let failures = Arc::new(AtomicU64::new(0));
         let counted = failures.clone();
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+        let client = crate::http_client::client(Duration::from_secs(5));
         let tracker = TaskTracker::new();
         let closing = CancellationToken::new();
         let closed = closing.clone();

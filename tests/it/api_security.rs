@@ -27,7 +27,11 @@ fn tuning_with_tokens(scoped: &str) -> ApiTuning {
 
 /// GET `path` with `token` (none: no Authorization header) and extra headers.
 async fn get_as(api: &ApiServer, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(api.url(path)).timeout(Duration::from_secs(10));
+    let mut request = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
+        .get(api.url(path))
+        .timeout(Duration::from_secs(10));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -96,7 +96,7 @@ async fn pending_of(ctx: &TestContext, consumer: &str) -> u64 {
 }
 
 pub(crate) async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
+    let response = crate::helpers::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.json().await.ok()?))
 }

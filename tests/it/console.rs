@@ -95,7 +95,7 @@ async fn sign_in_refuses_a_wrong_token_and_gives_a_strict_http_only_cookie_kept_
     assert!((28_000..=28_800).contains(&ttl), "the session lasts 8 hours: {ttl}");
 
     // Behind a TLS proxy the cookie is Secure.
-    let tls = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let tls = fleet::http_client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let form = tls.get(_api.url("/console/sign-in")).header("x-forwarded-proto", "https").send().await.expect("form");
     let nonce_cookie = form.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     assert!(nonce_cookie.contains("; Secure"), "{nonce_cookie}");

@@ -27,7 +27,9 @@ async fn deliver(intake: &IntakeServer, body: &str) {
     let topic = serde_json::from_str::<serde_json::Value>(body)
         .map(|body| format!("{}.{}", body["resource"].as_str().unwrap_or(""), body["action"].as_str().unwrap_or("")))
         .unwrap_or_default();
-    let answer = reqwest::Client::new()
+    let answer = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/webhooks/thinkific"))
         .header("content-type", "application/json")
         .header("user-agent", "Thinkific-Webhooks/1.0")
@@ -66,7 +68,7 @@ async fn start_api(ctx: &TestContext) -> (tokio::process::Child, String) {
         .spawn()
         .expect("start fleet api");
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     eventually("fleet api is ready with Redis reached", Duration::from_secs(30), || async {
         let Ok(answer) = client.get(format!("{base}/readyz")).send().await else { return false };
         let ready: serde_json::Value = answer.json().await.unwrap_or_default();

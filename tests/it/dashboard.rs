@@ -177,7 +177,7 @@ async fn concurrent_misses_on_one_key_cause_one_computation() {
     let _: () = redis.del(keys.statistics(TENANT, COURSE)).await.expect("cold");
 
     let api = ctx.spawn_api(api_tuning()).await;
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..25 {
         let request = client.get(api.url(&format!("/api/statistics/cached?course_id={COURSE}&tenant_id={TENANT}")));
@@ -385,7 +385,7 @@ async fn a_bearer_token_guards_the_api_when_set() {
     ctx.add_course(TENANT, COURSE).await;
     let api = ctx.spawn_api(tuning).await;
     let path = api.url(&format!("/api/dashboard/cached?tenant_id={TENANT}"));
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     assert_eq!(client.get(&path).send().await.expect("request").status(), 401);
     assert_eq!(client.get(&path).bearer_auth("wrong").send().await.expect("request").status(), 401);
     assert_eq!(client.get(&path).bearer_auth("dashboard-token").send().await.expect("request").status(), 200);

@@ -58,7 +58,9 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 async fn post(intake: &IntakeServer, body: &[u8]) -> Result<(u16, Value), TestCaseError> {
-    let request = reqwest::Client::new()
+    let request = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/webhooks/thinkific"))
         .header("content-type", "application/json")
         .header(fleet::intake::SIGNATURE_HEADER, fleet::intake::sign(SECRET.as_bytes(), body))

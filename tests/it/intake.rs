@@ -49,7 +49,9 @@ async fn the_delivery_headers_are_kept_for_operators_without_the_signature() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
     let body = fixture("enrollment.created");
-    let response = reqwest::Client::new()
+    let response = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/webhooks/thinkific"))
         .header("content-type", "application/json")
         .header("user-agent", "Thinkific-Webhooks/1.0")
@@ -79,7 +81,9 @@ async fn the_seed_dashboard_path_is_answered_too() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
     let body = fixture("user.signup");
-    let response = reqwest::Client::new()
+    let response = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/api/webhooks/enrollment"))
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
         .body(body)
@@ -113,7 +117,7 @@ async fn concurrent_redeliveries_append_exactly_once() {
     let intake = ctx.spawn_intake().await;
     let body = fixture("enrollment.completed");
     let signature = fleet::intake::sign(SECRET.as_bytes(), body.as_bytes());
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..25 {
         let request = client
@@ -163,7 +167,7 @@ async fn missing_or_wrong_signatures_get_401_and_queue_nothing() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
     let body = fixture("enrollment.created");
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let cases: Vec<(&str, Option<String>, String)> = vec![
         ("no header", None, body.clone()),
         ("empty header", Some(String::new()), body.clone()),
@@ -192,7 +196,9 @@ async fn missing_or_wrong_signatures_get_401_and_queue_nothing() {
 async fn signature_is_checked_before_the_body_is_parsed() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
-    let response = reqwest::Client::new()
+    let response = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/webhooks/thinkific"))
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(b"wrong", b"not json"))
         .body("not json")
@@ -289,7 +295,9 @@ fn enrollment_without_tenant() -> String {
 }
 
 async fn post_with_subdomain(intake: &IntakeServer, body: &str, key: &str, subdomain: &str) -> reqwest::Response {
-    reqwest::Client::new()
+    fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/webhooks/thinkific"))
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
         .header("x-thinkific-subdomain", subdomain)
@@ -432,8 +440,8 @@ async fn tenant_and_event_id_cannot_run_into_each_other_in_the_dedup_key() {
 async fn health_and_readiness() {
     let ctx = context().await;
     let intake = ctx.spawn_intake().await;
-    assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
-    let ready = reqwest::get(intake.url("/readyz")).await.expect("readyz");
+    assert_eq!(crate::helpers::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
+    let ready = crate::helpers::get(intake.url("/readyz")).await.expect("readyz");
     assert_eq!(ready.status(), 200);
     assert_eq!(json_of(ready).await["dependencies"]["redis"]["state"], "up");
 }
@@ -453,8 +461,8 @@ async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     assert!(started.elapsed() < Duration::from_secs(8), "answered without hanging");
-    assert_eq!(reqwest::get(intake.url("/readyz")).await.expect("readyz").status(), 503);
-    assert_eq!(reqwest::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
+    assert_eq!(crate::helpers::get(intake.url("/readyz")).await.expect("readyz").status(), 503);
+    assert_eq!(crate::helpers::get(intake.url("/healthz")).await.expect("healthz").status(), 200);
 
     redis.restart().await.expect("redis again");
     assert_eq!(redis.port(), port);

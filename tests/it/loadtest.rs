@@ -23,7 +23,7 @@ async fn start(ctx: &TestContext, role: &str, env: &[(&str, String)], health: &s
     }
     let process = command.spawn().expect("spawn fleet");
     eventually("ready", Duration::from_secs(30), || async {
-        matches!(reqwest::get(format!("{health}/readyz")).await, Ok(response) if response.status() == 200)
+        matches!(crate::helpers::get(format!("{health}/readyz")).await, Ok(response) if response.status() == 200)
     })
     .await;
     process

@@ -163,7 +163,9 @@ async fn fleet_dev_runs_from_a_checkout_in_a_private_home_directory() {
     }
     let body = crate::helpers::fixture("enrollment.created");
     let body = body.as_str();
-    let response = reqwest::Client::new()
+    let response = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(format!("http://127.0.0.1:{port}/webhooks/thinkific"))
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(b"fleet-dev-secret", body.as_bytes()))
         .body(body.to_owned())

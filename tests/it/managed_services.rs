@@ -30,7 +30,7 @@ struct Roles {
 }
 
 async fn until_ready(url: &str, what: &str, children: &mut [&mut tokio::process::Child]) {
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = client.get(url).timeout(Duration::from_secs(2)).send().await.map(|r| r.status().as_u16());
@@ -94,7 +94,9 @@ impl Roles {
     }
 
     async fn post(&self, body: &str) -> u16 {
-        reqwest::Client::new()
+        fleet::http_client::builder()
+            .build()
+            .expect("an HTTP client")
             .post(format!("http://127.0.0.1:{}/webhooks/thinkific", self.intake_port))
             .header("content-type", "application/json")
             .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
@@ -109,7 +111,7 @@ impl Roles {
     /// The course's cached statistics once they are a `HIT` with
     /// `enrollments` in them.
     async fn statistics_hit(&self, enrollments: i64) -> Value {
-        let client = reqwest::Client::new();
+        let client = fleet::http_client::builder().build().expect("an HTTP client");
         let url =
             format!("http://127.0.0.1:{}/api/statistics/cached?tenant_id={TENANT}&course_id={COURSE}", self.api_port);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -308,7 +310,7 @@ async fn tls_that_cannot_work_ends_the_start_with_its_cause_and_setting() {
 
 /// Reads `/readyz` until it says `expected`; the body.
 async fn readyz_says(url: &str, expected: &str, child: &mut tokio::process::Child) -> String {
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut last = String::from("no answer");

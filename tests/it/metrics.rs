@@ -52,7 +52,7 @@ impl Scrape {
 }
 
 async fn scrape(base: &str) -> Scrape {
-    let response = reqwest::get(format!("{base}/metrics")).await.expect("GET /metrics");
+    let response = crate::helpers::get(format!("{base}/metrics")).await.expect("GET /metrics");
     assert_eq!(response.status(), 200);
     let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
@@ -60,7 +60,7 @@ async fn scrape(base: &str) -> Scrape {
 }
 
 async fn readiness(base: &str) -> (u16, Value) {
-    let response = reqwest::get(format!("{base}/readyz")).await.expect("GET /readyz");
+    let response = crate::helpers::get(format!("{base}/readyz")).await.expect("GET /readyz");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON"))
 }
@@ -68,7 +68,7 @@ async fn readiness(base: &str) -> (u16, Value) {
 /// Waits until `base` answers `/readyz` with 200.
 async fn wait_ready(base: &str) {
     eventually("ready", Duration::from_secs(20), || async {
-        matches!(reqwest::get(format!("{base}/readyz")).await, Ok(response) if response.status() == 200)
+        matches!(crate::helpers::get(format!("{base}/readyz")).await, Ok(response) if response.status() == 200)
     })
     .await;
 }
@@ -133,7 +133,9 @@ async fn intake_process(ctx: &TestContext, envs: &[(&str, &str)]) -> (tokio::pro
 }
 
 async fn post(base: &str, body: &str, signature: &str) -> u16 {
-    reqwest::Client::new()
+    fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(format!("{base}/webhooks/thinkific"))
         .header("x-thinkific-hmac-sha256", signature)
         .body(body.to_owned())
@@ -308,7 +310,7 @@ async fn the_api_process_counts_cache_hits_and_misses() {
         .expect("spawn fleet api");
     wait_ready(&base).await;
     let before = scrape(&base).await;
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let read = |path: &str| client.get(format!("{base}{path}")).bearer_auth("metrics-token").send();
     let mut outcomes = Vec::new();
     for _ in 0..3 {
@@ -390,7 +392,7 @@ async fn readiness_names_the_dependency_that_is_down_and_recovers() {
             && body["dependencies"]["postgres"]["state"] == "up"
     })
     .await;
-    assert_eq!(reqwest::get(format!("{intake_base}/healthz")).await.expect("healthz").status(), 200);
+    assert_eq!(crate::helpers::get(format!("{intake_base}/healthz")).await.expect("healthz").status(), 200);
 
     redis.restart().await.expect("redis again");
     for base in [&intake_base, &api_base, &worker_base] {

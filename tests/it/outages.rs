@@ -116,7 +116,9 @@ fn intake(ctx: &TestContext, port: u16) -> Process {
 
 /// (status, body) of `GET http://127.0.0.1:<port>/readyz`, if it answers.
 async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
-    let response = reqwest::Client::new()
+    let response = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .get(format!("http://127.0.0.1:{port}/readyz"))
         .timeout(Duration::from_secs(5))
         .send()
@@ -157,7 +159,9 @@ async fn until_ready(port: u16) {
 
 /// POSTs a signed webhook to an intake process.
 async fn post(port: u16, body: &str) -> Option<reqwest::Response> {
-    reqwest::Client::new()
+    fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(format!("http://127.0.0.1:{port}/webhooks/thinkific"))
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
         .body(body.to_owned())
@@ -287,7 +291,7 @@ async fn an_api_started_while_postgres_and_redis_are_down_answers_503_then_serve
     servers.postgres.restart().await.expect("restart postgres");
     until_ready(port).await;
     let path = format!("http://127.0.0.1:{port}/api/dashboard/cached?tenant_id=184532");
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let answer = client.get(&path).bearer_auth("t").send().await.expect("request");
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["x-cache"], "BYPASS", "Redis is still down");

@@ -116,7 +116,7 @@ async fn intake_process_serves_stops_on_sigterm_and_keeps_secrets_out_of_logs() 
         .spawn()
         .expect("spawn fleet intake");
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while client.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {
         assert!(std::time::Instant::now() < deadline, "intake never became ready");
@@ -300,7 +300,7 @@ async fn the_api_process_serves_cached_reads_and_stops_on_sigterm() {
         .env("FLEET_API_TOKEN", "token-never-logged")
         .spawn()
         .expect("spawn fleet api");
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     let base = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while client.get(format!("{base}/readyz")).send().await.map(|r| r.status()).ok() != Some(reqwest::StatusCode::OK) {

@@ -245,7 +245,7 @@ async fn start(ctx: &TestContext, role: &str, env: &[(&str, String)], port: u16)
     }
     let process = command.spawn().expect("spawn fleet");
     eventually(&format!("{role} ready"), Duration::from_secs(30), || async {
-        matches!(reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await, Ok(response) if response.status() == 200)
+        matches!(crate::helpers::get(format!("http://127.0.0.1:{port}/readyz")).await, Ok(response) if response.status() == 200)
     })
     .await;
     process
@@ -274,7 +274,7 @@ async fn worker_process(ctx: &TestContext, name: &str) -> (Child, u16) {
 }
 
 async fn send(port: u16, range: std::ops::Range<usize>) {
-    let client = reqwest::Client::new();
+    let client = fleet::http_client::builder().build().expect("an HTTP client");
     for n in range {
         let body = progress_event(n);
         let response = client
@@ -352,8 +352,12 @@ pub(crate) async fn the_shard_count_changes_on_a_running_fleet_and_nothing_is_lo
         ctx.applied_events().await == 600 && ctx.group_backlog().await == (0, 0)
     })
     .await;
-    let metrics =
-        reqwest::get(format!("http://127.0.0.1:{health}/metrics")).await.expect("metrics").text().await.expect("text");
+    let metrics = crate::helpers::get(format!("http://127.0.0.1:{health}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for shard in 0..THREE {
         assert!(
             metrics.contains(&format!("fleet_shard_pending_entries{{shard=\"{shard}\"}}")),

@@ -78,7 +78,9 @@ async fn spawn_router(router: Router, http: HttpSettings) -> (SocketAddr, Cancel
 
 /// GET /healthz on a fresh connection; its status.
 async fn healthz(address: SocketAddr, within: Duration) -> u16 {
-    let response = reqwest::Client::new()
+    let response = fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .get(format!("http://{address}/healthz"))
         .timeout(within)
         .send()
@@ -301,7 +303,9 @@ async fn shutdown_finishes_requests_in_flight_and_is_bounded() {
 
     let request = |path: &'static str| {
         tokio::spawn(async move {
-            let response = reqwest::Client::new()
+            let response = fleet::http_client::builder()
+                .build()
+                .expect("an HTTP client")
                 .get(format!("http://{address}{path}"))
                 .timeout(REQUEST_TIMEOUT + MARGIN)
                 .send()

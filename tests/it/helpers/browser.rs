@@ -59,7 +59,7 @@ impl Browser {
             .kill_on_drop(true);
         let driver = driver.spawn().expect("start chromedriver");
         let url = format!("http://127.0.0.1:{port}");
-        let status = reqwest::Client::new();
+        let status = fleet::http_client::builder().build().expect("an HTTP client");
         let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
         while status.get(format!("{url}/status")).send().await.map(|answer| answer.status().is_success()).ok()
             != Some(true)

@@ -29,7 +29,7 @@ pub struct ConsoleClient {
 impl ConsoleClient {
     /// A client of the server at `base` (`http://host:port`).
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
+        let http = fleet::http_client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
             .build()

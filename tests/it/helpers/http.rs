@@ -33,7 +33,9 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
 
 /// POSTs `body` signed with `key` to the intake.
 pub async fn post_signed(intake: &IntakeServer, body: &str, key: &str) -> reqwest::Response {
-    reqwest::Client::new()
+    fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
         .post(intake.url("/webhooks/thinkific"))
         .header("content-type", "application/json")
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
@@ -42,4 +44,10 @@ pub async fn post_signed(intake: &IntakeServer, body: &str, key: &str) -> reqwes
         .send()
         .await
         .expect("request completes")
+}
+
+/// `GET url` with a client of the fleet's own TLS set-up (reqwest's
+/// `reqwest::get` would start one without a crypto provider).
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    fleet::http_client::builder().build()?.get(url).send().await
 }

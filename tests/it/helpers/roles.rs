@@ -173,7 +173,9 @@ impl ApiServer {
     }
 
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        reqwest::Client::new()
+        fleet::http_client::builder()
+            .build()
+            .expect("an HTTP client")
             .get(self.url(path_and_query))
             .timeout(Duration::from_secs(10))
             .send()
