@@ -839,6 +839,8 @@ pub struct DevArgs {
     /// Use this Redis instead of starting a throwaway one.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: Option<RedisUrl>,
+    #[command(flatten)]
+    pub redis_tls: RedisTlsArgs,
     /// Use this Postgres instead of starting a throwaway one.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "DATABASE_URL")]
     pub database_url: Option<DatabaseUrl>,

@@ -311,7 +311,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let given_redis = args.redis_url.as_ref().map(|url| url.as_str().to_owned());
     let (redis_url, local_redis) = redis_given_or_started(given_redis, &data_dir.join("redis"), false).await?;
     let redis_url: RedisUrl = redis_url.parse().map_err(anyhow::Error::msg)?;
-    let redis = RedisTarget::single(redis_url.as_str());
+    let redis = args.redis_tls.apply(RedisTarget::single(redis_url.as_str()))?;
     let given_postgres = args.database_url.as_ref().map(|url| url.as_str().to_owned());
     let (database_url, local_postgres) =
         postgres_given_or_started(given_postgres, "fleet", &data_dir.join("postgres"), false).await?;

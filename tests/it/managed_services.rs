@@ -261,6 +261,24 @@ async fn tls_that_cannot_work_ends_the_start_with_its_cause_and_setting() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("another host name") && said.contains("REDIS_URL"), "{said}");
 
+    // Redis: a CA file that is not there.
+    let mut env = worker_env(&redis_tls, &plain.database_url);
+    env.push(("FLEET_REDIS_TLS_CA_FILE", "/nonexistent/ca.pem".to_owned()));
+    let (code, said) = run_to_exit(&["worker"], &env).await;
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("cannot be read") && said.contains("FLEET_REDIS_TLS_CA_FILE"), "{said}");
+
+    // An operator command stops at any misconfiguration, a wrong password too (exit 2, not 1).
+    let wrong_password = {
+        let mut url = url::Url::parse(&redis_tls).expect("a URL");
+        url.set_password(Some("not-the-password")).expect("a password");
+        url.to_string()
+    };
+    let (code, said) =
+        run_to_exit(&["status"], &[("REDIS_URL", wrong_password), ("FLEET_REDIS_TLS_CA_FILE", ca.clone())]).await;
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("REDIS_URL"), "{said}");
+
     // Redis: a plain URL against the TLS-only port.
     let plain_url = redis_tls.replacen("rediss://", "redis://", 1);
     let (code, said) = run_to_exit(&["worker"], &worker_env(&plain_url, &plain.database_url)).await;
@@ -536,6 +554,15 @@ async fn the_system_roots_are_trusted_and_skipping_verification_is_loud() {
     assert_eq!(code, Some(0), "{said}");
     let (code, said) = run_to_exit(&["migrate"], &[verify_full]).await;
     assert_eq!(code, Some(2), "the test CA is not among the machine's roots: {said}");
+    // libpq's variables, where sqlx reads them.
+    let bare = ("DATABASE_URL", postgres.clone());
+    let variables = [("PGSSLMODE", "verify-full".to_owned()), ("PGSSLROOTCERT", ca.clone())];
+    let (code, said) = run_to_exit(&["migrate"], &[vec![bare.clone()], variables.to_vec()].concat()).await;
+    assert_eq!(code, Some(0), "{said}");
+    let other = servers.other_ca.cert_file.display().to_string();
+    let variables = [("PGSSLMODE", "require".to_owned()), ("PGSSLROOTCERT", other)];
+    let (code, said) = run_to_exit(&["migrate"], &[vec![bare], variables.to_vec()].concat()).await;
+    assert_eq!(code, Some(2), "require with a root certificate verifies, as in libpq: {said}");
 
     // Verification off: only through the setting that says it is insecure, warned on every start.
     let insecure = ("FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY", "ON".to_owned());
