@@ -24,9 +24,10 @@ pub fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-/// A client whose requests give up after `timeout`.
+/// A client whose requests give up after `timeout` and follow no
+/// redirect: a URL an operator gave is the only place it goes.
 pub fn client(timeout: Duration) -> reqwest::Client {
-    builder().timeout(timeout).build().unwrap_or_else(|err| {
+    builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build().unwrap_or_else(|err| {
         // Only a TLS back end that cannot start fails a build, and then
         // every client would: say so, and serve without the hook's timeout.
         tracing::error!(error = %err, "the HTTP client cannot be built with its timeout; using one without");

@@ -38,6 +38,10 @@ pub enum EnvelopeError {
     /// Postgres `text` cannot hold U+0000, and the topic is stored.
     #[error("`{0}` holds U+0000")]
     NulCharacter(&'static str),
+    /// The topic names a metric series and is written into log lines: a
+    /// line break or a terminal escape in it would forge one.
+    #[error("`{0}` holds a control character (a line break, a tab, an escape…)")]
+    ControlCharacter(&'static str),
     #[error("`created_at` is not a timestamp")]
     BadCreatedAt,
     #[error(transparent)]
@@ -63,8 +67,15 @@ impl Envelope {
         };
         let id = field("id")?;
         check_id("id", &id)?;
-        let resource = field("resource")?;
-        let action = field("action")?;
+        let topic_part = |name: &'static str| -> Result<String, EnvelopeError> {
+            let text = field(name)?;
+            if text.chars().any(char::is_control) {
+                return Err(EnvelopeError::ControlCharacter(name));
+            }
+            Ok(text)
+        };
+        let resource = topic_part("resource")?;
+        let action = topic_part("action")?;
         let tenant_id = match object.get("tenant_id") {
             None | Some(Value::Null) => None,
             Some(_) => Some(TenantId::parse(&field("tenant_id")?)?),
@@ -603,6 +614,21 @@ mod tests {
         // tests/it/fuzz.rs found the NUL in a topic, jobs/tests/fuzz.rs the year -5000.
         let nul_topic = Envelope::parse(br#"{"id":"1","resource":"user\u0000","action":"signup","tenant_id":"t"}"#);
         assert!(matches!(nul_topic, Err(EnvelopeError::NulCharacter("resource"))));
+        // JSON escapes in the body: a line break, a carriage return, ESC, a tab, a C1 control.
+        for forged in
+            [r"enrollment\nFORGED-LOG-LINE level=ERROR", r"enrollment\r", r"\u001b[31mred", r"a\tb", r"\u0085x"]
+        {
+            let body = format!(r#"{{"id":"1","resource":"{forged}","action":"created"}}"#);
+            assert!(
+                matches!(Envelope::parse(body.as_bytes()), Err(EnvelopeError::ControlCharacter("resource"))),
+                "{forged}"
+            );
+            let body = format!(r#"{{"id":"1","resource":"user","action":"{forged}"}}"#);
+            assert!(
+                matches!(Envelope::parse(body.as_bytes()), Err(EnvelopeError::ControlCharacter("action"))),
+                "{forged}"
+            );
+        }
         for body in [
             r#"{"id":"1","resource":"user","action":"signup","payload":{"id":1,"email":"a\u0000b"}}"#,
             r#"{"id":"1","resource":"user","action":"signup","payload":{"id":1,"roles":["\u0000"]}}"#,

@@ -92,6 +92,13 @@ impl Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme's
+/// case does not matter (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
+}
+
 pub(super) async fn authorize(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let caller = if state.access.credentials.is_empty() {
         Caller { credential: None }
@@ -100,7 +107,7 @@ pub(super) async fn authorize(State(state): State<ApiState>, mut request: Reques
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or_default();
         match state.access.authenticate(given) {
             Some(credential) => Caller { credential: Some(credential) },

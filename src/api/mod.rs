@@ -388,7 +388,10 @@ fn answer(value: &Value, outcome: Outcome) -> Response {
         Outcome::Bypass => "bypass",
     });
     let mut response = Json(value.clone()).into_response();
-    response.headers_mut().insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    let headers = response.headers_mut();
+    headers.insert("x-cache", HeaderValue::from_static(outcome.as_str()));
+    // Learners' names and emails: no shared cache (a CDN, a proxy) may keep them.
+    headers.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
     response
 }
 
@@ -412,15 +415,19 @@ async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
         }
     };
     let counter = redis.clone();
-    // Counts the outcome and records the read for the rewarm job, after the
-    // answer: neither may delay it, and a failure of either is harmless.
-    let count = |outcome| {
+    // Counts the outcome and records a served read for the rewarm job, after
+    // the answer: neither may delay it, and a failure of either is harmless.
+    // A read answered 404 is not recorded: rewarm would recompute nothing.
+    let count_served = |outcome, served: bool| {
         let (mut redis, keys, read) = (counter.clone(), state.keys.clone(), read.clone());
         tokio::spawn(async move {
             let _ = cache::count(&mut redis, &keys, outcome).await;
-            let _ = rewarm::record_read(&mut redis, &keys, &read).await;
+            if served {
+                let _ = rewarm::record_read(&mut redis, &keys, &read).await;
+            }
         });
     };
+    let count = |outcome| count_served(outcome, true);
     match lookup {
         Lookup::Fresh(value) => {
             count(Outcome::Hit);
@@ -456,8 +463,8 @@ async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
                     }
                 }
             }
-            count(Outcome::Miss);
             let computed = compute().await;
+            count_served(Outcome::Miss, computed.is_ok());
             if let Ok(entry) = &computed {
                 let _ = cache::put(&mut redis, std::slice::from_ref(entry)).await;
             }

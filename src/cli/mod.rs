@@ -901,6 +901,12 @@ pub enum ConfigError {
     RedisTlsWithoutRediss,
     #[error("FLEET_REDIS_TLS_CERT_FILE and FLEET_REDIS_TLS_KEY_FILE go together: set both, or neither")]
     RedisClientCertificateHalf,
+    #[error(
+        "`fleet dev` would listen on {0}, which other machines can reach, with its open defaults: set \
+         FLEET_API_TOKEN (or FLEET_API_TOKENS) and THINKIFIC_WEBHOOK_SECRET to your own key, or listen on \
+         loopback (FLEET_LISTEN=127.0.0.1:8080, and no PORT)"
+    )]
+    DevOffLoopback(SocketAddr),
     #[error("DATABASE_URL cannot be used: check its port and query options (sslmode, sslrootcert, options…)")]
     DatabaseUrl,
     #[error(

@@ -304,6 +304,16 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    // Off loopback, others reach it: it serves learners' data and takes
+    // webhooks, so the open development defaults are refused there.
+    let address = args.listen.address()?;
+    if !address.ip().is_loopback() {
+        let own_key =
+            args.secrets.as_ref().is_some_and(|secrets| secrets.keys().all(|key| key != DEV_SECRET.as_bytes()));
+        if !args.api.settings(args.http.settings()).has_tokens() || !own_key {
+            return Err(ConfigError::DevOffLoopback(address).into());
+        }
+    }
     let data_dir = std::env::current_dir()?.join(&args.data_dir);
     // Not private itself (when we are root, the PostgreSQL user passes
     // through it); everything in it is.
@@ -337,7 +347,6 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .context("stopped before Redis answered")?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
-    let address = args.listen.address()?;
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
     let redis_connection = connect_redis(&redis).await?;

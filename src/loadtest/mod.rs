@@ -77,6 +77,10 @@ pub struct Settings {
 /// pass or could not run, with its exit code (see the module).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let destination = destination(settings.url.url(), settings.allow_remote).await?;
+    // The metrics are read from where the load goes: the same rule.
+    for url in &settings.metrics_urls {
+        resolve_address("--metrics-url", url.url(), settings.allow_remote).await?;
+    }
     let target = shown_target(settings.url.url(), &destination);
     let metrics_urls: Vec<url::Url> = settings.metrics_urls.iter().map(|url| url.url().clone()).collect();
     let metrics = (!metrics_urls.is_empty()).then(|| WorkerMetrics::new(metrics_urls));
@@ -309,31 +313,7 @@ pub async fn destination(url: &url::Url, allow_remote: bool) -> Result<Destinati
             "--url {shown}: only http:// is supported; point it at the intake itself, not at a TLS proxy"
         )));
     }
-    let port = url.port_or_known_default().unwrap_or(80);
-    let addresses: Vec<SocketAddr> = match url.host() {
-        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
-        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
-            Ok(found) => found.collect(),
-            Err(err) => return Err(refuse(format!("--url {shown}: cannot resolve {name}: {err}"))),
-        },
-        None => return Err(refuse(format!("--url {shown} names no host"))),
-    };
-    let Some(&address) = addresses.first() else {
-        return Err(refuse(format!("--url {shown}: its host resolves to no address")));
-    };
-    let remote: Vec<String> = addresses
-        .iter()
-        .filter(|address| !address.ip().to_canonical().is_loopback())
-        .map(|a| a.ip().to_string())
-        .collect();
-    if !remote.is_empty() && !allow_remote {
-        return Err(refuse(format!(
-            "refusing to load-test {shown}: it is not this machine (it resolves to {}); a load test against a \
-             server others use needs --allow-remote",
-            remote.join(", ")
-        )));
-    }
+    let address = resolve_address("--url", url, allow_remote).await?;
     let host = match url.port() {
         Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_owned(),
@@ -346,6 +326,39 @@ pub async fn destination(url: &url::Url, allow_remote: bool) -> Result<Destinati
     };
     let path = path.parse().map_err(|_| refuse(format!("--url {shown}: its path is not a request path")))?;
     Ok(Destination { address, host, path })
+}
+
+/// The address `url` (given as `flag`) resolves to; refused (exit 2) when
+/// it is not this machine, unless `allow_remote`.
+async fn resolve_address(flag: &str, url: &url::Url, allow_remote: bool) -> Result<SocketAddr, OperatorExit> {
+    let refuse = |message: String| OperatorExit { code: OperatorExit::REFUSED, message };
+    let shown = urls::redact(url);
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addresses: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+        Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
+            Ok(found) => found.collect(),
+            Err(err) => return Err(refuse(format!("{flag} {shown}: cannot resolve {name}: {err}"))),
+        },
+        None => return Err(refuse(format!("{flag} {shown} names no host"))),
+    };
+    let Some(&address) = addresses.first() else {
+        return Err(refuse(format!("{flag} {shown}: its host resolves to no address")));
+    };
+    let remote: Vec<String> = addresses
+        .iter()
+        .filter(|address| !address.ip().to_canonical().is_loopback())
+        .map(|a| a.ip().to_string())
+        .collect();
+    if !remote.is_empty() && !allow_remote {
+        return Err(refuse(format!(
+            "refusing to load-test with {flag} {shown}: it is not this machine (it resolves to {}); a load test against a \
+             server others use needs --allow-remote",
+            remote.join(", ")
+        )));
+    }
+    Ok(address)
 }
 
 #[cfg(test)]

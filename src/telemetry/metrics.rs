@@ -191,23 +191,33 @@ impl Answer {
     }
 }
 
+/// The `topic` label of `topic`: itself when Fleet handles it
+/// ([`fleet_jobs::HANDLED_TOPICS`]), else `other`. Senders choose topics;
+/// the number of series is bounded by the code, not by them.
+pub fn topic_label(topic: &str) -> &'static str {
+    fleet_jobs::HANDLED_TOPICS.iter().find(|handled| **handled == topic).copied().unwrap_or(OTHER_TOPIC)
+}
+
+/// The label of every topic Fleet does not handle.
+pub const OTHER_TOPIC: &str = "other";
+
 /// One webhook answered; `topic` is `None` when its body was not parsed.
 pub fn webhook(topic: Option<&str>, answer: Answer, took: Duration) {
-    let topic = topic.unwrap_or("unknown").to_owned();
+    let topic = topic.map_or("unknown", topic_label);
     counter!(WEBHOOKS, "topic" => topic, "answer" => answer.as_str()).increment(1);
     histogram!(INTAKE_DURATION).record(took.as_secs_f64());
 }
 
 pub fn events_applied(topic: &str, count: u64) {
-    counter!(EVENTS_APPLIED, "topic" => topic.to_owned()).increment(count);
+    counter!(EVENTS_APPLIED, "topic" => topic_label(topic)).increment(count);
 }
 
 pub fn event_retried(topic: &str) {
-    counter!(EVENTS_RETRIED, "topic" => topic.to_owned()).increment(1);
+    counter!(EVENTS_RETRIED, "topic" => topic_label(topic)).increment(1);
 }
 
 pub fn event_dead_lettered(topic: &str, kind: &'static str) {
-    counter!(EVENTS_DEAD_LETTERED, "topic" => topic.to_owned(), "kind" => kind).increment(1);
+    counter!(EVENTS_DEAD_LETTERED, "topic" => topic_label(topic), "kind" => kind).increment(1);
 }
 
 pub fn batch(size: usize, took: Duration) {
@@ -287,7 +297,7 @@ pub fn revalidation(ok: bool) {
 /// An event's dashboard is fresh: `received_at` is when the intake took it.
 pub fn freshness(topic: &str, received_at: DateTime<Utc>, now: DateTime<Utc>) {
     let seconds = (now - received_at).to_std().unwrap_or_default().as_secs_f64();
-    histogram!(FRESHNESS, "topic" => topic.to_owned()).record(seconds);
+    histogram!(FRESHNESS, "topic" => topic_label(topic)).record(seconds);
 }
 
 /// `dependency` answered (`true`) or failed.

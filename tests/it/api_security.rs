@@ -247,6 +247,15 @@ async fn unknown_schools_courses_and_pages_are_404_and_cache_nothing() {
     for path in &exists {
         assert_eq!(api.get(path).await.status(), 200, "{path}");
     }
+    // The served reads are recorded for rewarm (after the answer: wait for them).
+    let reads_recorded = || async {
+        let mut redis = ctx.redis.clone();
+        redis.zrange::<_, Vec<String>>(ctx.keys.cache_reads(), 0, -1).await.expect("ZRANGE")
+    };
+    crate::helpers::eventually("the served reads recorded", Duration::from_secs(5), || async {
+        reads_recorded().await.len() == exists.len()
+    })
+    .await;
     let before = keys_under_prefix(&ctx).await;
 
     let big_school = "s".repeat(64);
@@ -276,6 +285,25 @@ async fn unknown_schools_courses_and_pages_are_404_and_cache_nothing() {
     let added: Vec<String> =
         keys_under_prefix(&ctx).await.difference(&before).filter(|key| !key.contains(":ratelimit:")).cloned().collect();
     assert!(added.is_empty(), "a 404 left keys behind: {added:?}");
+    assert_eq!(reads_recorded().await.len(), exists.len(), "a read answered 404 is not kept warm");
+}
+
+#[tokio::test]
+async fn answers_with_learners_data_are_private_and_the_bearer_scheme_is_case_insensitive() {
+    let ctx = context().await;
+    ctx.enqueue(&fixture("enrollment.created")).await;
+    ctx.drain().await;
+    let api = ctx.spawn_api(tuning_with_tokens("")).await;
+    let path = format!("/api/enrollments/cached?tenant_id={TENANT}&course_id={COURSE}");
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let authorization = format!("{scheme} {EVERY_SCHOOL}");
+        let response = get_as(&api, &path, None, &[("authorization", &authorization)]).await;
+        assert_eq!(response.status(), 200, "{scheme}");
+        let cache_control = response.headers().get("cache-control").and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert_eq!(cache_control, "private, no-store", "{scheme}");
+    }
+    let wrong = get_as(&api, &path, None, &[("authorization", &format!("Basic {EVERY_SCHOOL}"))]).await;
+    assert_eq!(wrong.status(), 401, "another scheme is not a bearer token");
 }
 
 fn entry(key: &str, tag: &str, ttl: Duration) -> Entry {
@@ -369,4 +397,37 @@ async fn a_huge_tag_is_invalidated_without_blocking_redis() {
     assert!(!redis.exists::<_, bool>(&tag).await.expect("EXISTS"), "the tag set is gone");
     let left: Vec<String> = keys_under_prefix(&ctx).await.into_iter().filter(|key| key.starts_with(&stem)).collect();
     assert!(left.is_empty(), "{} keys of the tag are left", left.len());
+}
+
+/// `fleet dev` off loopback, with `env`: its exit code and what it said.
+async fn dev_off_loopback(env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet"));
+    command.arg("dev").env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.env("FLEET_DEV_DIR", crate::helpers::scratch_dir("dev-off-loopback"));
+    command.envs(env.iter().map(|(name, value)| (*name, value.as_str())));
+    let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+        .await
+        .expect("fleet dev answers at once")
+        .expect("fleet dev runs");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn fleet_dev_off_loopback_needs_a_token_and_its_own_webhook_key() {
+    let port = fleet::local_services::free_port().expect("a port").to_string();
+    let token = ("FLEET_API_TOKEN", "a-token-of-this-test".to_owned());
+    let own_key = ("THINKIFIC_WEBHOOK_SECRET", "the-schools-own-key".to_owned());
+    let dev_key = ("THINKIFIC_WEBHOOK_SECRET", "fleet-dev-secret".to_owned());
+    for env in [
+        vec![("PORT", port.clone())],
+        vec![("PORT", port.clone()), token.clone()],
+        vec![("PORT", port.clone()), own_key.clone()],
+        vec![("PORT", port.clone()), token.clone(), dev_key],
+        vec![("FLEET_LISTEN", format!("0.0.0.0:{port}")), own_key.clone()],
+    ] {
+        let (code, stderr) = dev_off_loopback(&env).await;
+        assert_eq!(code, Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains("FLEET_API_TOKEN") && stderr.contains("THINKIFIC_WEBHOOK_SECRET"), "{stderr}");
+        assert!(!stderr.contains("a-token-of-this-test") && !stderr.contains("the-schools-own-key"), "{stderr}");
+    }
 }

@@ -238,6 +238,17 @@ async fn bodies_that_are_not_events_get_400() {
             "bad created_at",
             json!({"id": "1", "resource": "user", "action": "signup", "created_at": "soon"}).to_string(),
         ),
+        (
+            "a line break in resource (it would forge a log line)",
+            json!({"id": "1", "resource": "enrollment\nFORGED-LOG-LINE level=ERROR", "action": "created",
+                   "tenant_id": "184532"})
+            .to_string(),
+        ),
+        (
+            "a terminal escape in action",
+            json!({"id": "1", "resource": "enrollment", "action": "\u{1b}[2Jcreated", "tenant_id": "184532"})
+                .to_string(),
+        ),
     ];
     for (case, body) in cases {
         let response = post_signed(&intake, &body, SECRET).await;

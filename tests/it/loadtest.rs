@@ -161,3 +161,38 @@ async fn a_target_other_than_this_machine_is_refused_before_anything_is_sent() {
     let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
     assert!(accepted.is_err(), "the refused run connected to its metrics URL");
 }
+
+#[tokio::test]
+async fn metrics_urls_are_held_to_the_loopback_rule_and_never_followed_elsewhere() {
+    let ctx = context().await;
+    let intake = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = format!("http://{}", intake.local_addr().expect("address"));
+    // Another machine's metrics: refused before anything is sent.
+    let (code, report, stderr) =
+        loadtest(&ctx, &["--url", &target, "--metrics-url", "http://192.0.2.1:9100/metrics"], KEY).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(report.is_none());
+    assert!(stderr.contains("--metrics-url") && stderr.contains("--allow-remote"), "{stderr}");
+    let accepted = tokio::time::timeout(Duration::from_millis(200), intake.accept()).await;
+    assert!(accepted.is_err(), "the refused run connected to its target");
+
+    // A loopback metrics URL that redirects: the redirect is not followed.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let location = format!("http://{}/metrics", elsewhere.local_addr().expect("address"));
+    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let metrics = format!("http://{}/metrics", redirecting.local_addr().expect("address"));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = redirecting.accept().await {
+            let mut request = [0u8; 2048];
+            let _ = socket.read(&mut request).await;
+            let answer =
+                format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let (code, _, stderr) = loadtest(&ctx, &["--url", &target, "--metrics-url", &metrics], KEY).await;
+    assert_ne!(code, Some(0), "{stderr}");
+    let followed = tokio::time::timeout(Duration::from_millis(300), elsewhere.accept()).await;
+    assert!(followed.is_err(), "the redirect was followed");
+}
