@@ -7,8 +7,11 @@
 //! token) then does it: a replay runs in the background with its progress
 //! on a page of its own (`super::jobs`); a purge asks for the number of
 //! dead letters to be typed first. "Every one matching" is confirmed up to
-//! the last dead letter the preview showed, and at the time the preview
-//! computed from the age, so what is confirmed is what was seen.
+//! the last dead letter the preview showed (`up_to`, required), and at the
+//! time the preview computed from the age, so what is confirmed is what was
+//! seen. The server recounts what the confirmation names and acts only when
+//! that is the number the operator confirmed (typed, for a purge; shown on
+//! the button, for a replay): never on the form's word for it.
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -413,6 +416,7 @@ async fn preview(
                     form #confirm method="post" action={ (BASE) "/dead-letters/replay" } {
                         (csrf_field(session))
                         (chosen.hidden())
+                        input type="hidden" name="expected" value=(count);
                         div.actions {
                             button.primary #confirm-replay type="submit" { "Replay " (count) " dead letters" }
                             a href={ (BASE) "/dead-letters" } { "Cancel" }
@@ -440,6 +444,29 @@ async fn preview(
     Ok((status, pages::page(Layout::SignedIn(session, Section::DeadLetters), title, body)).into_response())
 }
 
+/// Whether the operator confirmed what `chosen` names now: `Err` says why
+/// not, ending with `nothing_done`. "Every one matching" needs the bound
+/// its preview fixed (`up_to`), and the server recounts: the number
+/// confirmed must be the number there is, whatever the form says it saw.
+async fn confirmed(
+    state: &ConsoleState,
+    chosen: &Chosen,
+    confirmed_count: Option<usize>,
+    nothing_done: &str,
+) -> Result<Result<(), String>, ConsoleError> {
+    if chosen.all && chosen.filter.up_to.is_none() {
+        return Ok(Err(format!(
+            "This confirmation lacks the bound of its dry run; confirm the one below: {nothing_done}."
+        )));
+    }
+    let mut redis = state.redis()?;
+    let count = dlq::select(&mut redis, &state.keys, &chosen.selection()).await?.letters.len();
+    Ok(match confirmed_count {
+        Some(confirmed) if confirmed == count && count > 0 => Ok(()),
+        _ => Err(format!("{count} dead letters match this now: confirm that number ({count}); {nothing_done}.")),
+    })
+}
+
 /// `GET /console/dead-letters/replay`: the dry run of a replay.
 pub(super) async fn replay_preview(
     State(state): State<ConsoleState>,
@@ -459,6 +486,11 @@ pub(super) async fn replay(
 ) -> Result<Response, ConsoleError> {
     let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
+    let shown = fields.get("expected").and_then(|count| count.trim().parse::<usize>().ok());
+    if let Err(problem) = confirmed(&state, &chosen, shown, "nothing was replayed").await? {
+        tracing::info!(session = session.fingerprint(), chosen = %chosen.describe(), "console replay not confirmed; nothing replayed");
+        return preview(&state, &session, Action::Replay, chosen, StatusCode::BAD_REQUEST, Some(&problem)).await;
+    }
     let job = jobs::start_replay(&state, &session, chosen.selection(), chosen.describe()).await?;
     Ok(Redirect::to(&format!("{BASE}/jobs/{job}")).into_response())
 }
@@ -482,10 +514,9 @@ pub(super) async fn purge(
 ) -> Result<Response, ConsoleError> {
     let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
-    let expected = fields.get("expected").unwrap_or_default();
-    if fields.get("confirm") != Some(expected) || expected.is_empty() {
+    let typed = fields.get("confirm").and_then(|count| count.trim().parse::<usize>().ok());
+    if let Err(problem) = confirmed(&state, &chosen, typed, "nothing was deleted").await? {
         tracing::info!(session = session.fingerprint(), chosen = %chosen.describe(), "console purge not confirmed; nothing deleted");
-        let problem = format!("Type {expected} to confirm; nothing was deleted.");
         return preview(&state, &session, Action::Purge, chosen, StatusCode::BAD_REQUEST, Some(&problem)).await;
     }
     let mut redis = state.redis()?;

@@ -207,8 +207,19 @@ pub(super) async fn sign_in(
     }
     let mut redis = state.redis()?;
     let failures_key = state.keys.console_sign_in_failures(client);
-    let failures: Option<u64> = redis.get(&failures_key).await?;
-    if failures.unwrap_or(0) >= MAX_FAILED_SIGN_INS {
+    // Every attempt takes its place in the count first, atomically, and a
+    // right one gives it back: however many arrive at once, at most
+    // MAX_FAILED_SIGN_INS wrong tokens are ever compared per window.
+    let (attempts,): (u64,) = redis::pipe()
+        .incr(&failures_key, 1)
+        .cmd("EXPIRE")
+        .arg(&failures_key)
+        .arg(SIGN_IN_WINDOW.as_secs())
+        .arg("NX")
+        .ignore()
+        .query_async(&mut redis)
+        .await?;
+    if attempts > MAX_FAILED_SIGN_INS {
         tracing::warn!(%client, "console sign-in refused: too many failed sign-ins from this address");
         let mut response = sign_in_page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -220,19 +231,10 @@ pub(super) async fn sign_in(
     }
     let given = fields.get("token").unwrap_or_default();
     if !bool::from(digest(given).ct_eq(&state.token_digest)) {
-        let _: () = redis::pipe()
-            .incr(&failures_key, 1)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&failures_key)
-            .arg(SIGN_IN_WINDOW.as_secs())
-            .arg("NX")
-            .ignore()
-            .query_async(&mut redis)
-            .await?;
         tracing::warn!(%client, "console sign-in refused: wrong token");
         return Ok(sign_in_page(StatusCode::UNAUTHORIZED, nonce, Some("That is not the console token.")));
     }
+    let _: () = redis.decr(&failures_key, 1).await?;
     let cookie_value = random_token();
     let session = Session { digest: hex::encode(digest(&cookie_value)), csrf: random_token() };
     let key = state.keys.console_session(&session.digest);

@@ -162,6 +162,21 @@ async fn failed_sign_ins_are_throttled_per_client_address() {
 }
 
 #[tokio::test]
+async fn concurrent_wrong_sign_ins_are_counted_atomically() {
+    let ctx = context().await;
+    let (api, _client) = console(&ctx).await;
+    // Many at once from one address, each with its own form: at most 10 tokens are ever compared.
+    let clients: Vec<ConsoleClient> = (0..60).map(|_| ConsoleClient::new(&api.url(""))).collect();
+    let attempts = clients.iter().map(|client| async move { client.sign_in("wrong-token-wrong-token").await.status() });
+    let answers = futures_util::future::join_all(attempts).await;
+    let compared = answers.iter().filter(|status| status.as_u16() == 401).count();
+    let throttled = answers.iter().filter(|status| status.as_u16() == 429).count();
+    assert_eq!(compared + throttled, 60, "{answers:?}");
+    assert!(compared <= 10, "{compared} wrong tokens were compared: {answers:?}");
+    assert_eq!(ConsoleClient::new(&api.url("")).sign_in(CONSOLE_TOKEN).await.status(), 429);
+}
+
+#[tokio::test]
 async fn signing_out_ends_the_session_at_once() {
     let ctx = context().await;
     let (_api, client) = console(&ctx).await;
@@ -288,7 +303,7 @@ pub async fn replaying_every_one_matching_runs_in_the_background_and_shows_its_p
     let started = client
         .post(
             "/console/dead-letters/replay",
-            &[("csrf", &csrf), ("all", "1"), ("topic", "enrollment.progress"), ("up_to", up_to)],
+            &[("csrf", &csrf), ("all", "1"), ("topic", "enrollment.progress"), ("up_to", up_to), ("expected", "250")],
         )
         .await;
     assert_eq!(started.status(), 303);
@@ -460,4 +475,50 @@ async fn fleet_api_refuses_a_console_token_short_enough_to_guess() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("FLEET_CONSOLE_TOKEN") && stderr.contains("at least 16"), "{stderr}");
     assert!(!stderr.contains("short-secret"), "the value is never shown: {stderr}");
+}
+
+#[tokio::test]
+async fn a_purge_or_replay_acts_only_on_what_the_server_recounts_and_the_operator_confirmed() {
+    let ctx = context().await;
+    let mut letters = vec![("user.signup", "pt1", FailureKind::Malformed); 5];
+    letters.extend(vec![("user.signup", "pt2", FailureKind::Malformed); 15]);
+    ctx.add_dead_letters(&letters).await;
+    let (_api, client) = console(&ctx).await;
+    let csrf = client.signed_in().await;
+    let forged: [Vec<(&str, &str)>; 4] = [
+        // The form's own `expected`, no bound: it purged 5 before.
+        vec![("all", "1"), ("tenant", "pt1"), ("expected", "1"), ("confirm", "1")],
+        // Zero of everything: it purged all 20 before.
+        vec![("all", "1"), ("expected", "0"), ("confirm", "0")],
+        // A bound, but a number that is not the recount (5).
+        vec![("all", "1"), ("tenant", "pt1"), ("up_to", "9999999999999-0"), ("expected", "1"), ("confirm", "1")],
+        vec![("all", "1"), ("up_to", "9999999999999-0"), ("expected", "0"), ("confirm", "0")],
+    ];
+    for fields in &forged {
+        let mut fields = fields.clone();
+        fields.push(("csrf", &csrf));
+        let answer = client.post("/console/dead-letters/purge", &fields).await;
+        assert_eq!(answer.status(), 400, "{fields:?}");
+        assert_eq!(ctx.dead_letters().await.len(), 20, "nothing purged by {fields:?}");
+    }
+    for fields in [
+        vec![("all", "1"), ("tenant", "pt1")],
+        vec![("all", "1"), ("tenant", "pt1"), ("expected", "2")],
+        vec![("all", "1"), ("tenant", "pt1"), ("up_to", "9999999999999-0"), ("expected", "2")],
+    ] {
+        let mut fields = fields.clone();
+        fields.push(("csrf", &csrf));
+        let answer = client.post("/console/dead-letters/replay", &fields).await;
+        assert_eq!(answer.status(), 400, "{fields:?}");
+        assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0, "nothing replayed by {fields:?}");
+    }
+    // What the recount finds, confirmed with its bound: done.
+    let purged = client
+        .post(
+            "/console/dead-letters/purge",
+            &[("csrf", &csrf), ("all", "1"), ("tenant", "pt1"), ("up_to", "9999999999999-0"), ("confirm", "5")],
+        )
+        .await;
+    assert_eq!(purged.status(), 303);
+    assert_eq!(ctx.dead_letters().await.len(), 15);
 }
