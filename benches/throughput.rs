@@ -82,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
         dedup: fleet::redis::dedup::DedupWindow::new(Duration::from_secs(3600), 1000),
         shards: fleet::redis::shards::ShardCount::ONE,
         http: fleet::runtime::HttpSettings::default(),
+        refusals_per_minute: 120,
+        trusted_proxies: Vec::new(),
     };
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let intake = fleet::intake::Application::build(local, &redis_target, keys.clone(), settings).await?;

@@ -289,6 +289,16 @@ impl WebhookKeys {
         self.0.iter().map(|(key, scope)| (key.as_slice(), scope))
     }
 
+    /// How many keys there are, in every scope.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a `WebhookKeys` has at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `key` is one of the keys, in any scope.
     pub fn contains(&self, key: &[u8]) -> bool {
         self.0.iter().any(|(configured, _)| configured == key)

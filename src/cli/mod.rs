@@ -706,6 +706,25 @@ pub struct IntakeTuning {
     #[arg(long, env = "FLEET_DEDUP_EXPECTED_RATE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "FLEET_DEDUP_EXPECTED_RATE")]
     pub dedup_expected_rate: u32,
+    /// Requests with a missing or wrong signature (401) one client address may make in a minute;
+    /// past it, its requests get 429 before any key is tried. 0: no limit. Behind a reverse proxy,
+    /// name it in FLEET_TRUSTED_PROXIES, or its own address is what is counted.
+    #[arg(
+        long,
+        env = "FLEET_INTAKE_REFUSALS_PER_MINUTE",
+        default_value_t = 120,
+        value_name = "FLEET_INTAKE_REFUSALS_PER_MINUTE"
+    )]
+    pub refusals_per_minute: u32,
+    /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For names the client the
+    /// refusal limit counts; from any other peer the header is ignored.
+    #[arg(
+        long = "intake-trusted-proxies",
+        env = "FLEET_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "FLEET_TRUSTED_PROXIES"
+    )]
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -733,6 +752,8 @@ impl IntakeTuning {
             max_body_bytes: self.max_body_bytes as usize,
             dedup: DedupWindow::new(Duration::from_secs(self.dedup_window_secs), self.dedup_expected_rate),
             http,
+            refusals_per_minute: self.refusals_per_minute,
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 }

@@ -16,6 +16,12 @@
 //! The school an event belongs to comes only from what is signed: the key
 //! that signed it when that key is bound to a school, else the body's
 //! `tenant_id`. Headers are not signed, so none of them decides tenancy.
+//!
+//! A bad request costs a bounded amount whatever the number of schools:
+//! only the keys of the school it names are tried (see [`signature`]; a
+//! school's own path `/webhooks/thinkific/<tenant>` names it), and an
+//! address past its refusals gets 429 before any key is tried
+//! ([`refusals`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,15 +29,15 @@ use std::time::{Duration, Instant};
 use crate::redis::{RedisConnection, RedisTarget};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::Utc;
 use fleet_jobs::{Envelope, EnvelopeError, TenantId};
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -47,9 +53,11 @@ use crate::secrets::{KeyScope, WebhookKeys};
 use crate::telemetry::metrics::{self, Answer};
 use crate::telemetry::readiness::{self, Check};
 
+use refusals::Refusals;
 pub use signature::sign;
 use signature::signer;
 
+mod refusals;
 mod signature;
 
 /// The header carrying the hex HMAC-SHA256 of the raw body.
@@ -70,6 +78,11 @@ pub struct Settings {
     pub shards: ShardCount,
     /// Limits on slow and idle clients.
     pub http: HttpSettings,
+    /// Refusals (401) one client address may cause in a minute before it
+    /// gets 429 without any key being tried; 0: no limit.
+    pub refusals_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client counted.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// An intake bound to its address, ready to serve.
@@ -100,6 +113,7 @@ impl Application {
         let state = IntakeState {
             redis: Arc::new(OnceCell::new()),
             keys,
+            refusals: Arc::new(Refusals::new(settings.refusals_per_minute)),
             settings,
             health: Health::requiring(&[Dependency::Redis]),
         };
@@ -135,6 +149,7 @@ struct IntakeState {
     keys: Keys,
     settings: Settings,
     health: Health,
+    refusals: Arc<Refusals>,
 }
 
 impl IntakeState {
@@ -188,7 +203,8 @@ impl IntakeState {
 /// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
 pub fn router(redis: RedisConnection, keys: Keys, settings: Settings) -> Router {
     log_dedup_layout(&settings.dedup);
-    let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default() };
+    let refusals = Arc::new(Refusals::new(settings.refusals_per_minute));
+    let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default(), refusals };
     state.connected(redis);
     routes(state)
 }
@@ -210,6 +226,7 @@ fn routes(state: IntakeState) -> Router {
     let body_limit = state.settings.max_body_bytes;
     Router::new()
         .route("/webhooks/thinkific", post(receive))
+        .route("/webhooks/thinkific/{tenant}", post(receive_for_school))
         .route("/api/webhooks/enrollment", post(receive))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -251,14 +268,19 @@ enum IntakeError {
     QueueUnavailable(#[source] redis::RedisError),
     #[error("the queue is not reachable yet; retry later")]
     NotConnected,
+    #[error("too many requests with a bad signature from this address; retry later")]
+    TooManyRefusals,
+    #[error("the path names no valid school")]
+    BadSchoolPath,
 }
 
 impl IntakeError {
     fn answer(&self) -> Answer {
         match self {
             Self::TooLarge(_) => Answer::TooLarge,
-            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => Answer::Invalid,
+            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant | Self::BadSchoolPath => Answer::Invalid,
             Self::MissingSignature | Self::BadSignature => Answer::Unauthorized,
+            Self::TooManyRefusals => Answer::Throttled,
             Self::TenantNotTheKeys => Answer::Forbidden,
             Self::QueueUnavailable(_) | Self::NotConnected => Answer::Unavailable,
         }
@@ -269,14 +291,18 @@ impl IntoResponse for IntakeError {
     fn into_response(self) -> Response {
         let status = match &self {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant => StatusCode::BAD_REQUEST,
+            Self::BadBody(_) | Self::BadEnvelope(_) | Self::NoTenant | Self::BadSchoolPath => StatusCode::BAD_REQUEST,
             Self::MissingSignature | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::TooManyRefusals => StatusCode::TOO_MANY_REQUESTS,
             Self::TenantNotTheKeys => StatusCode::FORBIDDEN,
             Self::QueueUnavailable(_) | Self::NotConnected => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut response = (status, Json(json!({ "status": "rejected", "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refusals::WINDOW.as_secs()));
         }
         response
     }
@@ -286,12 +312,49 @@ impl IntoResponse for IntakeError {
 /// parsed) and its latency.
 async fn receive(
     State(state): State<IntakeState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, IntakeError> {
+    answer_webhook(&state, peer, &headers, None, body).await
+}
+
+/// `POST /webhooks/thinkific/<tenant>`: like [`receive`], the school's
+/// keys found by its path (still only a hint: tenancy is what is signed).
+async fn receive_for_school(
+    State(state): State<IntakeState>,
+    Path(tenant): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, IntakeError> {
+    answer_webhook(&state, peer, &headers, Some(tenant), body).await
+}
+
+async fn answer_webhook(
+    state: &IntakeState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    path_school: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IntakeError> {
     let started = Instant::now();
     let mut topic = None;
-    let result = accept(&state, &headers, body, &mut topic).await;
+    let client = peer.map(|Extension(ConnectInfo(peer))| {
+        crate::forwarded::client_address(peer.ip(), headers, &state.settings.trusted_proxies)
+    });
+    let result = if client.is_some_and(|client| state.refusals.exhausted(client)) {
+        Err(IntakeError::TooManyRefusals)
+    } else {
+        let path_school = path_school.map(|tenant| TenantId::parse(&tenant).map_err(|_| IntakeError::BadSchoolPath));
+        match path_school.transpose() {
+            Ok(path_school) => accept(state, headers, path_school, body, &mut topic).await,
+            Err(err) => Err(err),
+        }
+    };
+    if let (Err(IntakeError::MissingSignature | IntakeError::BadSignature), Some(client)) = (&result, client) {
+        state.refusals.record(client);
+    }
     let answer = match &result {
         Ok((answer, _)) => *answer,
         Err(err) => err.answer(),
@@ -304,6 +367,7 @@ async fn receive(
 async fn accept(
     state: &IntakeState,
     headers: &HeaderMap,
+    path_school: Option<TenantId>,
     body: Result<Bytes, BytesRejection>,
     topic_seen: &mut Option<String>,
 ) -> Result<(Answer, Json<serde_json::Value>), IntakeError> {
@@ -320,7 +384,8 @@ async fn accept(
         tracing::warn!("webhook rejected: no signature header; is the sender Thinkific?");
         IntakeError::MissingSignature
     })?;
-    let Some(scope) = signer(&state.settings.keys, &body, signature) else {
+    let named = path_school.or_else(|| signature::named_school(&body));
+    let Some(scope) = signer(&state.settings.keys, &body, signature, named.as_ref()) else {
         tracing::warn!(
             body_bytes = body.len(),
             "webhook rejected: bad signature; if deliveries keep failing, check that THINKIFIC_WEBHOOK_SECRET \

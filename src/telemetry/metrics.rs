@@ -171,6 +171,8 @@ pub enum Answer {
     Accepted,
     Duplicate,
     Unauthorized,
+    /// 429: the address used up its refusals (`crate::intake`).
+    Throttled,
     Forbidden,
     Invalid,
     TooLarge,
@@ -187,6 +189,7 @@ impl Answer {
             Self::Invalid => "invalid",
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
+            Self::Throttled => "throttled",
         }
     }
 }

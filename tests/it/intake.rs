@@ -490,3 +490,64 @@ async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
     }
     intake.stop().await;
 }
+
+/// POSTs `body` signed with `key` to `path` of the intake.
+async fn post_signed_to(intake: &crate::helpers::IntakeServer, path: &str, body: &str, key: &str) -> reqwest::Response {
+    fleet::http_client::builder()
+        .build()
+        .expect("an HTTP client")
+        .post(intake.url(path))
+        .header("content-type", "application/json")
+        .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("the intake answers")
+}
+
+/// With 2,000 schools, a request tries only the keys for any school and
+/// those of the school it names (its path, else its body's tenant_id):
+/// what a bad request costs does not grow with the schools.
+#[tokio::test]
+async fn with_many_school_keys_only_the_named_schools_keys_are_tried() {
+    let ctx = context().await;
+    let pairs: Vec<String> = (0..2000).map(|n| format!("school-{n}=key-of-school-{n}")).collect();
+    let settings = IntakeSettings {
+        keys: WebhookKeys::new(Some(SECRET.parse().expect("key")), Some(pairs.join(",").parse().expect("pairs")))
+            .expect("keys"),
+        ..intake_settings(SECRET)
+    };
+    let intake = ctx.spawn_intake_with(settings).await;
+    let naming = event("enrollment.created", json!({"id": "31", "tenant_id": "school-1999"}), json!({"id": 31}));
+    let response = post_signed_to(&intake, "/webhooks/thinkific", &naming, "key-of-school-1999").await;
+    assert_eq!(response.status(), 200, "found by the body's tenant_id");
+    let unnamed = enrollment_without_tenant();
+    let response = post_signed_to(&intake, "/webhooks/thinkific", &unnamed, "key-of-school-1999").await;
+    assert_eq!(response.status(), 401, "a body naming no school: only the keys for any school are tried");
+    let response = post_signed_to(&intake, "/webhooks/thinkific/school-1999", &unnamed, "key-of-school-1999").await;
+    assert_eq!(response.status(), 200, "the school's own path names it");
+    let tenants: Vec<Option<String>> = stream_entries(&ctx).await.iter().map(|entry| entry.get("tenant")).collect();
+    assert_eq!(tenants, [Some("school-1999".to_owned()), Some("school-1999".to_owned())]);
+    // The path is a hint only: a body signed for any school still names its own tenant.
+    let other = event("enrollment.created", json!({"id": "32", "tenant_id": "school-5"}), json!({"id": 32}));
+    assert_eq!(post_signed_to(&intake, "/webhooks/thinkific/school-1999", &other, SECRET).await.status(), 200);
+    let tenants: Vec<Option<String>> = stream_entries(&ctx).await.iter().map(|entry| entry.get("tenant")).collect();
+    assert_eq!(tenants.last(), Some(&Some("school-5".to_owned())));
+    assert_eq!(post_signed_to(&intake, "/webhooks/thinkific/a:b", &naming, "key-of-school-1999").await.status(), 400);
+}
+
+#[tokio::test]
+async fn an_address_past_its_refusals_gets_429_before_any_key_is_tried() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake_with(IntakeSettings { refusals_per_minute: 5, ..intake_settings(SECRET) }).await;
+    let body = fixture("enrollment.created");
+    for attempt in 1..=5 {
+        assert_eq!(post_signed(&intake, &body, "not-the-key").await.status(), 401, "attempt {attempt}");
+    }
+    let held = post_signed(&intake, &body, "not-the-key").await;
+    assert_eq!(held.status(), 429);
+    assert_eq!(held.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("60"));
+    // Nothing is verified for it meanwhile, a good signature included: its minute must run out.
+    assert_eq!(post_signed(&intake, &body, SECRET).await.status(), 429);
+    assert_eq!(ctx.stream_len(&ctx.keys.shard(0).events()).await, 0);
+}

@@ -42,6 +42,9 @@ pub fn intake_settings(secrets: &str) -> IntakeSettings {
         dedup: DedupWindow::new(Duration::from_secs(72 * 3600), 1000),
         shards: fleet::redis::shards::ShardCount::ONE,
         http: fleet::runtime::HttpSettings::default(),
+        // Tests send many bad signatures from one address; the limit has a test of its own.
+        refusals_per_minute: 0,
+        trusted_proxies: Vec::new(),
     }
 }
 
