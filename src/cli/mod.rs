@@ -724,7 +724,7 @@ pub struct IntakeTuning {
         value_delimiter = ',',
         value_name = "FLEET_TRUSTED_PROXIES"
     )]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub intake_trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -753,7 +753,7 @@ impl IntakeTuning {
             dedup: DedupWindow::new(Duration::from_secs(self.dedup_window_secs), self.dedup_expected_rate),
             http,
             refusals_per_minute: self.refusals_per_minute,
-            trusted_proxies: self.trusted_proxies.clone(),
+            trusted_proxies: self.intake_trusted_proxies.clone(),
         }
     }
 }
