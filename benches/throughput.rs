@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         http: fleet::runtime::HttpSettings::default(),
         refusals_per_minute: 120,
         trusted_proxies: Vec::new(),
+        metrics_listen: None,
     };
     let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let intake = fleet::intake::Application::build(local, &redis_target, keys.clone(), settings).await?;

@@ -91,6 +91,8 @@ pub struct Settings {
     pub console_token: Option<ConsoleToken>,
     /// Limits on slow and idle clients.
     pub http: HttpSettings,
+    /// Serve `/metrics` on this address only, not on the public one.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -103,6 +105,8 @@ impl Settings {
 /// The read API bound to its address, ready to serve.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on an address of its own, when one is set.
+    metrics_listener: Option<TcpListener>,
     state: ApiState,
 }
 
@@ -116,10 +120,19 @@ impl Application {
         ttls: Ttls,
         settings: Settings,
     ) -> Result<Self, crate::runtime::ListenError> {
+        let metrics_listen = settings.metrics_listen;
         let state = ApiState::connect(db, redis, keys, ttls, settings);
         let (listener, bound) = crate::runtime::bind(address).await?;
         tracing::info!(address = %bound, "read API listening");
-        Ok(Self { listener, state })
+        let metrics_listener = match metrics_listen {
+            Some(metrics) => {
+                let (listener, metrics) = crate::runtime::bind(metrics).await?;
+                tracing::info!(address = %metrics, "read API metrics on /metrics (FLEET_METRICS_LISTEN)");
+                Some(listener)
+            }
+            None => None,
+        };
+        Ok(Self { listener, metrics_listener, state })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -133,6 +146,9 @@ impl Application {
     /// Serves until `shutdown` fires, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let http = self.state.tuning.http;
+        if let Some(metrics) = self.metrics_listener {
+            tokio::spawn(metrics::serve_alone(metrics, http, shutdown.clone()));
+        }
         crate::runtime::serve(self.listener, app(self.state), http, shutdown).await
     }
 }
@@ -226,9 +242,10 @@ pub fn routes(state: ApiState) -> Router {
 pub fn app(state: ApiState) -> Router {
     let health = Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::render))
-        .with_state(state.clone());
+        .route("/readyz", get(readyz));
+    let health =
+        if state.tuning.metrics_listen.is_none() { health.route("/metrics", get(metrics::render)) } else { health };
+    let health = health.with_state(state.clone());
     routes(state).merge(health)
 }
 

@@ -83,6 +83,17 @@ pub struct ApiArgs {
     pub cache: CacheTuning,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub metrics: MetricsListenArg,
+}
+
+/// Where a public role serves its metrics instead of its public port.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsListenArg {
+    /// Serve /metrics on this address (e.g. a private one, 10.0.0.5:9100) instead of on the public
+    /// port, which then answers 404 for it. Unset: /metrics is on the public port.
+    #[arg(long = "metrics-listen", env = "FLEET_METRICS_LISTEN", value_name = "FLEET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ApiArgs {
@@ -141,6 +152,7 @@ impl ApiTuning {
             default_tenant: self.default_tenant.clone(),
             console_token: self.console_token.clone(),
             http,
+            metrics_listen: None,
         }
     }
 }
@@ -656,6 +668,8 @@ pub struct IntakeArgs {
     pub tuning: IntakeTuning,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub metrics: MetricsListenArg,
 }
 
 /// The intake's signing keys; at least one of the two settings must be given.
@@ -754,6 +768,7 @@ impl IntakeTuning {
             http,
             refusals_per_minute: self.refusals_per_minute,
             trusted_proxies: self.intake_trusted_proxies.clone(),
+            metrics_listen: None,
         }
     }
 }

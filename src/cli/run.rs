@@ -179,7 +179,10 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     if webhook_keys.contains(DEV_SECRET.as_bytes()) {
         return Err(ConfigError::DevelopmentWebhookKey.into());
     }
-    let settings = args.tuning.settings(webhook_keys, args.shards.stream_shards, args.http.settings());
+    let settings = crate::intake::Settings {
+        metrics_listen: args.metrics.metrics_listen,
+        ..args.tuning.settings(webhook_keys, args.shards.stream_shards, args.http.settings())
+    };
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let redis = args.redis.target()?;
     refuse_misconfigured_redis(&redis).await?;
@@ -275,7 +278,8 @@ async fn with_revalidation(
 }
 
 async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
-    let settings = args.api.settings(args.http.settings());
+    let settings =
+        crate::api::Settings { metrics_listen: args.metrics.metrics_listen, ..args.api.settings(args.http.settings()) };
     if !settings.has_tokens() {
         return Err(ConfigError::ApiWithoutToken.into());
     }

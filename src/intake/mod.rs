@@ -83,11 +83,15 @@ pub struct Settings {
     pub refusals_per_minute: u32,
     /// Reverse proxies whose `X-Forwarded-For` names the client counted.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Serve `/metrics` on this address only, not on the public one.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// An intake bound to its address, ready to serve.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on an address of its own, when one is set.
+    metrics_listener: Option<TcpListener>,
     state: IntakeState,
     /// The Redis URL, while Redis is still to be reached.
     pending: Option<RedisTarget>,
@@ -108,6 +112,14 @@ impl Application {
     ) -> Result<Self, crate::runtime::ListenError> {
         let (listener, address) = crate::runtime::bind(address).await?;
         tracing::info!(%address, shards = settings.shards.get(), "intake listening");
+        let metrics_listener = match settings.metrics_listen {
+            Some(metrics) => {
+                let (listener, metrics) = crate::runtime::bind(metrics).await?;
+                tracing::info!(address = %metrics, "intake metrics on /metrics (FLEET_METRICS_LISTEN)");
+                Some(listener)
+            }
+            None => None,
+        };
         log_dedup_layout(&settings.dedup);
         let http = settings.http;
         let state = IntakeState {
@@ -124,7 +136,7 @@ impl Application {
                 pending = None;
             }
         }
-        Ok(Self { listener, state, pending, http })
+        Ok(Self { listener, metrics_listener, state, pending, http })
     }
 
     /// The address it listens on (the port chosen when asked for port 0).
@@ -138,6 +150,9 @@ impl Application {
             tokio::spawn(self.state.clone().connect(url, shutdown.clone()));
         }
         tokio::spawn(self.state.clone().keep_shard_count(shutdown.clone()));
+        if let Some(metrics) = self.metrics_listener {
+            tokio::spawn(metrics::serve_alone(metrics, self.http, shutdown.clone()));
+        }
         crate::runtime::serve(self.listener, routes(self.state), self.http, shutdown).await
     }
 }
@@ -224,15 +239,15 @@ fn log_dedup_layout(dedup: &DedupWindow) {
 fn routes(state: IntakeState) -> Router {
     metrics::install();
     let body_limit = state.settings.max_body_bytes;
-    Router::new()
+    let public_metrics = state.settings.metrics_listen.is_none();
+    let router = Router::new()
         .route("/webhooks/thinkific", post(receive))
         .route("/webhooks/thinkific/{tenant}", post(receive_for_school))
         .route("/api/webhooks/enrollment", post(receive))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::render))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    let router = if public_metrics { router.route("/metrics", get(metrics::render)) } else { router };
+    router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
 }
 
 /// The school a signed event belongs to: the one its key is bound to, else

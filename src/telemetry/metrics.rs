@@ -157,6 +157,17 @@ fn describe() {
 }
 
 /// `GET /metrics`: every series, in the Prometheus text format.
+/// Serves `/metrics` alone on `listener` until `shutdown` (a role's
+/// `FLEET_METRICS_LISTEN`: its public port then serves no metrics).
+pub async fn serve_alone(
+    listener: tokio::net::TcpListener,
+    http: crate::runtime::HttpSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let router = axum::Router::new().route("/metrics", axum::routing::get(render));
+    crate::runtime::serve(listener, router, http, shutdown).await
+}
+
 pub async fn render() -> Response {
     let mut response = install().render().into_response();
     response

@@ -436,3 +436,40 @@ async fn logs_are_one_json_object_per_line_with_the_event_named() {
     assert!(serde_json::from_str::<Value>(first).is_err(), "{first}");
     assert!(first.contains("intake listening"), "{first}");
 }
+
+#[tokio::test]
+async fn with_a_metrics_listener_the_public_ports_serve_no_metrics() {
+    let ctx = context().await;
+    let port = || fleet::local_services::free_port().expect("a port");
+    let (intake_metrics, api_metrics) = (port(), port());
+    let settings = fleet::intake::Settings {
+        metrics_listen: Some(([127, 0, 0, 1], intake_metrics).into()),
+        ..crate::helpers::intake_settings(SECRET)
+    };
+    let intake = ctx.spawn_intake_with(settings).await;
+    let api_settings =
+        fleet::api::Settings { metrics_listen: Some(([127, 0, 0, 1], api_metrics).into()), ..api_tuning() };
+    let api = fleet::api::Application::build(
+        ([127, 0, 0, 1], 0).into(),
+        ctx.db.clone(),
+        &ctx.redis_target(),
+        ctx.keys.clone(),
+        fleet::redis::cache::Ttls::default(),
+        api_settings,
+    )
+    .await
+    .expect("the read API starts");
+    let api_url = format!("http://{}/metrics", api.address());
+    let stop_api = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(api.run_until_stopped(stop_api.clone()));
+    assert_eq!(crate::helpers::get(intake.url("/metrics")).await.expect("GET").status(), 404);
+    assert_eq!(crate::helpers::get(&api_url).await.expect("GET").status(), 404);
+    assert_eq!(post_signed(&intake, &fixture("enrollment.created"), SECRET).await.status(), 200);
+    for port in [intake_metrics, api_metrics] {
+        let scrape = scrape(&format!("http://127.0.0.1:{port}")).await;
+        assert!(scrape.has("fleet_webhooks_total"), "the metrics listener on {port} serves the metrics");
+    }
+    assert_eq!(crate::helpers::get(intake.url("/readyz")).await.expect("GET").status(), 200);
+    intake.stop().await;
+    stop_api.cancel();
+}

@@ -45,6 +45,7 @@ pub fn intake_settings(secrets: &str) -> IntakeSettings {
         // Tests send many bad signatures from one address; the limit has a test of its own.
         refusals_per_minute: 0,
         trusted_proxies: Vec::new(),
+        metrics_listen: None,
     }
 }
 
@@ -203,5 +204,6 @@ pub fn api_tuning() -> fleet::api::Settings {
         default_tenant: None,
         console_token: None,
         http: fleet::runtime::HttpSettings::default(),
+        metrics_listen: None,
     }
 }
