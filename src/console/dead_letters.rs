@@ -445,25 +445,21 @@ async fn preview(
 }
 
 /// Whether the operator confirmed what `chosen` names now: `Err` says why
-/// not, ending with `nothing_done`. "Every one matching" needs the bound
-/// its preview fixed (`up_to`), and the server recounts: the number
+/// not (`problem` of the number there is). "Every one matching" needs the
+/// bound its preview fixed (`up_to`), and the server recounts: the number
 /// confirmed must be the number there is, whatever the form says it saw.
 async fn confirmed(
     state: &ConsoleState,
     chosen: &Chosen,
     confirmed_count: Option<usize>,
-    nothing_done: &str,
+    problem: impl Fn(usize) -> String,
 ) -> Result<Result<(), String>, ConsoleError> {
-    if chosen.all && chosen.filter.up_to.is_none() {
-        return Ok(Err(format!(
-            "This confirmation lacks the bound of its dry run; confirm the one below: {nothing_done}."
-        )));
-    }
     let mut redis = state.redis()?;
     let count = dlq::select(&mut redis, &state.keys, &chosen.selection()).await?.letters.len();
+    let bounded = !chosen.all || chosen.filter.up_to.is_some();
     Ok(match confirmed_count {
-        Some(confirmed) if confirmed == count && count > 0 => Ok(()),
-        _ => Err(format!("{count} dead letters match this now: confirm that number ({count}); {nothing_done}.")),
+        Some(confirmed) if bounded && confirmed == count && count > 0 => Ok(()),
+        _ => Err(problem(count)),
     })
 }
 
@@ -487,7 +483,8 @@ pub(super) async fn replay(
     let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
     let shown = fields.get("expected").and_then(|count| count.trim().parse::<usize>().ok());
-    if let Err(problem) = confirmed(&state, &chosen, shown, "nothing was replayed").await? {
+    let problem = |count| format!("{count} dead letters match this now; confirm that number; nothing was replayed.");
+    if let Err(problem) = confirmed(&state, &chosen, shown, problem).await? {
         tracing::info!(session = session.fingerprint(), chosen = %chosen.describe(), "console replay not confirmed; nothing replayed");
         return preview(&state, &session, Action::Replay, chosen, StatusCode::BAD_REQUEST, Some(&problem)).await;
     }
@@ -515,7 +512,8 @@ pub(super) async fn purge(
     let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
     let typed = fields.get("confirm").and_then(|count| count.trim().parse::<usize>().ok());
-    if let Err(problem) = confirmed(&state, &chosen, typed, "nothing was deleted").await? {
+    let problem = |count| format!("Type {count} to confirm; nothing was deleted.");
+    if let Err(problem) = confirmed(&state, &chosen, typed, problem).await? {
         tracing::info!(session = session.fingerprint(), chosen = %chosen.describe(), "console purge not confirmed; nothing deleted");
         return preview(&state, &session, Action::Purge, chosen, StatusCode::BAD_REQUEST, Some(&problem)).await;
     }
