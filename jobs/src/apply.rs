@@ -98,7 +98,20 @@ pub enum ApplyError {
     Unexplained(#[source] sqlx::Error),
 }
 
+/// SQLSTATE classes that point at the deploy or the database's setup rather
+/// than at an event's data: feature not supported, invalid transaction
+/// state, invalid authorization, unknown database or schema, syntax error
+/// or access rule violation (a missing table or column, a revoked grant).
+const SETUP_CLASSES: [&str; 6] = ["0A", "25", "28", "3D", "3F", "42"];
+
 impl ApplyError {
+    /// Whether Postgres refused with a SQLSTATE of the deploy or the
+    /// database's setup ([`SETUP_CLASSES`]), which would refuse every event
+    /// alike (decision 0009).
+    pub fn points_at_setup(&self) -> bool {
+        self.sqlstate().is_some_and(|code| SETUP_CLASSES.iter().any(|class| code.starts_with(class)))
+    }
+
     /// The SQLSTATE Postgres answered with, if it answered.
     pub fn sqlstate(&self) -> Option<String> {
         let (Self::Event(err) | Self::Outage(err) | Self::Unexplained(err)) = self;

@@ -32,11 +32,6 @@ use crate::telemetry::metrics;
 const LONE_TRIES: u32 = 3;
 /// The pause before the second of those tries, doubled before each next.
 const LONE_PAUSE: Duration = Duration::from_millis(50);
-/// SQLSTATE classes that point at the deploy or the database's setup rather
-/// than at an event's data: feature not supported, invalid transaction
-/// state, invalid authorization, unknown database or schema, syntax error
-/// or access rule violation (a missing table or column, a revoked grant).
-const SETUP_CLASSES: [&str; 6] = ["0A", "25", "28", "3D", "3F", "42"];
 
 /// The entries of a batch to apply: decoded, with attempts left.
 struct Decoded<'a> {
@@ -317,14 +312,14 @@ impl Round {
     }
 
     /// Removes and returns a refusal with a SQLSTATE of the deploy
-    /// ([`SETUP_CLASSES`]), which would refuse every event alike. An event
+    /// ([`ApplyError::points_at_setup`]), which would refuse every event alike. An event
     /// refused on an earlier attempt does not count: it was refused while
     /// others committed (that is how it got a retry), so it stays at fault.
     fn take_setup_refusal(&mut self, batch: &Decoded<'_>) -> Option<ApplyError> {
-        let setup = self.unexplained.iter().position(|(index, error)| {
-            batch.entries[*index].attempts() == 0
-                && error.sqlstate().is_some_and(|code| SETUP_CLASSES.iter().any(|class| code.starts_with(class)))
-        })?;
+        let setup = self
+            .unexplained
+            .iter()
+            .position(|(index, error)| batch.entries[*index].attempts() == 0 && error.points_at_setup())?;
         Some(self.unexplained.swap_remove(setup).1)
     }
 
