@@ -520,6 +520,50 @@ mod tests {
         Event::decode(body.as_bytes(), "t", Utc::now(), "1-0")
     }
 
+    /// `HANDLED_TOPICS` is what `Event::decode` handles: every topic of
+    /// Thinkific's official list decodes an empty payload to `Unhandled`
+    /// exactly when the list leaves it out (a handled topic needs its
+    /// payload's fields, so an empty one is refused).
+    #[test]
+    fn the_handled_topics_are_the_topics_decode_handles() {
+        let official = [
+            "enrollment.trial",
+            "enrollment.created",
+            "enrollment.progress",
+            "enrollment.completed",
+            "user.signup",
+            "user.signin",
+            "user.updated",
+            "order.created",
+            "order_transaction.succeeded",
+            "order_transaction.failed",
+            "order_transaction.refunded",
+            "subscription.cancelled",
+            "subscription.past_due",
+            "subscription.unpaid",
+            "course.created",
+            "course.updated",
+            "course.deleted",
+            "product.created",
+            "product.updated",
+            "product.deleted",
+            "lesson.completed",
+            "quiz.attempted",
+            "lead.created",
+            "plan.updated",
+            "app.uninstalled",
+        ];
+        for topic in official {
+            let (resource, action) = topic.split_once('.').expect("a topic");
+            let body = format!(r#"{{"id":"1","resource":"{resource}","action":"{action}","payload":{{}}}}"#);
+            let unhandled = matches!(decode(&body), Ok(Event { change: Change::Unhandled, .. }));
+            assert_eq!(!unhandled, crate::HANDLED_TOPICS.contains(&topic), "{topic}");
+        }
+        for handled in crate::HANDLED_TOPICS {
+            assert!(official.contains(handled), "{handled} is not one of Thinkific's topics");
+        }
+    }
+
     #[test]
     fn envelope_requires_id_resource_action() {
         assert!(matches!(Envelope::parse(b"[]"), Err(EnvelopeError::NotAnObject)));
