@@ -170,10 +170,7 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[Event]) -> Result<Ba
                 if let Some(user) = &enrollment.user {
                     offer_user_stub(&mut users, tenant, user, &stub);
                 }
-                let (Some(user_id), Some(course_id)) = (
-                    enrollment.user_id.or(enrollment.user.as_ref().map(|u| u.id)),
-                    enrollment.course_id.or(enrollment.course.as_ref().map(|c| c.id)),
-                ) else {
+                let (Some(user_id), Some(course_id)) = (enrollment.learner_id(), enrollment.course_of()) else {
                     // Event::decode rejects such enrollments; nothing to write.
                     continue;
                 };
@@ -468,6 +465,7 @@ async fn upsert_orders(conn: &mut PgConnection, rows: Latest<Order>) -> Result<u
     let (mut coupons, mut user_ids, mut items, mut created) = (vec![], vec![], vec![], vec![]);
     let (mut event_created, mut event_ids) = (vec![], vec![]);
     for ((tenant, id), (version, order)) in rows.0 {
+        user_ids.push(order.learner_id());
         tenants.push(tenant);
         ids.push(id);
         numbers.push(order.order_number);
@@ -478,7 +476,6 @@ async fn upsert_orders(conn: &mut PgConnection, rows: Latest<Order>) -> Result<u
         product_ids.push(order.product_id);
         product_names.push(order.product_name);
         coupons.push(order.coupon.filter(|coupon| !coupon.is_null()));
-        user_ids.push(order.user_id.or(order.user.map(|user| user.id)));
         items.push(order.items.unwrap_or(Value::Array(vec![])));
         created.push(order.created_at);
         event_created.push(version.event_created_at);

@@ -353,6 +353,18 @@ pub struct Enrollment {
     pub free_trial: Option<bool>,
 }
 
+impl Enrollment {
+    /// The learner: the enrollment's `user_id`, else its embedded user's id.
+    pub fn learner_id(&self) -> Option<i64> {
+        self.user_id.or(self.user.as_ref().map(|user| user.id))
+    }
+
+    /// The course: the enrollment's `course_id`, else its embedded course's id.
+    pub fn course_of(&self) -> Option<i64> {
+        self.course_id.or(self.course.as_ref().map(|course| course.id))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct EmbeddedCourse {
     #[serde(deserialize_with = "parse::id")]
@@ -437,6 +449,13 @@ pub struct Order {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+impl Order {
+    /// The learner: the order's `user_id`, else its embedded user's id.
+    pub fn learner_id(&self) -> Option<i64> {
+        self.user_id.or(self.user.as_ref().map(|user| user.id))
+    }
+}
+
 #[derive(Deserialize)]
 struct Body {
     payload: Option<Value>,
@@ -470,9 +489,7 @@ impl Event {
         let change = match (envelope.resource.as_str(), envelope.action.as_str()) {
             ("enrollment", "created" | "progress" | "completed" | "trial") => {
                 let enrollment: Enrollment = typed(payload()?, &topic)?;
-                if enrollment.course_id.or(enrollment.course.as_ref().map(|c| c.id)).is_none()
-                    || enrollment.user_id.or(enrollment.user.as_ref().map(|u| u.id)).is_none()
-                {
+                if enrollment.course_of().is_none() || enrollment.learner_id().is_none() {
                     return Err(DecodeError::Payload {
                         topic,
                         source: serde::de::Error::custom("enrollment names no course or no user"),

@@ -33,10 +33,10 @@ impl Touched {
                 Change::Enrollment(enrollment) => {
                     tag(tags::enrollment(enrollment.id));
                     tag(tags::DASHBOARD.to_owned());
-                    if let Some(user) = enrollment.user_id.or(enrollment.user.as_ref().map(|user| user.id)) {
+                    if let Some(user) = enrollment.learner_id() {
                         tag(tags::user(user));
                     }
-                    if let Some(course) = enrollment.course_id.or(enrollment.course.as_ref().map(|course| course.id)) {
+                    if let Some(course) = enrollment.course_of() {
                         tag(tags::course(course));
                         touched.courses.insert((tenant.clone(), course));
                     }
@@ -53,7 +53,7 @@ impl Touched {
                 }
                 Change::Order(order) => {
                     tag(tags::order(order.id));
-                    if let Some(user) = order.user_id.or(order.user.as_ref().map(|user| user.id)) {
+                    if let Some(user) = order.learner_id() {
                         tag(tags::user(user));
                     }
                 }
