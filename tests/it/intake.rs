@@ -491,20 +491,6 @@ async fn redis_down_gives_503_and_the_intake_recovers_when_it_returns() {
     intake.stop().await;
 }
 
-/// POSTs `body` signed with `key` to `path` of the intake.
-async fn post_signed_to(intake: &crate::helpers::IntakeServer, path: &str, body: &str, key: &str) -> reqwest::Response {
-    fleet::http_client::builder()
-        .build()
-        .expect("an HTTP client")
-        .post(intake.url(path))
-        .header("content-type", "application/json")
-        .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("the intake answers")
-}
-
 /// With 2,000 schools, a request tries only the keys for any school and
 /// those of the school it names (its path, else its body's tenant_id):
 /// what a bad request costs does not grow with the schools.
@@ -519,21 +505,33 @@ async fn with_many_school_keys_only_the_named_schools_keys_are_tried() {
     };
     let intake = ctx.spawn_intake_with(settings).await;
     let naming = event("enrollment.created", json!({"id": "31", "tenant_id": "school-1999"}), json!({"id": 31}));
-    let response = post_signed_to(&intake, "/webhooks/thinkific", &naming, "key-of-school-1999").await;
+    let response =
+        crate::helpers::post_signed_url(&intake.url("/webhooks/thinkific"), &naming, "key-of-school-1999").await;
     assert_eq!(response.status(), 200, "found by the body's tenant_id");
     let unnamed = enrollment_without_tenant();
-    let response = post_signed_to(&intake, "/webhooks/thinkific", &unnamed, "key-of-school-1999").await;
+    let response =
+        crate::helpers::post_signed_url(&intake.url("/webhooks/thinkific"), &unnamed, "key-of-school-1999").await;
     assert_eq!(response.status(), 401, "a body naming no school: only the keys for any school are tried");
-    let response = post_signed_to(&intake, "/webhooks/thinkific/school-1999", &unnamed, "key-of-school-1999").await;
+    let response =
+        crate::helpers::post_signed_url(&intake.url("/webhooks/thinkific/school-1999"), &unnamed, "key-of-school-1999")
+            .await;
     assert_eq!(response.status(), 200, "the school's own path names it");
     let tenants: Vec<Option<String>> = stream_entries(&ctx).await.iter().map(|entry| entry.get("tenant")).collect();
     assert_eq!(tenants, [Some("school-1999".to_owned()), Some("school-1999".to_owned())]);
     // The path is a hint only: a body signed for any school still names its own tenant.
     let other = event("enrollment.created", json!({"id": "32", "tenant_id": "school-5"}), json!({"id": 32}));
-    assert_eq!(post_signed_to(&intake, "/webhooks/thinkific/school-1999", &other, SECRET).await.status(), 200);
+    assert_eq!(
+        crate::helpers::post_signed_url(&intake.url("/webhooks/thinkific/school-1999"), &other, SECRET).await.status(),
+        200
+    );
     let tenants: Vec<Option<String>> = stream_entries(&ctx).await.iter().map(|entry| entry.get("tenant")).collect();
     assert_eq!(tenants.last(), Some(&Some("school-5".to_owned())));
-    assert_eq!(post_signed_to(&intake, "/webhooks/thinkific/a:b", &naming, "key-of-school-1999").await.status(), 400);
+    assert_eq!(
+        crate::helpers::post_signed_url(&intake.url("/webhooks/thinkific/a:b"), &naming, "key-of-school-1999")
+            .await
+            .status(),
+        400
+    );
 }
 
 #[tokio::test]

@@ -94,18 +94,8 @@ impl Roles {
     }
 
     async fn post(&self, body: &str) -> u16 {
-        fleet::http_client::builder()
-            .build()
-            .expect("an HTTP client")
-            .post(format!("http://127.0.0.1:{}/webhooks/thinkific", self.intake_port))
-            .header("content-type", "application/json")
-            .header("x-thinkific-hmac-sha256", fleet::intake::sign(SECRET.as_bytes(), body.as_bytes()))
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("the intake answers")
-            .status()
-            .as_u16()
+        let url = format!("http://127.0.0.1:{}/webhooks/thinkific", self.intake_port);
+        crate::helpers::post_signed_url(&url, body, SECRET).await.status().as_u16()
     }
 
     /// The course's cached statistics once they are a `HIT` with

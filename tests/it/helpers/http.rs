@@ -33,10 +33,15 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
 
 /// POSTs `body` signed with `key` to the intake.
 pub async fn post_signed(intake: &IntakeServer, body: &str, key: &str) -> reqwest::Response {
+    post_signed_url(&intake.url("/webhooks/thinkific"), body, key).await
+}
+
+/// POSTs `body` signed with `key` to `url` (an intake's webhook path).
+pub async fn post_signed_url(url: &str, body: &str, key: &str) -> reqwest::Response {
     fleet::http_client::builder()
         .build()
         .expect("an HTTP client")
-        .post(intake.url("/webhooks/thinkific"))
+        .post(url)
         .header("content-type", "application/json")
         .header("x-thinkific-hmac-sha256", fleet::intake::sign(key.as_bytes(), body.as_bytes()))
         .body(body.to_owned())
