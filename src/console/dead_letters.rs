@@ -23,7 +23,8 @@ use maud::{html, Markup};
 use super::pages::{self, csrf_field, Layout, Section};
 use super::session::Session;
 use super::{jobs, ConsoleError, ConsoleState, Fields, BASE};
-use crate::operator::dlq::{self, DeadLetterView, Filter, Selection};
+use crate::operator::dlq::{self, Filter, Selection};
+use crate::operator::failed::DeadLetterView;
 use crate::operator::output::shorten;
 
 /// Dead letters per page of the table.
@@ -248,7 +249,7 @@ pub(super) async fn list(
                     a href={ (BASE) "/dead-letters" (with_filter("")) } { "← First page" }
                 }
                 @if let (true, Some(last)) = (page.more, page.letters.last()) {
-                    a #next-page href={ (BASE) "/dead-letters" (with_filter(&format!("after={}", last.id))) } { "Next page →" }
+                    a #next-page href={ (BASE) "/dead-letters" (with_filter(&format!("after={}", last.at.id))) } { "Next page →" }
                 }
             }
         }
@@ -295,12 +296,12 @@ fn table(letters: &[DeadLetterView], with_ticks: bool) -> Markup {
             }
             tbody {
                 @for letter in letters {
-                    tr data-id=(letter.id) {
+                    tr data-id=(letter.at.id) {
                         @if with_ticks {
-                            td { input type="checkbox" name="id" value=(letter.id) aria-label={ "choose " (letter.id) }; }
+                            td { input type="checkbox" name="id" value=(letter.at.id) aria-label={ "choose " (letter.at.id) }; }
                         }
                         // A shard's `/` is one path segment's text, not a separator.
-                        td.id { a href={ (BASE) "/dead-letters/" (letter.id.replace('/', "%2F")) } { (letter.id) } }
+                        td.id { a href={ (BASE) "/dead-letters/" (letter.at.id.replace('/', "%2F")) } { (letter.at.id) } }
                         td { (pages::time(&letter.last_failed_at)) }
                         td { (letter.topic) }
                         td { (letter.tenant) }
@@ -328,7 +329,7 @@ pub(super) async fn detail(
     let body_text =
         serde_json::to_string_pretty(letter.body.as_ref().unwrap_or(&serde_json::Value::Null)).unwrap_or_default();
     let fields: [(&str, String); 11] = [
-        ("dead letter id", letter.id.clone()),
+        ("dead letter id", letter.at.id.clone()),
         ("event id", letter.event_id.clone()),
         ("topic", letter.topic.clone()),
         ("school (tenant)", letter.tenant.clone()),
@@ -342,15 +343,15 @@ pub(super) async fn detail(
     ];
     let body = html! {
         p { a href={ (BASE) "/dead-letters" } { "← Dead letters" } }
-        h1 { "Dead letter " (letter.id) }
+        h1 { "Dead letter " (letter.at.id) }
         dl.fields #dead-letter {
             @for (name, value) in &fields {
                 dt { (name) } dd { (value) }
             }
         }
         div.actions {
-            a.button #replay-one href={ (BASE) "/dead-letters/replay?id=" (letter.id) } { "Replay…" }
-            a.button #purge-one href={ (BASE) "/dead-letters/purge?id=" (letter.id) } { "Purge…" }
+            a.button #replay-one href={ (BASE) "/dead-letters/replay?id=" (letter.at.id) } { "Replay…" }
+            a.button #purge-one href={ (BASE) "/dead-letters/purge?id=" (letter.at.id) } { "Purge…" }
         }
         h2 { "Headers kept at intake" }
         @match &letter.headers {
@@ -366,7 +367,7 @@ pub(super) async fn detail(
         h2 { "Body, as Thinkific sent it" }
         pre #body { (body_text) }
     };
-    Ok(pages::page(Layout::SignedIn(&session, Section::DeadLetters), &format!("Dead letter {}", letter.id), body))
+    Ok(pages::page(Layout::SignedIn(&session, Section::DeadLetters), &format!("Dead letter {}", letter.at.id), body))
 }
 
 /// Which action a preview is for.
@@ -389,7 +390,7 @@ async fn preview(
     let selected = dlq::select(&mut redis, &state.keys, &chosen.selection()).await?;
     if chosen.all {
         // Confirmed up to what is seen now, from the time computed now.
-        chosen.filter.up_to = selected.letters.last().map(|letter| letter.id.clone());
+        chosen.filter.up_to = selected.letters.last().map(|letter| letter.at.id.clone());
     }
     let count = selected.letters.len();
     let (verb, title) = match action {

@@ -51,7 +51,7 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
                 tbody {
                     @for retry in &scheduled.retries {
                         tr {
-                            td { (pages::time(&retry.due_at)) br; span.muted { (due_in(&retry.due_at)) } }
+                            td { (pages::time(&retry.at.due_at)) br; span.muted { (due_in(&retry.at.due_at)) } }
                             td { (retry.topic) }
                             td { (retry.tenant) }
                             td { (shorten(&retry.event_id, 28)) }

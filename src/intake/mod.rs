@@ -45,9 +45,10 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{self, Dependency, Health};
 
 use crate::redis::dedup::DedupWindow;
+use crate::redis::entry::NewEntry;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
-use crate::redis::stream::{self, Enqueued, NewEntry};
+use crate::redis::stream::{self, Enqueued};
 use crate::runtime::HttpSettings;
 use crate::secrets::{KeyScope, WebhookKeys};
 use crate::telemetry::metrics::{self, Answer};
@@ -434,7 +435,7 @@ async fn accept(
     let entry = NewEntry {
         body: &body,
         topic: &topic,
-        tenant_id,
+        tenant: tenant_id,
         event_id: &envelope.id,
         received_at,
         headers: kept.as_deref(),

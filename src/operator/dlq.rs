@@ -21,10 +21,12 @@ use super::OperatorExit;
 use std::cmp::Ordering;
 use std::fmt;
 
+use super::failed::{DeadLetterView, InDeadLetters};
+use crate::redis::entry::Entry;
 use crate::redis::failures;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount, MAX_SHARDS};
-use crate::redis::stream::{self, Entry};
+use crate::redis::stream;
 
 /// A dead letter's name across shards: the shard and its id in that
 /// shard's dead-letter stream. Written `<id>` in the first shard (so a
@@ -73,6 +75,11 @@ impl Letter {
     fn new(shard: u32, entry: Entry) -> Self {
         Self { id: LetterId { shard, entry: entry.id.clone() }, entry }
     }
+
+    /// As operators see it; `whole` adds its headers and body.
+    fn view(&self, whole: bool) -> DeadLetterView {
+        DeadLetterView::read(InDeadLetters { id: self.id.to_string() }, self.id.shard, &self.entry, whole)
+    }
 }
 
 /// Which dead letters a command looks at. Every condition is compared
@@ -97,11 +104,10 @@ pub struct Filter {
 impl Filter {
     fn matches(&self, letter: &Letter) -> bool {
         let entry = &letter.entry;
-        let same =
-            |wanted: &Option<String>, field: &str| wanted.as_deref().is_none_or(|w| entry.text(field) == Some(w));
-        same(&self.topic, "topic")
-            && same(&self.tenant, "tenant")
-            && same(&self.error_kind, "error_kind")
+        let same = |wanted: &Option<String>, found: Option<&str>| wanted.as_deref().is_none_or(|w| found == Some(w));
+        same(&self.topic, Some(&entry.event.topic))
+            && same(&self.tenant, Some(&entry.event.tenant))
+            && same(&self.error_kind, entry.failure.error_kind.as_deref())
             && self.since.is_none_or(|since| stream::compare_ids(&entry.id, &start_id(Some(since))).is_ge())
             && self
                 .up_to
@@ -122,57 +128,6 @@ pub struct Selection {
 pub const CHUNK: usize = 100;
 /// How many dead letters one read of the stream takes.
 const READ_BATCH: usize = 500;
-
-/// A dead letter as operators see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadLetterView {
-    /// Its [`LetterId`], written out.
-    pub id: String,
-    /// The stream shard it came from.
-    pub shard: u32,
-    pub event_id: String,
-    pub topic: String,
-    pub tenant: String,
-    pub attempts: u32,
-    pub error_kind: String,
-    pub error: String,
-    pub first_failed_at: String,
-    pub last_failed_at: String,
-    pub received_at: String,
-    pub source_entry_id: String,
-    /// The delivery headers the intake kept (`show` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Value>,
-    /// The body as Thinkific sent it (`show` only): JSON when it parses.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<Value>,
-}
-
-impl DeadLetterView {
-    fn from_letter(letter: &Letter, whole: bool) -> Self {
-        let entry = &letter.entry;
-        let text = |name: &str| entry.text(name).unwrap_or_default().to_owned();
-        let json_or_text = |raw: &[u8]| {
-            serde_json::from_slice(raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(raw).into_owned()))
-        };
-        Self {
-            id: letter.id.to_string(),
-            shard: letter.id.shard,
-            event_id: text("event_id"),
-            topic: text("topic"),
-            tenant: text("tenant"),
-            attempts: entry.attempts(),
-            error_kind: text("error_kind"),
-            error: text("error"),
-            first_failed_at: text("first_failed_at"),
-            last_failed_at: text("last_failed_at"),
-            received_at: text("received_at"),
-            source_entry_id: text("source_entry_id"),
-            headers: whole.then(|| entry.field("headers").filter(|raw| !raw.is_empty()).map(json_or_text)).flatten(),
-            body: whole.then(|| json_or_text(entry.field("body").unwrap_or_default())),
-        }
-    }
-}
 
 fn start_id(since: Option<DateTime<Utc>>) -> String {
     since.map_or_else(|| "-".to_owned(), |since| format!("{}-0", since.timestamp_millis().max(0)))
@@ -198,7 +153,7 @@ pub async fn find(
 ) -> Result<DeadLetterPage, RedisError> {
     let entries = matching(redis, keys, filter, after, limit.saturating_add(1)).await?;
     let more = entries.len() > limit;
-    let letters = entries.iter().take(limit).map(|entry| DeadLetterView::from_letter(entry, false)).collect();
+    let letters = entries.iter().take(limit).map(|entry| entry.view(false)).collect();
     Ok(DeadLetterPage { letters, more })
 }
 
@@ -305,7 +260,7 @@ async fn letter_by_id(redis: &mut RedisConnection, keys: &Keys, id: &str) -> Res
 /// One dead letter, whole (its headers and body included); none when no
 /// dead letter has this id, or it is not an id at all.
 pub async fn get(redis: &mut RedisConnection, keys: &Keys, id: &str) -> Result<Option<DeadLetterView>, RedisError> {
-    Ok(letter_by_id(redis, keys, id).await?.map(|letter| DeadLetterView::from_letter(&letter, true)))
+    Ok(letter_by_id(redis, keys, id).await?.map(|letter| letter.view(true)))
 }
 
 /// The dead letters a selection names, as a replay or purge would find them.
@@ -321,7 +276,7 @@ pub struct Selected {
 /// Changes nothing: this is the dry run.
 pub async fn select(redis: &mut RedisConnection, keys: &Keys, selection: &Selection) -> Result<Selected, RedisError> {
     let (entries, missing) = select_entries(redis, keys, selection).await?;
-    Ok(Selected { letters: entries.iter().map(|entry| DeadLetterView::from_letter(entry, false)).collect(), missing })
+    Ok(Selected { letters: entries.iter().map(|entry| entry.view(false)).collect(), missing })
 }
 
 async fn select_entries(
@@ -430,7 +385,7 @@ fn print_table(out: &mut dyn Write, letters: &[DeadLetterView]) -> std::io::Resu
         let _ = writeln!(
             out,
             "{:<20} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
-            letter.id,
+            letter.at.id,
             letter.last_failed_at,
             shorten(&letter.topic, 22),
             shorten(&letter.tenant, 10),
@@ -485,7 +440,7 @@ pub async fn show(redis: &mut RedisConnection, keys: &Keys, id: String, output: 
     };
     output.data(&letter, |out| {
         for (name, value) in [
-            ("id", &letter.id),
+            ("id", &letter.at.id),
             ("event id", &letter.event_id),
             ("topic", &letter.topic),
             ("tenant", &letter.tenant),

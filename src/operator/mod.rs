@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod dlq;
+pub mod failed;
 pub mod output;
 pub mod retries;
 pub mod status;

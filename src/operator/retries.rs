@@ -9,27 +9,11 @@ use chrono::{DateTime, Utc};
 use redis::RedisError;
 use serde::Serialize;
 
+use super::failed::{InRetries, RetryView};
 use super::output::{shorten, summary, Output};
+use crate::redis::entry::Entry;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
-
-/// One scheduled retry.
-#[derive(Debug, Clone, Serialize)]
-pub struct RetryView {
-    /// When it goes back onto the events stream (RFC 3339).
-    pub due_at: String,
-    /// The stream shard it goes back to.
-    pub shard: u32,
-    pub event_id: String,
-    pub topic: String,
-    pub tenant: String,
-    /// Attempts made so far.
-    pub attempts: u32,
-    pub error_kind: String,
-    pub error: String,
-    pub first_failed_at: String,
-    pub last_failed_at: String,
-}
 
 /// The retries due soonest, and how many are scheduled in all.
 #[derive(Debug, Clone, Serialize)]
@@ -38,26 +22,11 @@ pub struct ScheduledRetries {
     pub retries: Vec<RetryView>,
 }
 
-/// A retry as the worker scheduled it: a JSON array of field/value pairs
-/// (see `crate::redis::failures::schedule_retries`), scored by its due time.
+/// A retry as the worker scheduled it: its entry's member (see
+/// `crate::redis::failures::schedule_retries`), scored by its due time.
 fn view(shard: u32, member: &str, due_ms: f64) -> RetryView {
-    let pairs: Vec<String> = serde_json::from_str(member).unwrap_or_default();
-    let field = |name: &str| {
-        pairs.chunks(2).find(|pair| pair.first().map(String::as_str) == Some(name)).and_then(|pair| pair.get(1))
-    };
-    let text = |name: &str| field(name).cloned().unwrap_or_default();
-    RetryView {
-        due_at: DateTime::<Utc>::from_timestamp_millis(due_ms as i64).map(|due| due.to_rfc3339()).unwrap_or_default(),
-        shard,
-        event_id: text("event_id"),
-        topic: text("topic"),
-        tenant: text("tenant"),
-        attempts: field("attempts").and_then(|attempts| attempts.parse().ok()).unwrap_or(0),
-        error_kind: text("error_kind"),
-        error: text("error"),
-        first_failed_at: text("first_failed_at"),
-        last_failed_at: text("last_failed_at"),
-    }
+    let due_at = DateTime::<Utc>::from_timestamp_millis(due_ms as i64).map(|due| due.to_rfc3339()).unwrap_or_default();
+    RetryView::read(InRetries { due_at }, shard, &Entry::from_retry_member(member), false)
 }
 
 /// The `limit` retries due soonest, of every shard.
@@ -91,7 +60,7 @@ pub async fn list(redis: &mut RedisConnection, keys: &Keys, limit: u32, output: 
             writeln!(
                 out,
                 "{:<26} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
-                retry.due_at,
+                retry.at.due_at,
                 shorten(&retry.topic, 22),
                 shorten(&retry.tenant, 10),
                 shorten(&retry.event_id, 24),
@@ -118,7 +87,7 @@ mod tests {
         let retry = view(2, &member.to_string(), 1_700_000_000_000.0);
         assert_eq!((retry.topic.as_str(), retry.event_id.as_str(), retry.attempts), ("user.signup", "42", 3));
         assert_eq!(retry.error, "boom");
-        assert!(retry.due_at.starts_with("2023-11-14T22:13:20"), "{}", retry.due_at);
+        assert!(retry.at.due_at.starts_with("2023-11-14T22:13:20"), "{}", retry.at.due_at);
         assert_eq!(retry.shard, 2);
         assert_eq!(view(0, "not json", 0.0).attempts, 0);
     }

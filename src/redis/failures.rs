@@ -9,13 +9,13 @@
 //! tag, so every move is one atomic step on one Redis Cluster slot; every
 //! function here works on one shard.
 
-use super::RedisConnection;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, RedisError};
 
+use super::entry::{self, field, Entry, FailureRecord, EVENT_FIELDS};
 use super::keys::{ShardKeys, GROUP};
 use super::scripts;
-use super::stream::{Entry, EVENT_FIELDS};
+use super::RedisConnection;
 
 /// Why an event was given up on; recorded with each dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,25 +56,22 @@ impl Failure<'_> {
     /// where it came from, and its failure history.
     fn fields(&self, now: &str) -> Vec<(&'static str, Vec<u8>)> {
         let entry = self.entry;
-        // Headers only where the intake kept some.
-        let mut fields: Vec<(&'static str, Vec<u8>)> = EVENT_FIELDS
-            .iter()
-            .filter(|name| **name != "headers" || entry.field(name).is_some())
-            .map(|name| (*name, entry.field(name).unwrap_or_default().to_vec()))
-            .collect();
-        let first_failed_at = entry.text("first_failed_at").unwrap_or(now);
-        fields.push(("source_entry_id", entry.id.clone().into_bytes()));
-        fields.push(("attempts", self.attempts.to_string().into_bytes()));
-        fields.push(("error_kind", self.kind.as_str().as_bytes().to_vec()));
-        fields.push(("error", self.error.clone().into_bytes()));
-        fields.push(("first_failed_at", first_failed_at.as_bytes().to_vec()));
-        fields.push(("last_failed_at", now.as_bytes().to_vec()));
+        let record = FailureRecord {
+            source_entry_id: Some(entry.id.clone()),
+            attempts: self.attempts,
+            error_kind: Some(self.kind.as_str().to_owned()),
+            error: Some(self.error.clone()),
+            first_failed_at: Some(entry.failure.first_failed_at.clone().unwrap_or_else(|| now.to_owned())),
+            last_failed_at: Some(now.to_owned()),
+        };
+        let mut fields = entry.event.pairs();
+        fields.extend(record.pairs());
         fields
     }
 }
 
 fn now_text() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    entry::timestamp(Utc::now())
 }
 
 /// Moves entries to the dead-letter stream and acknowledges them, in one
@@ -112,12 +109,7 @@ pub async fn schedule_retries(
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (failure, due) in retries {
-        let flat: Vec<String> = failure
-            .fields(&now)
-            .into_iter()
-            .flat_map(|(name, value)| [name.to_owned(), String::from_utf8_lossy(&value).into_owned()])
-            .collect();
-        let member = serde_json::Value::from(flat).to_string();
+        let member = Entry::retry_member(&failure.fields(&now));
         pipe.zadd(shard.retries(), member, due.timestamp_millis()).ignore();
         pipe.xack(shard.events(), GROUP, &[&failure.entry.id]).ignore();
     }
@@ -154,15 +146,15 @@ pub async fn dead_letter_deleted(
     let mut pipe = redis::pipe();
     pipe.atomic();
     for id in ids {
-        let fields: [(&str, &str); 6] = [
-            ("source_entry_id", id),
-            ("attempts", "0"),
-            ("error_kind", FailureKind::Deleted.as_str()),
-            ("error", "the stream entry was deleted while pending; its event is unknown"),
-            ("first_failed_at", &now),
-            ("last_failed_at", &now),
-        ];
-        pipe.xadd(shard.dead_letters(), "*", &fields).ignore();
+        let record = FailureRecord {
+            source_entry_id: Some(id.clone()),
+            attempts: 0,
+            error_kind: Some(FailureKind::Deleted.as_str().to_owned()),
+            error: Some("the stream entry was deleted while pending; its event is unknown".to_owned()),
+            first_failed_at: Some(now.clone()),
+            last_failed_at: Some(now.clone()),
+        };
+        pipe.xadd(shard.dead_letters(), "*", &record.pairs()).ignore();
     }
     pipe.query_async::<()>(conn).await
 }
@@ -188,6 +180,7 @@ pub async fn replay_dead_letters(
     let (replayed, missing): (Vec<String>, Vec<String>) = scripts::REPLAY
         .key(shard.dead_letters())
         .key(shard.events())
+        .arg(field::REPLAYED_FROM)
         .arg(EVENT_FIELDS.len())
         .arg(&EVENT_FIELDS[..])
         .arg(ids)

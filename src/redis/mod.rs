@@ -2,6 +2,8 @@
 //!
 //! - [`keys`]: the name of every key, stream and tag, built in one place, so
 //!   a change of naming (a prefix, a cluster hash tag) is one edit.
+//! - [`entry`]: the events stream's entry, its fields named, written and
+//!   read in one place.
 //! - [`stream`]: a shard of the events stream and its consumer group (the
 //!   Redis Streams recipe is documented there).
 //! - [`shards`]: how many stream shards there are and which one an event
@@ -22,6 +24,7 @@ pub mod activity;
 pub mod cache;
 pub mod connection;
 pub mod dedup;
+pub mod entry;
 pub mod failures;
 pub mod keys;
 pub mod leases;

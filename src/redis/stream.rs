@@ -15,14 +15,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::RedisConnection;
-use chrono::{DateTime, SecondsFormat, Utc};
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisError, Value};
 
 use super::dedup::{DedupWindow, Fingerprint};
+use super::entry::{Entry, NewEntry};
 use super::keys::{Keys, ShardKeys, GROUP};
 use super::scripts;
+use super::RedisConnection;
 
 /// Creates the shard's consumer group if it is missing, reading from the
 /// start of its stream so that entries appended before any worker ran are
@@ -33,20 +33,6 @@ pub async fn ensure_group(conn: &mut RedisConnection, shard: &ShardKeys) -> Resu
         Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
         other => other,
     }
-}
-
-/// An accepted webhook, as the intake appends it.
-#[derive(Debug, Clone)]
-pub struct NewEntry<'a> {
-    pub body: &'a [u8],
-    pub topic: &'a str,
-    pub tenant_id: &'a str,
-    pub event_id: &'a str,
-    pub received_at: DateTime<Utc>,
-    /// The delivery's headers the intake keeps for operators, as a JSON
-    /// object (see `crate::intake::kept_headers`); none for an entry made
-    /// elsewhere.
-    pub headers: Option<&'a str>,
 }
 
 /// What the intake's append did.
@@ -67,7 +53,7 @@ pub async fn enqueue(
     entry: &NewEntry<'_>,
     dedup: &DedupWindow,
 ) -> Result<Enqueued, RedisError> {
-    let fingerprint = Fingerprint::of(entry.tenant_id, entry.event_id);
+    let fingerprint = Fingerprint::of(entry.tenant, entry.event_id);
     let partition = dedup.partition_of(&fingerprint);
     let current = dedup.bucket_of(entry.received_at);
     let mut invocation = scripts::ENQUEUE.prepare_invoke();
@@ -75,66 +61,13 @@ pub async fn enqueue(
     for bucket in dedup.earlier_buckets(current) {
         invocation.key(shard.seen(bucket, partition));
     }
-    invocation
-        .arg(fingerprint.member())
-        .arg(dedup.set_lifetime_secs())
-        .arg("body")
-        .arg(entry.body)
-        .arg("topic")
-        .arg(entry.topic)
-        .arg("tenant")
-        .arg(entry.tenant_id)
-        .arg("event_id")
-        .arg(entry.event_id)
-        .arg("received_at")
-        .arg(entry.received_at.to_rfc3339_opts(SecondsFormat::Millis, true));
-    if let Some(headers) = entry.headers {
-        invocation.arg("headers").arg(headers);
+    invocation.arg(fingerprint.member()).arg(dedup.set_lifetime_secs());
+    for (name, value) in entry.pairs() {
+        invocation.arg(name).arg(value);
     }
     let appended: Option<String> = invocation.invoke_async(conn).await?;
     Ok(appended.map_or(Enqueued::Duplicate, Enqueued::Accepted))
 }
-
-/// One stream entry as a worker reads it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub id: String,
-    pub fields: HashMap<String, Vec<u8>>,
-}
-
-impl Entry {
-    pub fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields.get(name).map(Vec::as_slice)
-    }
-
-    pub fn text(&self, name: &str) -> Option<&str> {
-        self.field(name).and_then(|bytes| std::str::from_utf8(bytes).ok())
-    }
-
-    /// Failed attempts recorded before this entry was (re)appended.
-    pub fn attempts(&self) -> u32 {
-        self.text("attempts").and_then(|text| text.parse().ok()).unwrap_or(0)
-    }
-
-    pub(crate) fn from_stream_id(stream_id: redis::streams::StreamId) -> Self {
-        Self {
-            id: stream_id.id,
-            fields: stream_id
-                .map
-                .into_iter()
-                .filter_map(|(name, value)| match value {
-                    Value::BulkString(bytes) => Some((name, bytes)),
-                    Value::SimpleString(text) => Some((name, text.into_bytes())),
-                    _ => None,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The fields an entry carries from one life to the next: the event itself
-/// and the delivery headers kept at intake.
-pub const EVENT_FIELDS: [&str; 6] = ["body", "topic", "tenant", "event_id", "received_at", "headers"];
 
 /// Where a group read starts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use super::health::Dependency;
 use super::maintenance::Maintenance;
 use super::refresh::Settled;
 use super::{infrastructure_backoff, Worker, MAX_PAUSE};
+use crate::redis::entry::Entry;
 use crate::redis::keys::ShardKeys;
 use crate::redis::shards::{self, ShardCount};
 use crate::redis::stream::{self, ReadFrom};
@@ -159,7 +160,7 @@ impl Worker {
         reader: &RedisConnection,
         shard: &ShardKeys,
         from: &ReadFrom,
-    ) -> Result<Vec<stream::Entry>, redis::RedisError> {
+    ) -> Result<Vec<Entry>, redis::RedisError> {
         let mut reader = reader.clone();
         let consumer = &self.settings.consumer_name;
         stream::read_group(&mut reader, shard, consumer, from, self.settings.batch_size, self.settings.block).await

@@ -22,9 +22,10 @@ use tracing::Instrument;
 use super::refresh::Settled;
 use super::{infrastructure_backoff, Held, RetryPolicy, Worker};
 use crate::read_model::cached::Touched;
+use crate::redis::entry::Entry;
 use crate::redis::failures::{self, Failure, FailureKind};
 use crate::redis::keys::ShardKeys;
-use crate::redis::stream::{self, Entry};
+use crate::redis::stream;
 use crate::telemetry::metrics;
 
 /// Tries of an event refused alone for an unexplained reason before it is
@@ -90,7 +91,7 @@ impl Worker {
         };
         let prior_attempts: Vec<u32> = entries
             .iter()
-            .map(|entry| entry.attempts() + deliveries.get(&entry.id).map_or(0, |count| count.saturating_sub(1)))
+            .map(|entry| entry.failure.attempts + deliveries.get(&entry.id).map_or(0, |count| count.saturating_sub(1)))
             .collect();
         let decoded: Vec<Result<Event, String>> = entries.iter().map(decode).collect();
 
@@ -122,8 +123,8 @@ impl Worker {
         for retry in &plan.retries {
             let entry = retry.entry;
             tracing::warn!(
-                stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
-                topic = entry.text("topic").unwrap_or("?"), tenant = entry.text("tenant").unwrap_or("?"),
+                stream_entry_id = %entry.id, event_id = %entry.event.event_id,
+                topic = %entry.event.topic, tenant = %entry.event.tenant,
                 sqlstate = retry.fault.sqlstate().unwrap_or("none"), attempts = retry.attempts,
                 max_attempts = policy.max_attempts, retry_in_ms = retry.delay.as_millis() as u64,
                 error = %retry.fault.message(entry, retry.attempts),
@@ -138,8 +139,8 @@ impl Worker {
         let dead = &plan.dead_letters;
         for failure in dead {
             tracing::warn!(
-                stream_entry_id = %failure.entry.id, event_id = failure.entry.text("event_id").unwrap_or("?"),
-                topic = failure.entry.text("topic").unwrap_or("?"), tenant = failure.entry.text("tenant").unwrap_or("?"),
+                stream_entry_id = %failure.entry.id, event_id = %failure.entry.event.event_id,
+                topic = %failure.entry.event.topic, tenant = %failure.entry.event.tenant,
                 kind = failure.kind.as_str(),
                 attempts = failure.attempts, error = %failure.error,
                 "event moved to dead letters; inspect with `fleet dlq show`, replay with `fleet dlq replay` once the cause is fixed"
@@ -147,7 +148,7 @@ impl Worker {
         }
         self.redis_op(stop, |mut redis| async move { failures::dead_letter(&mut redis, shard, dead).await }).await?;
         for failure in dead {
-            metrics::event_dead_lettered(failure.entry.text("topic").unwrap_or("unknown"), failure.kind.as_str());
+            metrics::event_dead_lettered(&failure.entry.event.topic, failure.kind.as_str());
         }
         let retries: Vec<(Failure<'_>, DateTime<Utc>)> =
             plan.retries.iter().map(|retry| (retry.failure(), retry.due)).collect();
@@ -155,7 +156,7 @@ impl Worker {
         self.redis_op(stop, |mut redis| async move { failures::schedule_retries(&mut redis, shard, retries).await })
             .await?;
         for (failure, _) in retries {
-            metrics::event_retried(failure.entry.text("topic").unwrap_or("unknown"));
+            metrics::event_retried(&failure.entry.event.topic);
         }
         let mut applied_by_topic: HashMap<&str, u64> = HashMap::new();
         for event in &applied {
@@ -319,7 +320,7 @@ impl Round {
         let setup = self
             .unexplained
             .iter()
-            .position(|(index, error)| batch.entries[*index].attempts() == 0 && error.points_at_setup())?;
+            .position(|(index, error)| batch.entries[*index].failure.attempts == 0 && error.points_at_setup())?;
         Some(self.unexplained.swap_remove(setup).1)
     }
 
@@ -329,8 +330,8 @@ impl Round {
         for (index, error) in &self.unexplained {
             let entry = batch.entries[*index];
             tracing::warn!(
-                stream_entry_id = %entry.id, event_id = entry.text("event_id").unwrap_or("?"),
-                topic = entry.text("topic").unwrap_or("?"), tenant = entry.text("tenant").unwrap_or("?"),
+                stream_entry_id = %entry.id, event_id = %entry.event.event_id,
+                topic = %entry.event.topic, tenant = %entry.event.tenant,
                 sqlstate = error.sqlstate().as_deref().unwrap_or("none"), error = %error,
                 others_committed = self.committed,
                 "Postgres refuses this event alone on every try, for a reason that does not point at Postgres: \
@@ -359,16 +360,13 @@ async fn apply_once(db: &PgPool, events: &[Event]) -> Result<(), ApplyError> {
 }
 /// Decodes an entry; the error says why it can never be applied.
 fn decode(entry: &Entry) -> Result<Event, String> {
-    let body = entry
-        .field("body")
-        .filter(|body| !body.is_empty())
-        .ok_or("stream entry has no body (deleted, or not written by the intake)")?;
-    let tenant = entry.text("tenant").unwrap_or("unknown");
-    let received_at = entry
-        .text("received_at")
-        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-        .map_or_else(Utc::now, |stamp| stamp.with_timezone(&Utc));
-    Event::decode(body, tenant, received_at, &entry.id).map_err(|err| err.to_string())
+    let event = &entry.event;
+    if event.body.is_empty() {
+        return Err("stream entry has no body (deleted, or not written by the intake)".to_owned());
+    }
+    let tenant = if event.tenant.is_empty() { "unknown" } else { &event.tenant };
+    let received_at = event.received_at().unwrap_or_else(Utc::now);
+    Event::decode(&event.body, tenant, received_at, &entry.id).map_err(|err| err.to_string())
 }
 
 /// Why an event failed.
@@ -411,7 +409,8 @@ impl Fault {
             Self::Refused { error, sqlstate: Some(code) } => format!("{error} (SQLSTATE {code})"),
             Self::Refused { error, sqlstate: None } => error.clone(),
             Self::Crashed => {
-                let last = entry.text("error").map(|error| format!("; last error: {error}")).unwrap_or_default();
+                let last =
+                    entry.failure.error.as_ref().map(|error| format!("; last error: {error}")).unwrap_or_default();
                 format!("gave up after {attempts} attempts; the workers holding it stopped before finishing it{last}")
             }
         }
@@ -516,17 +515,15 @@ pub(super) fn plan<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
+    use crate::redis::entry::EventFields;
 
     const BODY: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
 
     fn entry(id: &str, body: &str) -> Entry {
-        let mut fields = HashMap::new();
-        fields.insert("body".to_owned(), body.as_bytes().to_vec());
-        fields.insert("tenant".to_owned(), b"184532".to_vec());
-        Entry { id: id.to_owned(), fields }
+        let event =
+            EventFields { body: body.as_bytes().to_vec(), tenant: "184532".to_owned(), ..EventFields::default() };
+        Entry { id: id.to_owned(), event, ..Entry::default() }
     }
 
     fn policy() -> RetryPolicy {

@@ -226,17 +226,17 @@ async fn enqueue_retrying(redis: &mut RedisConnection, keys: &Keys, n: usize) ->
     let body = progress_event(n);
     let envelope = fleet::jobs::Envelope::parse(body.as_bytes()).expect("an event");
     let topic = envelope.topic();
-    let entry = stream::NewEntry {
+    let entry = fleet::redis::entry::NewEntry {
         body: body.as_bytes(),
         topic: &topic,
-        tenant_id: envelope.tenant_id.as_ref().expect("a tenant").as_str(),
+        tenant: envelope.tenant_id.as_ref().expect("a tenant").as_str(),
         event_id: &envelope.id,
         received_at: chrono::Utc::now(),
         headers: None,
     };
     let dedup = DedupWindow::new(Duration::from_secs(3600), 1000);
     let count = fleet::redis::shards::ShardCount::new(SHARDS).expect("a count");
-    let shard = keys.shard(count.shard_of(entry.tenant_id, envelope.entity.as_deref().unwrap_or(&envelope.id)));
+    let shard = keys.shard(count.shard_of(entry.tenant, envelope.entity.as_deref().unwrap_or(&envelope.id)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let mut failed = 0;
     loop {

@@ -405,15 +405,17 @@ pub async fn the_workers_record_what_they_applied_for_the_charts_on(ctx: TestCon
 #[tokio::test]
 async fn the_retries_page_lists_what_is_scheduled_for_when_after_which_error() {
     let ctx = context().await;
-    let entry = fleet::redis::stream::Entry {
+    let entry = fleet::redis::entry::Entry {
         id: "5-0".into(),
-        fields: std::collections::HashMap::from([
-            ("body".to_owned(), b"{}".to_vec()),
-            ("topic".to_owned(), b"order.created".to_vec()),
-            ("tenant".to_owned(), b"184532".to_vec()),
-            ("event_id".to_owned(), b"20250401000000000000042".to_vec()),
-            ("received_at".to_owned(), b"2025-04-01T00:00:00.000Z".to_vec()),
-        ]),
+        event: fleet::redis::entry::EventFields {
+            body: b"{}".to_vec(),
+            topic: "order.created".to_owned(),
+            tenant: "184532".to_owned(),
+            event_id: "20250401000000000000042".to_owned(),
+            received_at: "2025-04-01T00:00:00.000Z".to_owned(),
+            headers: None,
+        },
+        ..Default::default()
     };
     let failure = fleet::redis::failures::Failure {
         entry: &entry,

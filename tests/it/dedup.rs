@@ -9,7 +9,8 @@ use redis::AsyncCommands;
 use serde_json::Value;
 
 use fleet::redis::dedup::DedupWindow;
-use fleet::redis::stream::{self, Enqueued, NewEntry};
+use fleet::redis::entry::NewEntry;
+use fleet::redis::stream::{self, Enqueued};
 
 use crate::helpers::{context, fixture, intake_settings, post_signed, IntakeServer, TestContext, SECRET};
 
@@ -85,14 +86,8 @@ async fn a_redelivery_is_a_duplicate_across_buckets_until_the_window_and_a_bucke
 
 /// Enqueues event `event_id` of school 184532 as received at `received_at`.
 async fn enqueue_at(ctx: &TestContext, dedup: &DedupWindow, event_id: &str, received_at: DateTime<Utc>) -> Enqueued {
-    let entry = NewEntry {
-        body: b"{}",
-        topic: "enrollment.created",
-        tenant_id: "184532",
-        event_id,
-        received_at,
-        headers: None,
-    };
+    let entry =
+        NewEntry { body: b"{}", topic: "enrollment.created", tenant: "184532", event_id, received_at, headers: None };
     let mut redis = ctx.redis.clone();
     stream::enqueue(&mut redis, &ctx.keys.shard(0), &entry, dedup).await.expect("enqueue")
 }
@@ -147,7 +142,7 @@ async fn the_window_holds_an_event_in_at_most_40_bytes() {
                 let entry = NewEntry {
                     body: b"{}",
                     topic: "enrollment.created",
-                    tenant_id: "184532",
+                    tenant: "184532",
                     event_id: &event_id,
                     received_at: Utc::now(),
                     headers: None,

@@ -1,11 +1,11 @@
 //! `fleet dlq`, `fleet status` and `fleet cache` as an operator or a
 //! script uses them: output, JSON, exit codes and refusals.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use fleet::redis::entry::{Entry, EventFields};
 use fleet::redis::failures::{self, Failure, FailureKind};
-use fleet::redis::stream::{self, Entry};
+use fleet::redis::stream;
 use serde_json::{json, Value};
 
 use crate::helpers::{context, event, eventually, fixture, fleet, TestContext};
@@ -38,14 +38,15 @@ async fn dead_letters(ctx: &TestContext, topics: &[&str]) -> Vec<String> {
             let (resource, action) = topic.split_once('.').expect("a topic");
             let body = json!({"id": format!("2025{n:019}"), "resource": resource, "action": action,
                               "tenant_id": "184532", "payload": {"id": "not-a-number"}});
-            let fields = HashMap::from([
-                ("body".to_owned(), body.to_string().into_bytes()),
-                ("topic".to_owned(), topic.as_bytes().to_vec()),
-                ("tenant".to_owned(), b"184532".to_vec()),
-                ("event_id".to_owned(), format!("2025{n:019}").into_bytes()),
-                ("received_at".to_owned(), b"2025-04-01T00:00:00.000Z".to_vec()),
-            ]);
-            Entry { id: format!("1-{n}"), fields }
+            let event = EventFields {
+                body: body.to_string().into_bytes(),
+                topic: (*topic).to_owned(),
+                tenant: "184532".to_owned(),
+                event_id: format!("2025{n:019}"),
+                received_at: "2025-04-01T00:00:00.000Z".to_owned(),
+                headers: None,
+            };
+            Entry { id: format!("1-{n}"), event, ..Default::default() }
         })
         .collect();
     let failures: Vec<Failure<'_>> = entries

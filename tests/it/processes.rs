@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use fleet::redis::dedup::DedupWindow;
-use fleet::redis::stream::{self, NewEntry};
+use fleet::redis::entry::NewEntry;
+use fleet::redis::stream;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -34,7 +35,7 @@ async fn enqueue(ctx: &TestContext, n: usize) {
     let entry = NewEntry {
         body: body.as_bytes(),
         topic: "enrollment.progress",
-        tenant_id: "184532",
+        tenant: "184532",
         event_id: &event_id,
         received_at: chrono::Utc::now(),
         headers: None,

@@ -295,10 +295,10 @@ async fn a_worker_recreates_a_lost_consumer_group_and_carries_on() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // An event appended to the new stream, which has no group yet.
     let body = fixture("enrollment.created");
-    let entry = fleet::redis::stream::NewEntry {
+    let entry = fleet::redis::entry::NewEntry {
         body: body.as_bytes(),
         topic: "enrollment.created",
-        tenant_id: "184532",
+        tenant: "184532",
         event_id: "20250314153012345678901",
         received_at: chrono::Utc::now(),
         headers: None,

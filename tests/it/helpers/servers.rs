@@ -298,10 +298,10 @@ impl TestContext {
     pub async fn enqueue(&self, body: &str) -> String {
         let envelope = fleet::jobs::Envelope::parse(body.as_bytes()).expect("an event");
         let topic = envelope.topic();
-        let entry = stream::NewEntry {
+        let entry = fleet::redis::entry::NewEntry {
             body: body.as_bytes(),
             topic: &topic,
-            tenant_id: envelope
+            tenant: envelope
                 .tenant_id
                 .as_ref()
                 .expect("enqueue takes bodies that name their tenant_id, as a key for any school requires")
@@ -312,8 +312,7 @@ impl TestContext {
         };
         let mut redis = self.redis.clone();
         let count = fleet::redis::shards::fleet_count(&mut redis, &self.keys, ShardCount::ONE).await.expect("count");
-        let shard =
-            self.keys.shard(count.shard_of(entry.tenant_id, envelope.entity.as_deref().unwrap_or(&envelope.id)));
+        let shard = self.keys.shard(count.shard_of(entry.tenant, envelope.entity.as_deref().unwrap_or(&envelope.id)));
         stream::ensure_group(&mut redis, &shard).await.expect("group");
         match stream::enqueue(&mut redis, &shard, &entry, &DedupWindow::new(Duration::from_secs(3600), 1000))
             .await
@@ -329,7 +328,7 @@ impl TestContext {
     /// school; answers their ids, oldest first.
     pub async fn add_dead_letters(&self, letters: &[(&str, &str, fleet::redis::failures::FailureKind)]) -> Vec<String> {
         use fleet::redis::failures::{self, Failure};
-        let entries: Vec<stream::Entry> = letters
+        let entries: Vec<fleet::redis::entry::Entry> = letters
             .iter()
             .enumerate()
             .map(|(n, (topic, tenant, _))| {
@@ -337,14 +336,15 @@ impl TestContext {
                 let event_id = format!("2025{n:019}");
                 let body = serde_json::json!({"id": event_id, "resource": resource, "action": action,
                                               "tenant_id": tenant, "payload": {"id": "not-a-number"}});
-                let fields = std::collections::HashMap::from([
-                    ("body".to_owned(), body.to_string().into_bytes()),
-                    ("topic".to_owned(), topic.as_bytes().to_vec()),
-                    ("tenant".to_owned(), tenant.as_bytes().to_vec()),
-                    ("event_id".to_owned(), event_id.into_bytes()),
-                    ("received_at".to_owned(), b"2025-04-01T00:00:00.000Z".to_vec()),
-                ]);
-                stream::Entry { id: format!("1-{n}"), fields }
+                let event = fleet::redis::entry::EventFields {
+                    body: body.to_string().into_bytes(),
+                    topic: (*topic).to_owned(),
+                    tenant: (*tenant).to_owned(),
+                    event_id,
+                    received_at: "2025-04-01T00:00:00.000Z".to_owned(),
+                    headers: None,
+                };
+                fleet::redis::entry::Entry { id: format!("1-{n}"), event, ..Default::default() }
             })
             .collect();
         let failures: Vec<Failure<'_>> = entries
