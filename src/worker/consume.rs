@@ -16,10 +16,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::dependencies::{infrastructure_backoff, MAX_PAUSE};
 use super::health::Dependency;
 use super::maintenance::Maintenance;
 use super::refresh::Settled;
-use super::{infrastructure_backoff, Worker, MAX_PAUSE};
+use super::Worker;
 use crate::redis::entry::Entry;
 use crate::redis::keys::ShardKeys;
 use crate::redis::shards::{self, ShardCount};
@@ -57,7 +58,7 @@ impl Worker {
     /// The fleet's shard count (at least this worker's own), with the
     /// groups of new shards made; the last known while Redis does not answer.
     async fn shard_count(&self) -> ShardCount {
-        let mut redis = self.redis.clone();
+        let mut redis = self.dependencies.redis.clone();
         match shards::prepare(&mut redis, &self.keys, self.settings.shards).await {
             Ok(count) => count,
             Err(err) => {
@@ -70,7 +71,8 @@ impl Worker {
     /// The read loop of one shard, until `stop`.
     async fn consume_shard(&self, shard: ShardKeys, stop: &CancellationToken, settled: mpsc::Sender<Settled>) {
         let timeout = self.settings.block + Duration::from_secs(5);
-        let Some(reader) = crate::redis::connect_waiting(&self.target, timeout, &self.health, stop).await else {
+        let Some(reader) = crate::redis::connect_waiting(&self.target, timeout, &self.dependencies.health, stop).await
+        else {
             return;
         };
         let shard = &shard;
@@ -91,11 +93,11 @@ impl Worker {
                 Some(read) => read,
                 None => self.read(&reader, shard, &read_from).await,
             };
-            self.progress.advance();
+            self.dependencies.progress.advance();
             match read {
                 Ok(entries) => {
                     read_backoff = infrastructure_backoff();
-                    self.health.available();
+                    self.dependencies.health.available();
                     metrics::worker_progress();
                     let Some(last) = entries.last() else {
                         // A pass over our own pending entries is over.
@@ -108,7 +110,8 @@ impl Worker {
                         // until their cache refresh acknowledges them.
                         after.clone_from(&last.id);
                     }
-                    let settling = self.settle(shard, &entries, count_deliveries, stop, &settled);
+                    let settler = self.settler();
+                    let settling = settler.settle(shard, &entries, count_deliveries, stop, &settled);
                     let outcome = if read_from == ReadFrom::New {
                         // Read the next batch while this one commits: the
                         // entries it takes are pending on this consumer, as
@@ -127,19 +130,19 @@ impl Worker {
                     // Redis lost the stream or the group (restarted without
                     // persistence, or deleted by hand): recreate it.
                     tracing::warn!(shard = shard.index(), "consumer group missing; recreating it");
-                    let mut redis = self.redis.clone();
+                    let mut redis = self.dependencies.redis.clone();
                     if let Err(err) = stream::ensure_group(&mut redis, shard).await {
-                        self.health.unavailable(Dependency::Redis, &err);
+                        self.dependencies.health.unavailable(Dependency::Redis, &err);
                     }
                 }
                 Err(err) => {
-                    self.health.unavailable(Dependency::Redis, &err);
+                    self.dependencies.health.unavailable(Dependency::Redis, &err);
                     // The lost reply may have delivered entries to us.
                     read_from = ReadFrom::own_pending();
                     let pause = read_backoff.next().unwrap_or(MAX_PAUSE);
                     tokio::select! {
                         () = stop.cancelled() => {}
-                        () = self.progress.pause(pause) => {}
+                        () = self.dependencies.progress.pause(pause) => {}
                     }
                 }
             }
@@ -148,7 +151,7 @@ impl Worker {
         // is not left pending until another worker claims it.
         if let Some(Ok(entries)) = read_ahead {
             if !entries.is_empty() {
-                self.settle(shard, &entries, false, stop, &settled).await;
+                self.settler().settle(shard, &entries, false, stop, &settled).await;
             }
         }
     }

@@ -57,7 +57,7 @@ impl Maintenance {
     ) {
         let now = Instant::now();
         let consumer = &worker.settings.consumer_name;
-        let mut redis = worker.redis.clone();
+        let mut redis = worker.dependencies.redis.clone();
         if now >= self.next_promote {
             self.next_promote = now + self.promote_every;
             match failures::promote_due_retries(&mut redis, shard, worker.settings.batch_size).await {
@@ -89,6 +89,7 @@ impl Maintenance {
                         );
                         let deleted = &claimed.deleted;
                         let recorded = worker
+                            .dependencies
                             .redis_op(stop, |mut redis| async move {
                                 failures::dead_letter_deleted(&mut redis, shard, deleted).await
                             })
@@ -104,7 +105,8 @@ impl Maintenance {
                             entries = claimed.entries.len(), %consumer, shard = shard.index(),
                             "took over entries idle on a consumer that stopped responding"
                         );
-                        if let Some(count) = worker.settle(shard, &claimed.entries, true, stop, settled).await {
+                        if let Some(count) = worker.settler().settle(shard, &claimed.entries, true, stop, settled).await
+                        {
                             self.settled += count;
                         }
                     }

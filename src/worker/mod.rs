@@ -59,32 +59,30 @@
 //!   only then are the entries acknowledged. Batches that commit while it
 //!   works are covered together by its next round.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::redis::{RedisConnection, RedisTarget};
-use backon::{BackoffBuilder, ExponentialBuilder};
-use fleet_jobs::ApplyError;
 use redis::RedisError;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::dependencies::Dependencies;
 use self::health::{Dependency, Health};
 use self::refresh::{PagesToPrewarm, Settled};
 use self::revalidate::Revalidator;
-use self::settle::describe;
+use self::settle::Settler;
 use crate::health::Waiter;
 use crate::redis::activity::Recorder;
-use crate::redis::keys::{Keys, ShardKeys, GROUP};
+use crate::redis::keys::{Keys, GROUP};
 use crate::redis::leases;
 use crate::redis::shards::{self, ShardCount};
-use crate::redis::stream;
 use crate::systemd::Progress;
 use crate::telemetry::metrics;
 
 mod consume;
+mod dependencies;
 mod maintenance;
 mod refresh;
 mod settle;
@@ -118,9 +116,6 @@ pub fn default_consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The longest pause between two tries of an unavailable dependency.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(
@@ -138,20 +133,16 @@ pub enum WorkerError {
 }
 
 pub struct Worker {
-    db: PgPool,
+    /// Postgres, Redis, and how the loops wait for them.
+    dependencies: Dependencies,
     /// Where each shard's reader connects: a blocked `XREADGROUP` would
     /// stall anything else sent on the same connection, so every shard
     /// reads on a connection of its own.
     target: RedisTarget,
-    redis: RedisConnection,
     keys: Keys,
     settings: Settings,
-    health: Health,
     lease_token: String,
     revalidator: Option<Revalidator>,
-    /// Advanced each time the loop gets an answer; systemd's watchdog
-    /// (`crate::systemd`) is fed only while it moves.
-    progress: Progress,
     /// What this worker applied and saw, until the backlog sampler writes it
     /// to the fleet's minute (`crate::redis::activity`).
     activity: Arc<Recorder>,
@@ -224,16 +215,14 @@ impl Worker {
         }
         metrics::install();
         waiter.reached();
+        let consumer = settings.consumer_name.clone();
         Ok(Self {
-            db,
+            dependencies: Dependencies { db, redis, health, progress: Progress::new(), consumer },
             target: target.clone(),
-            redis,
             keys,
             settings,
-            health,
             lease_token,
             revalidator: None,
-            progress: Progress::new(),
             activity: Arc::default(),
         })
     }
@@ -244,14 +233,19 @@ impl Worker {
         self
     }
 
+    /// What settling a batch reaches: Postgres, Redis and the retry policy.
+    fn settler(&self) -> Settler<'_> {
+        Settler { dependencies: &self.dependencies, policy: &self.settings.retry }
+    }
+
     /// The worker's health, for `/readyz`.
     pub fn health(&self) -> Health {
-        self.health.clone()
+        self.dependencies.health.clone()
     }
 
     /// The loop's progress, for systemd's watchdog.
     pub fn progress(&self) -> Progress {
-        self.progress.clone()
+        self.dependencies.progress.clone()
     }
 
     /// Consumes until `shutdown` fires, then finishes the batch in hand
@@ -261,7 +255,7 @@ impl Worker {
         let consumer = self.settings.consumer_name.clone();
         let stop = shutdown.child_token();
         let heartbeat = tokio::spawn(heartbeat(
-            self.redis.clone(),
+            self.dependencies.redis.clone(),
             self.keys.clone(),
             consumer.clone(),
             self.lease_token.clone(),
@@ -269,7 +263,7 @@ impl Worker {
             stop.clone(),
         ));
         let sampler = tokio::spawn(backlog::run(
-            self.redis.clone(),
+            self.dependencies.redis.clone(),
             self.keys.clone(),
             self.settings.shards,
             self.activity.clone(),
@@ -294,7 +288,7 @@ impl Worker {
         stop.cancel();
         let lost = heartbeat.await.unwrap_or(false);
         let _ = sampler.await;
-        let mut redis = self.redis.clone();
+        let mut redis = self.dependencies.redis.clone();
         if let Err(err) = leases::release_consumer_lease(&mut redis, &self.keys, &consumer, &self.lease_token).await {
             tracing::warn!(error = %err, %consumer, "could not release the consumer name; it frees itself when the lease runs out");
         }
@@ -304,100 +298,6 @@ impl Worker {
         }
         Ok(())
     }
-
-    /// Reports a Postgres outage, keeps the `held` entries from looking
-    /// abandoned, and pauses; `None` if stopped first.
-    async fn wait_for_postgres(
-        &self,
-        error: &ApplyError,
-        held: Held<'_>,
-        backoff: &mut impl Iterator<Item = Duration>,
-        stop: &CancellationToken,
-    ) -> Option<()> {
-        self.health.unavailable(Dependency::Postgres, &describe(error));
-        if let Some(shard) = held.shard {
-            let mut redis = self.redis.clone();
-            if let Err(err) = stream::touch(&mut redis, shard, &self.settings.consumer_name, held.ids).await {
-                tracing::debug!(error = %err, "could not refresh held entries");
-            }
-        }
-        let pause = backoff.next().unwrap_or(MAX_PAUSE);
-        tokio::select! {
-            () = stop.cancelled() => None,
-            () = self.progress.pause(pause) => Some(()),
-        }
-    }
-
-    /// Runs a Redis operation until it succeeds; `None` if stopped first.
-    async fn redis_op<T, F, Fut>(&self, stop: &CancellationToken, mut op: F) -> Option<T>
-    where
-        F: FnMut(RedisConnection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
-        let mut backoff = infrastructure_backoff();
-        loop {
-            let result = op(self.redis.clone()).await;
-            self.progress.advance();
-            match result {
-                Ok(value) => return Some(value),
-                Err(err) => {
-                    self.health.unavailable(Dependency::Redis, &err);
-                    let pause = backoff.next().unwrap_or(MAX_PAUSE);
-                    tokio::select! {
-                        () = stop.cancelled() => return None,
-                        () = self.progress.pause(pause) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs a Postgres operation until it does not fail with an outage,
-    /// keeping `held` entries from looking abandoned meanwhile; `None` if
-    /// stopped first. Other errors are the caller's to judge: the `Err` is
-    /// never [`ApplyError::Outage`].
-    async fn postgres_op<T, F, Fut>(
-        &self,
-        stop: &CancellationToken,
-        held: Held<'_>,
-        mut op: F,
-    ) -> Option<Result<T, ApplyError>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, ApplyError>>,
-    {
-        let mut backoff = infrastructure_backoff();
-        let mut waited = false;
-        loop {
-            let result = op().await;
-            self.progress.advance();
-            match result {
-                Err(error @ ApplyError::Outage(_)) => {
-                    waited = true;
-                    self.wait_for_postgres(&error, held, &mut backoff, stop).await?;
-                }
-                result => {
-                    if waited {
-                        self.health.available();
-                    }
-                    return Some(result);
-                }
-            }
-        }
-    }
-}
-
-/// Entries a worker holds while it waits for Postgres: their idle time is
-/// reset so that no other worker takes them over meanwhile.
-#[derive(Debug, Clone, Copy)]
-struct Held<'a> {
-    shard: Option<&'a ShardKeys>,
-    ids: &'a [&'a str],
-}
-
-impl Held<'_> {
-    /// Nothing held (a wait that is not about stream entries).
-    const NOTHING: Held<'static> = Held { shard: None, ids: &[] };
 }
 
 /// Renews the consumer-name lease until `stop`; returns true if another
@@ -427,15 +327,4 @@ async fn heartbeat(
             }
         }
     }
-}
-
-/// Pauses while a dependency is down: 100 ms doubling to 30 s, with jitter
-/// so that a fleet of workers does not retry in lockstep.
-fn infrastructure_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(MAX_PAUSE)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Held, Worker};
+use super::dependencies::Held;
+use super::Worker;
 use crate::read_model::cached::{Cached, Touched};
 use crate::read_model::PageRequest;
 use crate::redis::{cache, stream};
@@ -116,7 +117,9 @@ impl Worker {
                 let shard = &self.keys.shard(*shard);
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 let ids = &ids;
-                self.redis_op(stop, |mut redis| async move { stream::ack(&mut redis, shard, ids).await }).await;
+                self.dependencies
+                    .redis_op(stop, |mut redis| async move { stream::ack(&mut redis, shard, ids).await })
+                    .await;
             }
         }
     }
@@ -135,7 +138,9 @@ impl Worker {
         }
         let tag_keys: Vec<String> = touched.tags.iter().map(|(tenant, tag)| self.keys.tag(tenant, tag)).collect();
         let tag_keys = &tag_keys;
-        self.redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await }).await?;
+        self.dependencies
+            .redis_op(stop, |mut redis| async move { cache::invalidate(&mut redis, tag_keys).await })
+            .await?;
         metrics::cache_invalidations(tag_keys.len() as u64);
         self.prewarm(&Cached::summaries_touched_by(touched), stop).await?;
         pages.add(Cached::first_pages_touched_by(touched));
@@ -178,8 +183,9 @@ impl Worker {
     async fn prewarm(&self, items: &[Cached], stop: &CancellationToken) -> Option<()> {
         let ttls = &self.settings.cache_ttls;
         let computed = self
+            .dependencies
             .postgres_op(stop, Held::NOTHING, || async {
-                Cached::compute(&self.db, &self.keys, ttls, items).await.map_err(ApplyError::from)
+                Cached::compute(&self.dependencies.db, &self.keys, ttls, items).await.map_err(ApplyError::from)
             })
             .await?;
         let entries = computed.unwrap_or_else(|error| {
@@ -190,7 +196,8 @@ impl Worker {
             Vec::new()
         });
         let entries = &entries;
-        let written = self.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
+        let written =
+            self.dependencies.redis_op(stop, |mut redis| async move { cache::put(&mut redis, entries).await }).await?;
         metrics::cache_prewarms(written as u64);
         Some(())
     }
