@@ -19,7 +19,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{self, Dependency, Health};
+use crate::health::{self, Health};
+use crate::telemetry::readiness::{self, Dependency};
 
 /// How the connections reach Postgres.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -136,4 +137,14 @@ pub async fn wait_until_reachable(pool: &PgPool, url: &str, health: &Health, sto
 /// Applies the embedded migrations; safe to run concurrently and repeatedly.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     fleet_jobs::MIGRATOR.run(pool).await
+}
+
+/// Whether Postgres answers a query in time.
+pub async fn probe(db: &PgPool) -> Result<(), String> {
+    // The simple protocol: one message, whole on one server behind a pooler.
+    match tokio::time::timeout(readiness::PROBE_TIMEOUT, sqlx::raw_sql("SELECT 1").execute(db)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", readiness::PROBE_TIMEOUT.as_secs())),
+    }
 }

@@ -23,23 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::misconfiguration::{Diagnose, Misconfiguration};
 use crate::telemetry::metrics;
-use crate::telemetry::readiness::{self, Check};
-
-/// A dependency a role waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Dependency {
-    Postgres,
-    Redis,
-}
-
-impl Dependency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Postgres => "postgres",
-            Self::Redis => "redis",
-        }
-    }
-}
+use crate::telemetry::readiness::{self, Check, Dependency};
 
 #[derive(Debug)]
 enum State {

@@ -21,6 +21,7 @@ pub mod loadtest;
 
 // Shared plumbing, below the roles.
 pub mod db;
+pub mod exit;
 pub mod forwarded;
 pub mod health;
 pub mod http_client;

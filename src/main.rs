@@ -1,10 +1,6 @@
 //! The `fleet` binary: parses the command line and runs it (see
-//! `fleet::cli`). Exit codes, documented in `fleet::cli::exit` and the
-//! README: 0 done or stopped by a signal, 1 unexpected failure, 2 usage or
-//! configuration error (or an operator command refused), 3 a named dead
-//! letter not found, 4 database schema behind this binary, 5 consumer name
-//! held by a live worker. Redis or Postgres being down is waited for, never
-//! an exit.
+//! `fleet::cli`), and exits with the code `fleet::exit` lists. Redis or
+//! Postgres being down is waited for, never an exit.
 
 use clap::Parser;
 use fleet::cli::Cli;
@@ -22,7 +18,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             let code = fleet::cli::exit_code(&err);
-            if err.downcast_ref::<fleet::operator::OperatorExit>().is_some() {
+            if err.downcast_ref::<fleet::exit::Exit>().is_some() {
                 eprintln!("fleet: {err}");
                 return std::process::ExitCode::from(code);
             }

@@ -15,7 +15,15 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use crate::health::Dependency;
+use crate::telemetry::readiness::Dependency;
+
+/// What a Redis connection error says when a `redis://` URL meets a server
+/// that speaks only TLS (`crate::redis::connection` probes the port).
+pub const SPEAKS_TLS: &str = "the server speaks TLS";
+
+/// What it says when a `rediss://` URL meets a server that speaks no TLS
+/// on that port.
+pub const SPEAKS_PLAIN: &str = "the server speaks plain Redis, without TLS";
 
 /// What is wrong, in the words an operator acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,13 +202,13 @@ impl Misconfiguration {
         }
         if error.kind() == redis::ErrorKind::InvalidClientConfig {
             let text = error.to_string();
-            if text.contains(crate::redis::connection::SPEAKS_TLS) {
+            if text.contains(SPEAKS_TLS) {
                 return redis(
                     Cause::TlsRequired,
                     "the Redis server accepts only TLS on this port, but REDIS_URL says redis://: use rediss://",
                 );
             }
-            if text.contains(crate::redis::connection::SPEAKS_PLAIN) {
+            if text.contains(SPEAKS_PLAIN) {
                 return redis(
                     Cause::TlsNotOffered,
                     "the Redis server does not speak TLS on this port: use redis:// in REDIS_URL, or the server's \

@@ -311,6 +311,13 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Host name and process id: unique among live processes without any
+/// set-up. The default name of a worker's consumer and of a scheduler's runner.
+pub fn instance_name() -> String {
+    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
+    format!("{host}-{}", std::process::id())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

@@ -133,15 +133,9 @@ impl FromStr for RedisUrl {
 pub struct RedisUrls(Vec<RedisUrl>);
 
 impl RedisUrls {
-    /// What to connect to: a cluster when several URLs are given or
-    /// `cluster` is set (`FLEET_REDIS_CLUSTER`), else one server.
-    pub fn target(&self, cluster: bool) -> crate::redis::RedisTarget {
-        let urls = self.0.iter().map(|url| url.as_str().to_owned());
-        if cluster || self.0.len() > 1 {
-            crate::redis::RedisTarget::cluster(urls)
-        } else {
-            crate::redis::RedisTarget::single(urls.into_iter().next().unwrap_or_default())
-        }
+    /// The whole URLs, for connecting; never to be logged.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(RedisUrl::as_str)
     }
 }
 

@@ -11,7 +11,7 @@
 //! leaves nothing in the cache. While Postgres is down (at start-up too: the
 //! API listens before it is reachable), `/readyz` and the routes answer 503.
 //! Every HIT, STALE and MISS is also recorded, after the answer, as a recent
-//! read (`crate::scheduled::rewarm::record_read`), so the rewarm job keeps
+//! read (`crate::read_model::reads::record_read`), so the rewarm job keeps
 //! what the dashboard reads fresh.
 //!
 //! The answers hold learners' names and emails, so every request passes,
@@ -53,15 +53,16 @@ use tokio_util::sync::CancellationToken;
 
 use self::auth::{Access, Caller};
 use crate::console::{self, ConsoleState};
-use crate::health::{Dependency, Health};
+use crate::health::Health;
 use crate::secrets::{ApiToken, ConsoleToken, SchoolTokens};
+use crate::telemetry::readiness::Dependency;
 
 use crate::read_model::cached::Cached;
+use crate::read_model::reads;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
 use crate::runtime::HttpSettings;
-use crate::scheduled::rewarm;
 use crate::telemetry::metrics;
 use crate::telemetry::readiness::{self, Check};
 
@@ -255,10 +256,10 @@ pub fn app(state: ApiState) -> Router {
 async fn readyz(State(state): State<ApiState>) -> Response {
     let postgres = match state.health.state_of(Dependency::Postgres) {
         Some(Err(waiting)) => Err(waiting),
-        _ => readiness::probe_postgres(&state.db).await,
+        _ => crate::db::probe(&state.db).await,
     };
     let redis = match state.redis() {
-        Some(redis) => readiness::probe_redis(&redis).await,
+        Some(redis) => crate::redis::probe(&redis).await,
         None => Err("not connected yet".to_owned()),
     };
     readiness::answer(&[Check::required("postgres", postgres), Check::optional("redis", redis)])
@@ -440,7 +441,7 @@ async fn serve(state: &ApiState, item: Cached) -> Result<Response, ApiError> {
         tokio::spawn(async move {
             let _ = cache::count(&mut redis, &keys, outcome).await;
             if served {
-                let _ = rewarm::record_read(&mut redis, &keys, &read).await;
+                let _ = reads::record_read(&mut redis, &keys, &read).await;
             }
         });
     };

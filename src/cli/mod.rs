@@ -582,7 +582,7 @@ impl RedisArgs {
     /// The Redis to connect to: one server or a cluster, with its TLS
     /// settings; refused when they cannot go together.
     pub fn target(&self) -> Result<crate::redis::RedisTarget, ConfigError> {
-        self.tls.apply(self.redis_url.target(self.redis_cluster))
+        self.tls.apply(crate::redis::RedisTarget::from_urls(self.redis_url.iter(), self.redis_cluster))
     }
 }
 
@@ -956,40 +956,21 @@ pub enum ConfigError {
     Misconfigured(#[from] crate::misconfiguration::Misconfiguration),
 }
 
-/// Exit codes scripts and supervisors can rely on (also in the README):
-///
-/// | code | meaning |
-/// |---|---|
-/// | 0 | done, or stopped by SIGTERM / Ctrl-C (also while waiting for Redis or Postgres) |
-/// | 1 | unexpected failure (e.g. an operator command cannot reach Redis, a port is taken); a load test that did not pass |
-/// | 2 | usage or configuration error (clap's, and [`ConfigError`]); an operator command refused (a load test's remote target) |
-/// | 3 | an operator command: some named dead letter does not exist |
-/// | 4 | the database schema is behind this binary: run `fleet migrate` |
-/// | 5 | the consumer name is held by another live worker |
-///
-/// A role never exits because Redis or Postgres is unreachable: it waits.
-pub mod exit {
-    pub const FAILURE: u8 = 1;
-    pub const CONFIGURATION: u8 = 2;
-    pub const SCHEMA_BEHIND: u8 = 4;
-    pub const CONSUMER_NAME_HELD: u8 = 5;
-}
-
-/// The exit code of a command that failed with `err` (see [`exit`]).
+/// The exit code of a command that failed with `err` (see [`crate::exit`]).
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     use crate::worker::WorkerError;
-    if let Some(exit) = err.downcast_ref::<crate::operator::OperatorExit>() {
+    if let Some(exit) = err.downcast_ref::<crate::exit::Exit>() {
         return exit.code;
     }
     if err.downcast_ref::<ConfigError>().is_some() {
-        return exit::CONFIGURATION;
+        return crate::exit::USAGE;
     }
     if err.downcast_ref::<crate::db::SchemaBehind>().is_some() {
-        return exit::SCHEMA_BEHIND;
+        return crate::exit::SCHEMA_BEHIND;
     }
     match err.downcast_ref::<WorkerError>() {
-        Some(WorkerError::ConsumerNameInUse(_) | WorkerError::ConsumerNameLost(_)) => exit::CONSUMER_NAME_HELD,
-        _ => exit::FAILURE,
+        Some(WorkerError::ConsumerNameInUse(_) | WorkerError::ConsumerNameLost(_)) => crate::exit::CONSUMER_NAME_HELD,
+        _ => crate::exit::FAILURE,
     }
 }
 
@@ -1005,7 +986,7 @@ impl WorkerTuning {
                 }
                 name.clone()
             }
-            None => crate::worker::default_consumer_name(),
+            None => crate::runtime::instance_name(),
         };
         Ok(crate::worker::Settings {
             consumer_name,

@@ -24,7 +24,7 @@ use super::{
     ApiArgs, CacheCommand, Command, ConfigError, DevArgs, DlqCommand, DlqFilter, DlqSelection, IntakeArgs,
     RevalidateArgs, WorkerArgs,
 };
-use crate::health::{Dependency, Health};
+use crate::health::Health;
 use crate::local_services::{postgres_given_or_started, redis_given_or_started, write_private_file};
 use crate::misconfiguration::Diagnose;
 use crate::operator::dlq::{Filter, Selection};
@@ -34,6 +34,7 @@ use crate::redis::RedisTarget;
 use crate::runtime::{serve, shutdown_on_signals};
 use crate::scheduled::{self, ScheduleSettings};
 use crate::secrets::{WebhookKeys, WebhookSecrets};
+use crate::telemetry::readiness::Dependency;
 use crate::urls::{DatabaseUrl, RedisUrl};
 use crate::worker::health;
 use crate::worker::revalidate::Revalidator;
@@ -325,7 +326,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let given_redis = args.redis_url.as_ref().map(|url| url.as_str().to_owned());
     let (redis_url, local_redis) = redis_given_or_started(given_redis, &data_dir.join("redis"), false).await?;
     let redis_url: RedisUrl = redis_url.parse().map_err(anyhow::Error::msg)?;
-    let redis = args.redis_tls.apply(RedisTarget::single(redis_url.as_str()))?;
+    let redis = args.redis_tls.apply(RedisTarget::from_urls([redis_url.as_str()], false))?;
     let given_postgres = args.database_url.as_ref().map(|url| url.as_str().to_owned());
     let (database_url, local_postgres) =
         postgres_given_or_started(given_postgres, "fleet", &data_dir.join("postgres"), false).await?;

@@ -10,9 +10,9 @@ use maud::{html, Markup};
 use super::pages::{self, csrf_field, Layout, Section};
 use super::session::Session;
 use super::{ConsoleError, ConsoleState, Fields, BASE};
+use crate::exit::Exit;
 use crate::operator::cache::{self, ClearKind, ClearTarget};
 use crate::operator::output::human_bytes;
-use crate::operator::OperatorExit;
 use crate::redis::keys::{tags, Kind};
 
 /// `GET /console/cache`.
@@ -62,7 +62,7 @@ pub(super) async fn page(
             button type="submit" { "Clear the tag…" }
         }
     };
-    Ok(pages::page(Layout::SignedIn(&session, Section::Cache), "Cache", body))
+    Ok(pages::page(Layout::SignedIn(&session.csrf, Section::Cache), "Cache", body))
 }
 
 /// The target a clear form names, checked as `fleet cache clear` checks it
@@ -101,7 +101,7 @@ pub(super) async fn clear_preview(session: Session, RawQuery(query): RawQuery) -
         h1 { "Clear the cache" }
         p #clear-what { "Remove " strong { (describe(&target)) } "? The dashboard's next reads compute them again from Postgres." }
         form #confirm method="post" action={ (BASE) "/cache/clear" } {
-            (csrf_field(&session))
+            (csrf_field(&session.csrf))
             @match &target {
                 ClearTarget::Tag { tag, tenant } => {
                     input type="hidden" name="tag" value=(tag);
@@ -116,7 +116,7 @@ pub(super) async fn clear_preview(session: Session, RawQuery(query): RawQuery) -
             }
         }
     };
-    Ok(pages::page(Layout::SignedIn(&session, Section::Cache), "Clear the cache", body))
+    Ok(pages::page(Layout::SignedIn(&session.csrf, Section::Cache), "Clear the cache", body))
 }
 
 /// `POST /console/cache/clear`.
@@ -131,7 +131,7 @@ pub(super) async fn clear(
     let removed = match cache::remove(&mut redis, &state.keys, &target).await {
         Ok(removed) => removed,
         Err(err) => {
-            return Err(match err.downcast::<OperatorExit>() {
+            return Err(match err.downcast::<Exit>() {
                 Ok(refused) => ConsoleError::BadRequest(refused.message),
                 Err(err) => match err.downcast::<redis::RedisError>() {
                     Ok(err) => ConsoleError::Redis(err),

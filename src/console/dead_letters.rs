@@ -254,7 +254,7 @@ pub(super) async fn list(
             }
         }
     };
-    Ok(pages::page(Layout::SignedIn(&session, Section::DeadLetters), "Dead letters", body))
+    Ok(pages::page(Layout::SignedIn(&session.csrf, Section::DeadLetters), "Dead letters", body))
 }
 
 fn filters(form: &FilterForm) -> Markup {
@@ -367,7 +367,11 @@ pub(super) async fn detail(
         h2 { "Body, as Thinkific sent it" }
         pre #body { (body_text) }
     };
-    Ok(pages::page(Layout::SignedIn(&session, Section::DeadLetters), &format!("Dead letter {}", letter.at.id), body))
+    Ok(pages::page(
+        Layout::SignedIn(&session.csrf, Section::DeadLetters),
+        &format!("Dead letter {}", letter.at.id),
+        body,
+    ))
 }
 
 /// Which action a preview is for.
@@ -415,7 +419,7 @@ async fn preview(
             @match action {
                 Action::Replay => {
                     form #confirm method="post" action={ (BASE) "/dead-letters/replay" } {
-                        (csrf_field(session))
+                        (csrf_field(&session.csrf))
                         (chosen.hidden())
                         input type="hidden" name="expected" value=(count);
                         div.actions {
@@ -426,7 +430,7 @@ async fn preview(
                 }
                 Action::Purge => {
                     form #confirm method="post" action={ (BASE) "/dead-letters/purge" } {
-                        (csrf_field(session))
+                        (csrf_field(&session.csrf))
                         (chosen.hidden())
                         input type="hidden" name="expected" value=(count);
                         div.actions {
@@ -442,7 +446,7 @@ async fn preview(
             p { "Nothing to do." }
         }
     };
-    Ok((status, pages::page(Layout::SignedIn(session, Section::DeadLetters), title, body)).into_response())
+    Ok((status, pages::page(Layout::SignedIn(&session.csrf, Section::DeadLetters), title, body)).into_response())
 }
 
 /// Whether the operator confirmed what `chosen` names now: `Err` says why

@@ -192,9 +192,9 @@ pub(super) async fn page(
         }
     };
     let layout = if running {
-        Layout::Refreshing(&session, Section::DeadLetters, 1)
+        Layout::Refreshing(&session.csrf, Section::DeadLetters, 1)
     } else {
-        Layout::SignedIn(&session, Section::DeadLetters)
+        Layout::SignedIn(&session.csrf, Section::DeadLetters)
     };
     Ok(pages::page(layout, "Replay", body))
 }

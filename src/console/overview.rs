@@ -45,7 +45,7 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
             "The same report: " code { "fleet status" } "."
         }
     };
-    Ok(pages::page(Layout::Refreshing(&session, Section::Overview, REFRESH_SECS), "Overview", body))
+    Ok(pages::page(Layout::Refreshing(&session.csrf, Section::Overview, REFRESH_SECS), "Overview", body))
 }
 
 /// A rate with the digits that matter: `0.03`, `4.2`, `1250`.

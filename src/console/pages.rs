@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::session::Session;
 use super::BASE;
 
 /// The console's stylesheet, inlined in every page (no request leaves for it).
@@ -47,18 +46,18 @@ impl Section {
 pub(super) enum Layout<'a> {
     /// The sign-in form and error pages: no navigation.
     SignedOut,
-    /// A page of `Section`.
-    SignedIn(&'a Session, Section),
+    /// A page of `Section`, for the session whose CSRF token is given.
+    SignedIn(&'a str, Section),
     /// A page of `Section` that reloads itself every so many seconds.
-    Refreshing(&'a Session, Section, u32),
+    Refreshing(&'a str, Section, u32),
 }
 
 /// A whole HTML document around `body`.
 pub(super) fn page(layout: Layout<'_>, title: &str, body: Markup) -> Markup {
-    let (session, current, refresh) = match layout {
+    let (csrf, current, refresh) = match layout {
         Layout::SignedOut => (None, None, None),
-        Layout::SignedIn(session, section) => (Some(session), Some(section), None),
-        Layout::Refreshing(session, section, seconds) => (Some(session), Some(section), Some(seconds)),
+        Layout::SignedIn(csrf, section) => (Some(csrf), Some(section), None),
+        Layout::Refreshing(csrf, section, seconds) => (Some(csrf), Some(section), Some(seconds)),
     };
     html! {
         (DOCTYPE)
@@ -75,7 +74,7 @@ pub(super) fn page(layout: Layout<'_>, title: &str, body: Markup) -> Markup {
             body {
                 header.top {
                     a.brand href=(BASE) { "Fleet console" }
-                    @if let (Some(session), Some(current)) = (session, current) {
+                    @if let (Some(csrf), Some(current)) = (csrf, current) {
                         nav {
                             @for section in Section::ALL {
                                 a href=(section.path()) aria-current=[(section == current).then_some("page")] {
@@ -84,7 +83,7 @@ pub(super) fn page(layout: Layout<'_>, title: &str, body: Markup) -> Markup {
                             }
                         }
                         form.sign-out method="post" action={ (BASE) "/sign-out" } {
-                            (csrf_field(session))
+                            (csrf_field(csrf))
                             button.link type="submit" { "Sign out" }
                         }
                     }
@@ -96,8 +95,8 @@ pub(super) fn page(layout: Layout<'_>, title: &str, body: Markup) -> Markup {
 }
 
 /// The hidden field that carries the session's CSRF token in a form.
-pub(super) fn csrf_field(session: &Session) -> Markup {
-    html! { input type="hidden" name="csrf" value=(session.csrf); }
+pub(super) fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(csrf); }
 }
 
 /// A page saying why a request was not served.

@@ -65,5 +65,5 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
             }
         }
     };
-    Ok(pages::page(Layout::SignedIn(&session, Section::Retries), "Retries", body))
+    Ok(pages::page(Layout::SignedIn(&session.csrf, Section::Retries), "Retries", body))
 }

@@ -42,7 +42,8 @@ use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{self, Dependency, Health};
+use crate::health::{self, Health};
+use crate::telemetry::readiness::Dependency;
 
 use crate::redis::dedup::DedupWindow;
 use crate::redis::entry::NewEntry;
@@ -511,7 +512,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Ready when Redis answers: the intake needs nothing else.
 async fn readyz(State(state): State<IntakeState>) -> Response {
     let state_of_redis = match state.redis.get() {
-        Some(redis) => readiness::probe_redis(redis).await,
+        Some(redis) => crate::redis::probe(redis).await,
         None => match state.health.state_of(Dependency::Redis) {
             Some(Err(waiting)) => Err(waiting),
             _ => Err("the consumer group is being created".to_owned()),

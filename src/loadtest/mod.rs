@@ -20,9 +20,10 @@
 //! 5. [`report`]: a table, or JSON with `--json`, on stdout; a progress bar
 //!    on stderr when it is a terminal.
 //!
-//! Exit codes: 0 the run passed (every webhook accepted or a duplicate,
-//! every accepted event applied as far as observed), 1 it did not or the
-//! fleet could not be observed, 2 refused (a non-loopback target without
+//! Exit codes (`crate::exit`): 0 the run passed (every webhook accepted or
+//! a duplicate, every accepted event applied as far as observed),
+//! [`FAILURE`](exit::FAILURE) it did not or the fleet could not be
+//! observed, [`USAGE`](exit::USAGE) refused (a non-loopback target without
 //! `--allow-remote`, a bad URL, a `--metrics-url` that is not a worker's).
 //! Speed itself is never a failure: the report says what it was.
 
@@ -45,8 +46,8 @@ use self::generate::Shape;
 use self::observe::{ObserveError, RunEvents, Scrape, WorkerMetrics};
 use self::report::{DrainReport, FreshnessReport, GeneratorReport, IntakeReport, PaceReport, Percentiles, Report};
 use self::send::{Destination, Pace};
+use crate::exit::{self, Exit};
 use crate::operator::output::Output;
-use crate::operator::OperatorExit;
 use crate::secrets::WebhookSecrets;
 use crate::urls::{self, DatabaseUrl, HttpUrl};
 
@@ -263,8 +264,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.drain_timeout.as_secs()
         ));
     }
-    Err(OperatorExit { code: crate::cli::exit::FAILURE, message: format!("load test failed: {}", reasons.join("; ")) }
-        .into())
+    Err(Exit { code: exit::FAILURE, message: format!("load test failed: {}", reasons.join("; ")) }.into())
 }
 
 fn freshness_report(delta: &Scrape) -> FreshnessReport {
@@ -281,10 +281,10 @@ fn freshness_report(delta: &Scrape) -> FreshnessReport {
 /// unreachable server or database is a failure (exit 1).
 fn observe_failure(error: ObserveError) -> anyhow::Error {
     let code = match error {
-        ObserveError::NotAWorker { .. } => OperatorExit::REFUSED,
-        ObserveError::Metrics { .. } | ObserveError::Postgres(_) => crate::cli::exit::FAILURE,
+        ObserveError::NotAWorker { .. } => exit::USAGE,
+        ObserveError::Metrics { .. } | ObserveError::Postgres(_) => exit::FAILURE,
     };
-    OperatorExit { code, message: error.to_string() }.into()
+    Exit { code, message: error.to_string() }.into()
 }
 
 fn bar(length: u64, phase: &str) -> ProgressBar {
@@ -305,8 +305,8 @@ fn shown_target(url: &url::Url, destination: &Destination) -> String {
 
 /// Resolves `url` to where webhooks are posted; refused (exit 2) unless it
 /// is plain HTTP to this machine, or `allow_remote`.
-pub async fn destination(url: &url::Url, allow_remote: bool) -> Result<Destination, OperatorExit> {
-    let refuse = |message: String| OperatorExit { code: OperatorExit::REFUSED, message };
+pub async fn destination(url: &url::Url, allow_remote: bool) -> Result<Destination, Exit> {
+    let refuse = |message: String| Exit { code: exit::USAGE, message };
     let shown = urls::redact(url);
     if url.scheme() != "http" {
         return Err(refuse(format!(
@@ -330,8 +330,8 @@ pub async fn destination(url: &url::Url, allow_remote: bool) -> Result<Destinati
 
 /// The address `url` (given as `flag`) resolves to; refused (exit 2) when
 /// it is not this machine, unless `allow_remote`.
-async fn resolve_address(flag: &str, url: &url::Url, allow_remote: bool) -> Result<SocketAddr, OperatorExit> {
-    let refuse = |message: String| OperatorExit { code: OperatorExit::REFUSED, message };
+async fn resolve_address(flag: &str, url: &url::Url, allow_remote: bool) -> Result<SocketAddr, Exit> {
+    let refuse = |message: String| Exit { code: exit::USAGE, message };
     let shown = urls::redact(url);
     let port = url.port_or_known_default().unwrap_or(80);
     let addresses: Vec<SocketAddr> = match url.host() {
@@ -365,7 +365,7 @@ async fn resolve_address(flag: &str, url: &url::Url, allow_remote: bool) -> Resu
 mod tests {
     use super::*;
 
-    async fn resolved(url: &str, allow_remote: bool) -> Result<Destination, OperatorExit> {
+    async fn resolved(url: &str, allow_remote: bool) -> Result<Destination, Exit> {
         destination(&url::Url::parse(url).expect("a URL"), allow_remote).await
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::output::{human_bytes, Output};
-use super::OperatorExit;
+use crate::exit::{self, Exit};
 use crate::redis::keys::{tags, Keys, Kind};
 
 /// What `fleet cache clear <kind>` clears: every cached key and tag, or the
@@ -69,9 +69,9 @@ fn per_round_trip(redis: &RedisConnection) -> usize {
 }
 
 /// The refusal of a `fleet cache clear` name that is not a literal one.
-fn literal_only(flag: &str, reason: &str) -> OperatorExit {
-    OperatorExit {
-        code: OperatorExit::REFUSED,
+fn literal_only(flag: &str, reason: &str) -> Exit {
+    Exit {
+        code: exit::USAGE,
         message: format!(
             "{flag} takes one literal name, not a pattern: {reason}; nothing was cleared \
              (to clear cache keys by glob, use --pattern)"
@@ -189,7 +189,7 @@ pub async fn stats(redis: &mut RedisConnection, keys: &Keys, output: Output, res
 /// returns how many went.
 ///
 /// A tag and a tenant are literal names, checked before anything is
-/// removed (an [`OperatorExit`] refusal otherwise): a tenant `*` is refused,
+/// removed (an [`Exit`] refusal otherwise): a tenant `*` is refused,
 /// not a way to clear every school. Only a [`ClearTarget::Pattern`] is a glob.
 pub async fn remove(redis: &mut RedisConnection, keys: &Keys, target: &ClearTarget) -> anyhow::Result<u64> {
     let patterns: Vec<String> = match target {

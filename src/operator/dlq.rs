@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 
 use super::output::{shorten, summary, Output};
-use super::OperatorExit;
+use crate::exit::{self, Exit};
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -402,11 +402,7 @@ fn not_found(missing: &[String]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(OperatorExit {
-        code: OperatorExit::NOT_FOUND,
-        message: format!("no dead letter with id {}", missing.join(", ")),
-    }
-    .into())
+    Err(Exit { code: exit::NOT_FOUND, message: format!("no dead letter with id {}", missing.join(", ")) }.into())
 }
 
 /// `fleet dlq list`: dead letters matching `filter`, oldest first, at most `limit`.
@@ -517,8 +513,8 @@ pub async fn purge(
 ) -> anyhow::Result<()> {
     if !yes {
         let selected = select(redis, keys, selection).await?;
-        return Err(OperatorExit {
-            code: OperatorExit::REFUSED,
+        return Err(Exit {
+            code: exit::USAGE,
             message: format!(
                 "refusing to purge {} dead letters without --yes; nothing was deleted",
                 selected.letters.len()

@@ -4,7 +4,7 @@
 //!
 //! Commands write only through this module: [`Output::data`] for what they
 //! found or did, [`summary`] for the line a person reads. A refusal is an
-//! [`OperatorExit`](super::OperatorExit) error, printed on stderr by `main`
+//! [`Exit`](super::Exit) error, printed on stderr by `main`
 //! with its exit code.
 
 use std::io::Write;

@@ -10,9 +10,11 @@
 //!
 //! Shared by the read API (cache-aside) and the worker (prewarming after a
 //! batch), so it sits beside the roles, not inside one of them. [`cached`]
-//! says which values the dashboard reads and what makes them stale.
+//! says which values the dashboard reads and what makes them stale,
+//! [`reads`] which of them were read lately.
 
 pub mod cached;
+pub mod reads;
 
 use serde_json::Value;
 use sqlx::PgConnection;

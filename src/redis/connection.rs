@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::misconfiguration::{SPEAKS_PLAIN, SPEAKS_TLS};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -93,10 +94,6 @@ impl RedisTls {
     }
 }
 
-/// What the error says when a `redis://` URL meets a server that speaks
-/// only TLS (see [`crate::misconfiguration`]).
-pub const SPEAKS_TLS: &str = "the server speaks TLS";
-
 /// The Redis the fleet uses: one server, or a Redis Cluster.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
@@ -105,24 +102,13 @@ pub struct RedisTarget {
     cluster: bool,
     tls: RedisTls,
 }
-
 impl RedisTarget {
-    /// One Redis server.
-    pub fn single(url: impl Into<String>) -> Self {
-        Self { urls: vec![url.into()], cluster: false, tls: RedisTls::default() }
-    }
-
-    /// A Redis Cluster, discovered from any of `nodes` (at least one).
-    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self { urls: nodes.into_iter().map(Into::into).collect(), cluster: true, tls: RedisTls::default() }
-    }
-
-    /// What `REDIS_URL` names: several comma-separated URLs are the nodes of
-    /// a cluster; one URL is a single server unless `cluster` is set
+    /// The Redis `urls` name: several URLs are the nodes of a cluster; one
+    /// URL is a single server unless `cluster` is set
     /// (`FLEET_REDIS_CLUSTER=1`). Each URL is checked by the caller.
-    pub fn from_urls(text: &str, cluster: bool) -> Self {
+    pub fn from_urls<Url: AsRef<str>>(urls: impl IntoIterator<Item = Url>, cluster: bool) -> Self {
         let urls: Vec<String> =
-            text.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
+            urls.into_iter().map(|url| url.as_ref().trim().to_owned()).filter(|url| !url.is_empty()).collect();
         let cluster = cluster || urls.len() > 1;
         Self { urls, cluster, tls: RedisTls::default() }
     }
@@ -185,9 +171,10 @@ impl RedisTarget {
 }
 
 impl From<&str> for RedisTarget {
-    /// Like [`RedisTarget::from_urls`] without `FLEET_REDIS_CLUSTER`.
+    /// `REDIS_URL`'s spelling: comma-separated URLs, as
+    /// [`RedisTarget::from_urls`] without `FLEET_REDIS_CLUSTER`.
     fn from(text: &str) -> Self {
-        Self::from_urls(text, false)
+        Self::from_urls(text.split(','), false)
     }
 }
 
@@ -352,10 +339,6 @@ async fn protocol_mismatch(target: &RedisTarget) -> Option<RedisError> {
         .then(|| RedisError::from((ErrorKind::InvalidClientConfig, advice, format!("{what} at {host}:{port}"))))
 }
 
-/// What the error says when a `rediss://` URL meets a server that speaks
-/// no TLS on that port.
-pub const SPEAKS_PLAIN: &str = "the server speaks plain Redis, without TLS";
-
 /// Whether the server at `host:port` answers an inline `PING` as Redis
 /// does without TLS (`+PONG`, or an error such as `-NOAUTH`).
 async fn speaks_plain_redis(host: &str, port: u16) -> bool {
@@ -449,7 +432,7 @@ mod tests {
     fn several_urls_name_a_cluster() {
         let single = RedisTarget::from("redis://a:6379/");
         assert!(!single.is_cluster());
-        let flagged = RedisTarget::from_urls("redis://a:6379/", true);
+        let flagged = RedisTarget::from_urls(["redis://a:6379/"], true);
         assert!(flagged.is_cluster());
         let nodes = RedisTarget::from("redis://a:7000/, redis://b:7001/");
         assert!(nodes.is_cluster());

@@ -37,7 +37,8 @@ use std::time::Duration;
 use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{self, Dependency, Health};
+use crate::health::{self, Health};
+use crate::telemetry::readiness::{self, Dependency};
 
 pub use connection::{RedisConnection, RedisTarget, RedisTls};
 pub use keys::{KeyPrefix, Keys, GROUP};
@@ -60,4 +61,14 @@ pub async fn connect_waiting(
 ) -> Option<RedisConnection> {
     let address = target.shown_address();
     health::until_reachable(health, Dependency::Redis, &address, stop, || connect(target, response_timeout)).await
+}
+
+/// Whether Redis answers a PING in time.
+pub async fn probe(redis: &RedisConnection) -> Result<(), String> {
+    let mut redis = redis.clone();
+    match tokio::time::timeout(readiness::PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", readiness::PROBE_TIMEOUT.as_secs())),
+    }
 }

@@ -233,7 +233,7 @@ pub async fn run(
     keys: Keys,
     shutdown: CancellationToken,
 ) {
-    let runner = settings.runner_name.clone().unwrap_or_else(crate::worker::default_consumer_name);
+    let runner = settings.runner_name.clone().unwrap_or_else(crate::runtime::instance_name);
     let scheduler = Arc::new(Scheduler { db, redis, keys, runner: runner.clone(), settings });
     let mut loops = JoinSet::new();
     for job in Job::ALL {

@@ -1,18 +1,14 @@
 //! Dashboard rewarm: keep the values that were read recently fresh, so a
 //! quiet school (no events, so no prewarm after a batch) keeps getting HITs.
 //!
-//! The read API records every read ([`record_read`]): one member per value
-//! in the sorted set `<prefix>cache-reads`, scored with the time of its
-//! last read. Each run forgets the reads older than the window, takes the
+//! The read API records every read (`crate::read_model::reads`): one
+//! member per value in the sorted set `<prefix>cache-reads`, scored with
+//! the time of its last read. Each run forgets the reads older than the window, takes the
 //! most recently read values (at most `max_items`), and recomputes those
 //! whose cached copy is missing or stops being fresh within the horizon
 //! (the next run, with room to spare), writing them with the usual
 //! versioned [`cache::put`]. A value about a school, course or page that no
 //! longer exists is forgotten until it is read again.
-//!
-//! A member is compact and self-describing: `s|<tenant>|<course>`,
-//! `d|<tenant>`, `e|<tenant>|<course>|<page>|<per_page>`; numbers are read
-//! from the right, so a `|` in a tenant id cannot shift them.
 
 use std::fmt;
 use std::time::Duration;
@@ -24,56 +20,9 @@ use sqlx::PgPool;
 
 use super::JobError;
 use crate::read_model::cached::Cached;
-use crate::read_model::PageRequest;
+use crate::read_model::reads::parse_member;
 use crate::redis::cache::{self, Ttls};
 use crate::redis::keys::Keys;
-
-/// The member of `<prefix>cache-reads` that stands for `item`.
-pub fn member(item: &Cached) -> String {
-    match item {
-        Cached::Statistics { tenant, course } => format!("s|{tenant}|{course}"),
-        Cached::Dashboard { tenant } => format!("d|{tenant}"),
-        Cached::Enrollments(page) => {
-            format!("e|{}|{}|{}|{}", page.tenant_id, page.course_id, page.page, page.per_page)
-        }
-    }
-}
-
-/// The value a member stands for; `None` for anything else.
-pub fn parse_member(member: &str) -> Option<Cached> {
-    let (kind, rest) = member.split_once('|')?;
-    match kind {
-        "d" if !rest.is_empty() => Some(Cached::Dashboard { tenant: rest.to_owned() }),
-        "s" => {
-            let (tenant, course) = rest.rsplit_once('|')?;
-            Some(Cached::Statistics { tenant: non_empty(tenant)?, course: course.parse().ok()? })
-        }
-        "e" => {
-            let mut fields = rest.rsplitn(4, '|');
-            let per_page = fields.next()?.parse().ok()?;
-            let page = fields.next()?.parse().ok()?;
-            let course_id = fields.next()?.parse().ok()?;
-            let tenant_id = non_empty(fields.next()?)?;
-            Some(Cached::Enrollments(PageRequest { tenant_id, course_id, page, per_page }))
-        }
-        _ => None,
-    }
-}
-
-fn non_empty(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_owned())
-}
-
-/// Records that `item` was just read (a HIT, STALE or MISS alike): one
-/// `ZADD` to `<prefix>cache-reads`. Call it for every cached read.
-pub async fn record_read(redis: &mut RedisConnection, keys: &Keys, item: &Cached) -> Result<(), RedisError> {
-    redis::cmd("ZADD")
-        .arg(keys.cache_reads())
-        .arg(Utc::now().timestamp_millis())
-        .arg(member(item))
-        .query_async(redis)
-        .await
-}
 
 /// Which values to rewarm.
 #[derive(Debug, Clone)]

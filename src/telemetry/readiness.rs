@@ -13,17 +13,31 @@
 
 use std::time::Duration;
 
-use crate::redis::RedisConnection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use sqlx::PgPool;
 
 use super::metrics;
 
 /// How long a probe may take before its dependency counts as down.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A dependency a role waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dependency {
+    Postgres,
+    Redis,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
+        }
+    }
+}
 
 /// One dependency's state.
 #[derive(Debug, Clone)]
@@ -67,25 +81,5 @@ pub fn answer(checks: &[Check]) -> Response {
         body.into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-    }
-}
-
-/// Whether Redis answers a PING in time.
-pub async fn probe_redis(redis: &RedisConnection) -> Result<(), String> {
-    let mut redis = redis.clone();
-    match tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
-    }
-}
-
-/// Whether Postgres answers a query in time.
-pub async fn probe_postgres(db: &PgPool) -> Result<(), String> {
-    // The simple protocol: one message, whole on one server behind a pooler.
-    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::raw_sql("SELECT 1").execute(db)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
     }
 }

@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dependencies::{infrastructure_backoff, MAX_PAUSE};
-use super::health::Dependency;
 use super::maintenance::Maintenance;
 use super::refresh::Settled;
 use super::Worker;
@@ -27,6 +26,7 @@ use crate::redis::shards::{self, ShardCount};
 use crate::redis::stream::{self, ReadFrom};
 use crate::redis::RedisConnection;
 use crate::telemetry::metrics;
+use crate::telemetry::readiness::Dependency;
 
 impl Worker {
     /// Consumes every shard of the fleet's count until `stop`, then lets

@@ -12,10 +12,11 @@ use redis::RedisError;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::health::{Dependency, Health};
+use crate::health::Health;
 use crate::redis::keys::ShardKeys;
 use crate::redis::{stream, RedisConnection};
 use crate::systemd::Progress;
+use crate::telemetry::readiness::Dependency;
 
 /// The longest pause between two tries of an unavailable dependency.
 pub(super) const MAX_PAUSE: Duration = Duration::from_secs(30);

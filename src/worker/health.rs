@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::telemetry::metrics;
 
-pub use crate::health::{Dependency, Health};
+pub use crate::health::Health;
 
 /// `/healthz` (the process answers), `/readyz` (no outage) and `/metrics`.
 pub fn router(health: Health) -> Router {

@@ -69,10 +69,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::dependencies::Dependencies;
-use self::health::{Dependency, Health};
 use self::refresh::{PagesToPrewarm, Settled};
 use self::revalidate::Revalidator;
 use self::settle::Settler;
+use crate::health::Health;
 use crate::health::Waiter;
 use crate::redis::activity::Recorder;
 use crate::redis::keys::{Keys, GROUP};
@@ -80,6 +80,7 @@ use crate::redis::leases;
 use crate::redis::shards::{self, ShardCount};
 use crate::systemd::Progress;
 use crate::telemetry::metrics;
+use crate::telemetry::readiness::Dependency;
 
 mod consume;
 mod dependencies;
@@ -108,12 +109,6 @@ pub struct Settings {
     pub lease: Duration,
     pub retry: RetryPolicy,
     pub cache_ttls: crate::redis::cache::Ttls,
-}
-
-/// Host name and process id: unique among live workers without any set-up.
-pub fn default_consumer_name() -> String {
-    let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
-    format!("{host}-{}", std::process::id())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ mod deploy;
 mod fuzz;
 mod helpers;
 mod intake;
+mod layering;
 mod loadtest;
 mod local_services;
 mod managed_services;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet::api::cache_status;
 use fleet::read_model::cached::Cached;
+use fleet::read_model::reads;
 use fleet::redis::cache::{self, Lookup, Ttls};
 use fleet::scheduled::{self, dead_letter_age, reconcile, retention, rewarm, Job, JobSchedule, ScheduleSettings};
 use redis::AsyncCommands;
@@ -237,11 +238,11 @@ async fn rewarm_refreshes_what_was_read_recently_and_nothing_else() {
     let entries = Cached::compute(&ctx.db, &keys, &short, &items).await.expect("compute");
     assert_eq!(cache::put(&mut redis, &entries).await.expect("put"), 3);
 
-    rewarm::record_read(&mut redis, &keys, &read).await.expect("record");
-    rewarm::record_read(&mut redis, &keys, &about_nothing).await.expect("record");
+    reads::record_read(&mut redis, &keys, &read).await.expect("record");
+    reads::record_read(&mut redis, &keys, &about_nothing).await.expect("record");
     let two_hours_ago = Utc::now().timestamp_millis() - 2 * 3600 * 1000;
     let _: i64 =
-        redis.zadd(keys.cache_reads(), rewarm::member(&read_long_ago), two_hours_ago).await.expect("an old read");
+        redis.zadd(keys.cache_reads(), reads::member(&read_long_ago), two_hours_ago).await.expect("an old read");
     let before: BTreeMap<String, Option<i64>> = {
         let mut map = BTreeMap::new();
         for item in &items {
@@ -276,7 +277,7 @@ async fn rewarm_refreshes_what_was_read_recently_and_nothing_else() {
     }
     // What was forgotten is no longer a member; the recent read still is.
     let members: Vec<String> = redis.zrange(keys.cache_reads(), 0, -1).await.expect("ZRANGE");
-    assert_eq!(members, vec![rewarm::member(&read)]);
+    assert_eq!(members, vec![reads::member(&read)]);
 
     // A value fresh beyond the horizon is left alone.
     let again = rewarm::run(&ctx.db, &mut redis, &keys, &policy).await.expect("rewarm");
@@ -291,10 +292,10 @@ fn read_members_round_trip() {
         Cached::Dashboard { tenant: "a|b".into() },
         Cached::Enrollments(page),
     ] {
-        assert_eq!(rewarm::parse_member(&rewarm::member(&item)), Some(item));
+        assert_eq!(reads::parse_member(&reads::member(&item)), Some(item));
     }
     for junk in ["", "d|", "s|x", "s|x|y", "e|x|1|2", "x|y", "s||3"] {
-        assert_eq!(rewarm::parse_member(junk), None, "{junk:?}");
+        assert_eq!(reads::parse_member(junk), None, "{junk:?}");
     }
 }
 
@@ -494,7 +495,7 @@ async fn rewarm_keeps_what_the_api_served_a_hit() {
 
     let read = Cached::Dashboard { tenant: "school-a".into() };
     let key = read.key(&ctx.keys);
-    let (ctx_ref, member) = (&ctx, rewarm::member(&read));
+    let (ctx_ref, member) = (&ctx, reads::member(&read));
     eventually("the API records the read", Duration::from_secs(5), || {
         let member = member.clone();
         async move {
