@@ -53,7 +53,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if args.database.transaction_pooling {
                 return Err(ConfigError::MigrateThroughTransactionPooler.into());
             }
-            let url = args.database.database_url.as_str();
+            let url = args.database.url()?.as_str();
             let options = args.database.options()?;
             refuse_misconfigured_postgres(&options).await?;
             let pool = db::connect_lazy(options);
@@ -198,7 +198,7 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = args.tuning.settings(args.shards.stream_shards)?;
     let schedule = args.schedule.clone().with_worker(&settings);
-    let database_url = args.database.database_url.as_str();
+    let database_url = args.database.url()?.as_str();
     let redis = args.redis.target()?;
     let options = args.database.options()?;
     refuse_misconfigured_postgres(&options).await?;
@@ -285,7 +285,7 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
         return Err(ConfigError::ApiWithoutToken.into());
     }
     let address = args.address()?;
-    let database_url = args.database.database_url.as_str();
+    let database_url = args.database.url()?.as_str();
     let redis = args.redis.target()?;
     let options = args.database.options()?;
     refuse_misconfigured_postgres(&options).await?;
@@ -313,8 +313,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     // webhooks, so the open development defaults are refused there.
     let address = args.listen.address()?;
     if !address.ip().is_loopback() {
-        let own_key =
-            args.secrets.as_ref().is_some_and(|secrets| secrets.keys().all(|key| key != DEV_SECRET.as_bytes()));
+        let own_key = args
+            .webhook_secret
+            .webhook_secrets
+            .as_ref()
+            .is_some_and(|secrets| secrets.keys().all(|key| key != DEV_SECRET.as_bytes()));
         if !args.api.settings(args.http.settings()).has_tokens() || !own_key {
             return Err(ConfigError::DevOffLoopback(address).into());
         }
@@ -323,11 +326,14 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     // Not private itself (when we are root, the PostgreSQL user passes
     // through it); everything in it is.
     std::fs::create_dir_all(&data_dir)?;
-    let given_redis = args.redis_url.as_ref().map(|url| url.as_str().to_owned());
+    let given_redis = match args.redis.redis_url.as_ref().map(|urls| urls.iter().collect::<Vec<_>>()) {
+        Some(urls) if urls.len() > 1 || args.redis.redis_cluster => return Err(ConfigError::DevOneRedis.into()),
+        urls => urls.and_then(|urls| urls.first().map(|url| (*url).to_owned())),
+    };
     let (redis_url, local_redis) = redis_given_or_started(given_redis, &data_dir.join("redis"), false).await?;
     let redis_url: RedisUrl = redis_url.parse().map_err(anyhow::Error::msg)?;
-    let redis = args.redis_tls.apply(RedisTarget::from_urls([redis_url.as_str()], false))?;
-    let given_postgres = args.database_url.as_ref().map(|url| url.as_str().to_owned());
+    let redis = args.redis.tls.apply(RedisTarget::from_urls([redis_url.as_str()], false))?;
+    let given_postgres = args.database.database_url.as_ref().map(|url| url.as_str().to_owned());
     let (database_url, local_postgres) =
         postgres_given_or_started(given_postgres, "fleet", &data_dir.join("postgres"), false).await?;
     let database_url: DatabaseUrl = database_url.parse().map_err(anyhow::Error::msg)?;
@@ -336,11 +342,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let pool = connect_postgres(database_url.as_str()).await?;
     db::migrate(&pool).await.context("migration failed")?;
 
-    let secrets = match args.secrets.clone() {
+    let secrets = match args.webhook_secret.webhook_secrets.clone() {
         Some(secrets) => secrets,
         None => DEV_SECRET.parse::<WebhookSecrets>().map_err(anyhow::Error::msg)?,
     };
-    let keys = Keys::new(&args.key_prefix.key_prefix);
+    let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let shutdown = shutdown_on_signals();
 
     let worker_settings = args.worker.settings(args.shards.stream_shards)?;
@@ -369,7 +375,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     write_private_file(&example, EXAMPLE_WEBHOOK.trim_end().as_bytes())?;
     let urls =
         DevUrls { redis: &redis_url, database: &database_url, env_file: &env_file, console: console_token.is_some() };
-    print_welcome(&address.to_string(), &urls, &secrets, args.secrets.is_none(), &example);
+    print_welcome(&address.to_string(), &urls, &secrets, args.webhook_secret.webhook_secrets.is_none(), &example);
 
     let intake_result = intake_task.await;
     shutdown.cancel();
