@@ -241,12 +241,7 @@ pub fn routes(state: ApiState) -> Router {
 /// The routes plus `/healthz`, `/readyz` (Postgres reachable; Redis
 /// reported) and `/metrics`.
 pub fn app(state: ApiState) -> Router {
-    let health = Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .route("/readyz", get(readyz));
-    let health =
-        if state.tuning.metrics_listen.is_none() { health.route("/metrics", get(metrics::render)) } else { health };
-    let health = health.with_state(state.clone());
+    let health = readiness::routes(readyz, state.tuning.metrics_listen.is_none()).with_state(state.clone());
     routes(state).merge(health)
 }
 

@@ -32,7 +32,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Extension, Json, Router};
 use chrono::Utc;
 use fleet_jobs::{Envelope, EnvelopeError, TenantId};
@@ -246,9 +246,7 @@ fn routes(state: IntakeState) -> Router {
         .route("/webhooks/thinkific", post(receive))
         .route("/webhooks/thinkific/{tenant}", post(receive_for_school))
         .route("/api/webhooks/enrollment", post(receive))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
-    let router = if public_metrics { router.route("/metrics", get(metrics::render)) } else { router };
+        .merge(readiness::routes(readyz, public_metrics));
     router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
 }
 
@@ -503,10 +501,6 @@ pub fn kept_headers(headers: &HeaderMap) -> Option<String> {
         .take(KEPT_HEADERS)
         .collect();
     (!kept.is_empty()).then(|| serde_json::Value::Object(kept).to_string())
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
 }
 
 /// Ready when Redis answers: the intake needs nothing else.

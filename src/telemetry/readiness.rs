@@ -13,9 +13,11 @@
 
 use std::time::Duration;
 
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use super::metrics;
@@ -56,6 +58,26 @@ impl Check {
 
     pub fn optional(dependency: &'static str, state: Result<(), String>) -> Self {
         Self { dependency, required: false, state }
+    }
+}
+
+/// The routes every role serves alike: `/healthz` (the process answers),
+/// `/readyz` (answered by the role's `readyz`) and, when `with_metrics`,
+/// `/metrics` (a role whose metrics are served on their own address,
+/// `FLEET_METRICS_LISTEN`, leaves it out).
+pub fn routes<State, ReadyZ, Args>(readyz: ReadyZ, with_metrics: bool) -> Router<State>
+where
+    State: Clone + Send + Sync + 'static,
+    ReadyZ: Handler<Args, State>,
+    Args: 'static,
+{
+    let router = Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        router.route("/metrics", get(metrics::render))
+    } else {
+        router
     }
 }
 

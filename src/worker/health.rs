@@ -8,22 +8,15 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 
-use crate::telemetry::metrics;
-
-pub use crate::health::Health;
+use crate::health::Health;
+use crate::telemetry::{metrics, readiness};
 
 /// `/healthz` (the process answers), `/readyz` (no outage) and `/metrics`.
 pub fn router(health: Health) -> Router {
     metrics::install();
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::render))
-        .with_state(health)
+    readiness::routes(readyz, true).with_state(health)
 }
 
 /// Both dependencies are required; the one the loop waits for is down.

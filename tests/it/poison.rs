@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet::worker::health::Health;
+use fleet::health::Health;
 use fleet::worker::Worker;
 use serde_json::json;
 use tokio::task::JoinHandle;

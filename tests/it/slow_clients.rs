@@ -61,7 +61,7 @@ async fn start(role: Role, http: HttpSettings) -> Server {
             Server { address: api.address, _handle: Box::new(api), _ctx: Some(ctx) }
         }
         Role::WorkerHealth => {
-            let router = fleet::worker::health::router(fleet::worker::health::Health::default());
+            let router = fleet::worker::health::router(fleet::health::Health::default());
             let (address, shutdown) = spawn_router(router, http).await;
             Server { address, _handle: Box::new(shutdown.drop_guard()), _ctx: None }
         }
