@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::redis::{RedisConnection, RedisTarget};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -54,17 +53,16 @@ use tokio_util::sync::CancellationToken;
 use self::auth::{Access, Caller};
 use crate::console::{self, ConsoleState};
 use crate::health::Health;
-use crate::secrets::{ApiToken, ConsoleToken, SchoolTokens};
-use crate::telemetry::readiness::Dependency;
-
 use crate::read_model::cached::Cached;
 use crate::read_model::reads;
 use crate::read_model::{Missing, PageRequest, DEFAULT_PER_PAGE};
 use crate::redis::cache::{self, Entry, Lookup, Outcome, Ttls};
 use crate::redis::keys::Keys;
+use crate::redis::{RedisConnection, RedisTarget};
 use crate::runtime::HttpSettings;
+use crate::secrets::{ApiToken, ConsoleToken, SchoolTokens};
 use crate::telemetry::metrics;
-use crate::telemetry::readiness::{self, Check};
+use crate::telemetry::readiness::{self, Check, Dependency};
 
 /// How long a request that lost the single-flight race waits for the winner.
 const WAIT_FOR_COMPUTATION: Duration = Duration::from_secs(2);

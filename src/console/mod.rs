@@ -39,7 +39,6 @@ mod session;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::redis::RedisConnection;
 use axum::body::Bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -52,6 +51,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::redis::keys::Keys;
+use crate::redis::RedisConnection;
 use crate::secrets::ConsoleToken;
 
 /// Where the console is served.

@@ -23,10 +23,10 @@
 //! address past its refusals gets 429 before any key is tried
 //! ([`refusals`]).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::redis::{RedisConnection, RedisTarget};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
@@ -37,27 +37,25 @@ use axum::{Extension, Json, Router};
 use chrono::Utc;
 use fleet_jobs::{Envelope, EnvelopeError, TenantId};
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpListener;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use self::refusals::Refusals;
+use self::signature::signer;
 use crate::health::{self, Health};
-use crate::telemetry::readiness::Dependency;
-
 use crate::redis::dedup::DedupWindow;
 use crate::redis::entry::NewEntry;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
 use crate::redis::stream::{self, Enqueued};
+use crate::redis::{RedisConnection, RedisTarget};
 use crate::runtime::HttpSettings;
 use crate::secrets::{KeyScope, WebhookKeys};
 use crate::telemetry::metrics::{self, Answer};
-use crate::telemetry::readiness::{self, Check};
+use crate::telemetry::readiness::{self, Check, Dependency};
 
-use refusals::Refusals;
 pub use signature::sign;
-use signature::signer;
 
 mod refusals;
 mod signature;

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::redis::RedisConnection;
 use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
 use serde_json::json;
@@ -14,6 +13,7 @@ use serde_json::json;
 use super::output::{human_bytes, Output};
 use crate::exit::{self, Exit};
 use crate::redis::keys::{tags, Keys, Kind};
+use crate::redis::RedisConnection;
 
 /// What `fleet cache clear <kind>` clears: every cached key and tag, or the
 /// keys of one [`Kind`].

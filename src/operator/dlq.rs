@@ -9,24 +9,24 @@
 //! what they return. The operator console calls the same functions, so a
 //! dead letter is listed, replayed and purged one way only.
 
-use crate::redis::RedisConnection;
+use std::cmp::Ordering;
+use std::fmt;
+use std::io::Write;
+
 use chrono::{DateTime, Utc};
 use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::io::Write;
-
-use super::output::{shorten, summary, Output};
-use crate::exit::{self, Exit};
-use std::cmp::Ordering;
-use std::fmt;
 
 use super::failed::{DeadLetterView, InDeadLetters};
+use super::output::{shorten, summary, Output};
+use crate::exit::{self, Exit};
 use crate::redis::entry::Entry;
 use crate::redis::failures;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount, MAX_SHARDS};
 use crate::redis::stream;
+use crate::redis::RedisConnection;
 
 /// A dead letter's name across shards: the shard and its id in that
 /// shard's dead-letter stream. Written `<id>` in the first shard (so a

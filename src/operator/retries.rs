@@ -4,7 +4,6 @@
 //! [`scheduled`] reads them (the operator console's retries page shows the
 //! same list); [`list`] prints it.
 
-use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
 use redis::RedisError;
 use serde::Serialize;
@@ -14,6 +13,7 @@ use super::output::{shorten, summary, Output};
 use crate::redis::entry::Entry;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
+use crate::redis::RedisConnection;
 
 /// The retries due soonest, and how many are scheduled in all.
 #[derive(Debug, Clone, Serialize)]

@@ -8,7 +8,6 @@
 
 use std::fmt;
 
-use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingReply};
 use redis::{AsyncCommands, RedisError};
@@ -18,6 +17,7 @@ use super::output::{human_duration, Output};
 use crate::redis::activity::{self, Tally};
 use crate::redis::keys::{Keys, ShardKeys, GROUP};
 use crate::redis::shards::{self, ShardCount};
+use crate::redis::RedisConnection;
 
 /// An entry pending this long means a worker is stuck (the
 /// `FleetOldestPendingTooOld` alert's threshold).

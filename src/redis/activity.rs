@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::RedisConnection;
 use chrono::{DateTime, Utc};
 use redis::RedisError;
 use serde::Serialize;
 
 use super::keys::Keys;
 use super::scripts;
+use super::RedisConnection;
 
 /// How long the hash of a minute is kept.
 pub const KEPT: Duration = Duration::from_secs(2 * 3600);

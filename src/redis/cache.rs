@@ -17,13 +17,13 @@
 
 use std::time::Duration;
 
-use super::RedisConnection;
 use chrono::Utc;
 use redis::{AsyncCommands, RedisError};
 use serde_json::Value;
 
 use super::keys::Keys;
 use super::scripts;
+use super::RedisConnection;
 
 /// A body and the version of the data it was computed from.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,12 +32,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::misconfiguration::{SPEAKS_PLAIN, SPEAKS_TLS};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncCommands, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::misconfiguration::{SPEAKS_PLAIN, SPEAKS_TLS};
 
 /// How a `rediss://` connection trusts the server and proves who it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

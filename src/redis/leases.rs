@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use super::RedisConnection;
 use redis::RedisError;
 
 use super::keys::Keys;
 use super::scripts;
+use super::RedisConnection;
 
 /// Takes or renews the lease on a consumer name; false if another live
 /// worker holds it.

@@ -10,13 +10,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::redis::RedisConnection;
 use chrono::Utc;
 use redis::streams::StreamRangeReply;
 use redis::RedisError;
 
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
+use crate::redis::RedisConnection;
 
 /// The dead letters, measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::redis::RedisConnection;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use redis::RedisError;
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis::cache::Ttls;
 use crate::redis::keys::Keys;
+use crate::redis::RedisConnection;
 
 pub mod dead_letter_age;
 pub mod reconcile;

@@ -28,12 +28,12 @@
 
 use std::fmt;
 
-use crate::redis::RedisConnection;
 use sqlx::PgPool;
 
 use super::JobError;
 use crate::redis::cache;
 use crate::redis::keys::{tags, Keys};
+use crate::redis::RedisConnection;
 
 /// Schools recounted in one transaction, under one pair of table locks.
 pub const SCHOOLS_PER_TRANSACTION: usize = 100;

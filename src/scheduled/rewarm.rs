@@ -13,7 +13,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::redis::RedisConnection;
 use chrono::Utc;
 use redis::RedisError;
 use sqlx::PgPool;
@@ -23,6 +22,7 @@ use crate::read_model::cached::Cached;
 use crate::read_model::reads::parse_member;
 use crate::redis::cache::{self, Ttls};
 use crate::redis::keys::Keys;
+use crate::redis::RedisConnection;
 
 /// Which values to rewarm.
 #[derive(Debug, Clone)]

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::redis::RedisConnection;
 use chrono::Utc;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use redis::RedisError;
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::redis::activity::Recorder;
 use crate::redis::keys::{Keys, ShardKeys, GROUP};
 use crate::redis::shards::{self, ShardCount};
+use crate::redis::RedisConnection;
 use crate::telemetry::metrics::{self, Backlog};
 
 /// How often the gauges are sampled.

@@ -62,7 +62,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::redis::{RedisConnection, RedisTarget};
 use redis::RedisError;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -78,6 +77,7 @@ use crate::redis::activity::Recorder;
 use crate::redis::keys::{Keys, GROUP};
 use crate::redis::leases;
 use crate::redis::shards::{self, ShardCount};
+use crate::redis::{RedisConnection, RedisTarget};
 use crate::systemd::Progress;
 use crate::telemetry::metrics;
 use crate::telemetry::readiness::Dependency;

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::redis::RedisConnection;
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -24,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::redis::cache;
 use crate::redis::keys::Keys;
+use crate::redis::RedisConnection;
 use crate::secrets::ApiToken;
 use crate::telemetry::metrics;
 use crate::urls::RevalidateUrl;

@@ -12,14 +12,14 @@ macro_rules! script {
     };
 }
 
-script!(ENQUEUE, "scripts/enqueue.lua");
-script!(PROMOTE_RETRIES, "scripts/promote_retries.lua");
-script!(REPLAY, "scripts/replay.lua");
-script!(HOLD_LEASE, "scripts/hold_lease.lua");
+script!(ENQUEUE, "enqueue.lua");
+script!(PROMOTE_RETRIES, "promote_retries.lua");
+script!(REPLAY, "replay.lua");
+script!(HOLD_LEASE, "hold_lease.lua");
 // Releases a consumer-name lease and a cache lock alike.
-script!(RELEASE, "scripts/release.lua");
-script!(TRIM, "scripts/trim.lua");
-script!(RAISE_SHARD_COUNT, "scripts/raise_shard_count.lua");
-script!(CACHE_PUT, "scripts/cache_put.lua");
-script!(CACHE_INVALIDATE, "scripts/cache_invalidate.lua");
-script!(RECORD_ACTIVITY, "scripts/record_activity.lua");
+script!(RELEASE, "release.lua");
+script!(TRIM, "trim.lua");
+script!(RAISE_SHARD_COUNT, "raise_shard_count.lua");
+script!(CACHE_PUT, "cache_put.lua");
+script!(CACHE_INVALIDATE, "cache_invalidate.lua");
+script!(RECORD_ACTIVITY, "record_activity.lua");
