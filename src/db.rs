@@ -74,7 +74,7 @@ pub fn connect_lazy(options: PgConnectOptions) -> PgPool {
 /// The error of one connection attempt with `options`, if it failed
 /// within `within` (a role's start looks at it; a slower answer is an
 /// outage, which the role waits through).
-pub async fn first_attempt_error(options: &PgConnectOptions, within: Duration) -> Option<sqlx::Error> {
+pub(crate) async fn first_attempt_error(options: &PgConnectOptions, within: Duration) -> Option<sqlx::Error> {
     use sqlx::{ConnectOptions, Connection};
     match tokio::time::timeout(within, options.connect()).await {
         Ok(Ok(connection)) => {
@@ -127,7 +127,7 @@ pub async fn check_schema(
 }
 
 /// Waits with backoff until Postgres answers; `false` if `stop` fires first.
-pub async fn wait_until_reachable(pool: &PgPool, url: &str, health: &Health, stop: &CancellationToken) -> bool {
+pub(crate) async fn wait_until_reachable(pool: &PgPool, url: &str, health: &Health, stop: &CancellationToken) -> bool {
     let address = crate::urls::shown_address(url);
     health::until_reachable(health, Dependency::Postgres, &address, stop, || sqlx::raw_sql("SELECT 1").execute(pool))
         .await
@@ -140,7 +140,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// Whether Postgres answers a query in time.
-pub async fn probe(db: &PgPool) -> Result<(), String> {
+pub(crate) async fn probe(db: &PgPool) -> Result<(), String> {
     // The simple protocol: one message, whole on one server behind a pooler.
     match tokio::time::timeout(readiness::PROBE_TIMEOUT, sqlx::raw_sql("SELECT 1").execute(db)).await {
         Ok(Ok(_)) => Ok(()),

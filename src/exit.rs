@@ -13,11 +13,11 @@
 //! A role never exits because Redis or Postgres is unreachable: it waits.
 //! `crate::cli::exit_code` maps an error to its code.
 
-pub const FAILURE: u8 = 1;
+pub(crate) const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
-pub const NOT_FOUND: u8 = 3;
-pub const SCHEMA_BEHIND: u8 = 4;
-pub const CONSUMER_NAME_HELD: u8 = 5;
+pub(crate) const NOT_FOUND: u8 = 3;
+pub(crate) const SCHEMA_BEHIND: u8 = 4;
+pub(crate) const CONSUMER_NAME_HELD: u8 = 5;
 
 /// A refusal or a partial failure of a command, with its exit code; `main`
 /// prints its message alone on stderr.

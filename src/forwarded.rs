@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 /// address that is not itself a trusted proxy (addresses to its left are
 /// whatever the client chose to send). None when `peer` is not a trusted
 /// proxy: then the header is the client's own claim and is ignored.
-pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+pub(crate) fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
     let is_trusted = |address: IpAddr| trusted.iter().any(|proxy| proxy.to_canonical() == address.to_canonical());
     if !is_trusted(peer) {
         return None;
@@ -38,7 +38,7 @@ pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -
 
 /// The address to count a request by: the forwarded client behind a
 /// trusted proxy, else the peer itself.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+pub(crate) fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
     forwarded_client(peer, headers, trusted).unwrap_or(peer.to_canonical())
 }
 

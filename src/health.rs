@@ -57,14 +57,14 @@ pub struct Health(Arc<Mutex<Inner>>);
 impl Health {
     /// Health of a role that cannot work without `dependencies`, none of
     /// them reached yet: not ready until each is.
-    pub fn requiring(dependencies: &[Dependency]) -> Self {
+    pub(crate) fn requiring(dependencies: &[Dependency]) -> Self {
         let health = Self::default();
         health.lock().states.extend(dependencies.iter().map(|dependency| (*dependency, State::Connecting)));
         health
     }
 
     /// Reports `dependency` on `/readyz` without requiring it.
-    pub fn with_optional(self, dependency: Dependency) -> Self {
+    pub(crate) fn with_optional(self, dependency: Dependency) -> Self {
         {
             let mut inner = self.lock();
             inner.optional.insert(dependency);
@@ -151,7 +151,7 @@ impl Health {
 
     /// Records that the role is making progress again: every dependency
     /// answers.
-    pub fn available(&self) {
+    pub(crate) fn available(&self) {
         let mut inner = self.lock();
         for (dependency, state) in &mut inner.states {
             if let State::Down { since, .. } = state {
@@ -177,11 +177,6 @@ impl Health {
                 State::Down { error, since } => Some((*dependency, error.clone(), since.elapsed().as_secs())),
             },
         )
-    }
-
-    /// Whether `dependency` answered last time it was used.
-    pub fn is_up(&self, dependency: Dependency) -> bool {
-        matches!(self.lock().states.get(&dependency), Some(State::Up))
     }
 
     /// `/readyz`, in the one shape every role answers (see
@@ -211,7 +206,7 @@ impl Health {
     /// not (`not reached yet` before the first try; the error and how long
     /// the role has been waiting after one failed); `None` when this role
     /// does not track it.
-    pub fn state_of(&self, dependency: Dependency) -> Option<Result<(), String>> {
+    pub(crate) fn state_of(&self, dependency: Dependency) -> Option<Result<(), String>> {
         self.lock().states.get(&dependency).map(Self::describe)
     }
 
@@ -231,7 +226,7 @@ const MAX_WAIT_PAUSE: Duration = Duration::from_secs(5);
 /// Waits for one dependency: pauses with backoff between tries, logs the
 /// first failure at warn (`waiting for redis at host:port`) and the return
 /// at info, and keeps [`Health`] up to date.
-pub struct Waiter<'a> {
+pub(crate) struct Waiter<'a> {
     health: &'a Health,
     dependency: Dependency,
     address: &'a str,
@@ -290,16 +285,11 @@ impl<'a> Waiter<'a> {
         }
         self.health.up(self.dependency);
     }
-
-    /// Whether a try failed since the last [`Waiter::reached`].
-    pub fn has_waited(&self) -> bool {
-        self.since.is_some()
-    }
 }
 
 /// Runs `attempt` until it succeeds, waiting with a [`Waiter`] between
 /// tries; `None` if `stop` fires first.
-pub async fn until_reachable<T, E, F, Fut>(
+pub(crate) async fn until_reachable<T, E, F, Fut>(
     health: &Health,
     dependency: Dependency,
     address: &str,

@@ -9,7 +9,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 /// Installs ring as the process's rustls provider, unless one is already.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // Err: a provider was installed first (the same ring), which is as good.

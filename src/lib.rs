@@ -4,6 +4,10 @@
 //! The `fleet` binary is a thin shell over this library, so tests build the
 //! very same intake and worker in-process. The Thinkific event model and the
 //! Postgres handlers live in the `fleet-jobs` crate.
+//!
+//! Items are `pub(crate)` unless `main.rs`, the integration tests
+//! (`tests/it`) or the benchmark (`benches/throughput.rs`) use them: the
+//! public surface is what those need, nothing more.
 
 // The roles, each in its own folder.
 pub mod api;

@@ -685,7 +685,7 @@ impl LocalPostgres {
     }
 
     /// Creates `database` unless the cluster has it already.
-    pub async fn create_database_if_missing(&self, database: &str) -> Result<(), LocalServiceError> {
+    pub(crate) async fn create_database_if_missing(&self, database: &str) -> Result<(), LocalServiceError> {
         use sqlx::Connection;
         let failed = |source| LocalServiceError::CreateDatabase { database: database.to_owned(), source };
         let mut conn = sqlx::PgConnection::connect(&self.url("postgres")).await.map_err(failed)?;

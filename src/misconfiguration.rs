@@ -19,11 +19,11 @@ use crate::telemetry::readiness::Dependency;
 
 /// What a Redis connection error says when a `redis://` URL meets a server
 /// that speaks only TLS (`crate::redis::connection` probes the port).
-pub const SPEAKS_TLS: &str = "the server speaks TLS";
+pub(crate) const SPEAKS_TLS: &str = "the server speaks TLS";
 
 /// What it says when a `rediss://` URL meets a server that speaks no TLS
 /// on that port.
-pub const SPEAKS_PLAIN: &str = "the server speaks plain Redis, without TLS";
+pub(crate) const SPEAKS_PLAIN: &str = "the server speaks plain Redis, without TLS";
 
 /// What is wrong, in the words an operator acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl Misconfiguration {
     /// of the server's identity, which no wait changes. A refused password,
     /// a refused user and a missing database wait: a password rotation or a
     /// database being created are under way often enough (decision 0020).
-    pub fn ends_start_up(&self) -> bool {
+    pub(crate) fn ends_start_up(&self) -> bool {
         matches!(
             self.cause,
             Cause::TlsNotOffered
@@ -98,7 +98,7 @@ impl Misconfiguration {
     }
 
     /// The misconfiguration behind a Postgres error, if it is one.
-    pub fn of_postgres(error: &sqlx::Error) -> Option<Self> {
+    pub(crate) fn of_postgres(error: &sqlx::Error) -> Option<Self> {
         let postgres = |cause, advice: &str| Some(Self::new(Dependency::Postgres, cause, advice, error));
         if let Some(database) = error.as_database_error() {
             let code = database.code().unwrap_or_default();
@@ -159,7 +159,7 @@ impl Misconfiguration {
     }
 
     /// The misconfiguration behind a Redis error, if it is one.
-    pub fn of_redis(error: &redis::RedisError) -> Option<Self> {
+    pub(crate) fn of_redis(error: &redis::RedisError) -> Option<Self> {
         let redis = |cause, advice: &str| Some(Self::new(Dependency::Redis, cause, advice, error));
         match error.code() {
             Some("WRONGPASS") => {

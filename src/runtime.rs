@@ -71,14 +71,14 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnRequest, DefaultOnResponse, T
 use tracing::Level;
 
 /// The default of [`HttpSettings::header_timeout`], in milliseconds.
-pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_HEADER_TIMEOUT_MS: u64 = 5_000;
 /// The default of [`HttpSettings::request_timeout`], in milliseconds.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// The default of [`HttpSettings::max_connections`]: eight times the 64
 /// concurrent keep-alive senders the intake is sized for, and well under the
 /// common soft limit of 1024 open files, which Redis and Postgres
 /// connections share.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 
 /// How a server treats slow and idle clients (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,7 +286,7 @@ fn connection_ended(err: &hyper::Error, peer: SocketAddr, served_one: bool) {
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT (Ctrl-C).
-pub fn shutdown_on_signals() -> CancellationToken {
+pub(crate) fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -313,7 +313,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 
 /// Host name and process id: unique among live processes without any
 /// set-up. The default name of a worker's consumer and of a scheduler's runner.
-pub fn instance_name() -> String {
+pub(crate) fn instance_name() -> String {
     let host = gethostname::gethostname().to_string_lossy().replace(char::is_whitespace, "-");
     format!("{host}-{}", std::process::id())
 }

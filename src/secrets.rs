@@ -89,7 +89,7 @@ fn setting_name(arg: &clap::Arg) -> String {
 pub struct ApiToken(String);
 
 impl ApiToken {
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -117,9 +117,9 @@ impl fmt::Debug for ApiToken {
 pub struct ConsoleToken(String);
 
 impl ConsoleToken {
-    pub const MIN_LEN: usize = 16;
+    pub(crate) const MIN_LEN: usize = 16;
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -188,7 +188,7 @@ impl WebhookSecrets {
     }
 
     /// The first key: the one the fleet itself signs with (in `fleet dev`).
-    pub fn signing_key(&self) -> &[u8] {
+    pub(crate) fn signing_key(&self) -> &[u8] {
         self.0.first().map(Vec::as_slice).unwrap_or_default()
     }
 }

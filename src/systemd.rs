@@ -176,18 +176,13 @@ fn notify_from_env(send: impl FnOnce(&Notifier) -> Result<(), NotifyError>) {
 }
 
 /// `READY=1` to `NOTIFY_SOCKET`, if set: call once the process serves.
-pub fn notify_ready() {
+pub(crate) fn notify_ready() {
     notify_from_env(Notifier::ready);
 }
 
 /// `STOPPING=1` to `NOTIFY_SOCKET`, if set: call when shutdown begins.
-pub fn notify_stopping() {
+pub(crate) fn notify_stopping() {
     notify_from_env(Notifier::stopping);
-}
-
-/// `STATUS=…` to `NOTIFY_SOCKET`, if set.
-pub fn notify_status(status: &str) {
-    notify_from_env(|notifier| notifier.status(status));
 }
 
 /// Counts the steps a loop really takes, for the watchdog. Cheap to clone;
@@ -213,7 +208,7 @@ impl Progress {
     }
 
     /// Steps taken so far.
-    pub fn steps(&self) -> u64 {
+    pub(crate) fn steps(&self) -> u64 {
         self.0.steps.load(Ordering::Relaxed)
     }
 
@@ -351,7 +346,7 @@ impl Watchdog {
 
 /// Runs the watchdog systemd asked for until `shutdown` fires; returns at
 /// once when there is none (no `WatchdogSec=`, not under systemd).
-pub async fn run_watchdog(progress: Progress, shutdown: CancellationToken) {
+pub(crate) async fn run_watchdog(progress: Progress, shutdown: CancellationToken) {
     match Watchdog::from_env() {
         Ok(Some(watchdog)) => {
             tracing::info!(timeout_ms = watchdog.timeout().as_millis() as u64, "systemd watchdog on");

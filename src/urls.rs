@@ -26,7 +26,7 @@ use crate::secrets::SecretValueParser;
 pub const REDACTED: &str = "REDACTED";
 
 /// `url` as it may be shown in logs, errors and terminal output (see the module).
-pub fn redact(url: &url::Url) -> String {
+pub(crate) fn redact(url: &url::Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
         // Replacing a password that is there cannot fail.
@@ -51,7 +51,7 @@ pub fn redact(url: &url::Url) -> String {
 
 /// The host and port `url` names, for saying what a role waits for: never
 /// a user name, password or option. A socket path when there is no host.
-pub fn shown_address(url: &str) -> String {
+pub(crate) fn shown_address(url: &str) -> String {
     let Ok(parsed) = url::Url::parse(url) else {
         return "an unparsable URL".to_owned();
     };
@@ -107,7 +107,7 @@ secret_url!(RedisUrl, DatabaseUrl, RevalidateUrl, HttpUrl);
 
 /// A Redis URL; shown redacted.
 #[derive(Clone)]
-pub struct RedisUrl(url::Url);
+pub(crate) struct RedisUrl(url::Url);
 
 impl FromStr for RedisUrl {
     type Err = String;

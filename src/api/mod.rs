@@ -96,7 +96,7 @@ pub struct Settings {
 
 impl Settings {
     /// Whether any bearer token is configured; without one the read API is open.
-    pub fn has_tokens(&self) -> bool {
+    pub(crate) fn has_tokens(&self) -> bool {
         self.api_token.is_some() || self.api_tokens.as_ref().is_some_and(|tokens| !tokens.pairs().is_empty())
     }
 }
@@ -214,7 +214,7 @@ impl ApiState {
 
 /// The cached routes and the operator console (for `fleet api` and, beside
 /// the intake, `fleet dev`).
-pub fn routes(state: ApiState) -> Router {
+pub(crate) fn routes(state: ApiState) -> Router {
     let console = match &state.tuning.console_token {
         Some(token) => console::routes(ConsoleState::new(
             state.redis.clone(),

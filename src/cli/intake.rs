@@ -69,7 +69,7 @@ pub struct WebhookKeysArgs {
 
 impl WebhookKeysArgs {
     /// Every configured key with its scope; refused when none is set.
-    pub fn webhook_keys(&self) -> Result<WebhookKeys, ConfigError> {
+    pub(crate) fn webhook_keys(&self) -> Result<WebhookKeys, ConfigError> {
         Ok(WebhookKeys::new(self.webhook_secret.webhook_secrets.clone(), self.school_keys.clone())?)
     }
 }

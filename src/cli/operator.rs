@@ -147,7 +147,7 @@ pub struct DlqSelection {
 }
 
 /// A point in time: RFC 3339, or an age (`90s`, `30m`, `12h`, `7d`) before now.
-pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub(crate) fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(stamp) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(stamp.with_timezone(&chrono::Utc));
     }

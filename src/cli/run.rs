@@ -42,7 +42,7 @@ use crate::worker::{Worker, WorkerError};
 use crate::{api, db, intake, loadtest, operator, systemd};
 
 /// The body `fleet dev` offers to send: Thinkific's documented example.
-pub const EXAMPLE_WEBHOOK: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
+pub(crate) const EXAMPLE_WEBHOOK: &str = include_str!("../../tests/fixtures/thinkific/enrollment.created.json");
 /// `fleet dev`'s default signing key. It is published, so anyone can sign
 /// with it: `fleet intake` refuses it.
 const DEV_SECRET: &str = "fleet-dev-secret";

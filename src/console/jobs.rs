@@ -28,7 +28,7 @@ use super::{ConsoleError, ConsoleState, BASE};
 use crate::operator::dlq::{self, Selection};
 
 /// How long a job's record is kept.
-pub const KEPT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const KEPT: Duration = Duration::from_secs(24 * 3600);
 /// A running job whose record has not moved for this long has stopped.
 const STALLED_AFTER_SECS: i64 = 60;
 /// The (dead letter, new entry) pairs a finished job lists.

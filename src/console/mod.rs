@@ -55,11 +55,11 @@ use crate::redis::RedisConnection;
 use crate::secrets::ConsoleToken;
 
 /// Where the console is served.
-pub const BASE: &str = "/console";
+pub(crate) const BASE: &str = "/console";
 
 /// Everything the console's pages share.
 #[derive(Clone)]
-pub struct ConsoleState {
+pub(crate) struct ConsoleState {
     /// Empty until the read API has reached Redis; the pages answer 503 meanwhile.
     redis: Arc<OnceCell<RedisConnection>>,
     keys: Keys,
@@ -98,7 +98,7 @@ impl ConsoleState {
 }
 
 /// The console's routes, each behind the security headers of [`harden`].
-pub fn routes(state: ConsoleState) -> Router {
+pub(crate) fn routes(state: ConsoleState) -> Router {
     Router::new()
         .route(BASE, get(overview::page))
         .route(&format!("{BASE}/sign-in"), get(session::sign_in_form).post(session::sign_in))

@@ -17,7 +17,7 @@ use crate::operator::{self};
 use crate::redis::activity::Tally;
 
 /// How often the overview reloads itself.
-pub const REFRESH_SECS: u32 = 10;
+pub(crate) const REFRESH_SECS: u32 = 10;
 /// The minutes the charts cover.
 const CHART_MINUTES: usize = 60;
 

@@ -44,10 +44,10 @@ use super::{ConsoleError, ConsoleState, Fields, BASE};
 use crate::forwarded::client_address;
 
 /// How long a session lasts from sign-in.
-pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Failed sign-ins one client address may make per [`SIGN_IN_WINDOW`].
-pub const MAX_FAILED_SIGN_INS: u64 = 10;
-pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const MAX_FAILED_SIGN_INS: u64 = 10;
+pub(crate) const SIGN_IN_WINDOW: Duration = Duration::from_secs(300);
 /// How long a sign-in form may be used.
 const SIGN_IN_FORM_TTL: Duration = Duration::from_secs(900);
 

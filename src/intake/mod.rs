@@ -65,7 +65,7 @@ pub const SIGNATURE_HEADER: &str = "x-thinkific-hmac-sha256";
 /// The optional header naming the school's subdomain. It is not signed, so
 /// it never decides tenancy; a disagreement with the signed tenant is only
 /// logged at debug level.
-pub const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
+pub(crate) const SUBDOMAIN_HEADER: &str = "x-thinkific-subdomain";
 
 /// The intake's settings in their validated form.
 #[derive(Debug, Clone)]
@@ -479,7 +479,7 @@ const KEPT_HEADER_BYTES: usize = 256;
 /// JSON object; at most [`KEPT_HEADERS`] of them, each value cut to
 /// [`KEPT_HEADER_BYTES`]. None when the delivery had none of them. They are
 /// not signed: shown as sent, they decide nothing.
-pub fn kept_headers(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn kept_headers(headers: &HeaderMap) -> Option<String> {
     let kept: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .filter(|(name, _)| {

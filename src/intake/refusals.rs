@@ -14,14 +14,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The window refusals are counted in.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// Addresses remembered at most; past it, those whose window is over go.
 const MAX_ADDRESSES: usize = 100_000;
 
 /// Refusals per client address in the current window.
 #[derive(Debug)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     /// Refusals allowed per address and window; 0: no limit.
     limit: u32,
     counts: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -33,7 +33,7 @@ impl Refusals {
     }
 
     /// Whether `client` used up its refusals for this window.
-    pub fn exhausted(&self, client: IpAddr) -> bool {
+    pub(crate) fn exhausted(&self, client: IpAddr) -> bool {
         if self.limit == 0 {
             return false;
         }

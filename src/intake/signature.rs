@@ -17,7 +17,7 @@ use crate::secrets::{KeyScope, WebhookKeys};
 
 /// Up to this many keys in all, every key is tried: a signature matches
 /// whatever school the request names (and a mismatch gets its 403).
-pub const FEW_KEYS: usize = 16;
+pub(crate) const FEW_KEYS: usize = 16;
 
 /// Signs `body` the way Thinkific does: lowercase hex HMAC-SHA256.
 pub fn sign(key: &[u8], body: &[u8]) -> String {

@@ -30,7 +30,7 @@ use serde_json::json;
 
 /// The most events one run generates (enrollment ids are built from the run's
 /// start second and a number below this).
-pub const MAX_EVENTS: u64 = 10_000_000;
+pub(crate) const MAX_EVENTS: u64 = 10_000_000;
 
 /// What to generate.
 #[derive(Debug, Clone)]

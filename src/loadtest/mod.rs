@@ -28,7 +28,7 @@
 //! Speed itself is never a failure: the report says what it was.
 
 pub mod generate;
-pub mod observe;
+pub(crate) mod observe;
 pub mod report;
 pub mod send;
 
@@ -52,7 +52,7 @@ use crate::secrets::WebhookSecrets;
 use crate::urls::{self, DatabaseUrl, HttpUrl};
 
 /// The intake's webhook path, used when `--url` names only the server.
-pub const WEBHOOK_PATH: &str = "/webhooks/thinkific";
+pub(crate) const WEBHOOK_PATH: &str = "/webhooks/thinkific";
 
 /// One run's settings, validated by the command line.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use crate::urls;
 
 /// Why the fleet could not be observed.
 #[derive(Debug, thiserror::Error)]
-pub enum ObserveError {
+pub(crate) enum ObserveError {
     #[error("cannot read metrics at {url}: {reason}")]
     Metrics { url: String, reason: String },
     #[error(
@@ -32,7 +32,7 @@ pub enum ObserveError {
 }
 
 /// The workers' `/metrics`, read together.
-pub struct WorkerMetrics {
+pub(crate) struct WorkerMetrics {
     client: reqwest::Client,
     urls: Vec<url::Url>,
 }
@@ -125,7 +125,7 @@ impl Scrape {
     /// The `q` quantile (0 to 1) of the freshness histogram in seconds,
     /// interpolated linearly within its bucket; `None` without samples. A
     /// quantile in the last (`+Inf`) bucket reads as the largest finite bound.
-    pub fn freshness_quantile(&self, q: f64) -> Option<f64> {
+    pub(crate) fn freshness_quantile(&self, q: f64) -> Option<f64> {
         quantile(&self.freshness, q)
     }
 }
@@ -150,7 +150,7 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
 }
 
 /// The run's rows in Postgres' `events` table.
-pub struct RunEvents {
+pub(crate) struct RunEvents {
     pool: PgPool,
     tenant: String,
     first: String,
@@ -190,7 +190,7 @@ impl RunEvents {
 
 /// What the drain came to.
 #[derive(Debug, Clone, Default)]
-pub struct Drained {
+pub(crate) struct Drained {
     /// Events applied by the workers read, since the run began.
     pub applied_by_metrics: Option<u64>,
     /// The run's rows in `events`.
@@ -204,7 +204,7 @@ pub struct Drained {
 /// Waits until every one of `expected` accepted events is applied, as far
 /// as the observers given can tell, or until `deadline`. `progress` gets
 /// the applied count as it rises.
-pub async fn wait_until_applied(
+pub(crate) async fn wait_until_applied(
     metrics: Option<(&WorkerMetrics, &Scrape)>,
     postgres: Option<&RunEvents>,
     expected: u64,
@@ -253,7 +253,7 @@ pub async fn wait_until_applied(
 /// Waits (until `deadline`) for a freshness sample of each of `expected`
 /// events: the workers record one when the cache refresh covering an event
 /// is done, just after they count it applied.
-pub async fn wait_for_freshness(
+pub(crate) async fn wait_for_freshness(
     metrics: &WorkerMetrics,
     before: &Scrape,
     expected: u64,
@@ -271,7 +271,7 @@ pub async fn wait_for_freshness(
 /// CPU time (user and system) a process has used: this one (`None`) or
 /// `pid`. Linux only (`/proc/<pid>/stat`); `None` elsewhere or when the
 /// process is gone.
-pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |pid| format!("/proc/{pid}/stat"));
     let stat = std::fs::read_to_string(path).ok()?;
     // After the command name (which may hold spaces, in parentheses):
@@ -283,7 +283,7 @@ pub fn cpu_time(pid: Option<u32>) -> Option<Duration> {
 }
 
 /// A process's command name (`/proc/<pid>/comm`).
-pub fn process_name(pid: u32) -> Option<String> {
+pub(crate) fn process_name(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|name| name.trim().to_owned())
 }
 

@@ -13,7 +13,7 @@ use super::generate::Generated;
 use super::send::Answers;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Where the webhooks went (shown redacted).
     pub target: String,
     pub tenant: String,
@@ -33,7 +33,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PaceReport {
+pub(crate) struct PaceReport {
     /// Connections used.
     pub connections: usize,
     /// Webhooks per second asked for (open loop); `null` at a concurrency.
@@ -41,7 +41,7 @@ pub struct PaceReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct IntakeReport {
+pub(crate) struct IntakeReport {
     pub requests: u64,
     pub seconds: f64,
     pub requests_per_second: f64,
@@ -57,7 +57,7 @@ pub struct IntakeReport {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -66,7 +66,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// Nearest-rank percentiles of `sorted` microseconds, in milliseconds.
-    pub fn of_micros(sorted: &[u32]) -> Option<Self> {
+    pub(crate) fn of_micros(sorted: &[u32]) -> Option<Self> {
         let at = |q: f64| {
             let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
             f64::from(sorted[rank - 1]) / 1000.0
@@ -77,7 +77,7 @@ impl Percentiles {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DrainReport {
+pub(crate) struct DrainReport {
     /// What watched the workers: `metrics`, `postgres`, both or neither.
     pub observed_by: Vec<&'static str>,
     /// Events the intake accepted: each must be applied once.
@@ -93,7 +93,7 @@ pub struct DrainReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FreshnessReport {
+pub(crate) struct FreshnessReport {
     pub samples: u64,
     pub p50_ms: Option<f64>,
     pub p90_ms: Option<f64>,
@@ -101,7 +101,7 @@ pub struct FreshnessReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct GeneratorReport {
+pub(crate) struct GeneratorReport {
     /// This process's CPU time while sending (`null` where `/proc` is missing).
     pub cpu_seconds_sending: Option<f64>,
     pub cpu_microseconds_per_request: Option<f64>,
@@ -110,7 +110,7 @@ pub struct GeneratorReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct WatchedReport {
+pub(crate) struct WatchedReport {
     pub pid: u32,
     pub name: Option<String>,
     /// CPU time from the first send to the last answer.
@@ -124,7 +124,7 @@ pub struct WatchedReport {
 }
 
 /// Writes `report` as a table.
-pub fn write_text(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn write_text(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     let generated = &report.generated;
     let pace = match report.pace.rate {
         Some(rate) => {

@@ -77,7 +77,7 @@ pub struct Destination {
 
 /// How the intake answered, by kind.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct Answers {
+pub(crate) struct Answers {
     /// 200 `{"status":"accepted"}`: appended to the stream.
     pub accepted: u64,
     /// 200 `{"status":"duplicate"}`: already taken, nothing appended.
@@ -111,7 +111,7 @@ impl Answers {
 
 /// The whole sending phase.
 #[derive(Debug)]
-pub struct Sent {
+pub(crate) struct Sent {
     pub answers: Answers,
     /// Microseconds to the answer from the send, or at a rate from when it
     /// was due if every connection was busy then; sorted.
@@ -127,7 +127,7 @@ pub struct Sent {
 
 /// Sends every webhook at `pace`; `answered` counts answers as they come
 /// (for a progress bar).
-pub async fn send_all(
+pub(crate) async fn send_all(
     destination: &Destination,
     webhooks: Arc<Vec<Webhook>>,
     pace: Pace,

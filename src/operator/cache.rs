@@ -33,7 +33,7 @@ impl ClearKind {
     }
 
     /// The kind named `name` (`all` or a [`Kind`]'s name).
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         if name == "all" {
             return Some(Self::All);
         }
@@ -153,7 +153,7 @@ pub async fn report(redis: &mut RedisConnection, keys: &Keys) -> Result<CacheRep
 }
 
 /// Starts the read counters again from zero.
-pub async fn reset_counters(redis: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
+pub(crate) async fn reset_counters(redis: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
     redis.del(keys.cache_metrics()).await
 }
 

@@ -33,7 +33,7 @@ use crate::redis::RedisConnection;
 /// one-shard fleet's ids are the stream's own) and `<shard>/<id>` in the
 /// others, e.g. `1700000000000-0` and `2/1700000000000-0`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LetterId {
+pub(crate) struct LetterId {
     pub shard: u32,
     pub entry: String,
 }
@@ -125,7 +125,7 @@ pub struct Selection {
 }
 
 /// How many dead letters a replay or purge handles per atomic step.
-pub const CHUNK: usize = 100;
+pub(crate) const CHUNK: usize = 100;
 /// How many dead letters one read of the stream takes.
 const READ_BATCH: usize = 500;
 
@@ -163,7 +163,7 @@ pub async fn total(redis: &mut RedisConnection, keys: &Keys) -> Result<u64, Redi
 }
 
 /// How many dead letters each shard holds: (shard, count), the first shard first.
-pub async fn by_shard_counts(redis: &mut RedisConnection, keys: &Keys) -> Result<Vec<(u32, u64)>, RedisError> {
+pub(crate) async fn by_shard_counts(redis: &mut RedisConnection, keys: &Keys) -> Result<Vec<(u32, u64)>, RedisError> {
     let mut counts = Vec::new();
     for shard in fleet_shards(redis, keys).await? {
         counts.push((shard.index(), redis.xlen::<_, u64>(shard.dead_letters()).await?));
@@ -302,7 +302,7 @@ async fn select_entries(
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     /// (dead-letter id, new events-stream id) of each one replayed, both
     /// written as [`LetterId`]s are (`<shard>/` beyond the first shard).
     pub replayed: Vec<(String, String)>,
@@ -314,7 +314,7 @@ pub struct ReplayReport {
 /// attempts, [`CHUNK`] per atomic step (each entry is appended and removed
 /// from the dead letters in one script, so an interrupted replay neither
 /// loses nor doubles one). `progress` hears (handled, total) after each step.
-pub async fn replay_selected(
+pub(crate) async fn replay_selected(
     redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
@@ -339,7 +339,7 @@ pub async fn replay_selected(
 
 /// What a purge did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PurgeReport {
+pub(crate) struct PurgeReport {
     /// How many dead letters were deleted.
     pub purged: u64,
     /// The ids selected for deletion.
@@ -349,7 +349,7 @@ pub struct PurgeReport {
 }
 
 /// Deletes the selected dead letters for good, [`CHUNK`] per step.
-pub async fn purge_selected(
+pub(crate) async fn purge_selected(
     redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,

@@ -47,9 +47,9 @@ pub struct InRetries {
 }
 
 /// A dead letter as operators see it.
-pub type DeadLetterView = FailedEvent<InDeadLetters>;
+pub(crate) type DeadLetterView = FailedEvent<InDeadLetters>;
 /// A scheduled retry as operators see it.
-pub type RetryView = FailedEvent<InRetries>;
+pub(crate) type RetryView = FailedEvent<InRetries>;
 
 impl<At> FailedEvent<At> {
     /// `entry` waiting `at` in `shard`; `whole` adds its headers and body.

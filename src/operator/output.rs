@@ -24,7 +24,7 @@ impl Output {
     }
 
     /// Whether the data is JSON.
-    pub fn is_json(self) -> bool {
+    pub(crate) fn is_json(self) -> bool {
         self.json
     }
 
@@ -59,7 +59,7 @@ pub fn summary(text: &str) {
 }
 
 /// `text` on one line, cut to `width` characters.
-pub fn shorten(text: &str, width: usize) -> String {
+pub(crate) fn shorten(text: &str, width: usize) -> String {
     let one_line = text.replace(['\n', '\r', '\t'], " ");
     if one_line.chars().count() <= width {
         one_line
@@ -69,7 +69,7 @@ pub fn shorten(text: &str, width: usize) -> String {
 }
 
 /// A size for people: bytes, KiB or MiB.
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     match bytes {
         0..1024 => format!("{bytes} B"),
         1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
@@ -78,7 +78,7 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// A duration for people: `850 ms`, `12 s`, `6 min`, `2 h 5 min`.
-pub fn human_duration(ms: u64) -> String {
+pub(crate) fn human_duration(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms} ms"),
         1_000..60_000 => format!("{} s", ms / 1_000),

@@ -21,10 +21,10 @@ use crate::redis::RedisConnection;
 
 /// An entry pending this long means a worker is stuck (the
 /// `FleetOldestPendingTooOld` alert's threshold).
-pub const STUCK_AFTER_MS: u64 = 5 * 60 * 1000;
+pub(crate) const STUCK_AFTER_MS: u64 = 5 * 60 * 1000;
 /// This many entries not yet delivered means the fleet is behind (the
 /// `FleetConsumerLagGrowing` alert's threshold).
-pub const BEHIND_AT: u64 = 1000;
+pub(crate) const BEHIND_AT: u64 = 1000;
 /// The minutes [`Recent`] covers.
 const RECENT_MINUTES: usize = 5;
 

@@ -15,7 +15,7 @@ use crate::redis::keys::{tags, Keys};
 
 /// What a batch touched: the tags to invalidate and the keys to prewarm.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Touched {
+pub(crate) struct Touched {
     /// (tenant, tag)
     pub tags: BTreeSet<(String, String)>,
     /// (tenant, course)
@@ -74,7 +74,7 @@ impl Touched {
     }
 
     /// `<tenant>:<tag>`, as the revalidation hook receives them.
-    pub fn tag_names(&self) -> Vec<String> {
+    pub(crate) fn tag_names(&self) -> Vec<String> {
         self.tags.iter().map(|(tenant, tag)| format!("{tenant}:{tag}")).collect()
     }
 }
@@ -99,7 +99,7 @@ impl Cached {
     /// The summaries the dashboard reads after a batch, prewarmed before
     /// the batch is acknowledged: each touched course's statistics and each
     /// touched school's dashboard.
-    pub fn summaries_touched_by(touched: &Touched) -> Vec<Self> {
+    pub(crate) fn summaries_touched_by(touched: &Touched) -> Vec<Self> {
         let courses =
             touched.courses.iter().map(|(tenant, course)| Self::Statistics { tenant: tenant.clone(), course: *course });
         let schools = touched.tenants.iter().map(|tenant| Self::Dashboard { tenant: tenant.clone() });
@@ -107,7 +107,7 @@ impl Cached {
     }
 
     /// The first page of enrollments of each course a batch touched.
-    pub fn first_pages_touched_by(touched: &Touched) -> impl Iterator<Item = PageRequest> + '_ {
+    pub(crate) fn first_pages_touched_by(touched: &Touched) -> impl Iterator<Item = PageRequest> + '_ {
         touched.courses.iter().map(|(tenant, course)| PageRequest {
             tenant_id: tenant.clone(),
             course_id: *course,
@@ -131,7 +131,7 @@ impl Cached {
 
     /// Like [`Cached::compute`], with one outcome per item in the order
     /// asked: its entry, or what it is about that does not exist.
-    pub async fn compute_each(
+    pub(crate) async fn compute_each(
         db: &sqlx::PgPool,
         keys: &Keys,
         ttls: &Ttls,

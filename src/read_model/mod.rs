@@ -33,10 +33,10 @@ pub enum Missing {
 }
 
 /// The outcome of one read: the body, or what it was about that does not exist.
-pub type Found = Result<Versioned, Missing>;
+pub(crate) type Found = Result<Versioned, Missing>;
 
 /// The number of courses the dashboard summary lists.
-pub const DASHBOARD_COURSES: i64 = 100;
+pub(crate) const DASHBOARD_COURSES: i64 = 100;
 /// The page size the worker prewarms; the read API's default.
 pub const DEFAULT_PER_PAGE: i64 = 20;
 
@@ -83,7 +83,7 @@ pub struct PageRequest {
 const ENROLLMENT_PAGES: &str = include_str!("enrollment_pages.sql");
 
 /// Pages of enrollments, in the order asked.
-pub async fn enrollment_pages(db: &mut PgConnection, pages: &[PageRequest]) -> Result<Vec<Found>, sqlx::Error> {
+pub(crate) async fn enrollment_pages(db: &mut PgConnection, pages: &[PageRequest]) -> Result<Vec<Found>, sqlx::Error> {
     let tenants: Vec<&str> = pages.iter().map(|page| page.tenant_id.as_str()).collect();
     let courses: Vec<i64> = pages.iter().map(|page| page.course_id).collect();
     let numbers: Vec<i64> = pages.iter().map(|page| page.page).collect();

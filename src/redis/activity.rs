@@ -25,7 +25,7 @@ use super::scripts;
 use super::RedisConnection;
 
 /// How long the hash of a minute is kept.
-pub const KEPT: Duration = Duration::from_secs(2 * 3600);
+pub(crate) const KEPT: Duration = Duration::from_secs(2 * 3600);
 
 /// What happened in one minute, in one worker or (added up) in the fleet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -48,7 +48,7 @@ impl Tally {
     }
 
     /// The mean freshness, if any event was applied.
-    pub fn freshness_mean_ms(&self) -> Option<u64> {
+    pub(crate) fn freshness_mean_ms(&self) -> Option<u64> {
         self.freshness_sum_ms.checked_div(self.freshness_count)
     }
 

@@ -95,7 +95,7 @@ pub async fn put(conn: &mut RedisConnection, entries: &[Entry]) -> Result<usize,
 
 /// The most cached keys one invalidation script deletes: about a
 /// millisecond of Redis time.
-pub const INVALIDATION_CHUNK: u64 = 1000;
+pub(crate) const INVALIDATION_CHUNK: u64 = 1000;
 
 /// Invalidates tag sets (full key names): deletes every key registered
 /// under them and the sets; returns how many cached keys went.
@@ -153,7 +153,7 @@ pub async fn get(conn: &mut RedisConnection, key: &str) -> Result<Lookup, RedisE
 }
 
 /// Takes the single-flight lock of `key` for `hold`; the token releases it.
-pub async fn try_lock(
+pub(crate) async fn try_lock(
     conn: &mut RedisConnection,
     keys: &Keys,
     key: &str,
@@ -172,7 +172,7 @@ pub async fn try_lock(
 }
 
 /// Releases the lock of `key` if `token` still holds it.
-pub async fn unlock(conn: &mut RedisConnection, keys: &Keys, key: &str, token: &str) -> Result<(), RedisError> {
+pub(crate) async fn unlock(conn: &mut RedisConnection, keys: &Keys, key: &str, token: &str) -> Result<(), RedisError> {
     let _: i64 = scripts::RELEASE.key(keys.lock(key)).arg(token).invoke_async(conn).await?;
     Ok(())
 }
@@ -217,6 +217,6 @@ pub async fn count(conn: &mut RedisConnection, keys: &Keys, outcome: Outcome) ->
 }
 
 /// Counts a failed revalidation call.
-pub async fn count_revalidation_failure(conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
+pub(crate) async fn count_revalidation_failure(conn: &mut RedisConnection, keys: &Keys) -> Result<(), RedisError> {
     conn.hincr(keys.cache_metrics(), "revalidate_failures", 1).await
 }

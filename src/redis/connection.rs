@@ -57,7 +57,7 @@ pub struct RedisTls {
 
 impl RedisTls {
     /// Whether any TLS setting is given.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         *self != Self::default()
     }
 
@@ -107,7 +107,7 @@ impl RedisTarget {
     /// The Redis `urls` name: several URLs are the nodes of a cluster; one
     /// URL is a single server unless `cluster` is set
     /// (`FLEET_REDIS_CLUSTER=1`). Each URL is checked by the caller.
-    pub fn from_urls<Url: AsRef<str>>(urls: impl IntoIterator<Item = Url>, cluster: bool) -> Self {
+    pub(crate) fn from_urls<Url: AsRef<str>>(urls: impl IntoIterator<Item = Url>, cluster: bool) -> Self {
         let urls: Vec<String> =
             urls.into_iter().map(|url| url.as_ref().trim().to_owned()).filter(|url| !url.is_empty()).collect();
         let cluster = cluster || urls.len() > 1;
@@ -126,7 +126,7 @@ impl RedisTarget {
     }
 
     /// Whether the URLs ask for TLS (`rediss://`).
-    pub fn uses_tls(&self) -> bool {
+    pub(crate) fn uses_tls(&self) -> bool {
         self.urls.iter().any(|url| url.starts_with("rediss://"))
     }
 
@@ -156,12 +156,13 @@ impl RedisTarget {
 
     /// The URLs as `REDIS_URL` spells them (comma-separated), for a child
     /// process; with a password in them, so never to be logged.
-    pub fn to_env_value(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn to_env_value(&self) -> String {
         self.urls.join(",")
     }
 
     /// Host and port of each node, never a password: for logs.
-    pub fn shown_address(&self) -> String {
+    pub(crate) fn shown_address(&self) -> String {
         let shown: Vec<String> = self.urls.iter().map(|url| crate::urls::shown_address(url)).collect();
         if self.cluster {
             format!("cluster {}", shown.join(","))
@@ -246,7 +247,7 @@ impl RedisConnection {
     /// touch together: all of them on a single server; on a cluster, one
     /// group per hash tag (see [`super::keys::hash_tag`]), in the order
     /// first seen.
-    pub fn same_slot_groups<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
+    pub(crate) fn same_slot_groups<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
         let keys = keys.into_iter();
         if !self.is_cluster() {
             let all: Vec<usize> = keys.enumerate().map(|(position, _)| position).collect();

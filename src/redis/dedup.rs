@@ -36,7 +36,6 @@
 //! `docs/operations.md`, "Deduplication memory"; the choice:
 //! `docs/decisions/0015-compact-dedup-window.md`.
 
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -44,15 +43,15 @@ use sha2::{Digest, Sha256};
 
 /// Buckets a window is cut into: a remembered event is kept up to one
 /// bucket (a quarter of the window) longer than the window.
-pub const BUCKETS_PER_WINDOW: u64 = 4;
+pub(crate) const BUCKETS_PER_WINDOW: u64 = 4;
 
 /// The members a set is laid out for at the expected rate: under Redis's
 /// `set-max-intset-entries` (512 by default) with room for bursts.
-pub const MEMBERS_PER_SET: u64 = 400;
+pub(crate) const MEMBERS_PER_SET: u64 = 400;
 
 /// How long a set outlives the last check that can read it: room for intake
 /// clocks that disagree by up to this much.
-pub const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(60);
+pub(crate) const CLOCK_SKEW_MARGIN: Duration = Duration::from_secs(60);
 
 /// Input of every fingerprint before the ids: a fingerprint is stored and
 /// compared across processes and versions, so a change of its input must
@@ -62,7 +61,7 @@ const FINGERPRINT_DOMAIN: &[u8] = b"fleet dedup fingerprint v1\0";
 /// What the deduplication window remembers of one event: 128 bits of
 /// SHA-256 over (tenant, event id), the same in every process and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint {
+pub(crate) struct Fingerprint {
     member: i64,
     partition_bits: u64,
 }
@@ -122,12 +121,12 @@ impl DedupWindow {
     /// The longest time an accepted event is remembered: whole buckets
     /// reaching past the window by one bucket (by up to 3 s more when four
     /// buckets do not make up the window exactly).
-    pub fn longest_remembered(&self) -> Duration {
+    pub(crate) fn longest_remembered(&self) -> Duration {
         Duration::from_secs((self.reach() + 1) * self.bucket_secs)
     }
 
     /// The length of one time bucket.
-    pub fn bucket_length(&self) -> Duration {
+    pub(crate) fn bucket_length(&self) -> Duration {
         Duration::from_secs(self.bucket_secs)
     }
 
@@ -137,19 +136,20 @@ impl DedupWindow {
     }
 
     /// The bucket of an event received at `received_at`.
-    pub fn bucket_of(&self, received_at: DateTime<Utc>) -> u64 {
+    pub(crate) fn bucket_of(&self, received_at: DateTime<Utc>) -> u64 {
         received_at.timestamp().max(0).unsigned_abs() / self.bucket_secs
     }
 
     /// The buckets before `current` that may hold an event accepted less
     /// than a window ago, the latest first.
-    pub fn earlier_buckets(&self, current: u64) -> impl Iterator<Item = u64> {
+    pub(crate) fn earlier_buckets(&self, current: u64) -> impl Iterator<Item = u64> {
         (current.saturating_sub(self.reach())..current).rev()
     }
 
     /// The buckets a check at `current` reads: `current` and the earlier
     /// ones.
-    pub fn checked_buckets(&self, current: u64) -> RangeInclusive<u64> {
+    #[cfg(test)]
+    pub(crate) fn checked_buckets(&self, current: u64) -> std::ops::RangeInclusive<u64> {
         current.saturating_sub(self.reach())..=current
     }
 
@@ -160,7 +160,7 @@ impl DedupWindow {
     }
 
     /// The partition whose sets hold `fingerprint`.
-    pub fn partition_of(&self, fingerprint: &Fingerprint) -> u64 {
+    pub(crate) fn partition_of(&self, fingerprint: &Fingerprint) -> u64 {
         fingerprint.partition_bits & (self.partitions - 1)
     }
 

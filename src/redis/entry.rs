@@ -13,24 +13,24 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 /// The name of each field, spelled here only.
 pub mod field {
-    pub const BODY: &str = "body";
+    pub(crate) const BODY: &str = "body";
     pub const TOPIC: &str = "topic";
     pub const TENANT: &str = "tenant";
-    pub const EVENT_ID: &str = "event_id";
-    pub const RECEIVED_AT: &str = "received_at";
-    pub const HEADERS: &str = "headers";
-    pub const SOURCE_ENTRY_ID: &str = "source_entry_id";
-    pub const ATTEMPTS: &str = "attempts";
-    pub const ERROR_KIND: &str = "error_kind";
+    pub(crate) const EVENT_ID: &str = "event_id";
+    pub(crate) const RECEIVED_AT: &str = "received_at";
+    pub(crate) const HEADERS: &str = "headers";
+    pub(crate) const SOURCE_ENTRY_ID: &str = "source_entry_id";
+    pub(crate) const ATTEMPTS: &str = "attempts";
+    pub(crate) const ERROR_KIND: &str = "error_kind";
     pub const ERROR: &str = "error";
-    pub const FIRST_FAILED_AT: &str = "first_failed_at";
-    pub const LAST_FAILED_AT: &str = "last_failed_at";
-    pub const REPLAYED_FROM: &str = "replayed_from";
+    pub(crate) const FIRST_FAILED_AT: &str = "first_failed_at";
+    pub(crate) const LAST_FAILED_AT: &str = "last_failed_at";
+    pub(crate) const REPLAYED_FROM: &str = "replayed_from";
 }
 
 /// The fields an entry carries from one life to the next: the event itself
 /// and the delivery headers kept at intake (a replay keeps only these).
-pub const EVENT_FIELDS: [&str; 6] =
+pub(crate) const EVENT_FIELDS: [&str; 6] =
     [field::BODY, field::TOPIC, field::TENANT, field::EVENT_ID, field::RECEIVED_AT, field::HEADERS];
 
 /// A time as every entry field writes it (RFC 3339, milliseconds, `Z`).
@@ -187,14 +187,14 @@ impl Entry {
 
     /// Reads a scheduled retry: a JSON array of field/value pairs (see
     /// `super::failures::schedule_retries`); nothing when it is not one.
-    pub fn from_retry_member(member: &str) -> Self {
+    pub(crate) fn from_retry_member(member: &str) -> Self {
         let flat: Vec<String> = serde_json::from_str(member).unwrap_or_default();
         let pairs = flat.chunks(2).filter_map(|pair| Some((pair.first()?.clone(), pair.get(1)?.clone())));
         Self::read(String::new(), pairs)
     }
 
     /// A scheduled retry's member: its pairs as a JSON array of strings.
-    pub fn retry_member(pairs: &[(&'static str, Vec<u8>)]) -> String {
+    pub(crate) fn retry_member(pairs: &[(&'static str, Vec<u8>)]) -> String {
         let flat: Vec<String> = pairs
             .iter()
             .flat_map(|(name, value)| [(*name).to_owned(), String::from_utf8_lossy(value).into_owned()])

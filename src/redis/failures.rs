@@ -118,7 +118,7 @@ pub async fn schedule_retries(
 
 /// Moves retries that are due back onto the events stream, atomically;
 /// returns how many moved.
-pub async fn promote_due_retries(
+pub(crate) async fn promote_due_retries(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     limit: usize,
@@ -134,7 +134,7 @@ pub async fn promote_due_retries(
 
 /// Records entries that vanished from the stream while pending (XAUTOCLAIM
 /// reports them and drops them from the pending list).
-pub async fn dead_letter_deleted(
+pub(crate) async fn dead_letter_deleted(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     ids: &[String],
@@ -161,7 +161,7 @@ pub async fn dead_letter_deleted(
 
 /// The outcome of replaying dead letters.
 #[derive(Debug, Default)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     /// (dead-letter id, new events-stream id)
     pub replayed: Vec<(String, String)>,
     /// Ids that are not dead letters (or carry no event to replay).
@@ -169,7 +169,7 @@ pub struct Replayed {
 }
 
 /// Puts dead letters back on the events stream with fresh attempts.
-pub async fn replay_dead_letters(
+pub(crate) async fn replay_dead_letters(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     ids: &[String],
@@ -194,7 +194,7 @@ pub async fn replay_dead_letters(
 
 /// Reads up to `count` dead letters in stream order from `start` to `end`
 /// (XRANGE bounds: an id, `(id` to exclude it, `-` or `+`).
-pub async fn read_dead_letters(
+pub(crate) async fn read_dead_letters(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     start: &str,
@@ -206,7 +206,7 @@ pub async fn read_dead_letters(
 }
 
 /// One dead letter, if it exists.
-pub async fn dead_letter_by_id(
+pub(crate) async fn dead_letter_by_id(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     id: &str,
@@ -216,7 +216,7 @@ pub async fn dead_letter_by_id(
 }
 
 /// Deletes dead letters; returns how many existed.
-pub async fn purge_dead_letters(
+pub(crate) async fn purge_dead_letters(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     ids: &[String],

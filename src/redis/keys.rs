@@ -100,7 +100,7 @@ impl Kind {
     }
 
     /// The kind named `name` (as [`Kind::as_str`] spells it).
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 }
@@ -141,7 +141,7 @@ impl Keys {
     }
 
     /// Every cache key starts with this.
-    pub fn cache_namespace(&self) -> String {
+    pub(crate) fn cache_namespace(&self) -> String {
         format!("{}cache:", self.prefix)
     }
 
@@ -158,12 +158,12 @@ impl Keys {
     }
 
     /// The pattern matching every cache key of `kind`.
-    pub fn kind_pattern(&self, kind: Kind) -> String {
+    pub(crate) fn kind_pattern(&self, kind: Kind) -> String {
         format!("{}cache:*:{}*", self.prefix, kind.as_str())
     }
 
     /// The kind of a cache key, read back from its name.
-    pub fn kind_of(&self, key: &str) -> Option<Kind> {
+    pub(crate) fn kind_of(&self, key: &str) -> Option<Kind> {
         let rest = key.strip_prefix(&self.cache_namespace())?;
         let (_tenant, rest) = rest.split_once(':')?;
         Kind::ALL.into_iter().find(|kind| rest.starts_with(kind.as_str()))
@@ -175,13 +175,13 @@ impl Keys {
     }
 
     /// The (tenant, tag) a tag set's key names, read back from it.
-    pub fn tag_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
+    pub(crate) fn tag_of<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("tag:{")?;
         let (tenant, tag) = rest.split_once("}:")?;
         Some((tenant, tag))
     }
 
-    pub fn tags_pattern(&self) -> String {
+    pub(crate) fn tags_pattern(&self) -> String {
         format!("{}tag:*", self.prefix)
     }
 
@@ -198,7 +198,7 @@ impl Keys {
     /// The read API's request counter for one client in one rate-limit
     /// window: a token (by its fingerprint, never the token itself), a
     /// client address, or both.
-    pub fn rate_limit(&self, token_fingerprint: Option<&str>, client: Option<IpAddr>, window: u64) -> String {
+    pub(crate) fn rate_limit(&self, token_fingerprint: Option<&str>, client: Option<IpAddr>, window: u64) -> String {
         let mut key = format!("{}ratelimit:", self.prefix);
         if let Some(fingerprint) = token_fingerprint {
             let _ = write!(key, "token:{fingerprint}:");
@@ -237,17 +237,17 @@ impl Keys {
 
     /// A console session, named by the SHA-256 (hex) of its cookie value, so
     /// that what Redis holds cannot be used as a cookie.
-    pub fn console_session(&self, digest: &str) -> String {
+    pub(crate) fn console_session(&self, digest: &str) -> String {
         format!("{}console:session:{digest}", self.prefix)
     }
 
     /// Failed console sign-ins from one client address.
-    pub fn console_sign_in_failures(&self, client: IpAddr) -> String {
+    pub(crate) fn console_sign_in_failures(&self, client: IpAddr) -> String {
         format!("{}console:sign-in-failures:{client}", self.prefix)
     }
 
     /// The progress and outcome of one background job of the console.
-    pub fn console_job(&self, id: &str) -> String {
+    pub(crate) fn console_job(&self, id: &str) -> String {
         format!("{}console:job:{id}", self.prefix)
     }
 }
@@ -287,7 +287,7 @@ impl ShardKeys {
     /// accepted in one time bucket (see `redis::dedup`). One enqueue reads
     /// the sets of one partition in up to five buckets and appends to the
     /// events stream in the same script: they share the shard's tag.
-    pub fn seen(&self, bucket: u64, partition: u64) -> String {
+    pub(crate) fn seen(&self, bucket: u64, partition: u64) -> String {
         format!("{}seen:{}:{bucket}:{partition}", self.prefix, self.tag)
     }
 }
@@ -309,7 +309,7 @@ pub fn hash_tag(key: &str) -> &str {
 /// The tags a cached value is registered under; `<tag>` without the tenant.
 /// The revalidation hook receives them as `<tenant>:<tag>`.
 pub mod tags {
-    pub const DASHBOARD: &str = "dashboard";
+    pub(crate) const DASHBOARD: &str = "dashboard";
 
     pub fn course(id: i64) -> String {
         format!("course:{id}")
@@ -328,7 +328,7 @@ pub mod tags {
     }
 
     /// The longest tag accepted from outside (an operator's `--tag`).
-    pub const MAX_LEN: usize = 128;
+    pub(crate) const MAX_LEN: usize = 128;
 
     /// Checks a tag given from outside: 1 to [`MAX_LEN`] letters, digits,
     /// `:`, `-`, `_` or `.`, so it names one tag and is never a glob pattern.

@@ -12,7 +12,7 @@ use super::RedisConnection;
 
 /// Takes or renews the lease on a consumer name; false if another live
 /// worker holds it.
-pub async fn hold_consumer_lease(
+pub(crate) async fn hold_consumer_lease(
     conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,
@@ -29,7 +29,7 @@ pub async fn hold_consumer_lease(
 }
 
 /// Gives the consumer name back, if this worker still holds it.
-pub async fn release_consumer_lease(
+pub(crate) async fn release_consumer_lease(
     conn: &mut RedisConnection,
     keys: &Keys,
     consumer: &str,

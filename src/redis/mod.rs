@@ -27,7 +27,7 @@ pub mod dedup;
 pub mod entry;
 pub mod failures;
 pub mod keys;
-pub mod leases;
+pub(crate) mod leases;
 mod scripts;
 pub mod shards;
 pub mod stream;
@@ -53,7 +53,7 @@ pub async fn connect(target: &RedisTarget, response_timeout: Duration) -> Result
 
 /// Like [`connect`], waiting with backoff while Redis is unreachable (see
 /// [`crate::health`]); `None` if `stop` fires first.
-pub async fn connect_waiting(
+pub(crate) async fn connect_waiting(
     target: &RedisTarget,
     response_timeout: Duration,
     health: &Health,
@@ -64,7 +64,7 @@ pub async fn connect_waiting(
 }
 
 /// Whether Redis answers a PING in time.
-pub async fn probe(redis: &RedisConnection) -> Result<(), String> {
+pub(crate) async fn probe(redis: &RedisConnection) -> Result<(), String> {
     let mut redis = redis.clone();
     match tokio::time::timeout(readiness::PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut redis)).await {
         Ok(Ok(_)) => Ok(()),

@@ -30,10 +30,10 @@ use super::keys::{Keys, ShardKeys};
 use super::{scripts, stream, RedisConnection};
 
 /// The most stream shards a fleet may have.
-pub const MAX_SHARDS: u32 = 256;
+pub(crate) const MAX_SHARDS: u32 = 256;
 
 /// How often a worker looks for shards added to the fleet's count.
-pub const DISCOVER_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const DISCOVER_EVERY: Duration = Duration::from_secs(5);
 
 /// Domain separation for the shard hash, so it never equals another digest.
 const SHARD_DOMAIN: &[u8] = b"fleet-shard-v1\0";

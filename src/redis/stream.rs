@@ -71,7 +71,7 @@ pub async fn enqueue(
 
 /// Where a group read starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadFrom {
+pub(crate) enum ReadFrom {
     /// Entries already delivered to this consumer and not yet acknowledged,
     /// with ids after this one (`0-0` for all of them).
     OwnPendingAfter(String),
@@ -81,14 +81,14 @@ pub enum ReadFrom {
 
 impl ReadFrom {
     /// A pass over all of this consumer's pending entries.
-    pub fn own_pending() -> Self {
+    pub(crate) fn own_pending() -> Self {
         Self::OwnPendingAfter("0-0".to_owned())
     }
 }
 
 /// Reads up to `count` entries for `consumer`, waiting up to `block` for new
 /// ones. Use a connection of its own whose response timeout exceeds `block`.
-pub async fn read_group(
+pub(crate) async fn read_group(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     consumer: &str,
@@ -113,7 +113,7 @@ pub async fn read_group(
 
 /// What one `XAUTOCLAIM` took over.
 #[derive(Debug, Default)]
-pub struct Claimed {
+pub(crate) struct Claimed {
     pub entries: Vec<Entry>,
     /// Pending entries that no longer exist in the stream; Redis dropped
     /// them from the pending list.
@@ -125,7 +125,7 @@ pub struct Claimed {
 /// Takes over up to `count` entries idle for at least `min_idle` on any
 /// consumer, scanning from `cursor`. Each claim adds one to the entry's
 /// delivery count.
-pub async fn autoclaim(
+pub(crate) async fn autoclaim(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     consumer: &str,
@@ -144,7 +144,7 @@ pub async fn autoclaim(
 }
 
 /// How many times each of `ids` (pending on `consumer`) was delivered.
-pub async fn delivery_counts(
+pub(crate) async fn delivery_counts(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     consumer: &str,
@@ -171,7 +171,7 @@ pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
 
 /// Resets the idle time of entries this consumer holds, without counting a
 /// delivery, so a long wait for Postgres is not mistaken for a crash.
-pub async fn touch(
+pub(crate) async fn touch(
     conn: &mut RedisConnection,
     shard: &ShardKeys,
     consumer: &str,
@@ -189,7 +189,7 @@ pub async fn touch(
 /// read for `idle`, and whose name no worker holds; returns their names. A
 /// live worker reads at least every `FLEET_BLOCK_MS`, so it is never idle
 /// that long.
-pub async fn remove_idle_consumers(
+pub(crate) async fn remove_idle_consumers(
     conn: &mut RedisConnection,
     keys: &Keys,
     shard: &ShardKeys,
@@ -215,7 +215,7 @@ pub async fn remove_idle_consumers(
 }
 
 /// Acknowledges entries whose effect is committed.
-pub async fn ack(conn: &mut RedisConnection, shard: &ShardKeys, ids: &[&str]) -> Result<(), RedisError> {
+pub(crate) async fn ack(conn: &mut RedisConnection, shard: &ShardKeys, ids: &[&str]) -> Result<(), RedisError> {
     if ids.is_empty() {
         return Ok(());
     }

@@ -111,7 +111,7 @@ pub struct ScheduleSettings {
 
 impl ScheduleSettings {
     /// Runs jobs under the worker's consumer name and rewarms with its cache TTLs.
-    pub fn with_worker(mut self, worker: &crate::worker::Settings) -> Self {
+    pub(crate) fn with_worker(mut self, worker: &crate::worker::Settings) -> Self {
         self.runner_name = Some(worker.consumer_name.clone());
         self.cache_ttls = worker.cache_ttls;
         self

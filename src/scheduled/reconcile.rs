@@ -36,9 +36,9 @@ use crate::redis::keys::{tags, Keys};
 use crate::redis::RedisConnection;
 
 /// Schools recounted in one transaction, under one pair of table locks.
-pub const SCHOOLS_PER_TRANSACTION: usize = 100;
+pub(crate) const SCHOOLS_PER_TRANSACTION: usize = 100;
 /// How long a transaction waits for its table locks.
-pub const LOCK_TIMEOUT: &str = "5s";
+pub(crate) const LOCK_TIMEOUT: &str = "5s";
 /// Repaired rows named in logs and summaries.
 const NAMED: usize = 5;
 

@@ -36,36 +36,36 @@ use chrono::{DateTime, Utc};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const WEBHOOKS: &str = "fleet_webhooks_total";
-pub const INTAKE_DURATION: &str = "fleet_intake_request_duration_seconds";
-pub const EVENTS_APPLIED: &str = "fleet_events_applied_total";
-pub const EVENTS_RETRIED: &str = "fleet_events_retried_total";
-pub const EVENTS_DEAD_LETTERED: &str = "fleet_events_dead_lettered_total";
-pub const BATCH_SIZE: &str = "fleet_batch_size";
-pub const BATCH_DURATION: &str = "fleet_batch_duration_seconds";
-pub const STREAM_LENGTH: &str = "fleet_stream_length";
-pub const GROUP_LAG: &str = "fleet_consumer_group_lag";
-pub const PENDING_ENTRIES: &str = "fleet_pending_entries";
-pub const OLDEST_PENDING_AGE: &str = "fleet_oldest_pending_age_seconds";
-pub const RETRY_BACKLOG: &str = "fleet_retry_backlog";
-pub const DEAD_LETTERS: &str = "fleet_dead_letters";
-pub const DEAD_LETTER_OLDEST_AGE: &str = "fleet_dead_letter_oldest_age_seconds";
+pub(crate) const WEBHOOKS: &str = "fleet_webhooks_total";
+pub(crate) const INTAKE_DURATION: &str = "fleet_intake_request_duration_seconds";
+pub(crate) const EVENTS_APPLIED: &str = "fleet_events_applied_total";
+pub(crate) const EVENTS_RETRIED: &str = "fleet_events_retried_total";
+pub(crate) const EVENTS_DEAD_LETTERED: &str = "fleet_events_dead_lettered_total";
+pub(crate) const BATCH_SIZE: &str = "fleet_batch_size";
+pub(crate) const BATCH_DURATION: &str = "fleet_batch_duration_seconds";
+pub(crate) const STREAM_LENGTH: &str = "fleet_stream_length";
+pub(crate) const GROUP_LAG: &str = "fleet_consumer_group_lag";
+pub(crate) const PENDING_ENTRIES: &str = "fleet_pending_entries";
+pub(crate) const OLDEST_PENDING_AGE: &str = "fleet_oldest_pending_age_seconds";
+pub(crate) const RETRY_BACKLOG: &str = "fleet_retry_backlog";
+pub(crate) const DEAD_LETTERS: &str = "fleet_dead_letters";
+pub(crate) const DEAD_LETTER_OLDEST_AGE: &str = "fleet_dead_letter_oldest_age_seconds";
 // The same figures for each stream shard (label `shard`); the names above
 // are the fleet's totals (ages: the oldest of any shard).
-pub const SHARD_STREAM_LENGTH: &str = "fleet_shard_stream_length";
-pub const SHARD_GROUP_LAG: &str = "fleet_shard_consumer_group_lag";
-pub const SHARD_PENDING_ENTRIES: &str = "fleet_shard_pending_entries";
-pub const SHARD_OLDEST_PENDING_AGE: &str = "fleet_shard_oldest_pending_age_seconds";
-pub const SHARD_RETRY_BACKLOG: &str = "fleet_shard_retry_backlog";
-pub const SHARD_DEAD_LETTERS: &str = "fleet_shard_dead_letters";
-pub const CACHE_REQUESTS: &str = "fleet_cache_requests_total";
-pub const CACHE_INVALIDATIONS: &str = "fleet_cache_invalidations_total";
-pub const CACHE_PREWARMS: &str = "fleet_cache_prewarms_total";
-pub const REVALIDATIONS: &str = "fleet_revalidations_total";
-pub const FRESHNESS: &str = "fleet_freshness_seconds";
-pub const DEPENDENCY_UP: &str = "fleet_dependency_up";
-pub const WORKER_PROGRESS: &str = "fleet_worker_progress_total";
-pub const WORKER_LAST_PROGRESS: &str = "fleet_worker_last_progress_timestamp_seconds";
+pub(crate) const SHARD_STREAM_LENGTH: &str = "fleet_shard_stream_length";
+pub(crate) const SHARD_GROUP_LAG: &str = "fleet_shard_consumer_group_lag";
+pub(crate) const SHARD_PENDING_ENTRIES: &str = "fleet_shard_pending_entries";
+pub(crate) const SHARD_OLDEST_PENDING_AGE: &str = "fleet_shard_oldest_pending_age_seconds";
+pub(crate) const SHARD_RETRY_BACKLOG: &str = "fleet_shard_retry_backlog";
+pub(crate) const SHARD_DEAD_LETTERS: &str = "fleet_shard_dead_letters";
+pub(crate) const CACHE_REQUESTS: &str = "fleet_cache_requests_total";
+pub(crate) const CACHE_INVALIDATIONS: &str = "fleet_cache_invalidations_total";
+pub(crate) const CACHE_PREWARMS: &str = "fleet_cache_prewarms_total";
+pub(crate) const REVALIDATIONS: &str = "fleet_revalidations_total";
+pub(crate) const FRESHNESS: &str = "fleet_freshness_seconds";
+pub(crate) const DEPENDENCY_UP: &str = "fleet_dependency_up";
+pub(crate) const WORKER_PROGRESS: &str = "fleet_worker_progress_total";
+pub(crate) const WORKER_LAST_PROGRESS: &str = "fleet_worker_last_progress_timestamp_seconds";
 
 /// Request latencies: half a millisecond to 2.5 s.
 const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -159,7 +159,7 @@ fn describe() {
 /// `GET /metrics`: every series, in the Prometheus text format.
 /// Serves `/metrics` alone on `listener` until `shutdown` (a role's
 /// `FLEET_METRICS_LISTEN`: its public port then serves no metrics).
-pub async fn serve_alone(
+pub(crate) async fn serve_alone(
     listener: tokio::net::TcpListener,
     http: crate::runtime::HttpSettings,
     shutdown: tokio_util::sync::CancellationToken,
@@ -168,7 +168,7 @@ pub async fn serve_alone(
     crate::runtime::serve(listener, router, http, shutdown).await
 }
 
-pub async fn render() -> Response {
+pub(crate) async fn render() -> Response {
     let mut response = install().render().into_response();
     response
         .headers_mut()
@@ -208,7 +208,7 @@ impl Answer {
 /// The `topic` label of `topic`: itself when Fleet handles it
 /// ([`fleet_jobs::HANDLED_TOPICS`]), else `other`. Senders choose topics;
 /// the number of series is bounded by the code, not by them.
-pub fn topic_label(topic: &str) -> &'static str {
+pub(crate) fn topic_label(topic: &str) -> &'static str {
     fleet_jobs::HANDLED_TOPICS.iter().find(|handled| **handled == topic).copied().unwrap_or(OTHER_TOPIC)
 }
 
@@ -222,15 +222,15 @@ pub fn webhook(topic: Option<&str>, answer: Answer, took: Duration) {
     histogram!(INTAKE_DURATION).record(took.as_secs_f64());
 }
 
-pub fn events_applied(topic: &str, count: u64) {
+pub(crate) fn events_applied(topic: &str, count: u64) {
     counter!(EVENTS_APPLIED, "topic" => topic_label(topic)).increment(count);
 }
 
-pub fn event_retried(topic: &str) {
+pub(crate) fn event_retried(topic: &str) {
     counter!(EVENTS_RETRIED, "topic" => topic_label(topic)).increment(1);
 }
 
-pub fn event_dead_lettered(topic: &str, kind: &'static str) {
+pub(crate) fn event_dead_lettered(topic: &str, kind: &'static str) {
     counter!(EVENTS_DEAD_LETTERED, "topic" => topic_label(topic), "kind" => kind).increment(1);
 }
 
@@ -292,15 +292,15 @@ pub fn backlog(total: &Backlog, shards: &[(u32, Backlog)]) {
 }
 
 /// One cached read answered (`outcome` as in `X-Cache`, lower case).
-pub fn cache_request(outcome: &'static str) {
+pub(crate) fn cache_request(outcome: &'static str) {
     counter!(CACHE_REQUESTS, "outcome" => outcome).increment(1);
 }
 
-pub fn cache_invalidations(tags: u64) {
+pub(crate) fn cache_invalidations(tags: u64) {
     counter!(CACHE_INVALIDATIONS).increment(tags);
 }
 
-pub fn cache_prewarms(values: u64) {
+pub(crate) fn cache_prewarms(values: u64) {
     counter!(CACHE_PREWARMS).increment(values);
 }
 
@@ -315,12 +315,12 @@ pub fn freshness(topic: &str, received_at: DateTime<Utc>, now: DateTime<Utc>) {
 }
 
 /// `dependency` answered (`true`) or failed.
-pub fn dependency_up(dependency: &'static str, up: bool) {
+pub(crate) fn dependency_up(dependency: &'static str, up: bool) {
     gauge!(DEPENDENCY_UP, "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
 }
 
 /// The worker loop moved on.
-pub fn worker_progress() {
+pub(crate) fn worker_progress() {
     counter!(WORKER_PROGRESS).increment(1);
     gauge!(WORKER_LAST_PROGRESS).set(Utc::now().timestamp_millis() as f64 / 1000.0);
 }

@@ -24,7 +24,7 @@ pub mod readiness;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Text,
 }
@@ -72,7 +72,7 @@ pub fn init() {
 
 /// How text lines write fields: the message, then `name=value` pairs, each
 /// value with its control characters escaped.
-pub fn text_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static {
+pub(crate) fn text_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static {
     tracing_subscriber::fmt::format::debug_fn(|writer: &mut Writer<'_>, field, value| {
         let text = escape_controls(&format!("{value:?}"));
         if field.name() == "message" {
@@ -86,7 +86,7 @@ pub fn text_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<
 
 /// `text` with every control character (line breaks, tabs, escapes, C1
 /// codes) written as a Rust escape, `\n`, `\u{1b}`.
-pub fn escape_controls(text: &str) -> String {
+pub(crate) fn escape_controls(text: &str) -> String {
     if !text.chars().any(char::is_control) {
         return text.to_owned();
     }

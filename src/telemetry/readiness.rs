@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use super::metrics;
 
 /// How long a probe may take before its dependency counts as down.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A dependency a role waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,11 +52,11 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn required(dependency: &'static str, state: Result<(), String>) -> Self {
+    pub(crate) fn required(dependency: &'static str, state: Result<(), String>) -> Self {
         Self { dependency, required: true, state }
     }
 
-    pub fn optional(dependency: &'static str, state: Result<(), String>) -> Self {
+    pub(crate) fn optional(dependency: &'static str, state: Result<(), String>) -> Self {
         Self { dependency, required: false, state }
     }
 }
@@ -65,7 +65,7 @@ impl Check {
 /// `/readyz` (answered by the role's `readyz`) and, when `with_metrics`,
 /// `/metrics` (a role whose metrics are served on their own address,
 /// `FLEET_METRICS_LISTEN`, leaves it out).
-pub fn routes<State, ReadyZ, Args>(readyz: ReadyZ, with_metrics: bool) -> Router<State>
+pub(crate) fn routes<State, ReadyZ, Args>(readyz: ReadyZ, with_metrics: bool) -> Router<State>
 where
     State: Clone + Send + Sync + 'static,
     ReadyZ: Handler<Args, State>,

@@ -24,7 +24,7 @@ use crate::redis::RedisConnection;
 use crate::telemetry::metrics::{self, Backlog};
 
 /// How often the gauges are sampled.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
+pub(crate) const SAMPLE_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Samples until `stop`, writing `activity` out after each sample and once
 /// more when stopped; a failed sample keeps the last values, a failed write
@@ -59,7 +59,7 @@ pub async fn run(
 
 /// The backlog of every shard of the fleet's count (at least
 /// `configured`), and their total.
-pub async fn sample_fleet(
+pub(crate) async fn sample_fleet(
     redis: &mut RedisConnection,
     keys: &Keys,
     configured: ShardCount,

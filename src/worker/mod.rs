@@ -158,7 +158,7 @@ impl Worker {
     /// [`Worker::connect`] reporting to `health` while it waits for Redis
     /// (a wait at any step, the lease included, is logged once and retried
     /// with backoff); [`WorkerError::Stopped`] if `stop` fires first.
-    pub async fn connect_waiting(
+    pub(crate) async fn connect_waiting(
         db: PgPool,
         target: &RedisTarget,
         keys: Keys,

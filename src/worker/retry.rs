@@ -31,7 +31,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Whether an event that has failed `attempts` times gets another try.
-    pub fn allows_another(&self, attempts: u32) -> bool {
+    pub(crate) fn allows_another(&self, attempts: u32) -> bool {
         attempts < self.max_attempts
     }
 
