@@ -5,16 +5,16 @@
 //! table whose update only lands over a smaller stored version. The caller
 //! owns the transaction, so a batch commits or rolls back whole.
 //!
-//! Rows are written in primary-key order so that two workers writing
-//! overlapping batches take their row locks in the same order.
+//! Rows are written in primary-key order, and the tables in the one order
+//! [`apply_batch`] gives, so that two workers writing overlapping batches
+//! take their row locks in the same order.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::event::{Change, Course, EmbeddedCourse, EmbeddedUser, Enrollment, Event, Order, User, Version};
+use crate::enrollment::{self, Offered};
+use crate::event::{Change, Event};
+use crate::version::{Latest, Version};
+use crate::{course, order, user};
 
 /// What a batch wrote: rows inserted or updated per table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,48 +27,6 @@ pub struct BatchReport {
     pub users: u64,
     pub courses: u64,
     pub orders: u64,
-}
-
-type Key = (String, i64);
-
-/// Keeps, per record, the row of the greatest version seen.
-struct Latest<R>(BTreeMap<Key, (Version, R)>);
-
-impl<R> Latest<R> {
-    fn new() -> Self {
-        Self(BTreeMap::new())
-    }
-
-    fn offer(&mut self, key: Key, version: Version, row: R) {
-        match self.0.get(&key) {
-            Some((held, _)) if *held >= version => {}
-            _ => {
-                self.0.insert(key, (version, row));
-            }
-        }
-    }
-}
-
-struct CourseRow {
-    name: Option<String>,
-    slug: Option<String>,
-    deleted_at: Option<DateTime<Utc>>,
-}
-
-struct UserRow {
-    email: Option<String>,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    company: Option<String>,
-    roles: Option<Value>,
-    created_at: Option<DateTime<Utc>>,
-}
-
-struct EnrollmentRow {
-    user_id: i64,
-    course_id: i64,
-    record: Enrollment,
-    topic: String,
 }
 
 /// Why a batch could not be applied, told apart by who is at fault.
@@ -163,36 +121,15 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[Event]) -> Result<Ba
         match &event.change {
             Change::Enrollment(enrollment) => {
                 let version = event.version(Version::FULL, enrollment.updated_at);
-                let stub = Version { rank: Version::STUB, ..version.clone() };
-                if let Some(course) = &enrollment.course {
-                    offer_course_stub(&mut courses, tenant, course, &stub);
-                }
-                if let Some(user) = &enrollment.user {
-                    offer_user_stub(&mut users, tenant, user, &stub);
-                }
-                let (Some(user_id), Some(course_id)) = (enrollment.learner_id(), enrollment.course_of()) else {
-                    // Event::decode rejects such enrollments; nothing to write.
-                    continue;
-                };
-                let row = EnrollmentRow { user_id, course_id, record: enrollment.clone(), topic: event.topic.clone() };
-                enrollments.offer((tenant.clone(), enrollment.id), version, row);
+                let rows = Offered { enrollments: &mut enrollments, courses: &mut courses, users: &mut users };
+                enrollment.offer(tenant, &event.topic, version, rows);
             }
-            Change::User(user) => {
-                let version = event.version(Version::FULL, user.updated_at);
-                users.offer((tenant.clone(), user.id), version, full_user(user));
-            }
+            Change::User(user) => user.offer(tenant, event.version(Version::FULL, user.updated_at), &mut users),
             Change::Course(course) => {
                 let version = event.version(Version::FULL, course.updated_at);
-                courses.offer((tenant.clone(), course.id), version, full_course(course, event));
+                course.offer(tenant, version, event.created_at.unwrap_or(event.received_at), &mut courses);
             }
-            Change::Order(order) => {
-                let version = event.version(Version::FULL, None);
-                if let Some(user) = &order.user {
-                    let stub = Version { rank: Version::STUB, ..version.clone() };
-                    offer_user_stub(&mut users, tenant, user, &stub);
-                }
-                orders.offer((tenant.clone(), order.id), version, order.clone());
-            }
+            Change::Order(order) => order.offer(tenant, event.version(Version::FULL, None), &mut orders, &mut users),
             Change::Unhandled => {}
         }
     }
@@ -204,47 +141,11 @@ pub async fn apply_batch(conn: &mut PgConnection, events: &[Event]) -> Result<Ba
     // Statistics are added at commit (migration 20261124000004). Every
     // batch takes its locks in this order, each table in key order.
     let new_events = record_events(conn, events).await?;
-    let orders = upsert_orders(conn, orders).await?;
-    let enrollments = upsert_enrollments(conn, enrollments).await?;
-    let users = upsert_users(conn, users).await?;
-    let courses = upsert_courses(conn, courses).await?;
+    let orders = order::upsert(conn, orders).await?;
+    let enrollments = enrollment::upsert(conn, enrollments).await?;
+    let users = user::upsert(conn, users).await?;
+    let courses = course::upsert(conn, courses).await?;
     Ok(BatchReport { events: events.len(), new_events, enrollments, users, courses, orders })
-}
-
-fn offer_course_stub(courses: &mut Latest<CourseRow>, tenant: &str, course: &EmbeddedCourse, version: &Version) {
-    let row = CourseRow { name: course.name.clone(), slug: None, deleted_at: None };
-    courses.offer((tenant.to_owned(), course.id), version.clone(), row);
-}
-
-fn offer_user_stub(users: &mut Latest<UserRow>, tenant: &str, user: &EmbeddedUser, version: &Version) {
-    let row = UserRow {
-        email: user.email.clone(),
-        first_name: user.first_name.clone(),
-        last_name: user.last_name.clone(),
-        company: None,
-        roles: None,
-        created_at: None,
-    };
-    users.offer((tenant.to_owned(), user.id), version.clone(), row);
-}
-
-fn full_user(user: &User) -> UserRow {
-    UserRow {
-        email: user.email.clone(),
-        first_name: user.first_name.clone(),
-        last_name: user.last_name.clone(),
-        company: user.company.clone(),
-        roles: user.roles.clone(),
-        created_at: user.created_at,
-    }
-}
-
-fn full_course(course: &Course, event: &Event) -> CourseRow {
-    CourseRow {
-        name: course.name.clone(),
-        slug: course.slug.clone(),
-        deleted_at: course.deleted.then(|| event.created_at.unwrap_or(event.received_at)),
-    }
 }
 
 /// Records every event of the batch in the audit table; returns how many
@@ -278,242 +179,6 @@ async fn record_events(conn: &mut PgConnection, events: &[Event]) -> Result<u64,
     .bind(received)
     .bind(entry_ids)
     .bind(handled)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-/// The version columns every versioned table shares, as parallel arrays.
-#[derive(Default)]
-struct VersionColumns {
-    ranks: Vec<i16>,
-    updated_at: Vec<DateTime<Utc>>,
-    event_created_at: Vec<DateTime<Utc>>,
-    event_ids: Vec<String>,
-}
-
-impl VersionColumns {
-    fn push(&mut self, version: Version) {
-        self.ranks.push(version.rank);
-        self.updated_at.push(version.updated_at);
-        self.event_created_at.push(version.event_created_at);
-        self.event_ids.push(version.event_id);
-    }
-}
-
-async fn upsert_courses(conn: &mut PgConnection, rows: Latest<CourseRow>) -> Result<u64, sqlx::Error> {
-    if rows.0.is_empty() {
-        return Ok(0);
-    }
-    let (mut tenants, mut ids, mut names, mut slugs, mut deleted) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut versions = VersionColumns::default();
-    for ((tenant, id), (version, row)) in rows.0 {
-        tenants.push(tenant);
-        ids.push(id);
-        names.push(row.name);
-        slugs.push(row.slug);
-        deleted.push(row.deleted_at);
-        versions.push(version);
-    }
-    let result = sqlx::query(
-        "INSERT INTO courses AS c (tenant_id, course_id, name, slug, deleted_at,
-                source_rank, source_updated_at, source_event_created_at, source_event_id)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::timestamptz[],
-                $6::int2[], $7::timestamptz[], $8::timestamptz[], $9::text[])
-         ON CONFLICT (tenant_id, course_id) DO UPDATE SET
-                name = EXCLUDED.name, slug = EXCLUDED.slug, deleted_at = EXCLUDED.deleted_at,
-                source_rank = EXCLUDED.source_rank, source_updated_at = EXCLUDED.source_updated_at,
-                source_event_created_at = EXCLUDED.source_event_created_at,
-                source_event_id = EXCLUDED.source_event_id
-         WHERE (c.source_rank, c.source_updated_at, c.source_event_created_at, c.source_event_id)
-             < (EXCLUDED.source_rank, EXCLUDED.source_updated_at, EXCLUDED.source_event_created_at, EXCLUDED.source_event_id)",
-    )
-    .bind(tenants)
-    .bind(ids)
-    .bind(names)
-    .bind(slugs)
-    .bind(deleted)
-    .bind(versions.ranks)
-    .bind(versions.updated_at)
-    .bind(versions.event_created_at)
-    .bind(versions.event_ids)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-async fn upsert_users(conn: &mut PgConnection, rows: Latest<UserRow>) -> Result<u64, sqlx::Error> {
-    if rows.0.is_empty() {
-        return Ok(0);
-    }
-    let (mut tenants, mut ids, mut emails, mut first, mut last) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut companies, mut roles, mut created) = (vec![], vec![], vec![]);
-    let mut versions = VersionColumns::default();
-    for ((tenant, id), (version, row)) in rows.0 {
-        tenants.push(tenant);
-        ids.push(id);
-        emails.push(row.email);
-        first.push(row.first_name);
-        last.push(row.last_name);
-        companies.push(row.company);
-        roles.push(row.roles);
-        created.push(row.created_at);
-        versions.push(version);
-    }
-    let result = sqlx::query(
-        "INSERT INTO users AS u (tenant_id, user_id, email, first_name, last_name, company, roles, user_created_at,
-                source_rank, source_updated_at, source_event_created_at, source_event_id)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::jsonb[], $8::timestamptz[], $9::int2[], $10::timestamptz[], $11::timestamptz[], $12::text[])
-         ON CONFLICT (tenant_id, user_id) DO UPDATE SET
-                email = EXCLUDED.email, first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-                company = EXCLUDED.company, roles = EXCLUDED.roles, user_created_at = EXCLUDED.user_created_at,
-                source_rank = EXCLUDED.source_rank, source_updated_at = EXCLUDED.source_updated_at,
-                source_event_created_at = EXCLUDED.source_event_created_at,
-                source_event_id = EXCLUDED.source_event_id
-         WHERE (u.source_rank, u.source_updated_at, u.source_event_created_at, u.source_event_id)
-             < (EXCLUDED.source_rank, EXCLUDED.source_updated_at, EXCLUDED.source_event_created_at, EXCLUDED.source_event_id)",
-    )
-    .bind(tenants)
-    .bind(ids)
-    .bind(emails)
-    .bind(first)
-    .bind(last)
-    .bind(companies)
-    .bind(roles)
-    .bind(created)
-    .bind(versions.ranks)
-    .bind(versions.updated_at)
-    .bind(versions.event_created_at)
-    .bind(versions.event_ids)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-async fn upsert_enrollments(conn: &mut PgConnection, rows: Latest<EnrollmentRow>) -> Result<u64, sqlx::Error> {
-    if rows.0.is_empty() {
-        return Ok(0);
-    }
-    let (mut tenants, mut ids, mut user_ids, mut course_ids, mut percents) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut started, mut activated, mut completed, mut expiry) = (vec![], vec![], vec![], vec![]);
-    let (mut trials, mut created, mut updated, mut topics) = (vec![], vec![], vec![], vec![]);
-    let (mut event_created, mut event_ids) = (vec![], vec![]);
-    for ((tenant, id), (version, row)) in rows.0 {
-        let record = row.record;
-        tenants.push(tenant);
-        ids.push(id);
-        user_ids.push(row.user_id);
-        course_ids.push(row.course_id);
-        percents.push(record.percentage_completed);
-        started.push(record.started_at);
-        activated.push(record.activated_at);
-        completed.push(record.completed_at);
-        expiry.push(record.expiry_date);
-        trials.push(record.free_trial.unwrap_or(row.topic == "enrollment.trial"));
-        created.push(record.created_at);
-        updated.push(version.updated_at);
-        topics.push(row.topic);
-        event_created.push(version.event_created_at);
-        event_ids.push(version.event_id);
-    }
-    let result = sqlx::query(
-        "INSERT INTO enrollments AS e (tenant_id, enrollment_id, user_id, course_id, percentage_completed,
-                started_at, activated_at, completed_at, expiry_date, free_trial, enrollment_created_at,
-                updated_at, last_topic, source_event_created_at, source_event_id)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[],
-                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::bool[],
-                $11::timestamptz[], $12::timestamptz[], $13::text[], $14::timestamptz[], $15::text[])
-         ON CONFLICT (tenant_id, enrollment_id) DO UPDATE SET
-                user_id = EXCLUDED.user_id, course_id = EXCLUDED.course_id,
-                percentage_completed = EXCLUDED.percentage_completed,
-                started_at = EXCLUDED.started_at, activated_at = EXCLUDED.activated_at,
-                completed_at = EXCLUDED.completed_at, expiry_date = EXCLUDED.expiry_date,
-                free_trial = EXCLUDED.free_trial, enrollment_created_at = EXCLUDED.enrollment_created_at,
-                updated_at = EXCLUDED.updated_at, last_topic = EXCLUDED.last_topic,
-                source_event_created_at = EXCLUDED.source_event_created_at,
-                source_event_id = EXCLUDED.source_event_id
-         WHERE (e.updated_at, e.source_event_created_at, e.source_event_id)
-             < (EXCLUDED.updated_at, EXCLUDED.source_event_created_at, EXCLUDED.source_event_id)",
-    )
-    .bind(tenants)
-    .bind(ids)
-    .bind(user_ids)
-    .bind(course_ids)
-    .bind(percents)
-    .bind(started)
-    .bind(activated)
-    .bind(completed)
-    .bind(expiry)
-    .bind(trials)
-    .bind(created)
-    .bind(updated)
-    .bind(topics)
-    .bind(event_created)
-    .bind(event_ids)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-async fn upsert_orders(conn: &mut PgConnection, rows: Latest<Order>) -> Result<u64, sqlx::Error> {
-    if rows.0.is_empty() {
-        return Ok(0);
-    }
-    let (mut tenants, mut ids, mut numbers, mut statuses, mut payment_types) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut amounts, mut billing, mut product_ids, mut product_names) = (vec![], vec![], vec![], vec![]);
-    let (mut coupons, mut user_ids, mut items, mut created) = (vec![], vec![], vec![], vec![]);
-    let (mut event_created, mut event_ids) = (vec![], vec![]);
-    for ((tenant, id), (version, order)) in rows.0 {
-        user_ids.push(order.learner_id());
-        tenants.push(tenant);
-        ids.push(id);
-        numbers.push(order.order_number);
-        statuses.push(order.status);
-        payment_types.push(order.payment_type);
-        amounts.push(order.amount_cents);
-        billing.push(order.billing_name);
-        product_ids.push(order.product_id);
-        product_names.push(order.product_name);
-        coupons.push(order.coupon.filter(|coupon| !coupon.is_null()));
-        items.push(order.items.unwrap_or(Value::Array(vec![])));
-        created.push(order.created_at);
-        event_created.push(version.event_created_at);
-        event_ids.push(version.event_id);
-    }
-    let result = sqlx::query(
-        "INSERT INTO orders AS o (tenant_id, order_id, order_number, status, payment_type, amount_cents,
-                billing_name, product_id, product_name, coupon, user_id, items, order_created_at,
-                source_event_created_at, source_event_id)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::int8[],
-                $7::text[], $8::int8[], $9::text[], $10::jsonb[], $11::int8[], $12::jsonb[],
-                $13::timestamptz[], $14::timestamptz[], $15::text[])
-         ON CONFLICT (tenant_id, order_id) DO UPDATE SET
-                order_number = EXCLUDED.order_number, status = EXCLUDED.status,
-                payment_type = EXCLUDED.payment_type, amount_cents = EXCLUDED.amount_cents,
-                billing_name = EXCLUDED.billing_name, product_id = EXCLUDED.product_id,
-                product_name = EXCLUDED.product_name, coupon = EXCLUDED.coupon, user_id = EXCLUDED.user_id,
-                items = EXCLUDED.items, order_created_at = EXCLUDED.order_created_at,
-                source_event_created_at = EXCLUDED.source_event_created_at,
-                source_event_id = EXCLUDED.source_event_id
-         WHERE (o.source_event_created_at, o.source_event_id)
-             < (EXCLUDED.source_event_created_at, EXCLUDED.source_event_id)",
-    )
-    .bind(tenants)
-    .bind(ids)
-    .bind(numbers)
-    .bind(statuses)
-    .bind(payment_types)
-    .bind(amounts)
-    .bind(billing)
-    .bind(product_ids)
-    .bind(product_names)
-    .bind(coupons)
-    .bind(user_ids)
-    .bind(items)
-    .bind(created)
-    .bind(event_created)
-    .bind(event_ids)
     .execute(conn)
     .await?;
     Ok(result.rows_affected())
