@@ -53,20 +53,35 @@ pub struct NewEntry<'a> {
 }
 
 impl NewEntry<'_> {
-    /// Its field/value pairs, in the order they are written.
-    pub fn pairs(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut pairs = vec![
-            (field::BODY, self.body.to_vec()),
-            (field::TOPIC, self.topic.as_bytes().to_vec()),
-            (field::TENANT, self.tenant.as_bytes().to_vec()),
-            (field::EVENT_ID, self.event_id.as_bytes().to_vec()),
-            (field::RECEIVED_AT, timestamp(self.received_at).into_bytes()),
-        ];
-        if let Some(headers) = self.headers {
-            pairs.push((field::HEADERS, headers.as_bytes().to_vec()));
-        }
-        pairs
+    /// Hands its field/value pairs, in the order they are written, to `write`.
+    pub fn with_pairs<T>(&self, write: impl FnOnce(Vec<(&'static str, &[u8])>) -> T) -> T {
+        let received_at = timestamp(self.received_at);
+        let headers = self.headers.map(str::as_bytes);
+        write(event_pairs(self.body, self.topic, self.tenant, self.event_id, &received_at, headers))
     }
+}
+
+/// An event's field/value pairs, in the order they are written; headers
+/// only where the intake kept some.
+fn event_pairs<'a>(
+    body: &'a [u8],
+    topic: &'a str,
+    tenant: &'a str,
+    event_id: &'a str,
+    received_at: &'a str,
+    headers: Option<&'a [u8]>,
+) -> Vec<(&'static str, &'a [u8])> {
+    let mut pairs = vec![
+        (field::BODY, body),
+        (field::TOPIC, topic.as_bytes()),
+        (field::TENANT, tenant.as_bytes()),
+        (field::EVENT_ID, event_id.as_bytes()),
+        (field::RECEIVED_AT, received_at.as_bytes()),
+    ];
+    if let Some(headers) = headers {
+        pairs.push((field::HEADERS, headers));
+    }
+    pairs
 }
 
 /// The event an entry carries, as the intake accepted it. A field the entry
@@ -85,18 +100,9 @@ pub struct EventFields {
 
 impl EventFields {
     /// Its field/value pairs, headers only where kept.
-    pub fn pairs(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut pairs = vec![
-            (field::BODY, self.body.clone()),
-            (field::TOPIC, self.topic.clone().into_bytes()),
-            (field::TENANT, self.tenant.clone().into_bytes()),
-            (field::EVENT_ID, self.event_id.clone().into_bytes()),
-            (field::RECEIVED_AT, self.received_at.clone().into_bytes()),
-        ];
-        if let Some(headers) = &self.headers {
-            pairs.push((field::HEADERS, headers.clone()));
-        }
-        pairs
+    pub fn pairs(&self) -> Vec<(&'static str, &[u8])> {
+        let headers = self.headers.as_deref();
+        event_pairs(&self.body, &self.topic, &self.tenant, &self.event_id, &self.received_at, headers)
     }
 
     /// When the intake accepted it; none if the entry does not say.
@@ -218,8 +224,8 @@ mod tests {
             received_at: at,
             headers: Some("{\"a\":\"b\"}"),
         };
-        let entry = Entry::read("1-0".to_owned(), new.pairs());
-        assert_eq!(entry.event.pairs(), new.pairs());
+        let entry = new.with_pairs(|pairs| Entry::read("1-0".to_owned(), pairs));
+        new.with_pairs(|pairs| assert_eq!(entry.event.pairs(), pairs));
         assert_eq!(entry.event.received_at(), Some(at));
         assert_eq!(entry.failure, FailureRecord::default());
 
@@ -231,7 +237,8 @@ mod tests {
             first_failed_at: Some("a".to_owned()),
             last_failed_at: Some("b".to_owned()),
         };
-        let mut pairs = entry.event.pairs();
+        let mut pairs: Vec<(&str, Vec<u8>)> =
+            entry.event.pairs().into_iter().map(|(name, value)| (name, value.to_vec())).collect();
         pairs.extend(failure.pairs());
         let member = Entry::retry_member(&pairs);
         let retry = Entry::from_retry_member(&member);

@@ -64,7 +64,8 @@ impl Failure<'_> {
             first_failed_at: Some(entry.failure.first_failed_at.clone().unwrap_or_else(|| now.to_owned())),
             last_failed_at: Some(now.to_owned()),
         };
-        let mut fields = entry.event.pairs();
+        let mut fields: Vec<(&'static str, Vec<u8>)> =
+            entry.event.pairs().into_iter().map(|(name, value)| (name, value.to_vec())).collect();
         fields.extend(record.pairs());
         fields
     }

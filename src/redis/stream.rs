@@ -62,9 +62,11 @@ pub async fn enqueue(
         invocation.key(shard.seen(bucket, partition));
     }
     invocation.arg(fingerprint.member()).arg(dedup.set_lifetime_secs());
-    for (name, value) in entry.pairs() {
-        invocation.arg(name).arg(value);
-    }
+    entry.with_pairs(|pairs| {
+        for (name, value) in pairs {
+            invocation.arg(name).arg(value);
+        }
+    });
     let appended: Option<String> = invocation.invoke_async(conn).await?;
     Ok(appended.map_or(Enqueued::Duplicate, Enqueued::Accepted))
 }
