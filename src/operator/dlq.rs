@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::failed::{DeadLetterView, InDeadLetters};
-use super::output::{shorten, summary, Output};
+use super::output::{summary, Output};
 use crate::exit::{self, Exit};
 use crate::redis::entry::Entry;
 use crate::redis::failures;
@@ -376,24 +376,9 @@ fn by_shard(letters: Vec<Letter>) -> std::collections::BTreeMap<u32, Vec<String>
 
 /// The dead letters as a table; a table cut short (e.g. by `| head`) is not an error.
 fn print_table(out: &mut dyn Write, letters: &[DeadLetterView]) -> std::io::Result<()> {
-    let _ = writeln!(
-        out,
-        "{:<20} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} ERROR",
-        "ID", "LAST FAILED", "TOPIC", "TENANT", "EVENT", "ATTEMPTS", "KIND"
-    );
+    let _ = writeln!(out, "{:<20} {:<24} {}", "ID", "LAST FAILED", DeadLetterView::column_titles());
     for letter in letters {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<24} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
-            letter.at.id,
-            letter.last_failed_at,
-            shorten(&letter.topic, 22),
-            shorten(&letter.tenant, 10),
-            shorten(&letter.event_id, 24),
-            letter.attempts,
-            letter.error_kind,
-            shorten(&letter.error, 80)
-        );
+        let _ = writeln!(out, "{:<20} {:<24} {}", letter.at.id, letter.last_failed_at, letter.columns());
     }
     Ok(())
 }

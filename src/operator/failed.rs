@@ -5,6 +5,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::output::shorten;
 use crate::redis::entry::Entry;
 
 /// A failed event, where it waits (`At`): [`InDeadLetters`] or [`InRetries`].
@@ -75,5 +76,24 @@ impl<At> FailedEvent<At> {
             headers: whole.then(|| event.headers.as_deref().filter(|raw| !raw.is_empty()).map(json_or_text)).flatten(),
             body: whole.then(|| json_or_text(&event.body)),
         }
+    }
+
+    /// The header of the columns every table of failed events prints after
+    /// where each waits (see [`FailedEvent::columns`]).
+    pub fn column_titles() -> String {
+        format!("{:<22} {:<10} {:<24} {:>8} {:<9} ERROR", "TOPIC", "TENANT", "EVENT", "ATTEMPTS", "KIND")
+    }
+
+    /// Its topic, school, event id, attempts, error kind and error, as a table row.
+    pub fn columns(&self) -> String {
+        format!(
+            "{:<22} {:<10} {:<24} {:>8} {:<9} {}",
+            shorten(&self.topic, 22),
+            shorten(&self.tenant, 10),
+            shorten(&self.event_id, 24),
+            self.attempts,
+            self.error_kind,
+            shorten(&self.error, 80)
+        )
     }
 }

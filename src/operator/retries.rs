@@ -9,7 +9,7 @@ use redis::RedisError;
 use serde::Serialize;
 
 use super::failed::{InRetries, RetryView};
-use super::output::{shorten, summary, Output};
+use super::output::{summary, Output};
 use crate::redis::entry::Entry;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
@@ -51,23 +51,9 @@ pub async fn scheduled(redis: &mut RedisConnection, keys: &Keys, limit: usize) -
 pub async fn list(redis: &mut RedisConnection, keys: &Keys, limit: u32, output: Output) -> anyhow::Result<()> {
     let scheduled = scheduled(redis, keys, limit as usize).await?;
     output.data(&scheduled, |out| {
-        writeln!(
-            out,
-            "{:<26} {:<22} {:<10} {:<24} {:>8} {:<9} ERROR",
-            "DUE", "TOPIC", "TENANT", "EVENT", "ATTEMPTS", "KIND"
-        )?;
+        writeln!(out, "{:<26} {}", "DUE", RetryView::column_titles())?;
         for retry in &scheduled.retries {
-            writeln!(
-                out,
-                "{:<26} {:<22} {:<10} {:<24} {:>8} {:<9} {}",
-                retry.at.due_at,
-                shorten(&retry.topic, 22),
-                shorten(&retry.tenant, 10),
-                shorten(&retry.event_id, 24),
-                retry.attempts,
-                retry.error_kind,
-                shorten(&retry.error, 80)
-            )?;
+            writeln!(out, "{:<26} {}", retry.at.due_at, retry.columns())?;
         }
         Ok(())
     })?;

@@ -120,44 +120,37 @@ impl Settler<'_> {
             first = entries.first().map_or("", |entry| entry.id.as_str()),
             last = entries.last().map_or("", |entry| entry.id.as_str()),
         );
-        self.settle_batch(shard, entries, count_deliveries, stop, settled).instrument(span).await
-    }
-
-    async fn settle_batch(
-        &self,
-        shard: &ShardKeys,
-        entries: &[Entry],
-        count_deliveries: bool,
-        stop: &CancellationToken,
-        settled: &mpsc::Sender<Settled>,
-    ) -> Option<usize> {
-        let started = Instant::now();
-        let deliveries =
-            if count_deliveries { self.delivery_counts(shard, entries, stop).await? } else { HashMap::new() };
-        let batch: Vec<Settling<'_>> = entries.iter().map(|entry| Settling::new(entry, &deliveries)).collect();
-        // Out of attempts through crashes. If the event was applied and only
-        // its acknowledgement was lost, there is nothing to give up.
-        let already_applied = self.already_applied(&batch, stop).await?;
-        let at = (0..batch.len()).filter(|&index| batch[index].to_apply(self.policy).is_some()).collect();
-        let to_apply = ToApply { shard, batch: &batch, at };
-        let refused: Vec<(usize, Fault)> = self
-            .apply_splitting(&to_apply, stop)
-            .await?
-            .into_iter()
-            .map(|(index, error)| (to_apply.at[index], Fault::refused(&error)))
-            .collect();
-        let plan = plan(&batch, &already_applied, refused, self.policy, Utc::now());
-        self.record_failures(shard, &plan, stop).await?;
-        settled.send(plan.settled(shard)).await.ok()?;
-        metrics::batch(entries.len(), started.elapsed());
-        metrics::worker_progress();
-        tracing::debug!(
-            entries = entries.len(),
-            dead = plan.dead_letters.len(),
-            retries = plan.retries.len(),
-            "batch settled"
-        );
-        Some(entries.len())
+        async move {
+            let started = Instant::now();
+            let deliveries =
+                if count_deliveries { self.delivery_counts(shard, entries, stop).await? } else { HashMap::new() };
+            let batch: Vec<Settling<'_>> = entries.iter().map(|entry| Settling::new(entry, &deliveries)).collect();
+            // Out of attempts through crashes. If the event was applied and only
+            // its acknowledgement was lost, there is nothing to give up.
+            let already_applied = self.already_applied(&batch, stop).await?;
+            let at = (0..batch.len()).filter(|&index| batch[index].to_apply(self.policy).is_some()).collect();
+            let to_apply = ToApply { shard, batch: &batch, at };
+            let refused: Vec<(usize, Fault)> = self
+                .apply_splitting(&to_apply, stop)
+                .await?
+                .into_iter()
+                .map(|(index, error)| (to_apply.at[index], Fault::refused(&error)))
+                .collect();
+            let plan = plan(&batch, &already_applied, refused, self.policy, Utc::now());
+            self.record_failures(shard, &plan, stop).await?;
+            settled.send(plan.settled(shard)).await.ok()?;
+            metrics::batch(entries.len(), started.elapsed());
+            metrics::worker_progress();
+            tracing::debug!(
+                entries = entries.len(),
+                dead = plan.dead_letters.len(),
+                retries = plan.retries.len(),
+                "batch settled"
+            );
+            Some(entries.len())
+        }
+        .instrument(span)
+        .await
     }
 
     /// How many times each entry was delivered to this consumer.
