@@ -20,7 +20,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --uid 10001 fleet
 COPY --from=build /src/target/release/fleet /usr/local/bin/fleet
 USER fleet
-ENV FLEET_LISTEN=0.0.0.0:8080 FLEET_LOG_FORMAT=json
+ENV FLEET_LISTEN=0.0.0.0:8080 LOG_FORMAT=json
 EXPOSE 8080
 ENTRYPOINT ["fleet"]
 CMD ["intake"]

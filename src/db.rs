@@ -60,9 +60,17 @@ fn pool_options() -> PgPoolOptions {
 }
 
 /// A pool whose acquires fail after a few seconds instead of hanging, so a
-/// Postgres outage surfaces as an error the worker can back off from.
+/// Postgres outage surfaces as an error the worker can back off from. When
+/// the pool gives up without saying why, the error is what one connection
+/// attempt answers (a refusal, a wrong password), not "pool timed out".
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
-    pool_options().connect_with(options(url, Pooling::Session)?).await
+    let options = options(url, Pooling::Session)?;
+    match pool_options().connect_with(options.clone()).await {
+        Err(sqlx::Error::PoolTimedOut) => {
+            Err(first_attempt_error(&options, Duration::from_secs(5)).await.unwrap_or(sqlx::Error::PoolTimedOut))
+        }
+        connected => connected,
+    }
 }
 
 /// Like [`connect`], without connecting yet: only a URL sqlx cannot use

@@ -12,7 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    fleet::telemetry::init();
+    if let Err(refused) = fleet::telemetry::init() {
+        eprintln!("fleet: {refused}");
+        return std::process::ExitCode::from(fleet::exit::USAGE);
+    }
     let cli = Cli::parse();
     match fleet::cli::run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -35,7 +35,12 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    /// `FLEET_API_LISTEN`, else `0.0.0.0:$PORT`, else `127.0.0.1:8081`;
+    /// both set is refused, naming them.
     pub fn address(&self) -> Result<SocketAddr, ConfigError> {
+        if self.listen.is_some() && self.port.is_some() {
+            return Err(ConfigError::ListenAndPort("FLEET_API_LISTEN"));
+        }
         ListenArgs { listen: self.listen, port: self.port }.address().map(|address| {
             if self.listen.is_none() && self.port.is_none() {
                 SocketAddr::new(address.ip(), 8081)

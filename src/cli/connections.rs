@@ -52,10 +52,10 @@ pub struct RedisArgs {
     /// Redis connection URL (rediss:// for TLS); several comma-separated URLs name the nodes of a
     /// Redis Cluster. Required by every command but `fleet dev`, which starts a throwaway Redis
     /// without it.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
+    #[arg(global = true, long, env = "REDIS_URL", hide_env_values = true, value_name = "REDIS_URL")]
     pub redis_url: Option<RedisUrls>,
     /// Redis is a Redis Cluster (implied by several URLs in REDIS_URL).
-    #[arg(long = "redis-cluster", env = "FLEET_REDIS_CLUSTER", value_parser = boolean(), value_name = "FLEET_REDIS_CLUSTER")]
+    #[arg(global = true, long = "redis-cluster", env = "FLEET_REDIS_CLUSTER", value_parser = boolean(), value_name = "FLEET_REDIS_CLUSTER")]
     pub redis_cluster: bool,
     #[command(flatten)]
     pub tls: RedisTlsArgs,
@@ -78,17 +78,32 @@ impl RedisArgs {
 pub struct RedisTlsArgs {
     /// PEM file of the CA certificate(s) that sign the Redis server's certificate, instead of the
     /// system's roots (a managed service's private CA).
-    #[arg(long = "redis-tls-ca-file", env = "FLEET_REDIS_TLS_CA_FILE", value_name = "FLEET_REDIS_TLS_CA_FILE")]
+    #[arg(
+        global = true,
+        long = "redis-tls-ca-file",
+        env = "FLEET_REDIS_TLS_CA_FILE",
+        value_name = "FLEET_REDIS_TLS_CA_FILE"
+    )]
     pub ca_file: Option<std::path::PathBuf>,
     /// PEM file of the client certificate for mutual TLS (with FLEET_REDIS_TLS_KEY_FILE).
-    #[arg(long = "redis-tls-cert-file", env = "FLEET_REDIS_TLS_CERT_FILE", value_name = "FLEET_REDIS_TLS_CERT_FILE")]
+    #[arg(
+        global = true,
+        long = "redis-tls-cert-file",
+        env = "FLEET_REDIS_TLS_CERT_FILE",
+        value_name = "FLEET_REDIS_TLS_CERT_FILE"
+    )]
     pub cert_file: Option<std::path::PathBuf>,
     /// PEM file of the client certificate's private key (with FLEET_REDIS_TLS_CERT_FILE).
-    #[arg(long = "redis-tls-key-file", env = "FLEET_REDIS_TLS_KEY_FILE", value_name = "FLEET_REDIS_TLS_KEY_FILE")]
+    #[arg(
+        global = true,
+        long = "redis-tls-key-file",
+        env = "FLEET_REDIS_TLS_KEY_FILE",
+        value_name = "FLEET_REDIS_TLS_KEY_FILE"
+    )]
     pub key_file: Option<std::path::PathBuf>,
     /// INSECURE: accept any certificate from the Redis server, so anyone on the path can read and
     /// change what Fleet sends. Logged at warn level on every start. For a test set-up only.
-    #[arg(long = "redis-tls-insecure-skip-verify", env = "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY",
+    #[arg(global = true, long = "redis-tls-insecure-skip-verify", env = "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY",
           value_parser = boolean(), value_name = "FLEET_REDIS_TLS_INSECURE_SKIP_VERIFY")]
     pub insecure_skip_verify: bool,
 }
@@ -136,6 +151,12 @@ pub struct StreamShardsArg {
 #[derive(Debug, Args)]
 pub struct KeyPrefixArg {
     /// Prefix of every Redis key and stream the fleet owns.
-    #[arg(long = "key-prefix", env = "FLEET_KEY_PREFIX", default_value = "fleet:", value_name = "FLEET_KEY_PREFIX")]
+    #[arg(
+        global = true,
+        long = "key-prefix",
+        env = "FLEET_KEY_PREFIX",
+        default_value = "fleet:",
+        value_name = "FLEET_KEY_PREFIX"
+    )]
     pub key_prefix: KeyPrefix,
 }

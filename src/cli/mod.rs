@@ -87,10 +87,14 @@ fn boolean() -> clap::builder::BoolishValueParser {
 /// Configuration errors found after parsing.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0} is not set; this command needs it (see `fleet help <command>`)")]
+    #[error(
+        "{0} is not set; this command needs it (see `fleet help <command>`). Against a running `fleet \
+         dev`, `. .fleet/dev/env` sets REDIS_URL and DATABASE_URL"
+    )]
     Missing(&'static str),
-    #[error("set either FLEET_LISTEN (--listen) or PORT (--port), not both")]
-    ListenAndPort,
+    /// Both the named listen address and `PORT` are set.
+    #[error("set either {0} (--listen) or PORT (--port), not both")]
+    ListenAndPort(&'static str),
     #[error("FLEET_CONSUMER_NAME must be 1 to 200 characters without spaces")]
     ConsumerName,
     #[error(transparent)]
@@ -222,6 +226,28 @@ mod tests {
     fn capitalized(text: &str) -> String {
         let mut chars = text.chars();
         chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+    }
+
+    /// Connection settings are taken after the subcommand too, as before it.
+    #[test]
+    fn connection_settings_follow_any_subcommand() {
+        for args in [
+            &["fleet", "dlq", "list", "--redis-url", "redis://h:1/"][..],
+            &["fleet", "dlq", "--redis-url", "redis://h:1/", "list"],
+            &["fleet", "cache", "stats", "--redis-url", "redis://h:1/", "--key-prefix", "p:"],
+            &["fleet", "status", "--redis-url", "redis://h:1/"],
+            &["fleet", "retries", "--redis-url", "redis://h:1/"],
+        ] {
+            let parsed = Cli::try_parse_from(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
+            let redis = match parsed.command {
+                Command::Dlq(dlq) => dlq.redis,
+                Command::Cache(cache) => cache.redis,
+                Command::Status(status) => status.redis,
+                Command::Retries(retries) => retries.redis,
+                _ => unreachable!("an operator command"),
+            };
+            assert!(redis.target().is_ok_and(|target| target.urls() == ["redis://h:1/"]), "{args:?}");
+        }
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub enum DlqCommand {
         /// Print what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also print each dead letter replayed and the stream entry it became (by default, a
+        /// summary only).
+        #[arg(long)]
+        verbose: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

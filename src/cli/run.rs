@@ -104,8 +104,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     operator::dlq::list(redis, keys, &filter.into(), limit, Output::new(json)).await
                 }
                 DlqCommand::Show { id, json } => operator::dlq::show(redis, keys, id, Output::new(json)).await,
-                DlqCommand::Replay { selection, dry_run, json } => {
-                    operator::dlq::replay(redis, keys, &selection.into(), dry_run, Output::new(json)).await
+                DlqCommand::Replay { selection, dry_run, verbose, json } => {
+                    let output = Output::new(json);
+                    operator::dlq::replay(redis, keys, &selection.into(), dry_run, verbose, output).await
                 }
                 DlqCommand::Purge { selection, yes, json } => {
                     operator::dlq::purge(redis, keys, &selection.into(), yes, Output::new(json)).await
@@ -120,8 +121,11 @@ async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
         Ok(pool) => Ok(pool),
         Err(err) => match err.misconfiguration() {
             Some(problem) => Err(ConfigError::Misconfigured(problem).into()),
-            None => Err(anyhow::Error::new(err)
-                .context("cannot connect to Postgres; check DATABASE_URL and that the server is up")),
+            // The cause once (its text already holds its sources), and where.
+            None => Err(anyhow::anyhow!(
+                "cannot connect to Postgres at {}: {err}; check DATABASE_URL and that the server is up",
+                crate::urls::shown_address(url)
+            )),
         },
     }
 }
@@ -167,8 +171,11 @@ async fn connect_redis(target: &RedisTarget) -> anyhow::Result<crate::redis::Red
         Err(err) => {
             match err.misconfiguration() {
                 Some(problem) => Err(ConfigError::Misconfigured(problem).into()),
-                None => Err(anyhow::Error::new(err)
-                    .context("cannot connect to Redis; check REDIS_URL and that the server is up")),
+                // The cause once (its text already holds its sources), and where.
+                None => Err(anyhow::anyhow!(
+                    "cannot connect to Redis at {}: {err}; check REDIS_URL and that the server is up",
+                    target.shown_address()
+                )),
             }
         }
     }

@@ -58,7 +58,7 @@ impl ListenArgs {
     /// `127.0.0.1:8080`. Setting both is refused as ambiguous.
     pub fn address(&self) -> Result<SocketAddr, ConfigError> {
         match (self.listen, self.port) {
-            (Some(_), Some(_)) => Err(ConfigError::ListenAndPort),
+            (Some(_), Some(_)) => Err(ConfigError::ListenAndPort("FLEET_LISTEN")),
             (Some(listen), None) => Ok(listen),
             (None, Some(port)) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
             (None, None) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)),

@@ -25,7 +25,7 @@ use super::session::Session;
 use super::{jobs, ConsoleError, ConsoleState, Fields, BASE};
 use crate::operator::dlq::{self, Filter, Selection};
 use crate::operator::failed::DeadLetterView;
-use crate::operator::output::shorten;
+use crate::operator::output::{count, shorten};
 
 /// Dead letters per page of the table.
 const PAGE_SIZE: usize = 50;
@@ -182,7 +182,7 @@ impl Chosen {
         if self.all {
             self.filter.describe()
         } else {
-            format!("{} named dead letters", self.ids.len())
+            format!("{} named", count(self.ids.len() as u64, "dead letter", "dead letters"))
         }
     }
 
@@ -223,11 +223,11 @@ pub(super) async fn list(
     let body = html! {
         h1 { "Dead letters" }
         @if let Some(purged) = number("purged") {
-            (pages::notice(&format!("Purged {purged} dead letters.")))
+            (pages::notice(&format!("Purged {}.", count(purged, "dead letter", "dead letters"))))
         }
         (filters(&form))
         p.muted #dead-letter-total {
-            (total) " dead letters in all; " (page.letters.len()) " shown"
+            (count(total, "dead letter", "dead letters")) " in all; " (page.letters.len()) " shown"
             @if after.is_some() { " (a later page)" }
             @if !form.is_empty() { ", matching the filter" } "."
         }
@@ -406,7 +406,7 @@ async fn preview(
         h1 { (title) }
         @if let Some(problem) = problem { p.problem role="alert" { (problem) } }
         p #preview-count data-count=(count) {
-            "Dry run: " strong { (count) " dead letters" } " would be " (verb)
+            "Dry run: " strong { (letters(count)) } " would be " (verb)
             @if action == Action::Replay { " onto the events stream with fresh attempts" }
             "; nothing has changed yet. Chosen: " (chosen.describe()) "."
         }
@@ -423,7 +423,7 @@ async fn preview(
                         (chosen.hidden())
                         input type="hidden" name="expected" value=(count);
                         div.actions {
-                            button.primary #confirm-replay type="submit" { "Replay " (count) " dead letters" }
+                            button.primary #confirm-replay type="submit" { "Replay " (letters(count)) }
                             a href={ (BASE) "/dead-letters" } { "Cancel" }
                         }
                     }
@@ -436,7 +436,7 @@ async fn preview(
                         div.actions {
                             label for="typed" { "Type " strong { (count) } " to delete them for good:" }
                             input #typed type="text" name="confirm" inputmode="numeric" autocomplete="off" required;
-                            button.danger #confirm-purge type="submit" { "Purge " (count) " dead letters" }
+                            button.danger #confirm-purge type="submit" { "Purge " (letters(count)) }
                             a href={ (BASE) "/dead-letters" } { "Cancel" }
                         }
                     }
@@ -488,7 +488,8 @@ pub(super) async fn replay(
     let fields = session.form(&body)?;
     let chosen = Chosen::read(&fields)?;
     let shown = fields.get("expected").and_then(|count| count.trim().parse::<usize>().ok());
-    let problem = |count| format!("{count} dead letters match this now; confirm that number; nothing was replayed.");
+    let problem =
+        |matching: usize| format!("{} match this now; confirm that number; nothing was replayed.", letters(matching));
     if let Err(problem) = confirmed(&state, &chosen, shown, problem).await? {
         tracing::info!(session = session.fingerprint(), chosen = %chosen.describe(), "console replay not confirmed; nothing replayed");
         return preview(&state, &session, Action::Replay, chosen, StatusCode::BAD_REQUEST, Some(&problem)).await;
@@ -562,4 +563,9 @@ mod tests {
         assert_eq!((selection.filter.tenant.as_deref(), selection.filter.up_to.as_deref()), (Some("a"), Some("5-0")));
         assert!(Chosen::read(&Fields::parse(b"topic=a")).is_err(), "nothing chosen");
     }
+}
+
+/// `1 dead letter`, `3 dead letters`.
+fn letters(n: usize) -> String {
+    count(n as u64, "dead letter", "dead letters")
 }

@@ -26,6 +26,7 @@ use super::pages::{self, Layout, Section};
 use super::session::Session;
 use super::{ConsoleError, ConsoleState, BASE};
 use crate::operator::dlq::{self, Selection};
+use crate::operator::output::count;
 
 /// How long a job's record is kept.
 pub(crate) const KEPT: Duration = Duration::from_secs(24 * 3600);
@@ -171,7 +172,7 @@ pub(super) async fn page(
             }
             "done" => {
                 p.notice #job-state data-state="done" {
-                    "Done: " (number("replayed")) " dead letters replayed onto the events stream with fresh attempts"
+                    "Done: " (count(number("replayed"), "dead letter", "dead letters")) " replayed onto the events stream with fresh attempts"
                     @if number("missing") > 0 { "; " (number("missing")) " were no longer dead letters" }
                     "."
                 }

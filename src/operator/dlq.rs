@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::failed::{DeadLetterView, InDeadLetters};
-use super::output::{summary, Output};
+use super::output::{count, summary, Output};
 use crate::exit::{self, Exit};
 use crate::redis::entry::Entry;
 use crate::redis::failures;
@@ -399,17 +399,23 @@ pub async fn list(
     output: Output,
 ) -> anyhow::Result<()> {
     let page = find(redis, keys, filter, None, limit as usize).await?;
-    output.data(&page.letters, |out| print_table(out, &page.letters))?;
+    let counts = by_shard_counts(redis, keys).await?;
+    let total: u64 = counts.iter().map(|(_, count)| count).sum();
+    // The one shape of every listing: how many there are in all, and those shown.
+    let data = json!({ "total": total, "dead_letters": page.letters, "more": page.more });
+    output.data(&data, |out| print_table(out, &page.letters))?;
     if !output.is_json() {
-        let counts = by_shard_counts(redis, keys).await?;
-        let total: u64 = counts.iter().map(|(_, count)| count).sum();
         let per_shard = if counts.len() > 1 {
             let shards: Vec<String> = counts.iter().map(|(shard, count)| format!("shard {shard}: {count}")).collect();
             format!(" ({})", shards.join(", "))
         } else {
             String::new()
         };
-        summary(&format!("{} shown, {total} dead letters in all{per_shard}", page.letters.len()));
+        summary(&format!(
+            "{} shown, {} in all{per_shard}",
+            page.letters.len(),
+            count(total, "dead letter", "dead letters")
+        ));
     }
     Ok(())
 }
@@ -451,12 +457,14 @@ pub async fn show(redis: &mut RedisConnection, keys: &Keys, id: String, output: 
 
 /// `fleet dlq replay`: dead letters back onto the events stream, with fresh
 /// attempts (only listed with `dry_run`); progress on stderr when there are
-/// more than one step's worth.
+/// more than one step's worth, then a summary; each replayed id with
+/// `verbose` (always in JSON).
 pub async fn replay(
     redis: &mut RedisConnection,
     keys: &Keys,
     selection: &Selection,
     dry_run: bool,
+    verbose: bool,
     output: Output,
 ) -> anyhow::Result<()> {
     if dry_run {
@@ -464,7 +472,8 @@ pub async fn replay(
         let data = json!({ "dry_run": true, "would_replay": selected.letters, "missing": selected.missing });
         output.data(&data, |out| print_table(out, &selected.letters))?;
         if !output.is_json() {
-            summary(&format!("dry run: {} dead letters would be replayed; nothing changed", selected.letters.len()));
+            let would = count(selected.letters.len() as u64, "dead letter", "dead letters");
+            summary(&format!("dry run: {would} would be replayed; nothing changed"));
         }
         return not_found(&selected.missing);
     }
@@ -477,13 +486,16 @@ pub async fn replay(
     let pairs: Vec<Value> =
         report.replayed.iter().map(|(from, to)| json!({ "dead_letter_id": from, "stream_entry_id": to })).collect();
     output.data(&json!({ "replayed": pairs, "missing": report.missing }), |out| {
-        for (from, to) in &report.replayed {
-            writeln!(out, "replayed {from} as {to}")?;
+        if verbose {
+            for (from, to) in &report.replayed {
+                writeln!(out, "replayed {from} as {to}")?;
+            }
         }
         Ok(())
     })?;
     if !output.is_json() {
-        summary(&format!("{} dead letters replayed onto the events stream", report.replayed.len()));
+        let replayed = count(report.replayed.len() as u64, "dead letter", "dead letters");
+        summary(&format!("{replayed} replayed onto the events stream"));
     }
     not_found(&report.missing)
 }

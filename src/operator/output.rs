@@ -58,6 +58,12 @@ pub fn summary(text: &str) {
     eprintln!("{text}");
 }
 
+/// A count with its noun in the right number: `1 dead letter`, `3 dead letters`.
+pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `text` on one line, cut to `width` characters.
 pub(crate) fn shorten(text: &str, width: usize) -> String {
     let one_line = text.replace(['\n', '\r', '\t'], " ");
@@ -90,6 +96,13 @@ pub(crate) fn human_duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_noun_in_their_number() {
+        assert_eq!(count(1u64, "dead letter", "dead letters"), "1 dead letter");
+        assert_eq!(count(0u64, "dead letter", "dead letters"), "0 dead letters");
+        assert_eq!(count(601u64, "entry", "entries"), "601 entries");
+    }
 
     #[test]
     fn durations_read_in_their_unit() {

@@ -9,7 +9,7 @@ use redis::RedisError;
 use serde::Serialize;
 
 use super::failed::{InRetries, RetryView};
-use super::output::{summary, Output};
+use super::output::{count, summary, Output};
 use crate::redis::entry::Entry;
 use crate::redis::keys::Keys;
 use crate::redis::shards::{self, ShardCount};
@@ -58,7 +58,8 @@ pub async fn list(redis: &mut RedisConnection, keys: &Keys, limit: u32, output: 
         Ok(())
     })?;
     if !output.is_json() {
-        summary(&format!("{} shown, {} retries scheduled in all", scheduled.retries.len(), scheduled.total));
+        let scheduled_in_all = count(scheduled.total, "retry", "retries");
+        summary(&format!("{} shown, {scheduled_in_all} scheduled in all", scheduled.retries.len()));
     }
     Ok(())
 }

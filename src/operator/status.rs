@@ -13,7 +13,7 @@ use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPend
 use redis::{AsyncCommands, RedisError};
 use serde::Serialize;
 
-use super::output::{human_duration, Output};
+use super::output::{count, human_duration, Output};
 use crate::redis::activity::{self, Tally};
 use crate::redis::keys::{Keys, ShardKeys, GROUP};
 use crate::redis::shards::{self, ShardCount};
@@ -290,14 +290,13 @@ fn recent(minutes: &[(i64, Tally)], now: DateTime<Utc>) -> Recent {
 pub fn verdict(report: &StatusReport) -> Verdict {
     let undelivered = report.undelivered.unwrap_or(0);
     let waiting = undelivered + report.pending;
-    let plural = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
     let (level, text) = if report.live_workers == 0 && waiting + report.retries_scheduled > 0 {
         (
             Level::Critical,
             format!(
                 "no live worker: {} and {} wait",
-                plural(waiting, "entry", "entries"),
-                plural(report.retries_scheduled, "retry", "retries")
+                count(waiting, "entry", "entries"),
+                count(report.retries_scheduled, "retry", "retries")
             ),
         )
     } else if report.oldest_pending_age_ms >= STUCK_AFTER_MS {
@@ -309,11 +308,11 @@ pub fn verdict(report: &StatusReport) -> Verdict {
             ),
         )
     } else if undelivered >= BEHIND_AT {
-        (Level::Warning, format!("behind: {} not yet delivered", plural(undelivered, "entry", "entries")))
+        (Level::Warning, format!("behind: {} not yet delivered", count(undelivered, "entry", "entries")))
     } else if report.dead_letters > 0 {
         (
             Level::Warning,
-            format!("{} {} for an operator", plural(report.dead_letters, "dead letter", "dead letters"), {
+            format!("{} {} for an operator", count(report.dead_letters, "dead letter", "dead letters"), {
                 if report.dead_letters == 1 {
                     "waits"
                 } else {
@@ -328,9 +327,9 @@ pub fn verdict(report: &StatusReport) -> Verdict {
             Level::Ok,
             format!(
                 "keeping up: {}, {} in flight, {} scheduled",
-                plural(report.live_workers as u64, "live worker", "live workers"),
-                plural(waiting, "entry", "entries"),
-                plural(report.retries_scheduled, "retry", "retries")
+                count(report.live_workers as u64, "live worker", "live workers"),
+                count(waiting, "entry", "entries"),
+                count(report.retries_scheduled, "retry", "retries")
             ),
         )
     };

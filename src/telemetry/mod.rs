@@ -2,9 +2,10 @@
 //! and readiness.
 //!
 //! - Logs go to stderr, one JSON object per line with `LOG_FORMAT=json`
-//!   (or the older `FLEET_LOG_FORMAT=json`), and by default when stdout is
-//!   not a terminal (a service manager, a container, a pipe); human-readable
-//!   text on a terminal or with `LOG_FORMAT=text`. The level comes from
+//!   (or the older `FLEET_LOG_FORMAT=json`), and by default when stderr,
+//!   where they go, is not a terminal (a service manager, a container, a
+//!   pipe); human-readable text on a terminal or with `LOG_FORMAT=text`. Any
+//!   other `LOG_FORMAT` stops the process, naming the variable (exit 2). The level comes from
 //!   `RUST_LOG` (default `info`). Every line about an event carries its
 //!   `event_id`, `topic` and `tenant` fields. In text, every field has its
 //!   control characters escaped ([`escape_controls`]): a value a sender
@@ -30,14 +31,15 @@ pub(crate) enum LogFormat {
 }
 
 impl LogFormat {
-    /// `LOG_FORMAT` (else `FLEET_LOG_FORMAT`) when it names a format, else
-    /// JSON unless stdout is a terminal.
-    pub fn from_env() -> Self {
-        let named = ["LOG_FORMAT", "FLEET_LOG_FORMAT"]
-            .iter()
-            .filter_map(|name| std::env::var(name).ok())
-            .find_map(|value| Self::parse(&value));
-        named.unwrap_or_else(|| Self::default_for(std::io::stdout().is_terminal()))
+    /// `LOG_FORMAT` (else `FLEET_LOG_FORMAT`), else JSON unless stderr (where
+    /// logs go) is a terminal; a variable that names no format is refused.
+    pub fn from_env() -> Result<Self, String> {
+        for name in ["LOG_FORMAT", "FLEET_LOG_FORMAT"] {
+            if let Ok(value) = std::env::var(name) {
+                return Self::parse(&value).ok_or_else(|| format!("{name} must be `json` or `text`"));
+            }
+        }
+        Ok(Self::default_for(std::io::stderr().is_terminal()))
     }
 
     fn parse(value: &str) -> Option<Self> {
@@ -58,16 +60,19 @@ impl LogFormat {
     }
 }
 
-pub fn init() {
+/// Starts logging; refused when `LOG_FORMAT` names no format.
+pub fn init() -> Result<(), String> {
+    let format = LogFormat::from_env()?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = match LogFormat::from_env() {
+    let result = match format {
         // One flat object per line: the event's fields beside `message`.
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.fmt_fields(text_fields()).try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     drop(result);
+    Ok(())
 }
 
 /// How text lines write fields: the message, then `name=value` pairs, each

@@ -140,7 +140,7 @@ async fn an_operator_signs_in_replays_a_fixed_poison_event_and_purges_another_in
     // Replay it once the cause is fixed: preview, confirm, progress, applied.
     ctx.accept_enrollment_666().await;
     browser.wait_for("#replay-one").await.click().await.expect("replay");
-    assert!(browser.text_of("#preview-count").await.contains("1 dead letters would be replayed"));
+    assert!(browser.text_of("#preview-count").await.contains("1 dead letter would be replayed"));
     assert_eq!(ctx.dead_letters().await.len(), 3, "the preview changed nothing");
     browser.wait_for("#confirm-replay").await.click().await.expect("confirm");
     browser.wait_for("#job-progress").await;
@@ -160,7 +160,7 @@ async fn an_operator_signs_in_replays_a_fixed_poison_event_and_purges_another_in
         }
     }
     browser.wait_for(r#"button[formaction="/console/dead-letters/purge"]"#).await.click().await.expect("purge");
-    assert!(browser.text_of("#preview-count").await.contains("1 dead letters would be purged for good"));
+    assert!(browser.text_of("#preview-count").await.contains("1 dead letter would be purged for good"));
     browser.wait_for("#typed").await.send_keys("2").await.expect("type");
     browser.wait_for("#confirm-purge").await.click().await.expect("confirm");
     assert!(browser.text_of(".problem").await.contains("Type 1 to confirm; nothing was deleted."));

@@ -3,6 +3,7 @@
 //! build made) and `node` on the pm2 process file. A missing tool fails the
 //! test with what to install; it never skips.
 
+use crate::helpers::tools::{NODE, SYSTEMD_ANALYZE};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,16 +21,11 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
 }
 
-/// Runs a tool the test cannot do without; a missing one fails the test.
-fn run_tool(command: &mut Command, install: &str) -> Output {
+/// Runs a tool the test cannot do without (its program already resolved
+/// by [`Tool::path`], which fails the test naming the package when missing).
+fn run_tool(command: &mut Command) -> Output {
     let program = command.get_program().to_string_lossy().into_owned();
-    match command.output() {
-        Ok(output) => output,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            panic!("`{program}` is not installed, and this test needs it: {install}")
-        }
-        Err(err) => panic!("cannot run `{program}`: {err}"),
-    }
+    command.output().unwrap_or_else(|err| panic!("cannot run `{program}`: {err}"))
 }
 
 /// A copy of the units in a directory of their own, running the built
@@ -65,12 +61,11 @@ impl UnitCopy {
         let units =
             ["fleet-intake.service", "fleet-api.service", "fleet-migrate.service", "fleet-worker@worker-1.service"];
         let output = run_tool(
-            Command::new("systemd-analyze")
+            Command::new(SYSTEMD_ANALYZE.path())
                 .arg("verify")
                 .arg("--man=no")
                 .args(units.iter().map(|unit| self.dir.join(unit)))
                 .env("SYSTEMD_LOG_COLOR", "0"),
-            "install Debian's `systemd` package (apt-get install -y systemd), which provides systemd-analyze",
         );
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         let complaints: Vec<&str> = text
@@ -190,7 +185,7 @@ fn long_running_units_notify_drain_and_run_hardened() {
 
 /// The pm2 apps as node loads them, with `FLEET_WORKERS` set or not.
 fn pm2_apps(workers: Option<&str>) -> Result<Vec<Value>, String> {
-    let mut node = Command::new("node");
+    let mut node = Command::new(NODE.path());
     node.arg("-e")
         .arg("process.stdout.write(JSON.stringify(require(process.argv[1]).apps))")
         .arg(deploy_dir().join("pm2").join("ecosystem.config.js"))
@@ -200,7 +195,7 @@ fn pm2_apps(workers: Option<&str>) -> Result<Vec<Value>, String> {
     if let Some(workers) = workers {
         node.env("FLEET_WORKERS", workers);
     }
-    let output = run_tool(&mut node, "install Node.js (Debian's `nodejs` package: apt-get install -y nodejs)");
+    let output = run_tool(&mut node);
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     }

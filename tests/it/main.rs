@@ -1,6 +1,7 @@
 //! One integration-test binary (one set of throwaway servers) for the whole
 //! suite; each module covers one part of the fleet.
 
+mod alerts;
 mod api_security;
 mod chaos;
 mod cluster;

@@ -418,11 +418,7 @@ impl Drop for PgBouncer {
 }
 
 fn pgbouncer_program() -> std::path::PathBuf {
-    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer", "/opt/homebrew/bin/pgbouncer"]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|path| path.is_file())
-        .expect("pgbouncer is not installed: apt-get install pgbouncer (macOS: brew install pgbouncer)")
+    crate::helpers::tools::PGBOUNCER.path()
 }
 
 impl PgBouncer {

@@ -80,20 +80,21 @@ async fn dlq_list_shows_a_table_or_json_and_filters() {
     assert!(table.stderr.contains("3 shown, 3 dead letters in all"));
 
     let listed = json_of(&run(&ctx, &["dlq", "list", "--json"]).await);
-    assert_eq!(listed.as_array().map(Vec::len), Some(3));
-    assert_eq!(listed[2]["topic"], "user.signup");
-    assert_eq!(listed[2]["attempts"], 1);
-    assert_eq!(listed[2]["error_kind"], "malformed");
-    assert!(listed[2].get("body").is_none(), "listings leave bodies out");
+    assert_eq!(listed["dead_letters"].as_array().map(Vec::len), Some(3));
+    assert_eq!((listed["total"].as_u64(), listed["more"].as_bool()), (Some(3), Some(false)), "{listed}");
+    assert_eq!(listed["dead_letters"][2]["topic"], "user.signup");
+    assert_eq!(listed["dead_letters"][2]["attempts"], 1);
+    assert_eq!(listed["dead_letters"][2]["error_kind"], "malformed");
+    assert!(listed["dead_letters"][2].get("body").is_none(), "listings leave bodies out");
 
     let by_topic = json_of(&run(&ctx, &["dlq", "list", "--json", "--topic", "user.signup"]).await);
-    assert_eq!(by_topic.as_array().map(Vec::len), Some(1));
+    assert_eq!(by_topic["dead_letters"].as_array().map(Vec::len), Some(1));
     let limited = json_of(&run(&ctx, &["dlq", "list", "--json", "--limit", "2"]).await);
-    assert_eq!(limited.as_array().map(Vec::len), Some(2));
+    assert_eq!(limited["dead_letters"].as_array().map(Vec::len), Some(2));
     let recent = json_of(&run(&ctx, &["dlq", "list", "--json", "--since", "1h"]).await);
-    assert_eq!(recent.as_array().map(Vec::len), Some(3));
+    assert_eq!(recent["dead_letters"].as_array().map(Vec::len), Some(3));
     let future = json_of(&run(&ctx, &["dlq", "list", "--json", "--since", "2999-01-01T00:00:00Z"]).await);
-    assert_eq!(future.as_array().map(Vec::len), Some(0));
+    assert_eq!(future["dead_letters"].as_array().map(Vec::len), Some(0));
     let bad = run(&ctx, &["dlq", "list", "--since", "last tuesday"]).await;
     assert_eq!(bad.code, Some(2));
     assert!(bad.stderr.contains("--since"), "{}", bad.stderr);
@@ -106,7 +107,7 @@ async fn dlq_list_shows_a_table_or_json_and_filters() {
         (&["--kind", "event", "--topic", "user.signup"][..], 0),
     ] {
         let listed = json_of(&run(&ctx, &[&["dlq", "list", "--json"][..], args].concat()).await);
-        assert_eq!(listed.as_array().map(Vec::len), Some(expected), "{args:?}");
+        assert_eq!(listed["dead_letters"].as_array().map(Vec::len), Some(expected), "{args:?}");
     }
     assert_eq!(run(&ctx, &["dlq", "list", "--kind", "bogus"]).await.code, Some(2));
 }
@@ -153,15 +154,16 @@ pub(crate) async fn dlq_replay_applies_a_fixed_event_and_reports_refusals_on(ctx
 
     let dry = run(&ctx, &["dlq", "replay", &id, "--dry-run"]).await;
     assert_eq!(dry.code, Some(0), "{}", dry.stderr);
-    assert!(dry.stdout.contains(&id) && dry.stderr.contains("dry run: 1 dead letters would be replayed"));
+    assert!(dry.stdout.contains(&id) && dry.stderr.contains("dry run: 1 dead letter would be replayed"));
     assert_eq!(ctx.dead_letters().await.len(), 1, "a dry run changes nothing");
 
     // The cause is fixed; the replay applies it.
     ctx.accept_enrollment_666().await;
-    let replayed = run(&ctx, &["dlq", "replay", &id, "1-1"]).await;
+    let replayed = run(&ctx, &["dlq", "replay", &id, "1-1", "--verbose"]).await;
     assert_eq!(replayed.code, Some(3), "an unknown id is reported: {}", replayed.stderr);
     assert!(replayed.stdout.contains(&format!("replayed {id} as ")), "{}", replayed.stdout);
     assert!(replayed.stderr.contains("no dead letter with id 1-1"));
+    assert!(replayed.stderr.contains("1 dead letter replayed onto the events stream"), "{}", replayed.stderr);
     eventually("the replayed event is applied", Duration::from_secs(20), || async { ctx.applied_events().await == 1 })
         .await;
     worker.stop().await;
@@ -269,7 +271,7 @@ async fn status_shows_backlog_retries_and_dead_letters() {
     let table = run(&ctx, &["retries"]).await;
     assert_eq!(table.code, Some(0), "{}", table.stderr);
     assert!(table.stdout.starts_with("DUE") && table.stdout.contains("enrollment.created"), "{}", table.stdout);
-    assert!(table.stderr.contains("1 shown, 1 retries scheduled in all"), "{}", table.stderr);
+    assert!(table.stderr.contains("1 shown, 1 retry scheduled in all"), "{}", table.stderr);
     worker.stop().await;
 }
 
@@ -298,9 +300,9 @@ async fn every_command_answers_json_on_stdout_and_summaries_on_stderr() {
 
     // As text, the data is on stdout and the summary only on stderr.
     let summaries = [
-        (vec!["dlq", "list"], "1 shown, 1 dead letters in all"),
-        (vec!["dlq", "replay", &ids[2], "--dry-run"], "dry run: 1 dead letters would be replayed"),
-        (vec!["dlq", "replay", &ids[2]], "1 dead letters replayed onto"),
+        (vec!["dlq", "list"], "1 shown, 1 dead letter in all"),
+        (vec!["dlq", "replay", &ids[2], "--dry-run"], "dry run: 1 dead letter would be replayed"),
+        (vec!["dlq", "replay", &ids[2], "--verbose"], "1 dead letter replayed onto"),
     ];
     for (args, summary) in &summaries {
         let answer = run(&ctx, args).await;
@@ -366,4 +368,44 @@ async fn cache_clear_takes_tenant_and_tag_literally_and_refuses_patterns() {
     let every = run(&ctx, &["cache", "clear", "--tag", "course:1"]).await;
     assert_eq!((every.code, every.stdout.trim()), (Some(0), "removed 1 keys"), "{}", every.stderr);
     assert_eq!(cached(&ctx, &keys).await, [false, false]);
+}
+
+/// The errors a newcomer meets first name the setting and say what to do:
+/// each once, with the address tried, never a value that may be a secret.
+#[tokio::test]
+async fn first_errors_name_the_setting_and_what_to_do() {
+    let ctx = context().await;
+    let refused = |run: &Run, code: i32| assert_eq!(run.code, Some(code), "{}", run.stderr);
+
+    let bad_format = fleet(&ctx, &["status"]).env("LOG_FORMAT", "xml").output().await.expect("run");
+    let stderr = String::from_utf8_lossy(&bad_format.stderr);
+    assert_eq!(bad_format.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("LOG_FORMAT must be `json` or `text`"), "{stderr}");
+
+    let both = fleet(&ctx, &["api"])
+        .env("FLEET_API_LISTEN", "127.0.0.1:1")
+        .env("PORT", "2")
+        .env("FLEET_API_TOKEN", "a-token-of-sixteen-chars")
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert_eq!(both.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("set either FLEET_API_LISTEN (--listen) or PORT (--port), not both"), "{stderr}");
+
+    let unset = fleet(&ctx, &["dlq", "list"]).env_remove("REDIS_URL").output().await.expect("run");
+    let stderr = String::from_utf8_lossy(&unset.stderr);
+    assert_eq!(unset.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("REDIS_URL is not set") && stderr.contains(". .fleet/dev/env"), "{stderr}");
+
+    // A port nothing listens on, given after the subcommand.
+    let port = fleet::local_services::free_port().expect("a free port");
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/");
+    let unreachable = run(&ctx, &["dlq", "list", "--redis-url", &url]).await;
+    refused(&unreachable, 1);
+    let said = unreachable.stderr.lines().filter(|line| line.starts_with("fleet: ")).collect::<Vec<_>>();
+    let [said] = said.as_slice() else { panic!("one error line: {}", unreachable.stderr) };
+    assert!(said.contains(&format!("cannot connect to Redis at 127.0.0.1:{port}")), "{said}");
+    assert_eq!(said.matches("Connection refused").count(), 1, "the cause once: {said}");
+    assert!(!unreachable.stderr.contains("hunter2"), "{}", unreachable.stderr);
 }

@@ -155,7 +155,7 @@ pub(crate) async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_
     .await;
 
     let listed = run_json(&ctx, &["dlq", "list", "--json"]).await;
-    let letters = listed.as_array().expect("a list");
+    let letters = listed["dead_letters"].as_array().expect("a list");
     assert_eq!(letters.len(), refused.len(), "{listed:#}");
     for letter in letters {
         let (id, shard) = (letter["id"].as_str().expect("id"), letter["shard"].as_u64().expect("shard"));
@@ -173,7 +173,7 @@ pub(crate) async fn dead_letters_of_every_shard_are_listed_replayed_and_counted_
     assert_eq!(stream_ids, sorted, "oldest first over every shard");
     // Paging: the next page starts after the last one shown, whatever its shard.
     let first_two = run_json(&ctx, &["dlq", "list", "--json", "--limit", "2"]).await;
-    assert_eq!(first_two.as_array().map(Vec::len), Some(2));
+    assert_eq!(first_two["dead_letters"].as_array().map(Vec::len), Some(2));
     for missing in ["7/1-0", "999/1-0", "x/1-0", "1/"] {
         let output = fleet(&ctx, &["dlq", "show", missing]).output().await.expect("run fleet");
         assert_eq!(output.status.code(), Some(3), "{missing}: not found");

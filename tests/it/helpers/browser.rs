@@ -22,8 +22,6 @@ pub const BROWSER_WAIT: Duration = Duration::from_secs(60);
 
 /// Where Debian puts chromedriver and Chromium (packages `chromium-driver`
 /// and `chromium`).
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 pub struct Browser {
     pub client: Client,
@@ -31,24 +29,14 @@ pub struct Browser {
     profile: PathBuf,
 }
 
-fn installed(path: &str) -> bool {
-    std::path::Path::new(path).exists()
-}
-
 impl Browser {
     /// Starts chromedriver and a headless Chromium window of 1280×900.
     pub async fn start() -> Self {
-        for binary in [CHROMEDRIVER, CHROMIUM] {
-            assert!(
-                installed(binary),
-                "{binary} is not installed, and the console's browser tests need it: \
-                 apt-get install -y chromium chromium-driver (`.ci/run` installs them)"
-            );
-        }
+        let (chromedriver, chromium) = (super::tools::CHROMEDRIVER.path(), super::tools::CHROMIUM.path());
         let port = fleet::local_services::free_port().expect("a free port");
         let profile = super::servers::scratch_dir("chromium");
         std::fs::create_dir_all(&profile).expect("a profile directory");
-        let mut driver = tokio::process::Command::new(CHROMEDRIVER);
+        let mut driver = tokio::process::Command::new(&chromedriver);
         driver
             .arg(format!("--port={port}"))
             .stdin(std::process::Stdio::null())
@@ -71,7 +59,7 @@ impl Browser {
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
             "goog:chromeOptions": {
-                "binary": CHROMIUM,
+                "binary": chromium,
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--no-first-run", "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1",

@@ -16,7 +16,8 @@
 //! - [`console`]: the operator console over plain HTTP, cookies kept;
 //! - [`browser`]: headless Chromium driven through chromedriver (WebDriver);
 //! - [`proxy`]: a TCP proxy a test cuts to stage an outage;
-//! - [`tls`]: a test CA, and Redis, a Redis Cluster and Postgres over TLS only.
+//! - [`tls`]: a test CA, and Redis, a Redis Cluster and Postgres over TLS only;
+//! - [`tools`]: the other programs some tests run, and the package of each.
 
 #![allow(dead_code)]
 
@@ -28,6 +29,7 @@ pub mod proxy;
 pub mod roles;
 pub mod servers;
 pub mod tls;
+pub mod tools;
 
 use std::time::Duration;
 

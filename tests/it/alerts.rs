@@ -3,12 +3,13 @@
 //! `alerts_test.yml` spells out. `promtool` does both checks.
 //!
 //! `promtool` comes from the Debian package `prometheus`. Without it these
-//! tests fail, never skip: rules nobody checks drift from the metrics.
+//! tests fail at once, naming the package, never skip: rules nobody checks
+//! drift from the metrics.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PACKAGE: &str = "prometheus";
+use crate::helpers::tools::PROMTOOL;
 
 fn rules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
@@ -16,14 +17,11 @@ fn rules_dir() -> PathBuf {
 
 /// Runs `promtool args` in `dir`; returns whether it succeeded and its output.
 fn promtool(dir: &Path, args: &[&str]) -> (bool, String) {
-    let output = match Command::new("promtool").args(args).current_dir(dir).output() {
-        Ok(output) => output,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!(
-            "promtool is not installed; it comes with the Debian package `{PACKAGE}` \
-             (apt-get install -y {PACKAGE})"
-        ),
-        Err(err) => panic!("could not run promtool: {err}"),
-    };
+    let output = Command::new(PROMTOOL.path())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|err| panic!("could not run promtool: {err}"));
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
@@ -64,8 +62,9 @@ fn every_alert_is_described_and_tested() {
 /// alert. (Guards against a harness that ignores promtool's verdict.)
 #[test]
 fn a_changed_threshold_fails_the_unit_tests() {
-    let dir = std::env::temp_dir().join(format!("fleet-alerts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let scratch = Scratch(std::env::temp_dir().join(format!("fleet-alerts-{}", std::process::id())));
+    let dir = &scratch.0;
+    std::fs::create_dir_all(dir).expect("temp dir");
     let rules = std::fs::read_to_string(rules_dir().join("alerts.yml")).expect("alerts.yml");
     let broken = rules.replace(
         "max by (job) (fleet_oldest_pending_age_seconds) > 300",
@@ -74,8 +73,16 @@ fn a_changed_threshold_fails_the_unit_tests() {
     assert_ne!(broken, rules, "the threshold to change is no longer in alerts.yml");
     std::fs::write(dir.join("alerts.yml"), broken).expect("write rules");
     std::fs::copy(rules_dir().join("alerts_test.yml"), dir.join("alerts_test.yml")).expect("copy tests");
-    let (ok, output) = promtool(&dir, &["test", "rules", "alerts_test.yml"]);
-    let _ = std::fs::remove_dir_all(&dir);
+    let (ok, output) = promtool(dir, &["test", "rules", "alerts_test.yml"]);
     assert!(!ok, "the unit tests passed with a changed threshold:\n{output}");
     assert!(output.contains("FleetOldestPendingTooOld"), "{output}");
+}
+
+/// A directory removed when dropped, also when a test panics in it.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
