@@ -532,6 +532,11 @@ pub(super) async fn purge(
     Ok(Redirect::to(&format!("{BASE}/dead-letters?purged={}", report.purged)).into_response())
 }
 
+/// `1 dead letter`, `3 dead letters`.
+fn letters(n: usize) -> String {
+    count(n as u64, "dead letter", "dead letters")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,9 +568,4 @@ mod tests {
         assert_eq!((selection.filter.tenant.as_deref(), selection.filter.up_to.as_deref()), (Some("a"), Some("5-0")));
         assert!(Chosen::read(&Fields::parse(b"topic=a")).is_err(), "nothing chosen");
     }
-}
-
-/// `1 dead letter`, `3 dead letters`.
-fn letters(n: usize) -> String {
-    count(n as u64, "dead letter", "dead letters")
 }
