@@ -20,9 +20,8 @@ use serde_json::json;
 /// How long any wait for the browser lasts before the test fails.
 pub const BROWSER_WAIT: Duration = Duration::from_secs(60);
 
-/// Where Debian puts chromedriver and Chromium (packages `chromium-driver`
-/// and `chromium`).
-
+/// A headless Chromium driven through chromedriver (found by
+/// `super::tools`, which names the packages when missing).
 pub struct Browser {
     pub client: Client,
     driver: tokio::process::Child,
