@@ -168,7 +168,7 @@ async fn an_operator_signs_in_replays_a_fixed_poison_event_and_purges_another_in
     browser.wait_for("#typed").await.send_keys("1").await.expect("type");
     browser.wait_for("#confirm-purge").await.click().await.expect("confirm");
     browser.wait_for_path("/console/dead-letters").await;
-    assert!(browser.text_of(".notice").await.contains("Purged 1 dead letters."));
+    assert!(browser.text_of(".notice").await.contains("Purged 1 dead letter."));
     let left = ctx.dead_letters().await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].get::<String>("topic").as_deref(), Some("order.created"));

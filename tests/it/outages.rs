@@ -316,7 +316,9 @@ async fn redis_restarted_during_the_consumer_name_lease_wait_does_not_end_the_wo
         let mut command = fleet(ctx, &["worker"]);
         command
             .env("FLEET_CONSUMER_NAME", "restarted")
-            .env("FLEET_CONSUMER_LEASE_MS", "6000")
+            // Long enough that the second worker, however slow its start on a
+            // loaded machine, still finds the first one's lease.
+            .env("FLEET_CONSUMER_LEASE_MS", "12000")
             .env("FLEET_BLOCK_MS", "100")
             .env("FLEET_HEALTH_LISTEN", format!("127.0.0.1:{health}"));
         Process::spawn(command)

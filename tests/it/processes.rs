@@ -251,7 +251,7 @@ async fn bad_configuration_is_refused_with_a_message_naming_the_setting() {
         (
             vec!["api"],
             vec![("FLEET_API_TOKEN", "t"), ("PORT", "8080"), ("FLEET_API_LISTEN", "127.0.0.1:1")],
-            "FLEET_LISTEN",
+            "FLEET_API_LISTEN",
         ),
     ];
     for (args, env, named) in cases {
