@@ -235,6 +235,8 @@ pub async fn run(
 ) {
     let runner = settings.runner_name.clone().unwrap_or_else(crate::runtime::instance_name);
     let scheduler = Arc::new(Scheduler { db, redis, keys, runner: runner.clone(), settings });
+    let outcomes = [Outcome::Ok, Outcome::Failed, Outcome::Skipped].map(Outcome::as_str);
+    crate::telemetry::metrics::scheduled_jobs_at_zero(&Job::ALL.map(Job::name), &outcomes);
     let mut loops = JoinSet::new();
     for job in Job::ALL {
         match scheduler.settings.schedule(job) {
@@ -319,7 +321,6 @@ impl Scheduler {
         let started = Instant::now();
         let result = self.run_job(job, period, shutdown).await;
         let took = started.elapsed();
-        metrics::histogram!("fleet_scheduled_job_duration_seconds", "job" => job.name()).record(took.as_secs_f64());
         match result {
             Ok(summary) => {
                 tracing::info!(%job, %occurrence, runner = %self.runner, duration_ms = took.as_millis() as u64,
@@ -371,8 +372,7 @@ impl Scheduler {
         took: Option<Duration>,
         summary: &str,
     ) {
-        metrics::counter!("fleet_scheduled_job_runs_total", "job" => job.name(), "outcome" => outcome.as_str())
-            .increment(1);
+        crate::telemetry::metrics::scheduled_job_run(job.name(), outcome.as_str(), took);
         let mut redis = self.redis.clone();
         let recorded: Result<String, RedisError> = redis::cmd("XADD")
             .arg(self.keys.schedule_runs())

@@ -34,6 +34,7 @@ use super::JobError;
 use crate::redis::cache;
 use crate::redis::keys::{tags, Keys};
 use crate::redis::RedisConnection;
+use crate::telemetry::metrics;
 
 /// Schools recounted in one transaction, under one pair of table locks.
 pub(crate) const SCHOOLS_PER_TRANSACTION: usize = 100;
@@ -119,10 +120,8 @@ pub async fn repair(db: &PgPool) -> Result<Repaired, sqlx::Error> {
 /// cache tags.
 pub async fn run(db: &PgPool, redis: &mut RedisConnection, keys: &Keys) -> Result<Repaired, JobError> {
     let repaired = repair(db).await?;
-    metrics::counter!("fleet_statistics_repaired_total", "table" => "course_statistics")
-        .increment(repaired.courses.len() as u64);
-    metrics::counter!("fleet_statistics_repaired_total", "table" => "tenant_statistics")
-        .increment(repaired.tenants.len() as u64);
+    metrics::statistics_repaired("course_statistics", repaired.courses.len() as u64);
+    metrics::statistics_repaired("tenant_statistics", repaired.tenants.len() as u64);
     if repaired.is_clean() {
         tracing::info!(schools = repaired.schools, "statistics reconciled: no drift");
         return Ok(repaired);

@@ -80,7 +80,7 @@ pub async fn run(db: &PgPool, policy: &Policy, shutdown: &CancellationToken) -> 
         tx.commit().await?;
         deleted.rows += rows;
         deleted.batches += 1;
-        metrics::counter!("fleet_events_retention_deleted_total").increment(rows);
+        crate::telemetry::metrics::retention_deleted(rows);
         if rows < u64::from(policy.batch_size) {
             break;
         }

@@ -26,6 +26,13 @@
 //! | `fleet_freshness_seconds` | histogram | topic | worker |
 //! | `fleet_dependency_up` | gauge | dependency (redis, postgres) | every role |
 //! | `fleet_worker_progress_total`, `fleet_worker_last_progress_timestamp_seconds` | counter, gauge | | worker |
+//! | `fleet_scheduled_job_runs_total`, `fleet_scheduled_job_duration_seconds` | counter, summary | job (, outcome) | worker's scheduled jobs |
+//! | `fleet_statistics_repaired_total` | counter | table | reconcile job |
+//! | `fleet_events_retention_deleted_total` | counter | | retention job |
+//!
+//! Labelled counters are created at 0 for every label value known at start
+//! ([`install`]), so `rate()` and `increase()` see their first count. Every
+//! name is in [`SERIES`], which a test holds to `docs/operations.md`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -66,6 +73,46 @@ pub(crate) const FRESHNESS: &str = "fleet_freshness_seconds";
 pub(crate) const DEPENDENCY_UP: &str = "fleet_dependency_up";
 pub(crate) const WORKER_PROGRESS: &str = "fleet_worker_progress_total";
 pub(crate) const WORKER_LAST_PROGRESS: &str = "fleet_worker_last_progress_timestamp_seconds";
+pub(crate) const SCHEDULED_JOB_RUNS: &str = "fleet_scheduled_job_runs_total";
+pub(crate) const SCHEDULED_JOB_DURATION: &str = "fleet_scheduled_job_duration_seconds";
+pub(crate) const STATISTICS_REPAIRED: &str = "fleet_statistics_repaired_total";
+pub(crate) const RETENTION_DELETED: &str = "fleet_events_retention_deleted_total";
+
+/// Every series the fleet exports, by name.
+pub const SERIES: [&str; 32] = [
+    WEBHOOKS,
+    INTAKE_DURATION,
+    EVENTS_APPLIED,
+    EVENTS_RETRIED,
+    EVENTS_DEAD_LETTERED,
+    BATCH_SIZE,
+    BATCH_DURATION,
+    STREAM_LENGTH,
+    GROUP_LAG,
+    PENDING_ENTRIES,
+    OLDEST_PENDING_AGE,
+    RETRY_BACKLOG,
+    DEAD_LETTERS,
+    DEAD_LETTER_OLDEST_AGE,
+    SHARD_STREAM_LENGTH,
+    SHARD_GROUP_LAG,
+    SHARD_PENDING_ENTRIES,
+    SHARD_OLDEST_PENDING_AGE,
+    SHARD_RETRY_BACKLOG,
+    SHARD_DEAD_LETTERS,
+    CACHE_REQUESTS,
+    CACHE_INVALIDATIONS,
+    CACHE_PREWARMS,
+    REVALIDATIONS,
+    FRESHNESS,
+    DEPENDENCY_UP,
+    WORKER_PROGRESS,
+    WORKER_LAST_PROGRESS,
+    SCHEDULED_JOB_RUNS,
+    SCHEDULED_JOB_DURATION,
+    STATISTICS_REPAIRED,
+    RETENTION_DELETED,
+];
 
 /// Request latencies: half a millisecond to 2.5 s.
 const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -98,6 +145,7 @@ pub fn install() -> &'static PrometheusHandle {
             }
         };
         describe();
+        create_at_zero();
         let upkeep = handle.clone();
         // Histograms are drained into their buckets by upkeep; without it
         // their samples pile up between scrapes.
@@ -124,6 +172,39 @@ fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
         builder.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets).expect("bucket lists are not empty")
     })
 }
+
+/// Every labelled counter the fleet defines, at 0 for each label value known
+/// at start: `rate()` and `increase()` then see the first count of each.
+fn create_at_zero() {
+    let topics = || fleet_jobs::HANDLED_TOPICS.iter().copied().chain([OTHER_TOPIC]);
+    for topic in topics() {
+        counter!(EVENTS_APPLIED, "topic" => topic).absolute(0);
+        counter!(EVENTS_RETRIED, "topic" => topic).absolute(0);
+        for kind in DEAD_LETTER_KINDS {
+            counter!(EVENTS_DEAD_LETTERED, "topic" => topic, "kind" => kind).absolute(0);
+        }
+    }
+    // A webhook whose body was not parsed counts under `unknown`.
+    for topic in topics().chain([UNKNOWN_TOPIC]) {
+        for answer in Answer::ALL {
+            counter!(WEBHOOKS, "topic" => topic, "answer" => answer.as_str()).absolute(0);
+        }
+    }
+    for outcome in CACHE_OUTCOMES {
+        counter!(CACHE_REQUESTS, "outcome" => outcome).absolute(0);
+    }
+    for outcome in ["ok", "failed"] {
+        counter!(REVALIDATIONS, "outcome" => outcome).absolute(0);
+    }
+    for table in ["course_statistics", "tenant_statistics"] {
+        counter!(STATISTICS_REPAIRED, "table" => table).absolute(0);
+    }
+}
+
+/// A dead letter's kinds (`crate::redis::failures::FailureKind`).
+const DEAD_LETTER_KINDS: [&str; 4] = ["malformed", "event", "crashed", "deleted"];
+/// A cached read's outcomes (`X-Cache`, lower case).
+pub(crate) const CACHE_OUTCOMES: [&str; 4] = ["hit", "miss", "stale", "bypass"];
 
 fn describe() {
     describe_counter!(WEBHOOKS, "Webhooks answered, by topic (unknown when not parsed) and answer");
@@ -154,6 +235,37 @@ fn describe() {
     describe_gauge!(DEPENDENCY_UP, "Whether a dependency answered last time it was used or probed (1) or not (0)");
     describe_counter!(WORKER_PROGRESS, "Steps of the worker loop: reads returned and batches settled");
     describe_gauge!(WORKER_LAST_PROGRESS, Unit::Seconds, "Unix time of the worker loop's last step");
+    describe_counter!(SCHEDULED_JOB_RUNS, "Runs of the scheduled jobs, by job and outcome: ok, failed, skipped");
+    describe_histogram!(SCHEDULED_JOB_DURATION, Unit::Seconds, "Time a scheduled job's run took, by job");
+    describe_counter!(STATISTICS_REPAIRED, "Statistics rows the reconcile job found drifted and rewrote, by table");
+    describe_counter!(RETENTION_DELETED, "Rows of the events table the retention job deleted");
+}
+
+/// A scheduled job's run: counted by outcome, and timed when it ran.
+pub(crate) fn scheduled_job_run(job: &'static str, outcome: &'static str, took: Option<Duration>) {
+    counter!(SCHEDULED_JOB_RUNS, "job" => job, "outcome" => outcome).increment(1);
+    if let Some(took) = took {
+        histogram!(SCHEDULED_JOB_DURATION, "job" => job).record(took.as_secs_f64());
+    }
+}
+
+/// The scheduled jobs' labels at 0 (they are known only to `crate::scheduled`).
+pub(crate) fn scheduled_jobs_at_zero(jobs: &[&'static str], outcomes: &[&'static str]) {
+    for job in jobs {
+        for outcome in outcomes {
+            counter!(SCHEDULED_JOB_RUNS, "job" => *job, "outcome" => *outcome).absolute(0);
+        }
+    }
+}
+
+/// Statistics rows the reconcile job rewrote in `table`.
+pub(crate) fn statistics_repaired(table: &'static str, rows: u64) {
+    counter!(STATISTICS_REPAIRED, "table" => table).increment(rows);
+}
+
+/// `events` rows the retention job deleted.
+pub(crate) fn retention_deleted(rows: u64) {
+    counter!(RETENTION_DELETED).increment(rows);
 }
 
 /// `GET /metrics`: every series, in the Prometheus text format.
@@ -191,6 +303,17 @@ pub enum Answer {
 }
 
 impl Answer {
+    pub const ALL: [Self; 8] = [
+        Self::Accepted,
+        Self::Duplicate,
+        Self::Unauthorized,
+        Self::Throttled,
+        Self::Forbidden,
+        Self::Invalid,
+        Self::TooLarge,
+        Self::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -214,10 +337,12 @@ pub(crate) fn topic_label(topic: &str) -> &'static str {
 
 /// The label of every topic Fleet does not handle.
 pub const OTHER_TOPIC: &str = "other";
+/// The topic label of a webhook whose body was not parsed.
+const UNKNOWN_TOPIC: &str = "unknown";
 
 /// One webhook answered; `topic` is `None` when its body was not parsed.
 pub fn webhook(topic: Option<&str>, answer: Answer, took: Duration) {
-    let topic = topic.map_or("unknown", topic_label);
+    let topic = topic.map_or(UNKNOWN_TOPIC, topic_label);
     counter!(WEBHOOKS, "topic" => topic, "answer" => answer.as_str()).increment(1);
     histogram!(INTAKE_DURATION).record(took.as_secs_f64());
 }

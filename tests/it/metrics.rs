@@ -473,3 +473,55 @@ async fn with_a_metrics_listener_the_public_ports_serve_no_metrics() {
     intake.stop().await;
     stop_api.cancel();
 }
+
+/// The series `docs/operations.md` explains, by name, from its table.
+fn documented_series() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/operations.md");
+    let table = doc.split("## Metrics").nth(1).expect("a Metrics section").split("\n## ").next().unwrap_or_default();
+    table
+        .lines()
+        .filter(|line| line.starts_with("| `fleet_"))
+        .flat_map(|line| line.split('|').nth(1).unwrap_or_default().split(',').map(str::to_owned).collect::<Vec<_>>())
+        .map(|name| name.trim().trim_matches('`').to_owned())
+        .collect()
+}
+
+/// Every series the fleet defines is explained in docs/operations.md, and
+/// nothing else is; every series a real process serves is one of them; and
+/// labelled counters are there at 0 before their first count.
+#[tokio::test]
+async fn every_series_served_is_documented_and_labelled_counters_start_at_zero() {
+    let documented = documented_series();
+    let defined: std::collections::BTreeSet<String> =
+        fleet::telemetry::metrics::SERIES.iter().map(|name| (*name).to_owned()).collect();
+    assert_eq!(documented, defined, "docs/operations.md's table against telemetry::metrics::SERIES");
+
+    let ctx = context().await;
+    let port = fleet::local_services::free_port().expect("port");
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = fleet(&ctx, &["api"])
+        .env("PORT", port.to_string())
+        .env("FLEET_API_TOKEN", "metrics-token")
+        .spawn()
+        .expect("spawn fleet api");
+    wait_ready(&base).await;
+    let served = scrape(&base).await;
+    let _ = api.kill().await;
+    for series in served.0.keys().filter(|series| series.starts_with("fleet_")) {
+        let name = series.split('{').next().unwrap_or_default();
+        let base_name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|base| defined.contains(*base)))
+            .unwrap_or(name);
+        assert!(documented.contains(base_name), "{series} is served but not documented");
+    }
+    // Before any read: every outcome, and every answer of every topic, at 0.
+    for outcome in ["hit", "miss", "stale", "bypass"] {
+        let series = format!("fleet_cache_requests_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(served.0.get(&series), Some(&0.0), "{series}");
+    }
+    assert!(served.has("fleet_revalidations_total") && served.has("fleet_events_retried_total"));
+    assert_eq!(served.get("fleet_events_dead_lettered_total", &[("topic", "other"), ("kind", "crashed")]), 0.0);
+    assert!(served.0.contains_key("fleet_webhooks_total{topic=\"user.signup\",answer=\"unavailable\"}"));
+}
