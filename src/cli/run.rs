@@ -363,6 +363,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let jobs = spawn_scheduled(schedule, pool.clone(), &redis, &keys, &worker.health(), &shutdown)
         .await
         .context("stopped before Redis answered")?;
+    let worker_health = worker.health();
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
@@ -375,7 +376,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let api = api::ApiState::connect(pool, &redis, keys.clone(), args.worker.cache.ttls(), api_settings);
     let intake_settings =
         args.intake.settings(WebhookKeys::new(Some(secrets.clone()), None)?, args.shards.stream_shards, http);
-    let app = intake::router(redis_connection, keys, intake_settings).merge(api::routes(api));
+    // One `/readyz` for all three: the worker's, which waits on Postgres and Redis alike.
+    let app = intake::webhook_router(redis_connection, keys, intake_settings)
+        .merge(api::routes(api))
+        .merge(health::router(worker_health));
     let intake_task = tokio::spawn(serve(listener, app, http, shutdown.clone()));
 
     let example = data_dir.join("enrollment.created.json");
@@ -448,7 +452,11 @@ fn print_welcome(address: &str, urls: &DevUrls<'_>, secrets: &WebhookSecrets, de
          \x20 curl -si 'http://{address}/api/dashboard/cached?tenant_id=184532'\n\
          \x20 curl -si 'http://{address}/api/enrollments/cached?tenant_id=184532&course_id=2871345&page=1&per_page=20'\n\n\
          Then see the enrollment in Postgres:\n\
-         \x20 . '{env_file}' && psql \"$DATABASE_URL\" -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n",
+         \x20 . '{env_file}' && psql \"$DATABASE_URL\" -c 'SELECT tenant_id, enrollment_id, user_id, course_id, percentage_completed, last_topic FROM enrollments'\n\n\
+         Inspect the fleet from another shell (`cargo install --path .` puts `fleet` on the PATH):\n\
+         \x20 . '{env_file}' && fleet status\n\
+         \x20 fleet dlq list    fleet retries    fleet cache stats    (--json for scripts)\n\
+         \x20 readiness: curl -s http://{address}/readyz (Postgres and Redis, as the worker sees them)\n",
         example = example.display(),
     );
 }

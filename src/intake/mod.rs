@@ -153,7 +153,7 @@ impl Application {
         if let Some(metrics) = self.metrics_listener {
             tokio::spawn(metrics::serve_alone(metrics, self.http, shutdown.clone()));
         }
-        crate::runtime::serve(self.listener, routes(self.state), self.http, shutdown).await
+        crate::runtime::serve(self.listener, routes_with_health(self.state), self.http, shutdown).await
     }
 }
 
@@ -215,13 +215,24 @@ impl IntakeState {
     }
 }
 
-/// The intake's routes, ready to serve (`fleet dev` merges them with the read API's).
+/// The intake's routes, ready to serve, with `/healthz`, `/readyz` (Redis)
+/// and `/metrics`.
 pub fn router(redis: RedisConnection, keys: Keys, settings: Settings) -> Router {
+    routes_with_health(connected_state(redis, keys, settings))
+}
+
+/// The webhook routes alone, for a process that answers `/readyz` for more
+/// than the intake (`fleet dev` runs a worker and the read API beside it).
+pub fn webhook_router(redis: RedisConnection, keys: Keys, settings: Settings) -> Router {
+    routes(connected_state(redis, keys, settings))
+}
+
+fn connected_state(redis: RedisConnection, keys: Keys, settings: Settings) -> IntakeState {
     log_dedup_layout(&settings.dedup);
     let refusals = Arc::new(Refusals::new(settings.refusals_per_minute));
     let state = IntakeState { redis: Arc::new(OnceCell::new()), keys, settings, health: Health::default(), refusals };
     state.connected(redis);
-    routes(state)
+    state
 }
 
 /// Says once how the deduplication window is laid out, for sizing Redis
@@ -236,16 +247,23 @@ fn log_dedup_layout(dedup: &DedupWindow) {
     );
 }
 
+/// The webhook routes, and `/healthz`, `/readyz` (Redis) and, unless
+/// served apart, `/metrics`.
+fn routes_with_health(state: IntakeState) -> Router {
+    let public_metrics = state.settings.metrics_listen.is_none();
+    routes(state.clone()).merge(readiness::routes(readyz, public_metrics).with_state(state))
+}
+
+/// The webhook routes; the serving process adds its health routes.
 fn routes(state: IntakeState) -> Router {
     metrics::install();
     let body_limit = state.settings.max_body_bytes;
-    let public_metrics = state.settings.metrics_listen.is_none();
-    let router = Router::new()
+    Router::new()
         .route("/webhooks/thinkific", post(receive))
         .route("/webhooks/thinkific/{tenant}", post(receive_for_school))
         .route("/api/webhooks/enrollment", post(receive))
-        .merge(readiness::routes(readyz, public_metrics));
-    router.layer(DefaultBodyLimit::max(body_limit)).with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
 }
 
 /// The school a signed event belongs to: the one its key is bound to, else

@@ -157,6 +157,14 @@ async fn fleet_dev_runs_from_a_checkout_in_a_private_home_directory() {
     })
     .await
     .expect("fleet dev starts within 120 s");
+    // The rest of the welcome text names the operator commands.
+    let mut rest = String::new();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(std::time::Duration::from_millis(500), stdout.next_line()).await
+    {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    assert!(rest.contains("fleet status") && rest.contains("fleet dlq list"), "{rest}");
     if !welcome {
         let (status, stderr) = wait_exit(&mut dev).await;
         panic!("fleet dev exited ({status}) without its welcome text:\n{stderr}");
@@ -173,6 +181,12 @@ async fn fleet_dev_runs_from_a_checkout_in_a_private_home_directory() {
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
+    // One readiness for the intake, the worker and the read API it runs.
+    let ready = crate::helpers::get(format!("http://127.0.0.1:{port}/readyz")).await.expect("GET /readyz");
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(ready["dependencies"]["postgres"]["state"], "up", "{ready}");
+    assert_eq!(ready["dependencies"]["redis"]["state"], "up", "{ready}");
     signal(&dev, "TERM");
     let (status, stderr) = wait_exit(&mut dev).await;
     assert!(status.success(), "{stderr}");
