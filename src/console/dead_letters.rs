@@ -227,7 +227,7 @@ pub(super) async fn list(
         }
         (filters(&form))
         p.muted #dead-letter-total {
-            (count(total, "dead letter", "dead letters")) " in all; " (page.letters.len()) " shown"
+            (pages::thousands(total)) @if total == 1 { " dead letter" } @else { " dead letters" } " in all; " (page.letters.len()) " shown"
             @if after.is_some() { " (a later page)" }
             @if !form.is_empty() { ", matching the filter" } "."
         }
@@ -302,10 +302,10 @@ fn table(letters: &[DeadLetterView], with_ticks: bool) -> Markup {
                         }
                         // A shard's `/` is one path segment's text, not a separator.
                         td.id { a href={ (BASE) "/dead-letters/" (letter.at.id.replace('/', "%2F")) } { (letter.at.id) } }
-                        td { (pages::time(&letter.last_failed_at)) }
+                        td.time { (pages::time(&letter.last_failed_at)) }
                         td { (letter.topic) }
                         td { (letter.tenant) }
-                        td { (shorten(&letter.event_id, 28)) }
+                        td.event { (shorten(&letter.event_id, 28)) }
                         td.number { (letter.attempts) }
                         td { (letter.error_kind) }
                         td.error { (shorten(&letter.error, 140)) }

@@ -74,18 +74,18 @@ fn tiles(report: &StatusReport, hit_rate: f64, reads: u64) -> Markup {
     let recent = &report.recent;
     html! {
         div.tiles {
-            (tile("entries in the stream", report.length.to_string(), None))
-            (tile("not yet delivered (lag)", report.undelivered.map_or("unknown".to_owned(), |lag| lag.to_string()), None))
-            (tile("pending (not yet acked)", report.pending.to_string(),
+            (tile("entries in the stream", pages::thousands(report.length), None))
+            (tile("not yet delivered (lag)", report.undelivered.map_or("unknown".to_owned(), pages::thousands), None))
+            (tile("pending (not yet acked)", pages::thousands(report.pending),
                 (report.pending > 0).then(|| format!("oldest {}", human_duration(report.oldest_pending_age_ms)))))
             (tile("live workers", report.live_workers.to_string(), Some(match report.consumers.len() {
                 1 => "1 consumer in the group".to_owned(),
                 count => format!("{count} consumers in the group"),
             })))
-            (tile("retries scheduled", report.retries_scheduled.to_string(),
+            (tile("retries scheduled", pages::thousands(report.retries_scheduled),
                 report.next_retry_at.as_deref().map(|at| format!("next {}", pages::time(at)))))
             div.tile {
-                a href={ (BASE) "/dead-letters" } { span.figure #dead-letter-count { (report.dead_letters) } }
+                a href={ (BASE) "/dead-letters" } { span.figure #dead-letter-count { (pages::thousands(report.dead_letters)) } }
                 span.label { "dead letters" }
             }
             (tile("applied per second", rate(recent.applied_per_second),
@@ -97,7 +97,7 @@ fn tiles(report: &StatusReport, hit_rate: f64, reads: u64) -> Markup {
                     None => format!("nothing applied in the last {} min", recent.minutes),
                 })))
             (tile("cache hit rate", if reads > 0 { format!("{:.1} %", hit_rate * 100.0) } else { "–".to_owned() },
-                Some(format!("{reads} reads counted"))))
+                Some(format!("{} reads counted", pages::thousands(reads)))))
         }
     }
 }
@@ -143,7 +143,9 @@ fn charts(minutes: &[(chrono::DateTime<Utc>, Tally)]) -> Markup {
         div.charts {
             (chart("Events applied per second", CHART_MINUTES, &applied, rate))
             (chart("Freshness: receipt to dashboard (s)", CHART_MINUTES, &freshness, |value| format!("{value:.1} s")))
-            (chart("Backlog: undelivered + pending", CHART_MINUTES, &backlog, |value| format!("{value:.0}")))
+            (chart("Backlog: undelivered + pending, the largest of each minute", CHART_MINUTES, &backlog, |value| {
+                pages::thousands(value.max(0.0) as u64)
+            }))
         }
     }
 }
@@ -162,12 +164,12 @@ fn shards(report: &StatusReport) -> Markup {
                 @for shard in &report.shards {
                     tr {
                         td { (shard.shard) }
-                        td.number { (shard.length) }
-                        td.number { @match shard.undelivered { Some(lag) => (lag), None => "unknown" } }
-                        td.number { (shard.pending) }
+                        td.number { (pages::thousands(shard.length)) }
+                        td.number { @match shard.undelivered { Some(lag) => (pages::thousands(lag)), None => "unknown" } }
+                        td.number { (pages::thousands(shard.pending)) }
                         td.number { @if shard.pending > 0 { (human_duration(shard.oldest_pending_age_ms)) } @else { "–" } }
-                        td.number { (shard.retries_scheduled) }
-                        td.number { (shard.dead_letters) }
+                        td.number { (pages::thousands(shard.retries_scheduled)) }
+                        td.number { (pages::thousands(shard.dead_letters)) }
                     }
                 }
             }
@@ -187,7 +189,7 @@ fn consumers(report: &StatusReport) -> Markup {
                         tr {
                             td { (consumer.name) }
                             td { @if consumer.live { "live" } @else { span.muted { "none holds this name" } } }
-                            td.number { (consumer.pending) }
+                            td.number { (pages::thousands(consumer.pending)) }
                             td.number { (human_duration(consumer.idle_ms)) }
                         }
                     }

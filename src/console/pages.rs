@@ -119,6 +119,19 @@ pub(super) fn notice(text: &str) -> Markup {
 }
 
 /// An RFC 3339 time as `2025-04-02 18:48:07 UTC`; anything else as it is.
+/// A count with thousands separators: `12,345`.
+pub(super) fn thousands(n: impl Into<u64>) -> String {
+    let digits = n.into().to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
 pub(super) fn time(text: &str) -> String {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -133,6 +146,14 @@ mod tests {
     fn times_read_in_utc() {
         assert_eq!(time("2025-04-02T20:48:07.123+02:00"), "2025-04-02 18:48:07 UTC");
         assert_eq!(time("soon"), "soon");
+    }
+
+    #[test]
+    fn counts_have_thousands_separators() {
+        assert_eq!(thousands(0u64), "0");
+        assert_eq!(thousands(999u64), "999");
+        assert_eq!(thousands(1_000u64), "1,000");
+        assert_eq!(thousands(1_234_567u64), "1,234,567");
     }
 
     #[test]

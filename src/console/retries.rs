@@ -36,7 +36,7 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
     let body = html! {
         h1 { "Retries" }
         p.muted #retry-total {
-            (scheduled.total) " events wait for another attempt"
+            (pages::thousands(scheduled.total)) " events wait for another attempt"
             @if scheduled.total > scheduled.retries.len() as u64 { "; the " (scheduled.retries.len()) " due soonest are listed" }
             ". A worker puts each back onto the stream when it is due; after the last attempt it becomes a dead letter."
         }
@@ -51,14 +51,14 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
                 tbody {
                     @for retry in &scheduled.retries {
                         tr {
-                            td { (pages::time(&retry.at.due_at)) br; span.muted { (due_in(&retry.at.due_at)) } }
+                            td.time { (pages::time(&retry.at.due_at)) br; span.muted { (due_in(&retry.at.due_at)) } }
                             td { (retry.topic) }
                             td { (retry.tenant) }
-                            td { (shorten(&retry.event_id, 28)) }
+                            td.event { (shorten(&retry.event_id, 28)) }
                             td.number { (retry.attempts) }
                             td { (retry.error_kind) }
                             td.error { (shorten(&retry.error, 160)) }
-                            td { (pages::time(&retry.last_failed_at)) }
+                            td.time { (pages::time(&retry.last_failed_at)) }
                         }
                     }
                 }

@@ -79,6 +79,10 @@ async fn sign_in_refuses_a_wrong_token_and_gives_a_strict_http_only_cookie_kept_
     let (status, page) = client.get_text("/console").await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains(r#"id="verdict""#) && page.contains("no live worker"), "{page}");
+    assert!(
+        page.contains("Backlog: undelivered + pending, the largest of each minute"),
+        "the backlog chart says what it plots"
+    );
 
     // Redis names the session by the cookie's digest; the cookie itself is nowhere.
     let mut redis = ctx.redis.clone();
