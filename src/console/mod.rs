@@ -30,6 +30,7 @@
 mod cache;
 mod chart;
 mod dead_letters;
+mod intake;
 mod jobs;
 mod overview;
 mod pages;
@@ -103,6 +104,7 @@ pub(crate) fn routes(state: ConsoleState) -> Router {
         .route(BASE, get(overview::page))
         .route(&format!("{BASE}/sign-in"), get(session::sign_in_form).post(session::sign_in))
         .route(&format!("{BASE}/sign-out"), post(session::sign_out))
+        .route(&format!("{BASE}/intake"), get(intake::page))
         .route(&format!("{BASE}/dead-letters"), get(dead_letters::list))
         .route(&format!("{BASE}/dead-letters/replay"), get(dead_letters::replay_preview).post(dead_letters::replay))
         .route(&format!("{BASE}/dead-letters/purge"), get(dead_letters::purge_preview).post(dead_letters::purge))

@@ -15,17 +15,20 @@ const STYLE: &str = include_str!("style.css");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
     Overview,
+    Intake,
     DeadLetters,
     Retries,
     Cache,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [Section::Overview, Section::DeadLetters, Section::Retries, Section::Cache];
+    const ALL: [Section; 5] =
+        [Section::Overview, Section::Intake, Section::DeadLetters, Section::Retries, Section::Cache];
 
     fn title(self) -> &'static str {
         match self {
             Self::Overview => "Overview",
+            Self::Intake => "Intake",
             Self::DeadLetters => "Dead letters",
             Self::Retries => "Retries",
             Self::Cache => "Cache",
@@ -35,6 +38,7 @@ impl Section {
     fn path(self) -> String {
         match self {
             Self::Overview => BASE.to_owned(),
+            Self::Intake => format!("{BASE}/intake"),
             Self::DeadLetters => format!("{BASE}/dead-letters"),
             Self::Retries => format!("{BASE}/retries"),
             Self::Cache => format!("{BASE}/cache"),

@@ -371,6 +371,7 @@ async fn answer_webhook(
 ) -> Result<Json<serde_json::Value>, IntakeError> {
     let started = Instant::now();
     let mut topic = None;
+    let mut school = None;
     let client = peer.map(|Extension(ConnectInfo(peer))| {
         crate::forwarded::client_address(peer.ip(), headers, &state.settings.trusted_proxies)
     });
@@ -379,7 +380,7 @@ async fn answer_webhook(
     } else {
         let path_school = path_school.map(|tenant| TenantId::parse(&tenant).map_err(|_| IntakeError::BadSchoolPath));
         match path_school.transpose() {
-            Ok(path_school) => accept(state, headers, path_school, body, &mut topic).await,
+            Ok(path_school) => accept(state, headers, path_school, body, &mut topic, &mut school).await,
             Err(err) => Err(err),
         }
     };
@@ -391,7 +392,24 @@ async fn answer_webhook(
         Err(err) => err.answer(),
     };
     metrics::webhook(topic.as_deref(), answer, started.elapsed());
+    if matches!(answer, Answer::Unauthorized | Answer::Invalid | Answer::Forbidden | Answer::TooLarge) {
+        record_refusal(state, answer, school);
+    }
     result.map(|(_, json)| json)
+}
+
+/// Counts a refusal for the console's intake page, beside the answer (never
+/// delaying it); a refusal Redis does not take is only logged at debug.
+fn record_refusal(state: &IntakeState, answer: Answer, school: Option<TenantId>) {
+    let Some(redis) = state.redis.get().cloned() else { return };
+    let keys = state.keys.clone();
+    tokio::spawn(async move {
+        let mut redis = redis;
+        let school = school.as_ref().map(TenantId::as_str);
+        if let Err(err) = crate::redis::refusals::record(&mut redis, &keys, Utc::now(), answer.as_str(), school).await {
+            tracing::debug!(error = %err, "could not count a refusal for the console");
+        }
+    });
 }
 
 /// Checks, parses and queues a webhook; sets `topic` once it is known.
@@ -401,7 +419,9 @@ async fn accept(
     path_school: Option<TenantId>,
     body: Result<Bytes, BytesRejection>,
     topic_seen: &mut Option<String>,
+    school_seen: &mut Option<TenantId>,
 ) -> Result<(Answer, Json<serde_json::Value>), IntakeError> {
+    school_seen.clone_from(&path_school);
     let received_at = Utc::now();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -416,6 +436,7 @@ async fn accept(
         IntakeError::MissingSignature
     })?;
     let named = path_school.or_else(|| signature::named_school(&body));
+    school_seen.clone_from(&named);
     let Some(scope) = signer(&state.settings.keys, &body, signature, named.as_ref()) else {
         tracing::warn!(
             body_bytes = body.len(),

@@ -235,6 +235,12 @@ impl Keys {
         format!("{}activity:{{activity}}:{minute}", self.prefix)
     }
 
+    /// The webhooks the intake refused in one minute, by answer and school
+    /// (`super::refusals`); beside the activity, in its slot.
+    pub fn intake_refusals(&self, minute: i64) -> String {
+        format!("{}intake-refusals:{{activity}}:{minute}", self.prefix)
+    }
+
     /// A console session, named by the SHA-256 (hex) of its cookie value, so
     /// that what Redis holds cannot be used as a cookie.
     pub(crate) fn console_session(&self, digest: &str) -> String {

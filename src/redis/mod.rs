@@ -14,6 +14,7 @@
 //! - [`leases`]: one live worker per consumer name.
 //! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
 //! - [`activity`]: what the workers did, minute by minute (the console's charts).
+//! - [`refusals`]: what the intake refused, minute by minute (the console's intake page).
 //! - [`connection`]: one connection type for a single server and a Redis
 //!   Cluster ([`RedisTarget`], [`RedisConnection`]).
 //!
@@ -28,6 +29,7 @@ pub mod entry;
 pub mod failures;
 pub mod keys;
 pub(crate) mod leases;
+pub mod refusals;
 mod scripts;
 pub mod shards;
 pub mod stream;

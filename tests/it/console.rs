@@ -528,3 +528,48 @@ async fn a_purge_or_replay_acts_only_on_what_the_server_recounts_and_the_operato
     assert_eq!(purged.status(), 303);
     assert_eq!(ctx.dead_letters().await.len(), 15);
 }
+
+/// A wrong signing key shows on the intake page: the school's 401s, with
+/// what they mean; other refusals apart, each counted.
+#[tokio::test]
+async fn the_intake_page_shows_refusals_by_answer_and_school() {
+    let ctx = context().await;
+    let intake = ctx.spawn_intake().await;
+    let body = crate::helpers::fixture("enrollment.created");
+    for _ in 0..3 {
+        let url = intake.url("/webhooks/thinkific/wrong-key-school");
+        let refused = crate::helpers::post_signed_url(&url, &body, "not-the-schools-key").await;
+        assert_eq!(refused.status(), 401);
+    }
+    let unsigned = fleet::http_client::client(Duration::from_secs(10))
+        .post(intake.url("/webhooks/thinkific"))
+        .body("{}")
+        .send()
+        .await
+        .expect("a request");
+    assert_eq!(unsigned.status(), 401);
+
+    let (_api, client) = console(&ctx).await;
+    client.signed_in().await;
+    // Counted beside the answers: wait for the four.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let (status, page) = client.get_text("/console/intake").await;
+        assert_eq!(status, 200, "{page}");
+        if page.contains("4 webhooks refused") {
+            break page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the refusals are not counted: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let row = |school: &str| {
+        let at = page.find(&format!("<td class=\"id\">{school}</td>")).unwrap_or_else(|| panic!("{school}: {page}"));
+        page[page[..at].rfind("<tr>").expect("its row")..at + page[at..].find("</tr>").expect("its end")].to_owned()
+    };
+    let wrong_key = row("wrong-key-school");
+    assert!(wrong_key.contains("401 unauthorized") && wrong_key.contains(">3<"), "{wrong_key}");
+    assert!(wrong_key.contains("THINKIFIC_SCHOOL_KEYS"), "says what to check: {wrong_key}");
+    let nameless = row(fleet::redis::refusals::NO_SCHOOL);
+    assert!(nameless.contains("401 unauthorized") && nameless.contains(">1<"), "{nameless}");
+    assert!(page.contains("href=\"/console/intake\""), "the navigation leads there");
+}

@@ -193,6 +193,23 @@ async fn an_operator_signs_in_replays_a_fixed_poison_event_and_purges_another_in
     assert!(browser.text_of("#consumers").await.contains("console-browser"));
     browser.screenshot("console-overview.png").await;
 
+    // A school whose webhooks are signed with a key the fleet lacks shows on the intake page.
+    for _ in 0..2 {
+        let url = intake.url("/webhooks/thinkific/school-with-a-wrong-key");
+        let refused =
+            crate::helpers::post_signed_url(&url, &enrollment("20250314153012345609999", 9999), "wrong").await;
+        assert_eq!(refused.status(), 401);
+    }
+    browser.wait_for("nav a[href='/console/intake']").await.click().await.expect("open the intake page");
+    browser.wait_for_path("/console/intake").await;
+    eventually("the refusals are shown", Duration::from_secs(10), || async {
+        browser.client.refresh().await.expect("reload");
+        browser.text_of("#refusals").await.contains("school-with-a-wrong-key")
+    })
+    .await;
+    assert!(browser.text_of("#refusals").await.contains("401 unauthorized"));
+    browser.screenshot("console-intake.png").await;
+
     browser.close().await;
     worker.stop().await;
     intake.stop().await;

@@ -23,3 +23,4 @@ script!(RAISE_SHARD_COUNT, "raise_shard_count.lua");
 script!(CACHE_PUT, "cache_put.lua");
 script!(CACHE_INVALIDATE, "cache_invalidate.lua");
 script!(RECORD_ACTIVITY, "record_activity.lua");
+script!(RECORD_REFUSAL, "record_refusal.lua");
