@@ -30,7 +30,7 @@ pub struct Course {
 impl Course {
     /// Reads the payload of `topic`, one of [`TOPICS`].
     pub(crate) fn decode(topic: &str, payload: Value) -> Result<Self, serde_json::Error> {
-        let mut course: Self = serde_json::from_value(payload)?;
+        let mut course: Self = parse::payload(payload)?;
         course.deleted = topic == "course.deleted";
         Ok(course)
     }

@@ -56,7 +56,7 @@ impl Enrollment {
 
     /// Reads the payload of `topic`; an enrollment must name its course and its user.
     pub(crate) fn decode(_topic: &str, payload: Value) -> Result<Self, serde_json::Error> {
-        let enrollment: Self = serde_json::from_value(payload)?;
+        let enrollment: Self = parse::payload(payload)?;
         if enrollment.course_of().is_none() || enrollment.learner_id().is_none() {
             return Err(serde::de::Error::custom("enrollment names no course or no user"));
         }

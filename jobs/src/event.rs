@@ -252,6 +252,12 @@ mod tests {
         assert!(matches!(missing, Err(DecodeError::MissingPayload { .. })));
         let bad = decode(r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":"x"}}"#);
         assert!(matches!(bad, Err(DecodeError::Payload { .. })));
+        // The error names the field.
+        let user_id = decode(
+            r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":5,"course_id":2,"user_id":"x"}}"#,
+        );
+        let said = user_id.expect_err("a bad user_id").to_string();
+        assert!(said.contains("user_id: invalid id"), "{said}");
         let courseless =
             decode(r#"{"id":"1","resource":"enrollment","action":"progress","payload":{"id":5,"user":{"id":1}}}"#);
         assert!(matches!(courseless, Err(DecodeError::Payload { .. })));

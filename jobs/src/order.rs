@@ -50,7 +50,7 @@ impl Order {
 
     /// Reads the payload of an order topic.
     pub(crate) fn decode(_topic: &str, payload: Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(payload)
+        parse::payload(payload)
     }
 
     /// Offers its row at `version`, and a stub of its user one rank below.

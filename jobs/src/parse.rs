@@ -15,6 +15,20 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+/// Reads a payload into `T`; an error names the field it is about
+/// (`user_id: invalid id "x"`), so a dead letter says which field to fix.
+pub(crate) fn payload<T: serde::de::DeserializeOwned>(payload: Value) -> Result<T, serde_json::Error> {
+    serde_path_to_error::deserialize(payload).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            inner
+        } else {
+            serde::de::Error::custom(format!("{path}: {inner}"))
+        }
+    })
+}
+
 fn describe(value: &Value) -> String {
     let text = value.to_string();
     if text.chars().count() > 40 {

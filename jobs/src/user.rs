@@ -35,7 +35,7 @@ pub struct User {
 impl User {
     /// Reads the payload of a user topic.
     pub(crate) fn decode(_topic: &str, payload: Value) -> Result<Self, serde_json::Error> {
-        serde_json::from_value(payload)
+        parse::payload(payload)
     }
 
     /// Offers its row at `version`.
