@@ -184,22 +184,25 @@ impl Health {
     /// answers, else 503; each dependency listed with its state, and why it
     /// is down (`not reached yet` while the role starts).
     pub fn readyz(&self) -> Response {
-        let checks: Vec<Check> = {
-            let inner = self.lock();
-            inner
-                .states
-                .iter()
-                .map(|(dependency, state)| {
-                    let state = Self::describe(state);
-                    if inner.optional.contains(dependency) {
-                        Check::optional(dependency.as_str(), state)
-                    } else {
-                        Check::required(dependency.as_str(), state)
-                    }
-                })
-                .collect()
-        };
-        readiness::answer(&checks)
+        readiness::answer(&self.checks())
+    }
+
+    /// Each dependency this role tracks, required or not, and its state, as
+    /// `/readyz` reports them.
+    pub(crate) fn checks(&self) -> Vec<Check> {
+        let inner = self.lock();
+        inner
+            .states
+            .iter()
+            .map(|(dependency, state)| {
+                let state = Self::describe(state);
+                if inner.optional.contains(dependency) {
+                    Check::optional(dependency.as_str(), state)
+                } else {
+                    Check::required(dependency.as_str(), state)
+                }
+            })
+            .collect()
     }
 
     /// What `/readyz` says of `dependency`: `Ok` when it answers, else why

@@ -194,10 +194,12 @@ async fn run_intake(args: IntakeArgs) -> anyhow::Result<()> {
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
     let redis = args.redis.target()?;
     refuse_misconfigured_redis(&redis).await?;
-    let intake = intake::Application::build(address, &redis, keys, settings).await?;
+    let intake = intake::Application::build(address, &redis, keys.clone(), settings).await?;
+    let shutdown = shutdown_on_signals();
+    report_dependencies("intake", crate::runtime::instance_name(), intake.health(), &redis, &keys, &shutdown);
     // Serving from here on (webhooks get 503 until Redis answers).
     systemd::notify_ready();
-    intake.run_until_stopped(shutdown_on_signals()).await?;
+    intake.run_until_stopped(shutdown).await?;
     tracing::info!("intake stopped");
     Ok(())
 }
@@ -233,6 +235,8 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let Some(jobs) = spawn_scheduled(schedule, pool, &redis, &keys, &worker.health(), &shutdown).await else {
         return Ok(());
     };
+    let consumer = worker.consumer_name().to_owned();
+    report_dependencies("worker", consumer, worker.health(), &redis, &keys, &shutdown);
     // Holding its consumer name and about to consume: ready, and from now
     // on systemd's watchdog is fed only while the loop advances.
     tokio::spawn(systemd::run_watchdog(worker.progress(), shutdown.clone()));
@@ -243,6 +247,21 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     stop_scheduled(jobs).await;
     worker_result?;
     Ok(())
+}
+
+/// Reports this process's dependencies to the fleet (`crate::redis::roles`,
+/// the console's overview) until `shutdown`.
+fn report_dependencies(
+    role: &'static str,
+    instance: String,
+    health: Health,
+    redis: &RedisTarget,
+    keys: &Keys,
+    shutdown: &CancellationToken,
+) {
+    let reporter =
+        crate::redis::roles::report_until(role, instance, health, redis.clone(), keys.clone(), shutdown.clone());
+    tokio::spawn(reporter);
 }
 
 /// Runs the scheduled jobs beside the worker loop, on a Redis connection of
@@ -299,9 +318,10 @@ async fn run_api(args: ApiArgs) -> anyhow::Result<()> {
     refuse_misconfigured_redis(&redis).await?;
     let pool = db::connect_lazy(options);
     let keys = Keys::new(&args.redis.key_prefix.key_prefix);
-    let api = api::Application::build(address, pool.clone(), &redis, keys, args.cache.ttls(), settings).await?;
+    let api = api::Application::build(address, pool.clone(), &redis, keys.clone(), args.cache.ttls(), settings).await?;
     let health = api.state().health();
     let shutdown = shutdown_on_signals();
+    report_dependencies("api", crate::runtime::instance_name(), health.clone(), &redis, &keys, &shutdown);
     // Serving first, so /readyz tells what the API waits for.
     let server = tokio::spawn(api.run_until_stopped(shutdown.clone()));
     systemd::notify_ready();
@@ -364,6 +384,8 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("stopped before Redis answered")?;
     let worker_health = worker.health();
+    let instance = crate::runtime::instance_name();
+    report_dependencies("dev", instance, worker_health.clone(), &redis, &keys, &shutdown);
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
 
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;

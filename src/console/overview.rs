@@ -15,6 +15,7 @@ use crate::operator::output::human_duration;
 use crate::operator::status::{self, StatusReport};
 use crate::operator::{self};
 use crate::redis::activity::Tally;
+use crate::redis::roles::RoleReport;
 
 /// How often the overview reloads itself.
 pub(crate) const REFRESH_SECS: u32 = 10;
@@ -27,6 +28,7 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
     let report = status::report(&mut redis, &state.keys).await?;
     let minutes = status::activity_by_minute(&mut redis, &state.keys, CHART_MINUTES).await?;
     let cache = operator::cache::counters(&mut redis, &state.keys).await?;
+    let processes = crate::redis::roles::recent(&mut redis, &state.keys, Utc::now()).await?;
     let body = html! {
         h1 { "Overview" }
         p.verdict.(report.verdict.level.as_str()) #verdict role="status" { (report.verdict.to_string()) }
@@ -37,6 +39,8 @@ pub(super) async fn page(State(state): State<ConsoleState>, session: Session) ->
             h2 { "Stream shards" }
             (shards(&report))
         }
+        h2 { "Processes" }
+        (processes_table(&processes))
         h2 { "Consumers" }
         (consumers(&report))
         p.muted {
@@ -170,6 +174,39 @@ fn shards(report: &StatusReport) -> Markup {
                         td.number { @if shard.pending > 0 { (human_duration(shard.oldest_pending_age_ms)) } @else { "–" } }
                         td.number { (pages::thousands(shard.retries_scheduled)) }
                         td.number { (pages::thousands(shard.dead_letters)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each process heard from in the last minute, and its dependencies as its
+/// `/readyz` reports them.
+fn processes_table(processes: &[RoleReport]) -> Markup {
+    html! {
+        @if processes.is_empty() {
+            p.muted #processes { "No process has reported in the last minute." }
+        } @else {
+            table #processes {
+                thead { tr { th { "role" } th { "process" } th { "ready" } th { "dependencies" } th { "reported" } } }
+                tbody {
+                    @for process in processes {
+                        tr {
+                            td { (process.role) }
+                            td.id { (process.instance) }
+                            td { @if process.ready { "ready" } @else { span.problem { "unavailable" } } }
+                            td {
+                                @for dependency in &process.dependencies {
+                                    span.dependency {
+                                        (dependency.name) @if !dependency.required { " (optional)" } ": "
+                                        @if dependency.state == "up" { "up" } @else { span.problem { (dependency.state) } }
+                                    }
+                                    " "
+                                }
+                            }
+                            td.time { (human_duration((Utc::now() - process.at).num_milliseconds().max(0) as u64)) " ago" }
+                        }
                     }
                 }
             }

@@ -99,6 +99,11 @@ pub struct Application {
 }
 
 impl Application {
+    /// The intake's health, as `/readyz` reports it.
+    pub fn health(&self) -> Health {
+        self.state.health.clone()
+    }
+
     /// Binds `address`, then connects to Redis, raises the fleet's shard
     /// count to its own and makes sure every shard's consumer group exists
     /// (so entries appended before any worker ran are consumed). When Redis

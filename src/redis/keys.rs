@@ -241,6 +241,17 @@ impl Keys {
         format!("{}intake-refusals:{{activity}}:{minute}", self.prefix)
     }
 
+    /// The processes that reported their dependencies, by last report
+    /// (`super::roles`).
+    pub fn roles_seen(&self) -> String {
+        format!("{}roles:{{activity}}:seen", self.prefix)
+    }
+
+    /// What each of those processes reported last.
+    pub fn roles_reports(&self) -> String {
+        format!("{}roles:{{activity}}:reports", self.prefix)
+    }
+
     /// A console session, named by the SHA-256 (hex) of its cookie value, so
     /// that what Redis holds cannot be used as a cookie.
     pub(crate) fn console_session(&self, digest: &str) -> String {

@@ -15,6 +15,7 @@
 //! - [`cache`]: the dashboard cache (versioned values, tags, locks, counters).
 //! - [`activity`]: what the workers did, minute by minute (the console's charts).
 //! - [`refusals`]: what the intake refused, minute by minute (the console's intake page).
+//! - [`roles`]: what each running process reports of its dependencies (the console's overview).
 //! - [`connection`]: one connection type for a single server and a Redis
 //!   Cluster ([`RedisTarget`], [`RedisConnection`]).
 //!
@@ -30,6 +31,7 @@ pub mod failures;
 pub mod keys;
 pub(crate) mod leases;
 pub mod refusals;
+pub mod roles;
 mod scripts;
 pub mod shards;
 pub mod stream;

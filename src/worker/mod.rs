@@ -233,6 +233,11 @@ impl Worker {
         Settler { dependencies: &self.dependencies, policy: &self.settings.retry }
     }
 
+    /// The name it consumes under.
+    pub fn consumer_name(&self) -> &str {
+        &self.settings.consumer_name
+    }
+
     /// The worker's health, for `/readyz`.
     pub fn health(&self) -> Health {
         self.dependencies.health.clone()

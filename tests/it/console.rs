@@ -573,3 +573,33 @@ async fn the_intake_page_shows_refusals_by_answer_and_school() {
     assert!(nameless.contains("401 unauthorized") && nameless.contains(">1<"), "{nameless}");
     assert!(page.contains("href=\"/console/intake\""), "the navigation leads there");
 }
+
+/// The overview lists each process that reported in the last minute, with
+/// its dependencies as its `/readyz` reports them; a silent one is dropped.
+#[tokio::test]
+async fn the_overview_shows_what_each_process_reports_of_its_dependencies() {
+    use fleet::redis::roles::{self, DependencyState, RoleReport};
+    let ctx = context().await;
+    let mut redis = ctx.redis.clone();
+    let dependency =
+        |name: &str, state: &str| DependencyState { name: name.to_owned(), required: true, state: state.to_owned() };
+    let now = chrono::Utc::now();
+    let worker = RoleReport {
+        role: "worker".into(),
+        instance: "worker-7".into(),
+        ready: false,
+        dependencies: vec![dependency("postgres", "connection refused (waiting for 12 s)"), dependency("redis", "up")],
+        at: now,
+    };
+    let gone = RoleReport { instance: "worker-gone".into(), at: now - chrono::Duration::minutes(5), ..worker.clone() };
+    roles::record(&mut redis, &ctx.keys, &gone).await.expect("an old report");
+    roles::record(&mut redis, &ctx.keys, &worker).await.expect("a report");
+    let (_api, client) = console(&ctx).await;
+    client.signed_in().await;
+    let (status, page) = client.get_text("/console").await;
+    assert_eq!(status, 200, "{page}");
+    let table = &page[page.find("id=\"processes\"").expect("the processes")..];
+    assert!(table.contains("worker-7") && table.contains("unavailable"), "{table}");
+    assert!(table.contains("connection refused (waiting for 12 s)"), "{table}");
+    assert!(!page.contains("worker-gone"), "a process silent for a minute is dropped: {page}");
+}

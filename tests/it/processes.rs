@@ -321,3 +321,30 @@ async fn the_api_process_serves_cached_reads_and_stops_on_sigterm() {
     assert!(stderr.contains("read API stopped"), "{stderr}");
     assert!(!stderr.contains("token-never-logged"), "{stderr}");
 }
+
+/// A real `fleet intake` reports its dependencies to the fleet (what the
+/// console's overview lists), ready once Redis answers.
+#[tokio::test]
+async fn a_running_intake_reports_its_dependencies_to_the_fleet() {
+    let ctx = context().await;
+    let port = fleet::local_services::free_port().expect("port");
+    let mut intake = fleet(&ctx, &["intake"])
+        .env("PORT", port.to_string())
+        .env("THINKIFIC_WEBHOOK_SECRET", "a-real-key")
+        .spawn()
+        .expect("spawn fleet intake");
+    let mut redis = ctx.redis.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let reports = fleet::redis::roles::recent(&mut redis, &ctx.keys, chrono::Utc::now()).await.expect("reports");
+        if let Some(report) = reports.into_iter().find(|report| report.role == "intake") {
+            break report;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the intake never reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = intake.kill().await;
+    assert!(report.ready, "{report:?}");
+    assert_eq!(report.dependencies.len(), 1, "{report:?}");
+    assert_eq!((report.dependencies[0].name.as_str(), report.dependencies[0].state.as_str()), ("redis", "up"));
+}

@@ -24,3 +24,4 @@ script!(CACHE_PUT, "cache_put.lua");
 script!(CACHE_INVALIDATE, "cache_invalidate.lua");
 script!(RECORD_ACTIVITY, "record_activity.lua");
 script!(RECORD_REFUSAL, "record_refusal.lua");
+script!(REPORT_ROLE, "report_role.lua");
