@@ -120,7 +120,7 @@ pub async fn check_schema(
             Ok(row) => sqlx::Row::try_get::<Option<i64>, _>(&row, 0),
             // No migrations table: nothing was ever migrated.
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => Ok(None),
-            Err(other) => Err(other),
+            Err(other) => Err(cause_of(pool, other).await),
         }
     })
     .await;
@@ -137,9 +137,26 @@ pub async fn check_schema(
 /// Waits with backoff until Postgres answers; `false` if `stop` fires first.
 pub(crate) async fn wait_until_reachable(pool: &PgPool, url: &str, health: &Health, stop: &CancellationToken) -> bool {
     let address = crate::urls::shown_address(url);
-    health::until_reachable(health, Dependency::Postgres, &address, stop, || sqlx::raw_sql("SELECT 1").execute(pool))
-        .await
-        .is_some()
+    health::until_reachable(health, Dependency::Postgres, &address, stop, || async {
+        match sqlx::raw_sql("SELECT 1").execute(pool).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(cause_of(pool, err).await),
+        }
+    })
+    .await
+    .is_some()
+}
+
+/// `err`, or, when the pool only says it timed out, what one connection
+/// attempt answers instead (the refusal, the wrong password), so that logs
+/// and `/readyz` tell why.
+pub(crate) async fn cause_of(pool: &PgPool, err: sqlx::Error) -> sqlx::Error {
+    match err {
+        sqlx::Error::PoolTimedOut => first_attempt_error(&pool.connect_options(), Duration::from_secs(3))
+            .await
+            .unwrap_or(sqlx::Error::PoolTimedOut),
+        other => other,
+    }
 }
 
 /// Applies the embedded migrations; safe to run concurrently and repeatedly.
@@ -152,7 +169,7 @@ pub(crate) async fn probe(db: &PgPool) -> Result<(), String> {
     // The simple protocol: one message, whole on one server behind a pooler.
     match tokio::time::timeout(readiness::PROBE_TIMEOUT, sqlx::raw_sql("SELECT 1").execute(db)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
+        Ok(Err(err)) => Err(cause_of(db, err).await.to_string()),
         Err(_) => Err(format!("no answer within {} s", readiness::PROBE_TIMEOUT.as_secs())),
     }
 }

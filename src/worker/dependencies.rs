@@ -114,6 +114,15 @@ impl Dependencies {
         backoff: &mut impl Iterator<Item = Duration>,
         stop: &CancellationToken,
     ) -> Option<()> {
+        let explained;
+        let error = match error {
+            // The pool only says it timed out: say what a connection attempt answers.
+            ApplyError::Outage(sqlx::Error::PoolTimedOut) => {
+                explained = ApplyError::Outage(crate::db::cause_of(&self.db, sqlx::Error::PoolTimedOut).await);
+                &explained
+            }
+            other => other,
+        };
         self.health.unavailable(Dependency::Postgres, &describe(error));
         if let Some(shard) = held.shard {
             let mut redis = self.redis.clone();

@@ -324,3 +324,49 @@ fn the_image_has_the_system_roots_that_fleets_tls_clients_trust() {
     assert!(lock.contains("name = \"rustls-native-certs\""));
     assert!(!lock.contains("name = \"aws-lc-sys\""), "rustls on ring: no C build of aws-lc");
 }
+
+/// docker-compose.yml (no Docker engine here to run it): the signing key is
+/// required, and handed to the intake only, the one role that verifies
+/// webhooks; the command in its header names every variable it requires.
+#[test]
+fn compose_gives_the_signing_key_to_the_intake_only() {
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml")).expect("compose");
+    // Each service's block: from its `  name:` line to the next one.
+    let services = compose.split("\nservices:\n").nth(1).expect("a services section");
+    let mut blocks: Vec<(&str, String)> = Vec::new();
+    for line in services.lines() {
+        let header = line.strip_prefix("  ").and_then(|rest| rest.strip_suffix(':'));
+        match header {
+            Some(name) if !name.starts_with(' ') && !name.contains(' ') => blocks.push((name, String::new())),
+            _ if line.starts_with("  ") => {
+                if let Some((_, block)) = blocks.last_mut() {
+                    block.push_str(line);
+                    block.push('\n');
+                }
+            }
+            _ => {}
+        }
+    }
+    let holders: Vec<&str> =
+        blocks.iter().filter(|(_, block)| block.contains("THINKIFIC_WEBHOOK_SECRET:")).map(|(name, _)| *name).collect();
+    assert_eq!(holders, ["intake"], "the services given the signing key");
+    let anchor = compose.split("\nservices:\n").next().unwrap_or_default();
+    assert!(!anchor.contains("THINKIFIC_WEBHOOK_SECRET:"), "the shared environment holds no signing key");
+    // Every `${NAME:?…}` of a line in force (not a comment).
+    let required: Vec<&str> = compose
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split("${").nth(1)?.split_once(":?").map(|(name, _)| name))
+        .collect();
+    assert!(required.contains(&"THINKIFIC_WEBHOOK_SECRET") && required.contains(&"FLEET_API_TOKEN"), "{required:?}");
+    let header: String = compose.lines().take_while(|line| line.starts_with('#')).collect::<Vec<_>>().join("\n");
+    for variable in &required {
+        assert!(header.contains(&format!("{variable}=")), "the header's command lacks {variable}:\n{header}");
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    assert!(
+        readme.contains("FLEET_API_TOKEN=… THINKIFIC_WEBHOOK_SECRET=… docker compose up --build"),
+        "the README's compose command sets what compose requires"
+    );
+}

@@ -213,6 +213,10 @@ async fn a_worker_started_while_postgres_is_down_waits_and_then_consumes() {
     let health = free_port().expect("port");
     let mut worker = worker(&ctx, health);
     until_waiting_for(health, "postgres").await;
+    // It says why: the refusal, not that a pool timed out.
+    let (_, body) = readiness(health).await.expect("/readyz answers");
+    let error = body["dependencies"]["postgres"]["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(error.contains("refused") && !error.contains("pool timed out"), "{body}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     worker.assert_running("Postgres down at start-up");
 
