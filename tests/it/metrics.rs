@@ -297,18 +297,25 @@ async fn the_worker_process_exports_its_progress_failures_and_the_backlog() {
     assert_eq!(retry["tenant"], "184532");
 }
 
-#[tokio::test]
-async fn the_api_process_counts_cache_hits_and_misses() {
-    let ctx = context().await;
-    ctx.add_course("metrics-school", 5).await;
+/// A real `fleet api` reading with the token `metrics-token`, once ready,
+/// and its base URL.
+async fn api_process(ctx: &TestContext) -> (tokio::process::Child, String) {
     let port = fleet::local_services::free_port().expect("port");
     let base = format!("http://127.0.0.1:{port}");
-    let mut api = fleet(&ctx, &["api"])
+    let api = fleet(ctx, &["api"])
         .env("PORT", port.to_string())
         .env("FLEET_API_TOKEN", "metrics-token")
         .spawn()
         .expect("spawn fleet api");
     wait_ready(&base).await;
+    (api, base)
+}
+
+#[tokio::test]
+async fn the_api_process_counts_cache_hits_and_misses() {
+    let ctx = context().await;
+    ctx.add_course("metrics-school", 5).await;
+    let (mut api, base) = api_process(&ctx).await;
     let before = scrape(&base).await;
     let client = fleet::http_client::builder().build().expect("an HTTP client");
     let read = |path: &str| client.get(format!("{base}{path}")).bearer_auth("metrics-token").send();
@@ -498,14 +505,7 @@ async fn every_series_served_is_documented_and_labelled_counters_start_at_zero()
     assert_eq!(documented, defined, "docs/operations.md's table against telemetry::metrics::SERIES");
 
     let ctx = context().await;
-    let port = fleet::local_services::free_port().expect("port");
-    let base = format!("http://127.0.0.1:{port}");
-    let mut api = fleet(&ctx, &["api"])
-        .env("PORT", port.to_string())
-        .env("FLEET_API_TOKEN", "metrics-token")
-        .spawn()
-        .expect("spawn fleet api");
-    wait_ready(&base).await;
+    let (mut api, base) = api_process(&ctx).await;
     let served = scrape(&base).await;
     let _ = api.kill().await;
     for series in served.0.keys().filter(|series| series.starts_with("fleet_")) {
